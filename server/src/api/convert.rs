@@ -1,0 +1,311 @@
+//! Proto ⇄ domain conversions, with the shape checks that belong to the wire format:
+//! ids are UUIDs, durations are non-negative, numbers are finite, page tokens are ours.
+
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use reins_proto::json::{json_to_struct, json_to_value, struct_to_json};
+use reins_proto::v1 as pb;
+
+use crate::error::{Error, FieldViolation, Result};
+use crate::store::ActiveFilter;
+use crate::task::cancel::CancelOutcome;
+use crate::task::{CancelInfo, CancelMode, NewTask, Task, TaskId, TaskState};
+
+/// Default and largest `ListActive` page sizes.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+pub fn task_id(field: &str, raw: &str) -> Result<TaskId> {
+    if raw.is_empty() {
+        return Err(Error::invalid(field, "required"));
+    }
+    TaskId::try_parse(raw)
+        .map_err(|_| Error::invalid(field, format!("must be a task id (a UUID), got {raw:?}")))
+}
+
+fn optional_task_id(field: &str, raw: &str) -> Result<Option<TaskId>> {
+    if raw.is_empty() {
+        Ok(None)
+    } else {
+        task_id(field, raw).map(Some)
+    }
+}
+
+/// A protobuf duration that must be non-negative; `None` if unset.
+pub fn duration(field: &str, value: Option<prost_types::Duration>) -> Result<Option<Duration>> {
+    let Some(value) = value else { return Ok(None) };
+    Duration::try_from(value)
+        .map(Some)
+        .map_err(|_| Error::invalid(field, "must be a non-negative duration"))
+}
+
+fn timestamp(time: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(time)
+}
+
+pub fn new_task(request: pb::StartTaskRequest) -> Result<NewTask> {
+    let mut violations = Vec::new();
+    if request.kind.is_empty() {
+        violations.push(FieldViolation::new("kind", "required"));
+    }
+    let params = request
+        .params
+        .as_ref()
+        .map(struct_to_json)
+        .transpose()
+        .unwrap_or_else(|err| {
+            violations.push(FieldViolation::new("params", err.to_string()));
+            None
+        });
+    let parent_id = collect(
+        &mut violations,
+        optional_task_id("parent_id", &request.parent_id),
+    )
+    .flatten();
+    let timeout = collect(&mut violations, duration("timeout", request.timeout)).flatten();
+    if timeout == Some(Duration::ZERO) {
+        violations.push(FieldViolation::new(
+            "timeout",
+            "must be positive; leave unset for no timeout",
+        ));
+    }
+    collect(&mut violations, labels("labels", &request.labels));
+    if !violations.is_empty() {
+        return Err(Error::InvalidArgument(violations));
+    }
+    Ok(NewTask {
+        kind: request.kind,
+        description: request.description,
+        params: params.unwrap_or_default(),
+        parent_id,
+        detached: request.detached,
+        session_id: request.session_id,
+        labels: request.labels.into_iter().collect(),
+        timeout,
+        request_id: request.request_id,
+    })
+}
+
+/// Moves the field violations of `result` into `violations`, so that one reply names every
+/// bad field.
+fn collect<T>(violations: &mut Vec<FieldViolation>, result: Result<T>) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(Error::InvalidArgument(mut found)) => {
+            violations.append(&mut found);
+            None
+        }
+        Err(other) => {
+            violations.push(FieldViolation::new("request", other.to_string()));
+            None
+        }
+    }
+}
+
+fn labels(field: &str, labels: &std::collections::HashMap<String, String>) -> Result<()> {
+    let violations: Vec<FieldViolation> = labels
+        .keys()
+        .filter(|key| key.is_empty())
+        .map(|_| FieldViolation::new(field, "label keys must not be empty"))
+        .collect();
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(violations))
+    }
+}
+
+/// A `ListActive` request as a filter, a start position and a page size.
+pub fn list_query(
+    request: &pb::ListActiveRequest,
+) -> Result<(ActiveFilter, Option<TaskId>, usize)> {
+    let page_size = match request.page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        n if n < 0 => return Err(Error::invalid("page_size", "must not be negative")),
+        // Larger requests are served at the maximum, as the page token lets them go on.
+        n => (n as usize).min(MAX_PAGE_SIZE),
+    };
+    labels("labels", &request.labels)?;
+    let filter = ActiveFilter {
+        kind: non_empty(&request.kind),
+        session_id: non_empty(&request.session_id),
+        parent_id: optional_task_id("parent_id", &request.parent_id)?,
+        labels: request.labels.clone().into_iter().collect(),
+    };
+    let after = decode_page_token(&request.page_token)?;
+    Ok((filter, after, page_size))
+}
+
+fn non_empty(text: &str) -> Option<String> {
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+/// Page tokens are opaque to clients: a versioned, base64url-encoded position (the last
+/// task id of the previous page). Keyset positions stay valid while tasks come and go.
+const PAGE_TOKEN_PREFIX: &str = "v1:";
+
+pub fn encode_page_token(after: TaskId) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{after}"))
+}
+
+pub fn decode_page_token(token: &str) -> Result<Option<TaskId>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || Error::invalid("page_token", "not a page token returned by ListActive");
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let id = text.strip_prefix(PAGE_TOKEN_PREFIX).ok_or_else(invalid)?;
+    TaskId::try_parse(id).map(Some).map_err(|_| invalid())
+}
+
+pub fn task(task: &Task) -> pb::Task {
+    pb::Task {
+        id: task.id.to_string(),
+        kind: task.kind.clone(),
+        description: task.description.clone(),
+        state: state(task.state) as i32,
+        params: Some(json_to_struct(&task.params)),
+        parent_id: task.parent_id.map(|id| id.to_string()).unwrap_or_default(),
+        detached: task.detached,
+        session_id: task.session_id.clone(),
+        labels: task.labels.clone().into_iter().collect(),
+        owner: task.owner.clone(),
+        created_at: Some(timestamp(task.created_at)),
+        started_at: task.started_at.map(timestamp),
+        finished_at: task.finished_at.map(timestamp),
+        progress: Some(pb::Progress {
+            fraction: task.progress.fraction,
+            message: task.progress.message.clone(),
+        }),
+        partial_results: task.partial_results.iter().map(json_to_value).collect(),
+        result: task.result.as_ref().map(json_to_value),
+        error: task.error.clone(),
+        question: task.question.clone(),
+        cancel: task.cancel.as_ref().map(cancel_info),
+        version: task.version,
+        timeout: task
+            .timeout
+            .and_then(|t| prost_types::Duration::try_from(t).ok()),
+        request_id: task.request_id.clone(),
+        answer: task.answer.clone(),
+        attempt: task.attempt,
+    }
+}
+
+fn cancel_info(cancel: &CancelInfo) -> pb::CancelInfo {
+    pb::CancelInfo {
+        mode: match cancel.mode {
+            CancelMode::Soft => pb::CancelMode::Soft,
+            CancelMode::Hard => pb::CancelMode::Hard,
+        } as i32,
+        reason: cancel.reason.clone(),
+        requested_at: Some(timestamp(cancel.requested_at)),
+        grace_deadline: cancel.grace_deadline.map(timestamp),
+        escalated: cancel.escalated,
+        deadline_exceeded: cancel.deadline_exceeded,
+    }
+}
+
+pub fn state(state: TaskState) -> pb::TaskState {
+    match state {
+        TaskState::Pending => pb::TaskState::Pending,
+        TaskState::Running => pb::TaskState::Running,
+        TaskState::WaitingForAnswer => pb::TaskState::WaitingForAnswer,
+        TaskState::Completed => pb::TaskState::Completed,
+        TaskState::Failed => pb::TaskState::Failed,
+        TaskState::Cancelled => pb::TaskState::Cancelled,
+    }
+}
+
+pub fn cancel_outcome(outcome: CancelOutcome) -> pb::CancelOutcome {
+    match outcome {
+        CancelOutcome::Cancelled => pb::CancelOutcome::Cancelled,
+        CancelOutcome::Requested => pb::CancelOutcome::Requested,
+        CancelOutcome::AlreadyCancelled => pb::CancelOutcome::AlreadyCancelled,
+        CancelOutcome::AlreadyFinished => pb::CancelOutcome::AlreadyFinished,
+    }
+}
+
+pub fn event(task: &Task) -> pb::TaskEvent {
+    pb::TaskEvent {
+        task: Some(self::task(task)),
+        time: Some(timestamp(task.updated_at)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn fields(err: Error) -> Vec<String> {
+        match err {
+            Error::InvalidArgument(v) => v.into_iter().map(|v| v.field).collect(),
+            other => panic!("expected INVALID_ARGUMENT, got {other}"),
+        }
+    }
+
+    #[test]
+    fn a_start_request_reports_every_bad_field_at_once() {
+        let request = pb::StartTaskRequest {
+            kind: String::new(),
+            parent_id: "not-a-uuid".into(),
+            timeout: Some(prost_types::Duration {
+                seconds: -1,
+                nanos: 0,
+            }),
+            labels: [(String::new(), "v".to_owned())].into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(new_task(request).unwrap_err()),
+            ["kind", "parent_id", "timeout", "labels"]
+        );
+    }
+
+    #[test]
+    fn task_ids_must_be_uuids() {
+        assert_eq!(fields(task_id("task_id", "").unwrap_err()), ["task_id"]);
+        assert_eq!(fields(task_id("task_id", "123").unwrap_err()), ["task_id"]);
+        let id = TaskId::now_v7();
+        assert_eq!(task_id("task_id", &id.to_string()).unwrap(), id);
+    }
+
+    #[test]
+    fn page_sizes_default_clamp_and_refuse_negatives() {
+        let size = |page_size| {
+            list_query(&pb::ListActiveRequest {
+                page_size,
+                ..Default::default()
+            })
+            .map(|q| q.2)
+        };
+        assert_eq!(size(0).unwrap(), DEFAULT_PAGE_SIZE);
+        assert_eq!(size(5).unwrap(), 5);
+        assert_eq!(size(5000).unwrap(), MAX_PAGE_SIZE);
+        assert_eq!(fields(size(-1).unwrap_err()), ["page_size"]);
+    }
+
+    #[test]
+    fn foreign_page_tokens_are_refused() {
+        for token in ["???", "aGVsbG8", &URL_SAFE_NO_PAD.encode("v1:nope")] {
+            assert_eq!(
+                fields(decode_page_token(token).unwrap_err()),
+                ["page_token"],
+                "{token}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn page_tokens_round_trip(bytes in any::<[u8; 16]>()) {
+            let id = TaskId::from_bytes(bytes);
+            prop_assert_eq!(decode_page_token(&encode_page_token(id)).unwrap(), Some(id));
+        }
+    }
+}

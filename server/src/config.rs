@@ -1,0 +1,111 @@
+//! `reinsd` flags. Every flag can also be set by an environment variable `REINS_…`;
+//! durations take the usual human form (`500ms`, `3s`, `2m`, `24h`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "reinsd",
+    version,
+    about = "Reins task-control server: start long-running work and reliably stop it."
+)]
+pub struct Config {
+    /// Address to serve gRPC on. Port 0 picks a free port; the address is printed on stdout.
+    #[arg(long, env = "REINS_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+
+    /// This replica's id, recorded as the `owner` of the tasks it runs. Default: the hostname.
+    #[arg(long, env = "REINS_REPLICA_ID")]
+    pub replica_id: Option<String>,
+
+    /// Program the `exec` kind may run (compared with argv[0] exactly). Repeatable; the
+    /// environment variable takes a comma-separated list. Empty: `exec` is off.
+    #[arg(
+        long = "allow-exec",
+        env = "REINS_ALLOW_EXEC",
+        value_name = "PROGRAM",
+        value_delimiter = ','
+    )]
+    pub allow_exec: Vec<String>,
+
+    /// Grace period of a soft cancel that does not name one, and of timeouts.
+    #[arg(long, env = "REINS_DEFAULT_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub default_grace: Duration,
+
+    /// How long finished tasks stay readable.
+    #[arg(long, env = "REINS_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+
+    /// On SIGTERM/SIGINT, how long running tasks may take to finish before they are soft-
+    /// and then hard-cancelled.
+    #[arg(long, env = "REINS_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Tasks this replica runs at once; more wait PENDING, oldest first.
+    #[arg(long, env = "REINS_MAX_CONCURRENCY", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrency: u32,
+
+    /// Largest gRPC message accepted or sent, in bytes; larger ones get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "REINS_MAX_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_size: usize,
+
+    #[arg(long, env = "REINS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn replica_id(&self) -> String {
+        self.replica_id
+            .clone()
+            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let config = Config::try_parse_from(["reinsd"]).unwrap();
+        assert_eq!(config.listen, "0.0.0.0:50051".parse().unwrap());
+        assert_eq!(config.default_grace, Duration::from_secs(30));
+        assert_eq!(config.retention, Duration::from_secs(24 * 3600));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(30));
+        assert!(config.allow_exec.is_empty());
+        assert!(!config.replica_id().is_empty());
+    }
+
+    #[test]
+    fn human_durations_and_repeated_allowlist_entries() {
+        let config = Config::try_parse_from([
+            "reinsd",
+            "--default-grace",
+            "500ms",
+            "--retention",
+            "2m",
+            "--allow-exec",
+            "sh",
+            "--allow-exec",
+            "python3",
+        ])
+        .unwrap();
+        assert_eq!(config.default_grace, Duration::from_millis(500));
+        assert_eq!(config.retention, Duration::from_secs(120));
+        assert_eq!(config.allow_exec, ["sh", "python3"]);
+    }
+
+    #[test]
+    fn zero_concurrency_is_refused() {
+        assert!(Config::try_parse_from(["reinsd", "--max-concurrency", "0"]).is_err());
+    }
+}

@@ -1,0 +1,437 @@
+//! The engine: turns requests into state-machine events, persists each change with one
+//! compare-and-set, and applies the rules that reach beyond one task (subtree cancels,
+//! "parent finished", dispatch onto this replica's supervisor).
+//!
+//! Data flows one way: a command is decided by [`state_machine::apply`], stored by the
+//! [`TaskStore`] and published; the supervisor's drivers react to the published change
+//! (stop the code, signal a soft cancel, deliver an answer). The engine never reaches into
+//! a running job.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use futures_util::{Stream, StreamExt};
+
+use crate::error::{Error, Result};
+use crate::executor::Kinds;
+use crate::store::{ActiveFilter, Created, Swap, TaskStore, Update, Updates};
+use crate::supervisor::Supervisor;
+use crate::task::cancel::{self, CancelOutcome};
+use crate::task::state_machine::{self, Event, Fence, Rejection, Report};
+use crate::task::{NewTask, Task, TaskId};
+
+/// How long a hard cancel waits for local code to stop before it returns anyway.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+/// How many queued tasks one dispatch round reads at a time.
+const DISPATCH_BATCH: usize = 16;
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub replica_id: String,
+    pub default_grace: Duration,
+    pub max_concurrency: usize,
+}
+
+pub struct Engine {
+    config: EngineConfig,
+    store: Arc<dyn TaskStore>,
+    kinds: Kinds,
+    supervisor: Supervisor,
+    draining: AtomicBool,
+}
+
+/// What a cancel call asks for.
+#[derive(Clone, Copy, Debug)]
+pub enum CancelRequest {
+    Soft { grace: Duration },
+    Hard,
+}
+
+/// The result of one event on one task.
+enum Applied {
+    Changed { before: Task, after: Task },
+    Unchanged(Task),
+    Rejected(Task, Rejection),
+}
+
+/// One page of `ListActive`.
+pub struct Page {
+    pub tasks: Vec<Task>,
+    /// Where the next page starts, if there is one.
+    pub next_after: Option<TaskId>,
+}
+
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig, store: Arc<dyn TaskStore>, kinds: Kinds) -> Arc<Engine> {
+        Arc::new(Engine {
+            supervisor: Supervisor::new(config.max_concurrency),
+            config,
+            store,
+            kinds,
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn kinds(&self) -> &Kinds {
+        &self.kinds
+    }
+
+    pub(crate) fn store(&self) -> &dyn TaskStore {
+        self.store.as_ref()
+    }
+
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
+    }
+
+    /// Creates a task (or returns the one already created with its `request_id`) and starts
+    /// it at once if this replica has room; otherwise it waits PENDING in the queue.
+    pub async fn start(self: &Arc<Self>, spec: NewTask) -> Result<Task> {
+        if self.is_draining() {
+            return Err(Error::ShuttingDown);
+        }
+        self.kinds.get(&spec.kind)?.prepare(&spec.params)?;
+        if let Some(parent_id) = spec.parent_id {
+            let parent = self
+                .store
+                .get(parent_id)
+                .await?
+                .ok_or(Error::ParentNotFound(parent_id))?;
+            if parent.state.is_terminal() && !spec.detached {
+                return Err(Error::ParentFinished(parent_id));
+            }
+        }
+        let task = Task::new(TaskId::now_v7(), spec.clone(), now());
+        match self.store.create(task).await? {
+            Created::New(task) => {
+                self.dispatch().await;
+                Ok(self.store.get(task.id).await?.unwrap_or(task))
+            }
+            Created::Existing(existing) if existing.matches_request(&spec) => Ok(existing),
+            Created::Existing(existing) => Err(Error::RequestIdConflict {
+                request_id: spec.request_id,
+                existing: existing.id,
+            }),
+        }
+    }
+
+    pub async fn check(&self, id: TaskId) -> Result<Task> {
+        self.store.get(id).await?.ok_or(Error::TaskNotFound(id))
+    }
+
+    pub async fn answer(self: &Arc<Self>, id: TaskId, answer: String) -> Result<Task> {
+        match self.apply(id, Event::Answer { answer }).await? {
+            Applied::Changed { after, .. } => Ok(after),
+            Applied::Unchanged(task) | Applied::Rejected(task, _) => Err(Error::TaskNotWaiting {
+                id,
+                state: task.state,
+            }),
+        }
+    }
+
+    /// Cancels a task and all its active descendants in the same mode. A hard cancel returns
+    /// once the task is CANCELLED and its local code has stopped.
+    pub async fn cancel(
+        self: &Arc<Self>,
+        id: TaskId,
+        request: CancelRequest,
+        reason: String,
+    ) -> Result<(Task, CancelOutcome)> {
+        let root = self.check(id).await?;
+        if root.state.is_terminal() {
+            return Ok((root.clone(), CancelOutcome::of(&root, &root)));
+        }
+        // Descendants first, so each records the ancestor's reason before the root's end
+        // would release them as "parent finished".
+        let descendants = self.active_descendants(id).await?;
+        let descendant_reason = cancel::ancestor_cancelled_reason(id, &reason);
+        for descendant in &descendants {
+            if let Err(err) = self
+                .cancel_one(descendant.id, request, descendant_reason.clone())
+                .await
+            {
+                tracing::warn!(task = %descendant.id, ancestor = %id, %err, "cancelling a descendant failed");
+            }
+        }
+        let (before, after) = match self.cancel_one(id, request, reason).await? {
+            Applied::Changed { before, after } => (before, after),
+            Applied::Unchanged(task) | Applied::Rejected(task, _) => (task.clone(), task),
+        };
+        if matches!(request, CancelRequest::Hard) {
+            for task in descendants.iter().chain([&after]) {
+                self.supervisor.wait_stopped(task.id, STOP_WAIT).await;
+            }
+        }
+        Ok((after.clone(), CancelOutcome::of(&before, &after)))
+    }
+
+    async fn cancel_one(
+        self: &Arc<Self>,
+        id: TaskId,
+        request: CancelRequest,
+        reason: String,
+    ) -> Result<Applied> {
+        let event = match request {
+            CancelRequest::Soft { grace } => Event::SoftCancel {
+                reason,
+                grace_deadline: now() + grace,
+            },
+            CancelRequest::Hard => Event::HardCancel { reason },
+        };
+        self.apply(id, event).await
+    }
+
+    /// Every active task below `root`, parents before children. Finished tasks are walked
+    /// through: a detached grandchild may outlive its parent.
+    async fn active_descendants(&self, root: TaskId) -> Result<Vec<Task>> {
+        let mut found = Vec::new();
+        let mut frontier = VecDeque::from([root]);
+        while let Some(parent) = frontier.pop_front() {
+            for child in self.store.children(parent).await? {
+                frontier.push_back(child.id);
+                if !child.state.is_terminal() {
+                    found.push(child);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    pub async fn list_active(
+        &self,
+        filter: &ActiveFilter,
+        after: Option<TaskId>,
+        page_size: usize,
+    ) -> Result<Page> {
+        let mut tasks = self.store.list_active(filter, after, page_size + 1).await?;
+        let next_after = if tasks.len() > page_size {
+            tasks.truncate(page_size);
+            tasks.last().map(|task| task.id)
+        } else {
+            None
+        };
+        Ok(Page { tasks, next_after })
+    }
+
+    /// The task as it is now, then every change in version order; ends after the terminal
+    /// version. A watcher that falls too far behind skips to the latest version.
+    pub async fn watch(&self, id: TaskId) -> Result<impl Stream<Item = Task> + Send + 'static> {
+        let updates = self.store.subscribe(id).await?;
+        let snapshot = self.check(id).await?;
+        let state = WatchState {
+            id,
+            store: Arc::clone(&self.store),
+            updates,
+            next: Some(snapshot),
+            last_version: 0,
+        };
+        Ok(futures_util::stream::unfold(state, WatchState::step))
+    }
+
+    /// Applies a report from a job's running code.
+    pub(crate) async fn report(
+        self: &Arc<Self>,
+        id: TaskId,
+        fence: &Fence,
+        report: Report,
+    ) -> Result<Task, Rejection> {
+        let event = Event::Report {
+            fence: fence.clone(),
+            report,
+        };
+        match self.apply(id, event).await {
+            Ok(Applied::Changed { after, .. }) => Ok(after),
+            Ok(Applied::Unchanged(task)) => Ok(task),
+            Ok(Applied::Rejected(_, rejection)) => Err(rejection),
+            Err(err) => {
+                tracing::warn!(task = %id, %err, "a report could not be stored");
+                Err(Rejection::Fenced)
+            }
+        }
+    }
+
+    /// The grace period of a soft cancel ran out.
+    pub(crate) async fn escalate(self: &Arc<Self>, id: TaskId) {
+        if let Err(err) = self.apply(id, Event::Escalate).await {
+            tracing::warn!(task = %id, %err, "escalation could not be stored");
+        }
+    }
+
+    /// The task ran past its timeout.
+    pub(crate) async fn time_out(self: &Arc<Self>, id: TaskId) {
+        let event = Event::TimeOut {
+            grace_deadline: now() + self.config.default_grace,
+        };
+        if let Err(err) = self.apply(id, event).await {
+            tracing::warn!(task = %id, %err, "timeout could not be stored");
+        }
+    }
+
+    /// Reads, decides, compare-and-sets; again on a conflict. A change to a terminal state
+    /// releases the task's attached children.
+    async fn apply(self: &Arc<Self>, id: TaskId, event: Event) -> Result<Applied> {
+        loop {
+            let before = self.check(id).await?;
+            let after = match state_machine::apply(&before, &event, now()) {
+                Ok(Some(after)) => after,
+                Ok(None) => return Ok(Applied::Unchanged(before)),
+                Err(rejection) => return Ok(Applied::Rejected(before, rejection)),
+            };
+            match self.store.compare_and_swap(&after).await? {
+                Swap::Swapped => {
+                    if after.state.is_terminal() {
+                        tracing::info!(task = %id, state = ?after.state, "task finished");
+                        Box::pin(self.release_children(&after)).await;
+                    }
+                    return Ok(Applied::Changed { before, after });
+                }
+                Swap::Conflict(_) => continue,
+                Swap::Missing => return Err(Error::TaskNotFound(id)),
+            }
+        }
+    }
+
+    /// Soft-cancels the active attached children of a task that has finished.
+    async fn release_children(self: &Arc<Self>, parent: &Task) {
+        let children = match self.store.children(parent.id).await {
+            Ok(children) => children,
+            Err(err) => {
+                tracing::warn!(task = %parent.id, %err, "cannot release the children of a finished task");
+                return;
+            }
+        };
+        let request = CancelRequest::Soft {
+            grace: self.config.default_grace,
+        };
+        for child in children
+            .iter()
+            .filter(|child| cancel::released_when_parent_finishes(child))
+        {
+            let reason = cancel::parent_finished_reason(parent.id);
+            if let Err(err) = self.cancel_one(child.id, request, reason).await {
+                tracing::warn!(task = %child.id, %err, "releasing a child failed");
+            }
+        }
+    }
+
+    /// Starts the oldest PENDING tasks while this replica has room.
+    pub(crate) async fn dispatch(self: &Arc<Self>) {
+        while !self.is_draining() {
+            let Some(slot) = self.supervisor.try_reserve() else {
+                return;
+            };
+            let queue = match self.store.oldest_pending(DISPATCH_BATCH).await {
+                Ok(queue) => queue,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot read the dispatch queue");
+                    return;
+                }
+            };
+            let mut started = None;
+            for candidate in queue {
+                let event = Event::Start {
+                    owner: self.config.replica_id.clone(),
+                };
+                if let Ok(Applied::Changed { after, .. }) = self.apply(candidate.id, event).await {
+                    started = Some(after);
+                    break;
+                }
+            }
+            match started {
+                Some(task) => self.supervisor.launch(Arc::clone(self), task, slot),
+                None => return,
+            }
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Graceful shutdown: refuse new tasks, give running ones `grace` to finish, then
+    /// soft-cancel them with `soft_window` to stop before they are hard-cancelled.
+    pub async fn drain(self: &Arc<Self>, grace: Duration, soft_window: Duration) {
+        self.draining.store(true, Ordering::SeqCst);
+        if self.supervisor.wait_idle(grace).await {
+            return;
+        }
+        let reason = "server shutting down".to_owned();
+        let running = self.supervisor.running();
+        tracing::info!(
+            tasks = running.len(),
+            "soft-cancelling the tasks still running"
+        );
+        for &id in &running {
+            let _ = self
+                .cancel(
+                    id,
+                    CancelRequest::Soft { grace: soft_window },
+                    reason.clone(),
+                )
+                .await;
+        }
+        // Escalation at the end of the soft window hard-cancels whatever is left; the
+        // explicit hard cancel below only covers tasks that raced past it.
+        if self
+            .supervisor
+            .wait_idle(soft_window + Duration::from_millis(500))
+            .await
+        {
+            return;
+        }
+        for id in self.supervisor.running() {
+            let _ = self.cancel(id, CancelRequest::Hard, reason.clone()).await;
+        }
+    }
+}
+
+struct WatchState {
+    id: TaskId,
+    store: Arc<dyn TaskStore>,
+    updates: Updates,
+    /// The next version to yield (the first snapshot, or a re-read after lagging).
+    next: Option<Task>,
+    last_version: u64,
+}
+
+impl WatchState {
+    async fn step(mut self) -> Option<(Task, WatchState)> {
+        loop {
+            if let Some(task) = self.next.take() {
+                if task.version > self.last_version {
+                    self.last_version = task.version;
+                    if task.state.is_terminal() {
+                        // Yield the terminal version, then end the stream.
+                        self.updates = Box::pin(futures_util::stream::empty());
+                        self.last_version = u64::MAX;
+                    }
+                    return Some((task, self));
+                }
+            }
+            if self.last_version == u64::MAX {
+                return None;
+            }
+            match self.updates.next().await {
+                Some(Update::Changed(task)) => self.next = Some(Task::clone(&task)),
+                Some(Update::Lagged) | None => {
+                    // Behind, or the update stream closed: the record itself is the truth.
+                    let latest = self.store.get(self.id).await.ok().flatten()?;
+                    if latest.version <= self.last_version && !latest.state.is_terminal() {
+                        return None;
+                    }
+                    self.next = Some(latest);
+                }
+            }
+        }
+    }
+}

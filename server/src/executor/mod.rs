@@ -1,0 +1,201 @@
+//! Executors: the code that runs a task. Each built-in kind lives in its own module and
+//! implements [`Kind`]: it checks a task's params against its schema ([`Kind::prepare`])
+//! and runs the prepared [`Job`] with a [`TaskContext`].
+//!
+//! A job never sees the store. It reports through its context (progress, checkpoints,
+//! questions) and learns about a soft cancel from [`TaskContext::cancel_requested`]; a hard
+//! cancel simply drops its future, so a job must release what it holds on drop (the exec
+//! kind kills its process group).
+
+pub mod exec;
+mod params;
+pub mod sleep;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::task::state_machine::{Fence, Report};
+use crate::task::{Json, JsonMap, TaskId};
+
+/// A kind of task the server can run.
+pub trait Kind: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// Checks `params` (and any policy, such as the exec allowlist) and returns the job to
+    /// run. Called when a task is started, to refuse bad input early, and again when it is
+    /// dispatched.
+    fn prepare(&self, params: &JsonMap) -> Result<Box<dyn Job>>;
+}
+
+pub trait Job: Send {
+    fn run(self: Box<Self>, ctx: TaskContext) -> BoxFuture<'static, Outcome>;
+}
+
+/// How a job ended by itself.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Completed(Json),
+    Failed {
+        error: String,
+        result: Option<Json>,
+    },
+    /// Stopped because a soft cancel (or the timeout) asked it to; `Json` says what was done.
+    Stopped(Json),
+}
+
+impl Outcome {
+    pub fn into_report(self) -> Report {
+        match self {
+            Outcome::Completed(result) => Report::Complete { result },
+            Outcome::Failed { error, result } => Report::Fail { error, result },
+            Outcome::Stopped(result) => Report::Stopped { result },
+        }
+    }
+}
+
+/// The kinds this server runs, by name.
+#[derive(Clone)]
+pub struct Kinds {
+    by_name: BTreeMap<&'static str, Arc<dyn Kind>>,
+}
+
+impl Kinds {
+    /// The built-in kinds; `exec` runs only the programs in `exec_allowlist`.
+    pub fn builtin(exec_allowlist: Vec<String>) -> Kinds {
+        let kinds: [Arc<dyn Kind>; 2] = [
+            Arc::new(sleep::Sleep),
+            Arc::new(exec::Exec::new(exec_allowlist)),
+        ];
+        Kinds {
+            by_name: kinds.into_iter().map(|kind| (kind.name(), kind)).collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Result<&dyn Kind> {
+        self.by_name
+            .get(name)
+            .map(|kind| kind.as_ref())
+            .ok_or_else(|| Error::KindUnknown(name.to_owned()))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.by_name.keys().copied()
+    }
+}
+
+/// The task's record has ended (hard cancel, or another attempt owns it): stop now.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the task has ended")]
+pub struct Ended;
+
+/// Why [`TaskContext::ask`] returned without an answer.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Interrupted {
+    #[error("a cancel was requested")]
+    CancelRequested,
+    #[error(transparent)]
+    Ended(#[from] Ended),
+}
+
+/// What a running job may do: report progress and checkpoints, ask a question, and learn
+/// that it is asked to stop.
+pub struct TaskContext {
+    engine: Arc<Engine>,
+    task_id: TaskId,
+    fence: Fence,
+    cancel_requested: CancellationToken,
+    answers: mpsc::UnboundedReceiver<String>,
+}
+
+impl TaskContext {
+    pub(crate) fn new(
+        engine: Arc<Engine>,
+        task_id: TaskId,
+        fence: Fence,
+        cancel_requested: CancellationToken,
+        answers: mpsc::UnboundedReceiver<String>,
+    ) -> TaskContext {
+        TaskContext {
+            engine,
+            task_id,
+            fence,
+            cancel_requested,
+            answers,
+        }
+    }
+
+    pub fn task_id(&self) -> TaskId {
+        self.task_id
+    }
+
+    pub fn is_cancel_requested(&self) -> bool {
+        self.cancel_requested.is_cancelled()
+    }
+
+    /// Resolves once a soft cancel (or the timeout) asks the task to stop.
+    pub async fn cancel_requested(&self) {
+        self.cancel_requested.cancelled().await
+    }
+
+    pub async fn progress(&self, fraction: f64, message: impl Into<String>) -> Result<(), Ended> {
+        self.send(Report::Progress {
+            fraction,
+            message: message.into(),
+            partial_result: None,
+        })
+        .await
+    }
+
+    /// Records a checkpoint: progress plus one partial result kept even if the task is
+    /// cancelled later.
+    pub async fn checkpoint(
+        &self,
+        partial_result: Json,
+        fraction: f64,
+        message: impl Into<String>,
+    ) -> Result<(), Ended> {
+        self.send(Report::Progress {
+            fraction,
+            message: message.into(),
+            partial_result: Some(partial_result),
+        })
+        .await
+    }
+
+    /// Asks a question (WAITING_FOR_ANSWER) and waits for the answer. A soft cancel wakes
+    /// the task with [`Interrupted::CancelRequested`].
+    pub async fn ask(&mut self, question: impl Into<String>) -> Result<String, Interrupted> {
+        if self.is_cancel_requested() {
+            return Err(Interrupted::CancelRequested);
+        }
+        let report = Report::Ask {
+            question: question.into(),
+        };
+        if let Err(rejection) = self.engine.report(self.task_id, &self.fence, report).await {
+            return Err(match rejection {
+                crate::task::state_machine::Rejection::CancelPending => {
+                    Interrupted::CancelRequested
+                }
+                _ => Interrupted::Ended(Ended),
+            });
+        }
+        tokio::select! {
+            answer = self.answers.recv() => answer.ok_or(Interrupted::Ended(Ended)),
+            () = self.cancel_requested.cancelled() => Err(Interrupted::CancelRequested),
+        }
+    }
+
+    async fn send(&self, report: Report) -> Result<(), Ended> {
+        self.engine
+            .report(self.task_id, &self.fence, report)
+            .await
+            .map(drop)
+            .map_err(|_| Ended)
+    }
+}

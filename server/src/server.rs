@@ -1,0 +1,130 @@
+//! Assembles and runs the server: the task service, health, reflection, the retention
+//! sweep and graceful shutdown.
+//!
+//! Shutdown (SIGTERM/SIGINT): health turns NOT_SERVING and StartTask UNAVAILABLE at once;
+//! running tasks get `--shutdown-grace` to finish, then are soft-cancelled with
+//! [`SHUTDOWN_SOFT_WINDOW`] to stop before escalation hard-cancels them; then open watch
+//! streams end and the process exits 0.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use reins_proto::v1::task_service_server::TaskServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::api::TaskApi;
+use crate::config::Config;
+use crate::engine::{Engine, EngineConfig};
+use crate::executor::Kinds;
+use crate::store::memory::MemoryStore;
+
+/// How long tasks still running at the end of the shutdown grace get to stop after their
+/// soft cancel, before escalation.
+pub const SHUTDOWN_SOFT_WINDOW: Duration = Duration::from_secs(2);
+/// How long in-flight calls get to finish once the tasks are settled.
+const CONNECTION_DRAIN: Duration = Duration::from_secs(2);
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const TASK_SERVICE: &str = "reins.v1.TaskService";
+
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown_signal: impl Future<Output = ()>,
+) -> Result<(), BoxError> {
+    let store = Arc::new(MemoryStore::new(config.retention));
+    let engine = Engine::new(
+        EngineConfig {
+            replica_id: config.replica_id(),
+            default_grace: config.default_grace,
+            max_concurrency: config.max_concurrency as usize,
+        },
+        Arc::clone(&store) as _,
+        Kinds::builtin(config.allow_exec.clone()),
+    );
+    let stop_streams = CancellationToken::new();
+    let stop_serving = CancellationToken::new();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for service in ["", TASK_SERVICE] {
+        health
+            .set_service_status(service, ServingStatus::Serving)
+            .await;
+    }
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let task_service =
+        TaskServiceServer::new(TaskApi::new(Arc::clone(&engine), stop_streams.clone()))
+            .max_decoding_message_size(config.max_message_size)
+            .max_encoding_message_size(config.max_message_size);
+
+    tokio::spawn(sweep_retention(
+        Arc::clone(&store),
+        config.retention,
+        stop_serving.clone(),
+    ));
+
+    let serving = Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            crate::api::status::resource_exhausted_for_oversize,
+        ))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(task_service)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            stop_serving.clone().cancelled_owned(),
+        );
+    let serving = tokio::spawn(serving);
+
+    shutdown_signal.await;
+    tracing::info!(grace = ?config.shutdown_grace, "shutting down");
+    for service in ["", TASK_SERVICE] {
+        health
+            .set_service_status(service, ServingStatus::NotServing)
+            .await;
+    }
+    engine
+        .drain(config.shutdown_grace, SHUTDOWN_SOFT_WINDOW)
+        .await;
+    stop_streams.cancel();
+    stop_serving.cancel();
+    match tokio::time::timeout(CONNECTION_DRAIN, serving).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(join)) => return Err(join.into()),
+        Err(_) => tracing::warn!("connections still open after the drain; exiting anyway"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(reins_proto::FILE_DESCRIPTOR_SET)
+        // google.rpc error details, so that grpcurl and friends can decode them.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Drops finished tasks once their retention has passed, so memory stays bounded.
+async fn sweep_retention(store: Arc<MemoryStore>, retention: Duration, stop: CancellationToken) {
+    let every = (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                let dropped = store.sweep(SystemTime::now());
+                if dropped > 0 {
+                    tracing::debug!(dropped, "finished tasks past retention dropped");
+                }
+            }
+            () = stop.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Persistence of task records: one trait, [`TaskStore`], implemented in memory (the
+//! embedded store) and, later, in Redis.
+//!
+//! The store decides nothing. It keeps records, answers queries and offers one atomic
+//! write, [`TaskStore::compare_and_swap`], that the engine uses for every change: the
+//! new record is stored only if the stored one is still the version it was derived from
+//! and is not terminal. Every stored change is published to the task's subscribers in
+//! version order.
+
+pub mod memory;
+
+#[cfg(test)]
+pub mod conformance;
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::Stream;
+
+use crate::task::{Task, TaskId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the task store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Result of [`TaskStore::create`].
+#[derive(Debug)]
+pub enum Created {
+    New(Task),
+    /// A task with the same `request_id` already exists; nothing was written.
+    Existing(Task),
+}
+
+/// Result of [`TaskStore::compare_and_swap`].
+#[derive(Debug)]
+pub enum Swap {
+    Swapped,
+    /// The stored record moved on (or is terminal); here it is, to decide again.
+    Conflict(Task),
+    Missing,
+}
+
+/// Which active tasks a listing wants. Empty fields match everything; every label given
+/// must match.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ActiveFilter {
+    pub kind: Option<String>,
+    pub session_id: Option<String>,
+    pub parent_id: Option<TaskId>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ActiveFilter {
+    pub fn matches(&self, task: &Task) -> bool {
+        self.kind.as_ref().is_none_or(|kind| *kind == task.kind)
+            && self
+                .session_id
+                .as_ref()
+                .is_none_or(|s| *s == task.session_id)
+            && self.parent_id.is_none_or(|p| task.parent_id == Some(p))
+            && self
+                .labels
+                .iter()
+                .all(|(key, value)| task.labels.get(key) == Some(value))
+    }
+}
+
+/// The changes of one task, as published after each successful write, in version order.
+/// The stream ends after the terminal version.
+pub type Updates = Pin<Box<dyn Stream<Item = Update> + Send>>;
+
+#[derive(Clone, Debug)]
+pub enum Update {
+    Changed(Arc<Task>),
+    /// The subscriber fell behind and some versions were dropped; re-read the record.
+    Lagged,
+}
+
+#[async_trait]
+pub trait TaskStore: Send + Sync + 'static {
+    /// Inserts a new task, unless its non-empty `request_id` is already known, in which
+    /// case the existing task is returned and nothing is written.
+    async fn create(&self, task: Task) -> StoreResult<Created>;
+
+    async fn get(&self, id: TaskId) -> StoreResult<Option<Task>>;
+
+    /// Stores `next` if the stored record has version `next.version - 1` and is not
+    /// terminal, and publishes it to the task's subscribers.
+    async fn compare_and_swap(&self, next: &Task) -> StoreResult<Swap>;
+
+    /// Non-terminal tasks matching `filter` with ids greater than `after`, in creation
+    /// (id) order, at most `limit`.
+    async fn list_active(
+        &self,
+        filter: &ActiveFilter,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Task>>;
+
+    /// Every known child of `parent`, active or not, in creation order.
+    async fn children(&self, parent: TaskId) -> StoreResult<Vec<Task>>;
+
+    /// The oldest PENDING tasks, at most `limit`: the dispatch queue.
+    async fn oldest_pending(&self, limit: usize) -> StoreResult<Vec<Task>>;
+
+    /// Changes of task `id` from now on. Subscribe before reading the record to miss
+    /// nothing in between.
+    async fn subscribe(&self, id: TaskId) -> StoreResult<Updates>;
+}

@@ -1,0 +1,99 @@
+//! The supervisor: the tasks this replica runs. It bounds how many run at once
+//! (`--max-concurrency`), launches a [`driver`] per task and lets callers wait for a task's
+//! code to have stopped or for the replica to be idle.
+
+mod driver;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Engine;
+use crate::task::{Task, TaskId};
+
+/// A reserved place for one running task; dropping it frees the place.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+pub struct Supervisor {
+    slots: Arc<Semaphore>,
+    /// Running tasks and the token their driver cancels when the code has stopped.
+    running: Mutex<HashMap<TaskId, CancellationToken>>,
+    idle: Notify,
+}
+
+impl Supervisor {
+    pub fn new(max_concurrency: usize) -> Supervisor {
+        Supervisor {
+            slots: Arc::new(Semaphore::new(max_concurrency)),
+            running: Mutex::new(HashMap::new()),
+            idle: Notify::new(),
+        }
+    }
+
+    fn table(&self) -> MutexGuard<'_, HashMap<TaskId, CancellationToken>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn try_reserve(&self) -> Option<Slot> {
+        Arc::clone(&self.slots)
+            .try_acquire_owned()
+            .ok()
+            .map(|permit| Slot { _permit: permit })
+    }
+
+    /// Runs a task that this replica has just started (RUNNING, owned here).
+    pub fn launch(&self, engine: Arc<Engine>, task: Task, slot: Slot) {
+        let stopped = CancellationToken::new();
+        self.table().insert(task.id, stopped.clone());
+        tokio::spawn(driver::drive(engine, task, slot, stopped));
+    }
+
+    /// Called by a driver once its task's code has stopped.
+    fn forget(&self, id: TaskId) {
+        let mut table = self.table();
+        if let Some(stopped) = table.remove(&id) {
+            stopped.cancel();
+        }
+        if table.is_empty() {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Waits (at most `within`) until the code of task `id` has stopped, if it runs here.
+    pub async fn wait_stopped(&self, id: TaskId, within: Duration) {
+        let Some(stopped) = self.table().get(&id).cloned() else {
+            return;
+        };
+        if tokio::time::timeout(within, stopped.cancelled())
+            .await
+            .is_err()
+        {
+            tracing::warn!(task = %id, "the task's code has not stopped yet");
+        }
+    }
+
+    pub fn running(&self) -> Vec<TaskId> {
+        self.table().keys().copied().collect()
+    }
+
+    /// Waits (at most `within`) until no task runs here; true if idle.
+    pub async fn wait_idle(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.idle.notified();
+            if self.table().is_empty() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.table().is_empty();
+            }
+        }
+    }
+}

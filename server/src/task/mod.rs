@@ -1,0 +1,182 @@
+//! The task record and its vocabulary: states, cancel information, progress.
+//!
+//! Everything here is plain data. How a record may change is decided by
+//! [`state_machine`]; how cancels spread through a task tree by [`cancel`].
+
+pub mod cancel;
+pub mod state_machine;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use uuid::Uuid;
+
+/// Task ids are UUIDv7: unique across replicas and ordered by creation time, which is the
+/// order `ListActive` and the dispatch queue use.
+pub type TaskId = Uuid;
+
+/// JSON values carried by a task (params, checkpoints, results).
+pub type Json = serde_json::Value;
+pub type JsonMap = serde_json::Map<String, Json>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TaskState {
+    Pending,
+    Running,
+    WaitingForAnswer,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 6] = [
+        TaskState::Pending,
+        TaskState::Running,
+        TaskState::WaitingForAnswer,
+        TaskState::Completed,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ];
+
+    /// Terminal states are final: no event ever moves a task out of one.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Completed | TaskState::Failed | TaskState::Cancelled
+        )
+    }
+
+    /// Running or waiting: the task's code exists somewhere and must be stopped to cancel it.
+    pub fn is_started(self) -> bool {
+        matches!(self, TaskState::Running | TaskState::WaitingForAnswer)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelMode {
+    Soft,
+    Hard,
+}
+
+/// What was asked of a task that is being (or was) cancelled.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CancelInfo {
+    pub mode: CancelMode,
+    pub reason: String,
+    pub requested_at: SystemTime,
+    /// When a soft cancel escalates to hard; `None` for hard cancels and for tasks that
+    /// were cancelled before they started.
+    pub grace_deadline: Option<SystemTime>,
+    /// The server hard-cancelled the task because the grace period ran out.
+    pub escalated: bool,
+    /// The cancel came from the task's own timeout: it ends FAILED, not CANCELLED.
+    pub deadline_exceeded: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Progress {
+    pub fraction: f64,
+    pub message: String,
+}
+
+/// The durable record of one task. `version` is bumped by one on every change and is the
+/// compare-and-set token of the store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Task {
+    pub id: TaskId,
+    pub kind: String,
+    pub description: String,
+    pub params: JsonMap,
+    pub parent_id: Option<TaskId>,
+    pub detached: bool,
+    pub session_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub request_id: String,
+    pub timeout: Option<Duration>,
+
+    pub state: TaskState,
+    /// Replica that runs (or ran) the task; empty until it starts.
+    pub owner: String,
+    /// How many times the task has been started; reports from an older attempt are fenced.
+    pub attempt: u32,
+    pub version: u64,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+    pub started_at: Option<SystemTime>,
+    pub finished_at: Option<SystemTime>,
+
+    pub progress: Progress,
+    pub partial_results: Vec<Json>,
+    pub result: Option<Json>,
+    pub error: String,
+    pub question: String,
+    pub answer: String,
+    pub cancel: Option<CancelInfo>,
+}
+
+/// What a client asks for when it starts a task (already validated for shape).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NewTask {
+    pub kind: String,
+    pub description: String,
+    pub params: JsonMap,
+    pub parent_id: Option<TaskId>,
+    pub detached: bool,
+    pub session_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub timeout: Option<Duration>,
+    pub request_id: String,
+}
+
+impl Task {
+    /// A fresh PENDING record at version 1.
+    pub fn new(id: TaskId, spec: NewTask, now: SystemTime) -> Task {
+        Task {
+            id,
+            kind: spec.kind,
+            description: spec.description,
+            params: spec.params,
+            parent_id: spec.parent_id,
+            detached: spec.detached,
+            session_id: spec.session_id,
+            labels: spec.labels,
+            request_id: spec.request_id,
+            timeout: spec.timeout,
+            state: TaskState::Pending,
+            owner: String::new(),
+            attempt: 0,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+            progress: Progress::default(),
+            partial_results: Vec::new(),
+            result: None,
+            error: String::new(),
+            question: String::new(),
+            answer: String::new(),
+            cancel: None,
+        }
+    }
+
+    /// A cancel (or timeout) has been asked for and the task has not ended yet.
+    pub fn cancel_pending(&self) -> bool {
+        self.cancel.is_some() && !self.state.is_terminal()
+    }
+
+    /// When the task's timeout fires, if it has one and has started.
+    pub fn timeout_at(&self) -> Option<SystemTime> {
+        Some(self.started_at? + self.timeout?)
+    }
+
+    /// Whether a start request (kind, params, tree position) describes this same task:
+    /// the test for a repeated `request_id`.
+    pub fn matches_request(&self, spec: &NewTask) -> bool {
+        self.kind == spec.kind
+            && self.params == spec.params
+            && self.parent_id == spec.parent_id
+            && self.detached == spec.detached
+    }
+}

@@ -1,0 +1,311 @@
+//! The task state machine: which event may change a task in which state, and how.
+//!
+//! [`apply`] is a pure function of (record, event, now). It never touches the store or
+//! the clock; the engine reads a record, applies an event and compare-and-sets the result,
+//! so every transition is atomic and the first terminal transition wins.
+//!
+//! | state \ event      | Start   | Report*          | Ask     | Answer  | SoftCancel          | HardCancel | Escalate† | TimeOut† |
+//! |--------------------|---------|------------------|---------|---------|---------------------|------------|-----------|----------|
+//! | PENDING            | RUNNING | rejected         | rejected| rejected| CANCELLED           | CANCELLED  | rejected  | rejected |
+//! | RUNNING            | rejected| per report       | WAITING | rejected| cancel recorded     | CANCELLED  | terminal  | cancel recorded |
+//! | WAITING_FOR_ANSWER | rejected| terminal reports | rejected| RUNNING | cancel recorded     | CANCELLED  | terminal  | cancel recorded |
+//! | terminal           | rejected (terminal states are final)                                                           |
+//!
+//! \* reports come from the task's running code and are fenced by owner and attempt.
+//! † only once their deadline has passed.
+
+use std::time::SystemTime;
+
+use super::{CancelInfo, CancelMode, Json, Task, TaskState};
+
+/// Identifies the running code a report comes from. A report whose fence does not match the
+/// record (another replica or a later attempt owns the task) is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub owner: String,
+    pub attempt: u32,
+}
+
+/// What a task's running code tells the server.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Report {
+    /// Progress, and optionally a checkpoint appended to `partial_results`.
+    Progress {
+        fraction: f64,
+        message: String,
+        partial_result: Option<Json>,
+    },
+    /// The task needs an answer before it can go on.
+    Ask {
+        question: String,
+    },
+    Complete {
+        result: Json,
+    },
+    Fail {
+        error: String,
+        result: Option<Json>,
+    },
+    /// The code stopped because it was asked to (soft cancel or timeout).
+    Stopped {
+        result: Json,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// The supervisor of replica `owner` starts the task (a new attempt).
+    Start {
+        owner: String,
+    },
+    Report {
+        fence: Fence,
+        report: Report,
+    },
+    Answer {
+        answer: String,
+    },
+    SoftCancel {
+        reason: String,
+        grace_deadline: SystemTime,
+    },
+    HardCancel {
+        reason: String,
+    },
+    /// The grace period of a soft cancel ran out: hard-cancel.
+    Escalate,
+    /// The task's timeout ran out: soft-cancel it, to end FAILED.
+    TimeOut {
+        grace_deadline: SystemTime,
+    },
+}
+
+/// Why an event does not apply. None of these changes the record.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("the task is already {0:?}")]
+    Terminal(TaskState),
+    #[error("the report comes from an owner or attempt that no longer runs the task")]
+    Fenced,
+    #[error("the task is not waiting for an answer")]
+    NotWaiting,
+    #[error("the task is not running")]
+    NotRunning,
+    #[error("a cancel has been requested")]
+    CancelPending,
+    #[error("the task has already started")]
+    AlreadyStarted,
+    #[error("the event is not due yet")]
+    NotDue,
+}
+
+/// Error text of a task that ran past its timeout.
+pub const DEADLINE_EXCEEDED: &str = "deadline exceeded";
+
+/// Applies `event` to `task` at time `now`.
+///
+/// `Ok(Some(next))` is the changed record (version bumped); `Ok(None)` means the event is
+/// harmless and changes nothing (a repeated soft cancel, a late timeout).
+pub fn apply(task: &Task, event: &Event, now: SystemTime) -> Result<Option<Task>, Rejection> {
+    if task.state.is_terminal() {
+        return Err(Rejection::Terminal(task.state));
+    }
+    let mut next = task.clone();
+    let changed = match event {
+        Event::Start { owner } => start(&mut next, owner, now)?,
+        Event::Report { fence, report } => {
+            if task.state == TaskState::Pending {
+                return Err(Rejection::NotRunning);
+            }
+            if fence.owner != task.owner || fence.attempt != task.attempt {
+                return Err(Rejection::Fenced);
+            }
+            apply_report(&mut next, report, now)?
+        }
+        Event::Answer { answer } => {
+            if task.state != TaskState::WaitingForAnswer {
+                return Err(Rejection::NotWaiting);
+            }
+            next.state = TaskState::Running;
+            next.question.clear();
+            next.answer.clone_from(answer);
+            true
+        }
+        Event::SoftCancel {
+            reason,
+            grace_deadline,
+        } => soft_cancel(&mut next, reason, *grace_deadline, now),
+        Event::HardCancel { reason } => {
+            next.cancel = Some(CancelInfo {
+                mode: CancelMode::Hard,
+                reason: reason.clone(),
+                requested_at: now,
+                grace_deadline: None,
+                escalated: false,
+                deadline_exceeded: false,
+            });
+            finish_cancelled(&mut next, None, now);
+            true
+        }
+        Event::Escalate => {
+            let cancel = next.cancel.as_mut().ok_or(Rejection::NotDue)?;
+            match cancel.grace_deadline {
+                Some(deadline) if cancel.mode == CancelMode::Soft && deadline <= now => {}
+                _ => return Err(Rejection::NotDue),
+            }
+            cancel.mode = CancelMode::Hard;
+            cancel.escalated = true;
+            finish_cancelled(&mut next, None, now);
+            true
+        }
+        Event::TimeOut { grace_deadline } => {
+            match task.timeout_at() {
+                Some(at) if at <= now && task.state.is_started() => {}
+                _ => return Err(Rejection::NotDue),
+            }
+            if task.cancel.is_some() {
+                // Already being cancelled: that cancel runs its course.
+                false
+            } else {
+                next.cancel = Some(CancelInfo {
+                    mode: CancelMode::Soft,
+                    reason: DEADLINE_EXCEEDED.to_owned(),
+                    requested_at: now,
+                    grace_deadline: Some(*grace_deadline),
+                    escalated: false,
+                    deadline_exceeded: true,
+                });
+                true
+            }
+        }
+    };
+    if !changed {
+        return Ok(None);
+    }
+    next.version += 1;
+    next.updated_at = now;
+    Ok(Some(next))
+}
+
+fn start(next: &mut Task, owner: &str, now: SystemTime) -> Result<bool, Rejection> {
+    if next.state != TaskState::Pending {
+        return Err(Rejection::AlreadyStarted);
+    }
+    next.state = TaskState::Running;
+    next.owner = owner.to_owned();
+    next.attempt += 1;
+    next.started_at = Some(now);
+    Ok(true)
+}
+
+fn apply_report(next: &mut Task, report: &Report, now: SystemTime) -> Result<bool, Rejection> {
+    match report {
+        Report::Progress {
+            fraction,
+            message,
+            partial_result,
+        } => {
+            if next.state != TaskState::Running {
+                return Err(Rejection::NotRunning);
+            }
+            next.progress.fraction = fraction.clamp(0.0, 1.0);
+            next.progress.message.clone_from(message);
+            if let Some(partial) = partial_result {
+                next.partial_results.push(partial.clone());
+            }
+        }
+        Report::Ask { question } => {
+            if next.state != TaskState::Running {
+                return Err(Rejection::NotRunning);
+            }
+            if next.cancel.is_some() {
+                return Err(Rejection::CancelPending);
+            }
+            next.state = TaskState::WaitingForAnswer;
+            next.question.clone_from(question);
+        }
+        Report::Complete { result } => {
+            // A task that completes while a soft cancel is pending won the race: it is
+            // reported honestly as COMPLETED.
+            next.result = Some(result.clone());
+            finish(next, TaskState::Completed, now);
+        }
+        Report::Fail { error, result } => {
+            next.error.clone_from(error);
+            next.result.clone_from(result);
+            finish(next, TaskState::Failed, now);
+        }
+        Report::Stopped { result } => {
+            if next.cancel.is_some() {
+                finish_cancelled(next, Some(result.clone()), now);
+            } else {
+                next.error = "the task stopped without being asked to".to_owned();
+                next.result = Some(result.clone());
+                finish(next, TaskState::Failed, now);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Records a soft cancel. A task that has not started is cancelled at once; a repeated
+/// soft cancel is harmless, except that a shorter grace period shortens the deadline (as a
+/// second `kubectl delete --grace-period` does).
+fn soft_cancel(next: &mut Task, reason: &str, grace_deadline: SystemTime, now: SystemTime) -> bool {
+    if next.state == TaskState::Pending {
+        next.cancel = Some(CancelInfo {
+            mode: CancelMode::Soft,
+            reason: reason.to_owned(),
+            requested_at: now,
+            grace_deadline: None,
+            escalated: false,
+            deadline_exceeded: false,
+        });
+        finish_cancelled(next, None, now);
+        return true;
+    }
+    match next.cancel.as_mut() {
+        Some(existing) => match existing.grace_deadline {
+            Some(current) if grace_deadline < current => {
+                existing.grace_deadline = Some(grace_deadline);
+                true
+            }
+            _ => false,
+        },
+        None => {
+            next.cancel = Some(CancelInfo {
+                mode: CancelMode::Soft,
+                reason: reason.to_owned(),
+                requested_at: now,
+                grace_deadline: Some(grace_deadline),
+                escalated: false,
+                deadline_exceeded: false,
+            });
+            true
+        }
+    }
+}
+
+/// Ends a task that was cancelled: CANCELLED, or FAILED with "deadline exceeded" when the
+/// cancel came from its timeout. Partial results are kept either way.
+fn finish_cancelled(next: &mut Task, result: Option<Json>, now: SystemTime) {
+    if result.is_some() {
+        next.result = result;
+    }
+    let timed_out = next.cancel.as_ref().is_some_and(|c| c.deadline_exceeded);
+    if timed_out {
+        next.error = DEADLINE_EXCEEDED.to_owned();
+        finish(next, TaskState::Failed, now);
+    } else {
+        finish(next, TaskState::Cancelled, now);
+    }
+}
+
+fn finish(next: &mut Task, state: TaskState, now: SystemTime) {
+    next.state = state;
+    next.finished_at = Some(now);
+    next.question.clear();
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,490 @@
+use std::time::{Duration, SystemTime};
+
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+use crate::task::{NewTask, TaskId};
+
+const OWNER: &str = "replica-a";
+
+fn t(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn fence() -> Fence {
+    Fence {
+        owner: OWNER.to_owned(),
+        attempt: 1,
+    }
+}
+
+fn report(report: Report) -> Event {
+    Event::Report {
+        fence: fence(),
+        report,
+    }
+}
+
+fn pending() -> Task {
+    Task::new(TaskId::now_v7(), NewTask::default(), t(0))
+}
+
+fn running() -> Task {
+    apply(
+        &pending(),
+        &Event::Start {
+            owner: OWNER.into(),
+        },
+        t(1),
+    )
+    .unwrap()
+    .unwrap()
+}
+
+fn waiting() -> Task {
+    apply(
+        &running(),
+        &report(Report::Ask {
+            question: "why?".into(),
+        }),
+        t(2),
+    )
+    .unwrap()
+    .unwrap()
+}
+
+fn task_in(state: TaskState) -> Task {
+    match state {
+        TaskState::Pending => pending(),
+        TaskState::Running => running(),
+        TaskState::WaitingForAnswer => waiting(),
+        TaskState::Completed => apply(
+            &running(),
+            &report(Report::Complete { result: json!(1) }),
+            t(3),
+        )
+        .unwrap()
+        .unwrap(),
+        TaskState::Failed => apply(
+            &running(),
+            &report(Report::Fail {
+                error: "boom".into(),
+                result: None,
+            }),
+            t(3),
+        )
+        .unwrap()
+        .unwrap(),
+        TaskState::Cancelled => apply(
+            &running(),
+            &Event::HardCancel {
+                reason: "stop".into(),
+            },
+            t(3),
+        )
+        .unwrap()
+        .unwrap(),
+    }
+}
+
+/// One event of each kind, named for the matrix.
+fn every_event() -> Vec<(&'static str, Event)> {
+    vec![
+        (
+            "start",
+            Event::Start {
+                owner: OWNER.into(),
+            },
+        ),
+        (
+            "progress",
+            report(Report::Progress {
+                fraction: 0.5,
+                message: "half".into(),
+                partial_result: Some(json!("p")),
+            }),
+        ),
+        (
+            "ask",
+            report(Report::Ask {
+                question: "q".into(),
+            }),
+        ),
+        ("complete", report(Report::Complete { result: json!("r") })),
+        (
+            "fail",
+            report(Report::Fail {
+                error: "e".into(),
+                result: None,
+            }),
+        ),
+        ("stopped", report(Report::Stopped { result: json!("s") })),
+        ("answer", Event::Answer { answer: "a".into() }),
+        (
+            "soft_cancel",
+            Event::SoftCancel {
+                reason: "r".into(),
+                grace_deadline: t(100),
+            },
+        ),
+        ("hard_cancel", Event::HardCancel { reason: "r".into() }),
+        ("escalate", Event::Escalate),
+        (
+            "time_out",
+            Event::TimeOut {
+                grace_deadline: t(100),
+            },
+        ),
+    ]
+}
+
+type Expected = Result<TaskState, Rejection>;
+
+fn expected(state: TaskState, event: &str) -> Expected {
+    use Rejection::*;
+    use TaskState::*;
+    if state.is_terminal() {
+        return Err(Terminal(state));
+    }
+    match (state, event) {
+        (Pending, "start") => Ok(Running),
+        (Pending, "answer") => Err(NotWaiting),
+        (Pending, "soft_cancel" | "hard_cancel") => Ok(Cancelled),
+        (Pending, "escalate" | "time_out") => Err(NotDue),
+        (Pending, _) => Err(NotRunning),
+
+        (Running | WaitingForAnswer, "start") => Err(AlreadyStarted),
+        (Running, "progress") => Ok(Running),
+        (Running, "ask") => Ok(WaitingForAnswer),
+        (WaitingForAnswer, "progress" | "ask") => Err(NotRunning),
+        (_, "complete") => Ok(Completed),
+        // Stopping without a cancel request is a failure of the task's code.
+        (_, "fail" | "stopped") => Ok(Failed),
+        (Running, "answer") => Err(NotWaiting),
+        (WaitingForAnswer, "answer") => Ok(Running),
+        (_, "soft_cancel") => Ok(state),
+        (_, "hard_cancel") => Ok(Cancelled),
+        (_, "escalate" | "time_out") => Err(NotDue),
+        other => unreachable!("no expectation for {other:?}"),
+    }
+}
+
+#[test]
+fn every_state_and_event_pair_behaves_as_the_table_says() {
+    for state in TaskState::ALL {
+        let task = task_in(state);
+        assert_eq!(task.state, state);
+        for (name, event) in every_event() {
+            let got = apply(&task, &event, t(10)).map(|next| next.expect("changed").state);
+            assert_eq!(got, expected(state, name), "{state:?} × {name}");
+        }
+    }
+}
+
+#[test]
+fn every_change_bumps_the_version_by_exactly_one() {
+    for state in TaskState::ALL {
+        let task = task_in(state);
+        for (name, event) in every_event() {
+            if let Ok(Some(next)) = apply(&task, &event, t(10)) {
+                assert_eq!(next.version, task.version + 1, "{state:?} × {name}");
+                assert_eq!(next.updated_at, t(10));
+            }
+        }
+    }
+}
+
+#[test]
+fn start_sets_owner_attempt_and_start_time() {
+    let task = running();
+    assert_eq!(task.owner, OWNER);
+    assert_eq!(task.attempt, 1);
+    assert_eq!(task.started_at, Some(t(1)));
+}
+
+#[test]
+fn reports_from_another_owner_or_attempt_are_fenced() {
+    let task = running();
+    for fence in [
+        Fence {
+            owner: "replica-b".into(),
+            attempt: 1,
+        },
+        Fence {
+            owner: OWNER.into(),
+            attempt: 2,
+        },
+    ] {
+        let event = Event::Report {
+            fence,
+            report: Report::Complete { result: json!(1) },
+        };
+        assert_eq!(apply(&task, &event, t(5)), Err(Rejection::Fenced));
+    }
+}
+
+#[test]
+fn checkpoints_append_partial_results_and_clamp_progress() {
+    let mut task = running();
+    for (i, fraction) in [0.5, 7.0].into_iter().enumerate() {
+        let event = report(Report::Progress {
+            fraction,
+            message: format!("step {i}"),
+            partial_result: Some(json!(i)),
+        });
+        task = apply(&task, &event, t(5)).unwrap().unwrap();
+    }
+    assert_eq!(task.partial_results, vec![json!(0), json!(1)]);
+    assert_eq!(task.progress.fraction, 1.0);
+    assert_eq!(task.progress.message, "step 1");
+}
+
+#[test]
+fn soft_cancel_records_the_request_and_stopping_ends_cancelled_with_partials() {
+    let mut task = running();
+    task = apply(
+        &task,
+        &report(Report::Progress {
+            fraction: 0.5,
+            message: String::new(),
+            partial_result: Some(json!("half")),
+        }),
+        t(2),
+    )
+    .unwrap()
+    .unwrap();
+    let cancel = Event::SoftCancel {
+        reason: "user".into(),
+        grace_deadline: t(32),
+    };
+    task = apply(&task, &cancel, t(2)).unwrap().unwrap();
+    let info = task.cancel.clone().unwrap();
+    assert_eq!(info.mode, CancelMode::Soft);
+    assert_eq!(info.reason, "user");
+    assert_eq!(info.requested_at, t(2));
+    assert_eq!(info.grace_deadline, Some(t(32)));
+    assert_eq!(task.state, TaskState::Running);
+
+    let stopped = report(Report::Stopped {
+        result: json!({"steps": 1}),
+    });
+    let done = apply(&task, &stopped, t(3)).unwrap().unwrap();
+    assert_eq!(done.state, TaskState::Cancelled);
+    assert_eq!(done.partial_results, vec![json!("half")]);
+    assert_eq!(done.result, Some(json!({"steps": 1})));
+    assert_eq!(done.finished_at, Some(t(3)));
+}
+
+#[test]
+fn a_repeated_soft_cancel_is_harmless_but_may_shorten_the_grace() {
+    let first = Event::SoftCancel {
+        reason: "first".into(),
+        grace_deadline: t(30),
+    };
+    let task = apply(&running(), &first, t(1)).unwrap().unwrap();
+    let later = Event::SoftCancel {
+        reason: "second".into(),
+        grace_deadline: t(60),
+    };
+    assert_eq!(apply(&task, &later, t(2)), Ok(None));
+    let sooner = Event::SoftCancel {
+        reason: "second".into(),
+        grace_deadline: t(10),
+    };
+    let next = apply(&task, &sooner, t(2)).unwrap().unwrap();
+    let info = next.cancel.unwrap();
+    assert_eq!(info.grace_deadline, Some(t(10)));
+    assert_eq!(info.reason, "first", "the first reason stands");
+}
+
+#[test]
+fn escalation_applies_only_after_the_grace_deadline() {
+    let cancel = Event::SoftCancel {
+        reason: "user".into(),
+        grace_deadline: t(30),
+    };
+    let task = apply(&waiting(), &cancel, t(1)).unwrap().unwrap();
+    assert_eq!(
+        apply(&task, &Event::Escalate, t(29)),
+        Err(Rejection::NotDue)
+    );
+    let done = apply(&task, &Event::Escalate, t(30)).unwrap().unwrap();
+    assert_eq!(done.state, TaskState::Cancelled);
+    let info = done.cancel.unwrap();
+    assert_eq!(info.mode, CancelMode::Hard);
+    assert!(info.escalated);
+    assert_eq!(info.reason, "user");
+    assert!(done.question.is_empty(), "a finished task asks nothing");
+}
+
+#[test]
+fn hard_cancel_ends_the_task_and_later_reports_change_nothing() {
+    let done = apply(
+        &running(),
+        &Event::HardCancel {
+            reason: "now".into(),
+        },
+        t(2),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(done.state, TaskState::Cancelled);
+    let info = done.cancel.clone().unwrap();
+    assert_eq!((info.mode, info.escalated), (CancelMode::Hard, false));
+    let late = report(Report::Complete { result: json!(1) });
+    assert_eq!(
+        apply(&done, &late, t(3)),
+        Err(Rejection::Terminal(TaskState::Cancelled))
+    );
+}
+
+#[test]
+fn completion_wins_over_a_pending_soft_cancel() {
+    let cancel = Event::SoftCancel {
+        reason: "user".into(),
+        grace_deadline: t(30),
+    };
+    let task = apply(&running(), &cancel, t(1)).unwrap().unwrap();
+    let done = apply(&task, &report(Report::Complete { result: json!(1) }), t(2))
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.state, TaskState::Completed);
+}
+
+#[test]
+fn a_task_cannot_ask_once_a_cancel_is_pending() {
+    let cancel = Event::SoftCancel {
+        reason: "user".into(),
+        grace_deadline: t(30),
+    };
+    let task = apply(&running(), &cancel, t(1)).unwrap().unwrap();
+    let ask = report(Report::Ask {
+        question: "q".into(),
+    });
+    assert_eq!(apply(&task, &ask, t(2)), Err(Rejection::CancelPending));
+}
+
+#[test]
+fn answering_resumes_the_task_and_keeps_the_answer() {
+    let task = apply(
+        &waiting(),
+        &Event::Answer {
+            answer: "42".into(),
+        },
+        t(3),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(task.state, TaskState::Running);
+    assert_eq!(task.answer, "42");
+    assert!(task.question.is_empty());
+}
+
+fn running_with_timeout() -> Task {
+    let mut task = pending();
+    task.timeout = Some(Duration::from_secs(10));
+    apply(
+        &task,
+        &Event::Start {
+            owner: OWNER.into(),
+        },
+        t(1),
+    )
+    .unwrap()
+    .unwrap()
+}
+
+#[test]
+fn timeout_soft_cancels_then_the_task_fails_with_deadline_exceeded() {
+    let task = running_with_timeout();
+    let time_out = Event::TimeOut {
+        grace_deadline: t(41),
+    };
+    assert_eq!(apply(&task, &time_out, t(10)), Err(Rejection::NotDue));
+    let task = apply(&task, &time_out, t(11)).unwrap().unwrap();
+    let info = task.cancel.clone().unwrap();
+    assert!(info.deadline_exceeded);
+    assert_eq!(info.reason, DEADLINE_EXCEEDED);
+    assert_eq!(
+        apply(&task, &time_out, t(12)),
+        Ok(None),
+        "a second timeout is harmless"
+    );
+
+    let stopped = apply(&task, &report(Report::Stopped { result: json!(0) }), t(12))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (stopped.state, stopped.error.as_str()),
+        (TaskState::Failed, DEADLINE_EXCEEDED)
+    );
+
+    let escalated = apply(&task, &Event::Escalate, t(41)).unwrap().unwrap();
+    assert_eq!(
+        (escalated.state, escalated.error.as_str()),
+        (TaskState::Failed, DEADLINE_EXCEEDED)
+    );
+    assert!(escalated.cancel.unwrap().escalated);
+}
+
+#[test]
+fn a_timeout_leaves_an_earlier_cancel_alone() {
+    let task = running_with_timeout();
+    let cancel = Event::SoftCancel {
+        reason: "user".into(),
+        grace_deadline: t(30),
+    };
+    let task = apply(&task, &cancel, t(2)).unwrap().unwrap();
+    assert_eq!(
+        apply(
+            &task,
+            &Event::TimeOut {
+                grace_deadline: t(50)
+            },
+            t(11)
+        ),
+        Ok(None)
+    );
+}
+
+fn any_event() -> impl Strategy<Value = Event> {
+    let names: Vec<Event> = every_event().into_iter().map(|(_, event)| event).collect();
+    (prop::sample::select(names), 0u64..200).prop_map(|(event, secs)| match event {
+        Event::SoftCancel { reason, .. } => Event::SoftCancel {
+            reason,
+            grace_deadline: t(secs),
+        },
+        Event::TimeOut { .. } => Event::TimeOut {
+            grace_deadline: t(secs),
+        },
+        other => other,
+    })
+}
+
+proptest! {
+    /// Whatever happens, a terminal state is never left and versions only grow one by one.
+    #[test]
+    fn terminal_states_are_final_and_versions_are_contiguous(
+        events in prop::collection::vec((any_event(), 0u64..200), 1..40)
+    ) {
+        let mut task = running_with_timeout();
+        let mut terminal: Option<TaskState> = None;
+        for (event, secs) in events {
+            match apply(&task, &event, t(secs)) {
+                Ok(Some(next)) => {
+                    prop_assert!(terminal.is_none(), "changed after {terminal:?}");
+                    prop_assert_eq!(next.version, task.version + 1);
+                    if next.state.is_terminal() {
+                        terminal = Some(next.state);
+                        prop_assert!(next.finished_at.is_some());
+                    }
+                    task = next;
+                }
+                Ok(None) => prop_assert!(terminal.is_none()),
+                Err(Rejection::Terminal(state)) => prop_assert_eq!(Some(state), terminal),
+                Err(_) => prop_assert!(terminal.is_none()),
+            }
+        }
+    }
+}
