@@ -151,9 +151,10 @@ impl Engine {
         if root.state.is_terminal() {
             return Ok((root.clone(), CancelOutcome::of(&root, &root)));
         }
-        // Descendants first, so each records the ancestor's reason before the root's end
-        // would release them as "parent finished".
-        let descendants = self.active_descendants(id).await?;
+        // Deepest first: when a task ends, its own descendants are already settled with the
+        // ancestor's mode and reason, so its end cannot release them as "parent finished".
+        let mut descendants = self.active_descendants(id).await?;
+        descendants.reverse();
         let descendant_reason = cancel::ancestor_cancelled_reason(id, &reason);
         for descendant in &descendants {
             if let Err(err) = self
@@ -191,8 +192,8 @@ impl Engine {
         self.apply(id, event).await
     }
 
-    /// Every active task below `root`, parents before children. Finished tasks are walked
-    /// through: a detached grandchild may outlive its parent.
+    /// Every active task below `root`, breadth first (parents before children). Finished
+    /// tasks are walked through: a detached grandchild may outlive its parent.
     async fn active_descendants(&self, root: TaskId) -> Result<Vec<Task>> {
         let mut found = Vec::new();
         let mut frontier = VecDeque::from([root]);
