@@ -20,6 +20,21 @@ impl std::fmt::Display for NonFiniteNumber {
 
 impl std::error::Error for NonFiniteNumber {}
 
+/// A JSON value given where an object was required (params must be an object).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotAnObject {
+    /// What was found instead, e.g. "an array".
+    pub found: &'static str,
+}
+
+impl std::fmt::Display for NotAnObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "expected a JSON object, got {}", self.found)
+    }
+}
+
+impl std::error::Error for NotAnObject {}
+
 /// The largest double below which every integer is exact.
 const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
 
@@ -79,6 +94,18 @@ pub fn json_to_struct(object: &Map<String, Json>) -> Struct {
     }
 }
 
+/// A JSON value that must be an object, as a `Struct`.
+pub fn object_to_struct(json: &Json) -> Result<Struct, NotAnObject> {
+    match json {
+        Json::Object(object) => Ok(json_to_struct(object)),
+        Json::Null => Err(NotAnObject { found: "null" }),
+        Json::Bool(_) => Err(NotAnObject { found: "a boolean" }),
+        Json::Number(_) => Err(NotAnObject { found: "a number" }),
+        Json::String(_) => Err(NotAnObject { found: "a string" }),
+        Json::Array(_) => Err(NotAnObject { found: "an array" }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -112,6 +139,15 @@ mod tests {
             };
             assert!(value_to_json(&value).is_err());
         }
+    }
+
+    #[test]
+    fn only_objects_become_structs() {
+        assert!(object_to_struct(&json!({"a": 1})).is_ok());
+        assert_eq!(
+            object_to_struct(&json!([1])),
+            Err(NotAnObject { found: "an array" })
+        );
     }
 
     #[test]
