@@ -1,0 +1,414 @@
+//! The `reins` command line: clap definitions, the parsers for labels and JSON parameters,
+//! and the translation of arguments into client requests.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use reins_client::{StartTask, WatchOptions, json, proto::ListActiveRequest};
+
+const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0    success
+  1    the server rejected the request, could not be reached, or a watch broke off
+  2    invalid arguments (including --params that is not a JSON object)
+  130  `watch` interrupted with Ctrl-C";
+
+const WATCH_HELP: &str = "\
+Follow a task until it reaches a terminal state (COMPLETED, FAILED or CANCELLED).
+
+On a terminal this shows a live progress bar, then the final task. When stdout is not a \
+terminal it prints one line per change: `<version> <STATE> <fraction> <message>`; with \
+--json, one TaskEvent per line.
+
+Exits 0 once the task has finished, whichever terminal state it ended in: read the printed \
+final state to tell success from failure. Exits 1 if the stream fails or ends before the \
+task finished, 130 on Ctrl-C (which, with --cancel-on-disconnect, soft-cancels the task).";
+
+/// Start, inspect, watch and cancel Reins tasks.
+#[derive(Debug, Parser)]
+#[command(name = "reins", version, after_help = EXIT_STATUS_HELP)]
+pub struct Cli {
+    /// Server address: `http://host:port` or `host:port`.
+    #[arg(
+        long,
+        global = true,
+        env = "REINS_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        value_name = "URL"
+    )]
+    pub server: String,
+
+    /// Print the response as canonical proto3 JSON instead of a summary.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a task and print it.
+    Start(StartArgs),
+    /// Show a task, active or finished.
+    Check {
+        /// Task id.
+        id: String,
+    },
+    /// Cancel a task and its subtree: at its next checkpoint, or right away with --hard.
+    Cancel(CancelArgs),
+    /// List active (not yet finished) tasks, oldest first.
+    List(ListArgs),
+    #[command(about = "Follow a task until it finishes", long_about = WATCH_HELP)]
+    Watch(WatchArgs),
+    /// Answer the question of a task that is waiting for an answer.
+    Answer {
+        /// Task id.
+        id: String,
+        /// The answer.
+        text: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Executor kind, e.g. `sleep` or `exec`.
+    pub kind: String,
+    /// Kind-specific parameters, a JSON object, e.g. '{"ms": 500}'.
+    #[arg(long, value_name = "JSON", value_parser = parse_params)]
+    pub params: Option<serde_json::Value>,
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// Start the task as a child of this task.
+    #[arg(long, value_name = "ID")]
+    pub parent: Option<String>,
+    /// Keep the child running when its parent finishes.
+    #[arg(long, requires = "parent")]
+    pub detached: bool,
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+    /// A label, repeatable; for a repeated key the last value wins.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Maximum running time, e.g. `90s` or `5m`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Idempotency key: starting again with the same key returns the first task.
+    #[arg(long, value_name = "ID")]
+    pub request_id: Option<String>,
+}
+
+impl StartArgs {
+    pub fn into_start_task(self) -> StartTask {
+        let mut task = StartTask::new(self.kind).detached(self.detached);
+        if let Some(params) = self.params {
+            // `parse_params` only lets objects through, so this cannot panic.
+            task = task.params(params);
+        }
+        if let Some(description) = self.description {
+            task = task.description(description);
+        }
+        if let Some(parent) = self.parent {
+            task = task.parent(parent);
+        }
+        if let Some(session) = self.session {
+            task = task.session(session);
+        }
+        if let Some(timeout) = self.timeout {
+            task = task.timeout(timeout);
+        }
+        if let Some(request_id) = self.request_id {
+            task = task.request_id(request_id);
+        }
+        self.labels
+            .into_iter()
+            .fold(task, |task, (key, value)| task.label(key, value))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// Task id.
+    pub id: String,
+    /// Stop the task now instead of at its next checkpoint.
+    #[arg(long)]
+    pub hard: bool,
+    /// How long a soft cancel may take before the server hard-cancels the task
+    /// [default: the server's grace period].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "hard")]
+    pub grace: Option<Duration>,
+    /// Why the task is cancelled, recorded on the task.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    pub kind: Option<String>,
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+    /// Only direct children of this task.
+    #[arg(long, value_name = "ID")]
+    pub parent: Option<String>,
+    /// Only tasks with this label, repeatable (all must match).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Tasks per page [default: the server's, 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
+    pub page_size: Option<i32>,
+    /// Continue from the next-page token a previous `list` printed.
+    #[arg(long, value_name = "TOKEN")]
+    pub page_token: Option<String>,
+    /// Fetch every page instead of one.
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl ListArgs {
+    pub fn filter(&self) -> ListActiveRequest {
+        ListActiveRequest {
+            kind: self.kind.clone().unwrap_or_default(),
+            session_id: self.session.clone().unwrap_or_default(),
+            parent_id: self.parent.clone().unwrap_or_default(),
+            labels: self.labels.iter().cloned().collect(),
+            page_size: self.page_size.unwrap_or_default(),
+            page_token: self.page_token.clone().unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Task id.
+    pub id: String,
+    /// Soft-cancel the task if this watch ends first (e.g. on Ctrl-C).
+    #[arg(long)]
+    pub cancel_on_disconnect: bool,
+    /// Resume: show only the changes after this version.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub after_version: u64,
+}
+
+impl WatchArgs {
+    pub fn options(&self) -> WatchOptions {
+        WatchOptions {
+            cancel_on_disconnect: self.cancel_on_disconnect,
+            after_version: self.after_version,
+        }
+    }
+}
+
+/// Parses `KEY=VALUE`; the value may be empty or contain `=`, the key may not be empty.
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got `{text}`"))?;
+    if key.is_empty() {
+        return Err(format!("the label key is empty in `{text}`"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// Parses a JSON object; anything else is rejected here so the error is a usage error.
+fn parse_params(text: &str) -> Result<serde_json::Value, String> {
+    let params: serde_json::Value =
+        serde_json::from_str(text).map_err(|err| format!("not valid JSON: {err}"))?;
+    json::object_to_struct(&params).map_err(|err| err.to_string())?;
+    Ok(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use clap::{CommandFactory, error::ErrorKind};
+    use reins_client::proto::StartTaskRequest;
+    use serde_json::json;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("reins").chain(args.iter().copied()))
+    }
+
+    fn parse_error(args: &[&str]) -> clap::Error {
+        parse(args).expect_err("the arguments should be rejected")
+    }
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn label_splits_at_the_first_equals_sign() {
+        assert_eq!(parse_label("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert_eq!(parse_label("empty="), Ok(("empty".into(), String::new())));
+    }
+
+    #[test]
+    fn label_without_equals_sign_is_rejected() {
+        assert_eq!(
+            parse_label("team"),
+            Err("expected KEY=VALUE, got `team`".into())
+        );
+    }
+
+    #[test]
+    fn label_with_empty_key_is_rejected() {
+        assert_eq!(
+            parse_label("=x"),
+            Err("the label key is empty in `=x`".into())
+        );
+    }
+
+    #[test]
+    fn bad_label_is_a_usage_error() {
+        let err = parse_error(&["list", "--label", "oops"]);
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("expected KEY=VALUE"), "{err}");
+    }
+
+    #[test]
+    fn params_must_be_valid_json() {
+        let err = parse_error(&["start", "sleep", "--params", "{ms: 5}"]);
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("not valid JSON"), "{err}");
+    }
+
+    #[test]
+    fn params_must_be_an_object() {
+        let err = parse_error(&["start", "sleep", "--params", "[5]"]);
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string()
+                .contains("expected a JSON object, got an array"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durations_are_human_readable() {
+        let Command::Cancel(args) = parse(&["cancel", "t1", "--grace", "1m 30s"])
+            .unwrap()
+            .command
+        else {
+            panic!("expected the cancel command");
+        };
+        assert_eq!(args.grace, Some(Duration::from_secs(90)));
+
+        let Command::Start(args) = parse(&["start", "sleep", "--timeout", "500ms"])
+            .unwrap()
+            .command
+        else {
+            panic!("expected the start command");
+        };
+        assert_eq!(args.timeout, Some(Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn malformed_duration_is_a_usage_error() {
+        let err = parse_error(&["start", "sleep", "--timeout", "soon"]);
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn grace_conflicts_with_hard() {
+        let err = parse_error(&["cancel", "t1", "--hard", "--grace", "3s"]);
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn detached_requires_a_parent() {
+        let err = parse_error(&["start", "sleep", "--detached"]);
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn page_size_must_be_positive() {
+        let err = parse_error(&["list", "--page-size", "0"]);
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn global_flags_work_after_the_subcommand() {
+        let cli = parse(&["check", "t1", "--json", "--server", "localhost:1"]).unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.server, "localhost:1");
+    }
+
+    #[test]
+    fn start_arguments_become_a_request() {
+        let cli = parse(&[
+            "start",
+            "sleep",
+            "--params",
+            r#"{"ms": 250}"#,
+            "--description",
+            "nap",
+            "--parent",
+            "p1",
+            "--detached",
+            "--session",
+            "s1",
+            "--label",
+            "team=infra",
+            "--label",
+            "tier=2",
+            "--timeout",
+            "2m",
+            "--request-id",
+            "r1",
+        ])
+        .unwrap();
+        let Command::Start(args) = cli.command else {
+            panic!("expected the start command");
+        };
+        let expected = StartTask::new("sleep")
+            .params(json!({"ms": 250}))
+            .description("nap")
+            .parent("p1")
+            .detached(true)
+            .session("s1")
+            .label("team", "infra")
+            .label("tier", "2")
+            .timeout(Duration::from_secs(120))
+            .request_id("r1");
+        assert_eq!(
+            StartTaskRequest::from(args.into_start_task()),
+            StartTaskRequest::from(expected)
+        );
+    }
+
+    #[test]
+    fn list_arguments_become_a_filter() {
+        let Command::List(args) = parse(&[
+            "list",
+            "--kind",
+            "exec",
+            "--label",
+            "a=1",
+            "--page-size",
+            "20",
+            "--page-token",
+            "next",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("expected the list command");
+        };
+        assert_eq!(
+            args.filter(),
+            ListActiveRequest {
+                kind: "exec".into(),
+                labels: HashMap::from([("a".into(), "1".into())]),
+                page_size: 20,
+                page_token: "next".into(),
+                ..ListActiveRequest::default()
+            }
+        );
+    }
+}
