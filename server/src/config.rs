@@ -6,6 +6,17 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::task::MAX_DURATION;
+
+/// A human duration (`500ms`, `3s`) no longer than the service's [`MAX_DURATION`].
+fn duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|err| err.to_string())?;
+    if duration > MAX_DURATION {
+        return Err("must be at most 10,000 years".to_owned());
+    }
+    Ok(duration)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -38,16 +49,16 @@ pub struct Config {
     pub allow_exec: Vec<String>,
 
     /// Grace period of a soft cancel that does not name one, and of timeouts.
-    #[arg(long, env = "REINS_DEFAULT_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REINS_DEFAULT_GRACE", default_value = "30s", value_parser = duration)]
     pub default_grace: Duration,
 
     /// How long finished tasks stay readable.
-    #[arg(long, env = "REINS_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REINS_RETENTION", default_value = "24h", value_parser = duration)]
     pub retention: Duration,
 
     /// On SIGTERM/SIGINT, how long running tasks may take to finish before they are soft-
     /// and then hard-cancelled.
-    #[arg(long, env = "REINS_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REINS_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
     pub shutdown_grace: Duration,
 
     /// Tasks this replica runs at once; more wait PENDING, oldest first.
@@ -102,6 +113,11 @@ mod tests {
         assert_eq!(config.default_grace, Duration::from_millis(500));
         assert_eq!(config.retention, Duration::from_secs(120));
         assert_eq!(config.allow_exec, ["sh", "python3"]);
+    }
+
+    #[test]
+    fn durations_beyond_the_protobuf_range_are_refused() {
+        assert!(Config::try_parse_from(["reinsd", "--default-grace", "20000years"]).is_err());
     }
 
     #[test]

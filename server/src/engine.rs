@@ -49,7 +49,8 @@ pub enum CancelRequest {
     Hard,
 }
 
-/// The result of one event on one task.
+/// The result of one event on one task. Short-lived, so the records are not boxed.
+#[allow(clippy::large_enum_variant)]
 enum Applied {
     Changed { before: Task, after: Task },
     Unchanged(Task),
@@ -183,10 +184,7 @@ impl Engine {
         reason: String,
     ) -> Result<Applied> {
         let event = match request {
-            CancelRequest::Soft { grace } => Event::SoftCancel {
-                reason,
-                grace_deadline: now() + grace,
-            },
+            CancelRequest::Soft { grace } => Event::SoftCancel { reason, grace },
             CancelRequest::Hard => Event::HardCancel { reason },
         };
         self.apply(id, event).await
@@ -235,6 +233,7 @@ impl Engine {
             updates,
             next: Some(snapshot),
             last_version: 0,
+            finished: false,
         };
         Ok(futures_util::stream::unfold(state, WatchState::step))
     }
@@ -271,7 +270,7 @@ impl Engine {
     /// The task ran past its timeout.
     pub(crate) async fn time_out(self: &Arc<Self>, id: TaskId) {
         let event = Event::TimeOut {
-            grace_deadline: now() + self.config.default_grace,
+            grace: self.config.default_grace,
         };
         if let Err(err) = self.apply(id, event).await {
             tracing::warn!(task = %id, %err, "timeout could not be stored");
@@ -296,7 +295,7 @@ impl Engine {
                     }
                     return Ok(Applied::Changed { before, after });
                 }
-                Swap::Conflict(_) => continue,
+                Swap::Conflict => continue,
                 Swap::Missing => return Err(Error::TaskNotFound(id)),
             }
         }
@@ -403,36 +402,33 @@ struct WatchState {
     /// The next version to yield (the first snapshot, or a re-read after lagging).
     next: Option<Task>,
     last_version: u64,
+    finished: bool,
 }
 
 impl WatchState {
     async fn step(mut self) -> Option<(Task, WatchState)> {
-        loop {
-            if let Some(task) = self.next.take() {
-                if task.version > self.last_version {
-                    self.last_version = task.version;
-                    if task.state.is_terminal() {
-                        // Yield the terminal version, then end the stream.
-                        self.updates = Box::pin(futures_util::stream::empty());
-                        self.last_version = u64::MAX;
-                    }
-                    return Some((task, self));
-                }
-            }
-            if self.last_version == u64::MAX {
-                return None;
+        while !self.finished {
+            if let Some(task) = self.next.take()
+                && task.version > self.last_version
+            {
+                self.last_version = task.version;
+                // The terminal version is the last one yielded.
+                self.finished = task.state.is_terminal();
+                return Some((task, self));
             }
             match self.updates.next().await {
                 Some(Update::Changed(task)) => self.next = Some(Task::clone(&task)),
                 Some(Update::Lagged) | None => {
                     // Behind, or the update stream closed: the record itself is the truth.
                     let latest = self.store.get(self.id).await.ok().flatten()?;
-                    if latest.version <= self.last_version && !latest.state.is_terminal() {
+                    if latest.version <= self.last_version {
+                        // Closed with nothing new: no further change can be followed.
                         return None;
                     }
                     self.next = Some(latest);
                 }
             }
         }
+        None
     }
 }

@@ -45,6 +45,10 @@ pub enum Error {
         request_id: String,
         existing: TaskId,
     },
+    #[error(
+        "after_version (watch resume) is not implemented by this server yet; watch without it to get the current task first"
+    )]
+    WatchResumeUnimplemented,
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("{0}")]

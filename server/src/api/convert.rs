@@ -11,7 +11,7 @@ use reins_proto::v1 as pb;
 use crate::error::{Error, FieldViolation, Result};
 use crate::store::ActiveFilter;
 use crate::task::cancel::CancelOutcome;
-use crate::task::{CancelInfo, CancelMode, NewTask, Task, TaskId, TaskState};
+use crate::task::{CancelInfo, CancelMode, MAX_DURATION, NewTask, Task, TaskId, TaskState};
 
 /// Default and largest `ListActive` page sizes.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
@@ -33,12 +33,18 @@ fn optional_task_id(field: &str, raw: &str) -> Result<Option<TaskId>> {
     }
 }
 
-/// A protobuf duration that must be non-negative; `None` if unset.
+/// A protobuf duration that must be non-negative and within the protobuf range (10,000
+/// years); `None` if unset.
 pub fn duration(field: &str, value: Option<prost_types::Duration>) -> Result<Option<Duration>> {
     let Some(value) = value else { return Ok(None) };
-    Duration::try_from(value)
-        .map(Some)
-        .map_err(|_| Error::invalid(field, "must be a non-negative duration"))
+    match Duration::try_from(value) {
+        Ok(duration) if duration <= MAX_DURATION => Ok(Some(duration)),
+        Ok(_) => Err(Error::invalid(
+            field,
+            "must be at most 10,000 years (the protobuf Duration range)",
+        )),
+        Err(_) => Err(Error::invalid(field, "must be a non-negative duration")),
+    }
 }
 
 fn timestamp(time: SystemTime) -> prost_types::Timestamp {
@@ -121,20 +127,32 @@ fn labels(field: &str, labels: &std::collections::HashMap<String, String>) -> Re
 pub fn list_query(
     request: &pb::ListActiveRequest,
 ) -> Result<(ActiveFilter, Option<TaskId>, usize)> {
+    let mut violations = Vec::new();
     let page_size = match request.page_size {
         0 => DEFAULT_PAGE_SIZE,
-        n if n < 0 => return Err(Error::invalid("page_size", "must not be negative")),
+        n if n < 0 => {
+            violations.push(FieldViolation::new("page_size", "must not be negative"));
+            0
+        }
         // Larger requests are served at the maximum, as the page token lets them go on.
         n => (n as usize).min(MAX_PAGE_SIZE),
     };
-    labels("labels", &request.labels)?;
+    collect(&mut violations, labels("labels", &request.labels));
+    let parent_id = collect(
+        &mut violations,
+        optional_task_id("parent_id", &request.parent_id),
+    )
+    .flatten();
+    let after = collect(&mut violations, decode_page_token(&request.page_token)).flatten();
+    if !violations.is_empty() {
+        return Err(Error::InvalidArgument(violations));
+    }
     let filter = ActiveFilter {
         kind: non_empty(&request.kind),
         session_id: non_empty(&request.session_id),
-        parent_id: optional_task_id("parent_id", &request.parent_id)?,
+        parent_id,
         labels: request.labels.clone().into_iter().collect(),
     };
-    let after = decode_page_token(&request.page_token)?;
     Ok((filter, after, page_size))
 }
 
@@ -264,6 +282,29 @@ mod tests {
         assert_eq!(
             fields(new_task(request).unwrap_err()),
             ["kind", "parent_id", "timeout", "labels"]
+        );
+    }
+
+    #[test]
+    fn durations_must_fit_the_protobuf_range() {
+        let at = |seconds| duration("timeout", Some(prost_types::Duration { seconds, nanos: 0 }));
+        assert_eq!(at(315_576_000_000).unwrap(), Some(MAX_DURATION));
+        assert_eq!(fields(at(315_576_000_001).unwrap_err()), ["timeout"]);
+        assert_eq!(fields(at(i64::MAX).unwrap_err()), ["timeout"]);
+        assert_eq!(fields(at(-1).unwrap_err()), ["timeout"]);
+    }
+
+    #[test]
+    fn a_list_request_reports_every_bad_field_at_once() {
+        let request = pb::ListActiveRequest {
+            page_size: -1,
+            parent_id: "x".into(),
+            page_token: "???".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(list_query(&request).unwrap_err()),
+            ["page_size", "parent_id", "page_token"]
         );
     }
 

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use crate::engine::{CancelRequest, Engine};
+use crate::error::Error;
 use crate::task::{Task, TaskId};
 
 pub struct TaskApi {
@@ -104,9 +105,7 @@ impl TaskService for TaskApi {
         let request = request.into_inner();
         let id = convert::task_id("task_id", &request.task_id)?;
         if request.after_version != 0 {
-            return Err(Status::unimplemented(
-                "after_version (watch resume) is not implemented by this server yet; watch without it to get the current task first",
-            ));
+            return Err(Error::WatchResumeUnimplemented.into());
         }
         let events = self.engine.watch(id).await?;
         Ok(Response::new(WatchStream {
@@ -146,6 +145,21 @@ impl Stream for WatchStream {
         if self.ended {
             return Poll::Ready(None);
         }
+        // Changes already published go out before the shutdown ends the stream, so a task
+        // settled by the shutdown is seen in its terminal state.
+        match self.events.poll_next_unpin(cx) {
+            Poll::Ready(Some(task)) => {
+                if task.state.is_terminal() {
+                    self.cancel_on_disconnect = None;
+                }
+                return Poll::Ready(Some(Ok(convert::event(&task))));
+            }
+            Poll::Ready(None) => {
+                self.ended = true;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
         if self.shutdown.poll_unpin(cx).is_ready() {
             self.ended = true;
             self.cancel_on_disconnect = None;
@@ -153,19 +167,7 @@ impl Stream for WatchStream {
                 "the server is shutting down; watch the task again",
             ))));
         }
-        match self.events.poll_next_unpin(cx) {
-            Poll::Ready(Some(task)) => {
-                if task.state.is_terminal() {
-                    self.cancel_on_disconnect = None;
-                }
-                Poll::Ready(Some(Ok(convert::event(&task))))
-            }
-            Poll::Ready(None) => {
-                self.ended = true;
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        Poll::Pending
     }
 }
 

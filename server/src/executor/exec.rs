@@ -215,6 +215,8 @@ impl ExecJob {
                     group.signal(Signal::SIGTERM);
                     terminated = true;
                 }
+                // A pipe reached EOF in this round (its reader is now `None`): look again.
+                else => {}
             }
         }
         let status = status.expect("the loop ends only after the exit");

@@ -173,7 +173,7 @@ impl TaskStore for MemoryStore {
             return Ok(Swap::Missing);
         };
         if entry.task.state.is_terminal() || entry.task.version + 1 != next.version {
-            return Ok(Swap::Conflict(entry.task.clone()));
+            return Ok(Swap::Conflict);
         }
         entry.task = next.clone();
         entry.publish(next);

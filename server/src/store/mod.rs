@@ -41,8 +41,8 @@ pub enum Created {
 #[derive(Debug)]
 pub enum Swap {
     Swapped,
-    /// The stored record moved on (or is terminal); here it is, to decide again.
-    Conflict(Task),
+    /// The stored record moved on (or is terminal): read it and decide again.
+    Conflict,
     Missing,
 }
 

@@ -12,7 +12,9 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use futures_util::StreamExt;
+use std::panic::AssertUnwindSafe;
+
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +23,7 @@ use crate::engine::Engine;
 use crate::executor::TaskContext;
 use crate::store::Update;
 use crate::task::state_machine::{Fence, Report};
-use crate::task::{CancelMode, Task, TaskState};
+use crate::task::{CancelMode, Task, TaskId, TaskState};
 
 /// Sleeps until `deadline`; never resolves without one.
 async fn until(deadline: Option<SystemTime>) {
@@ -58,13 +60,31 @@ pub(super) async fn drive(
     slot: Slot,
     stopped: CancellationToken,
 ) {
-    let id = started.id;
+    let running = Running {
+        engine: Arc::clone(&engine),
+        id: started.id,
+        _slot: slot,
+        _stopped: stopped,
+    };
     run(&engine, started).await;
-    engine.supervisor().forget(id);
-    drop(stopped);
-    drop(slot);
+    drop(running);
     // A place is free: start the next queued task.
     engine.dispatch().await;
+}
+
+/// While it lives, the task counts as running here; dropping it (even while unwinding from
+/// a bug) frees the slot and tells waiters that the code has stopped.
+struct Running {
+    engine: Arc<Engine>,
+    id: TaskId,
+    _slot: Slot,
+    _stopped: CancellationToken,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.engine.supervisor().forget(self.id);
+    }
 }
 
 async fn run(engine: &Arc<Engine>, started: Task) {
@@ -114,7 +134,8 @@ async fn run(engine: &Arc<Engine>, started: Task) {
         cancel_requested.clone(),
         answers_rx,
     );
-    let mut work = job.run(ctx);
+    // A job that panics fails its task instead of leaving it RUNNING with nobody driving it.
+    let mut work = AssertUnwindSafe(job.run(ctx)).catch_unwind();
     tracing::info!(task = %id, kind = %latest.kind, attempt = fence.attempt, "task running");
 
     loop {
@@ -123,7 +144,11 @@ async fn run(engine: &Arc<Engine>, started: Task) {
         }
         tokio::select! {
             outcome = &mut work => {
-                let _ = engine.report(id, &fence, outcome.into_report()).await;
+                let report = match outcome {
+                    Ok(outcome) => outcome.into_report(),
+                    Err(_) => Report::Fail { error: "the task's code panicked".to_owned(), result: None },
+                };
+                let _ = engine.report(id, &fence, report).await;
                 return;
             }
             update = updates.next() => {

@@ -11,6 +11,11 @@ use std::time::{Duration, SystemTime};
 
 use uuid::Uuid;
 
+/// The longest duration the service accepts anywhere (a timeout, a grace period): the
+/// range of `google.protobuf.Duration`, 10,000 years. Deadlines computed from it never
+/// overflow the clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(315_576_000_000);
+
 /// Task ids are UUIDv7: unique across replicas and ordered by creation time, which is the
 /// order `ListActive` and the dispatch queue use.
 pub type TaskId = Uuid;
@@ -166,9 +171,9 @@ impl Task {
         self.cancel.is_some() && !self.state.is_terminal()
     }
 
-    /// When the task's timeout fires, if it has one and has started.
+    /// When the task's timeout fires, if it has one and has started (and the sum exists).
     pub fn timeout_at(&self) -> Option<SystemTime> {
-        Some(self.started_at? + self.timeout?)
+        self.started_at?.checked_add(self.timeout?)
     }
 
     /// Whether a start request (kind, params, tree position) describes this same task:

@@ -14,7 +14,7 @@
 //! \* reports come from the task's running code and are fenced by owner and attempt.
 //! † only once their deadline has passed.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::{CancelInfo, CancelMode, Json, Task, TaskState};
 
@@ -65,9 +65,10 @@ pub enum Event {
     Answer {
         answer: String,
     },
+    /// The grace deadline is `now + grace`, from the same instant as `requested_at`.
     SoftCancel {
         reason: String,
-        grace_deadline: SystemTime,
+        grace: Duration,
     },
     HardCancel {
         reason: String,
@@ -76,7 +77,7 @@ pub enum Event {
     Escalate,
     /// The task's timeout ran out: soft-cancel it, to end FAILED.
     TimeOut {
-        grace_deadline: SystemTime,
+        grace: Duration,
     },
 }
 
@@ -131,10 +132,9 @@ pub fn apply(task: &Task, event: &Event, now: SystemTime) -> Result<Option<Task>
             next.answer.clone_from(answer);
             true
         }
-        Event::SoftCancel {
-            reason,
-            grace_deadline,
-        } => soft_cancel(&mut next, reason, *grace_deadline, now),
+        Event::SoftCancel { reason, grace } => {
+            soft_cancel(&mut next, reason, deadline(now, *grace), now)
+        }
         Event::HardCancel { reason } => {
             next.cancel = Some(CancelInfo {
                 mode: CancelMode::Hard,
@@ -158,7 +158,7 @@ pub fn apply(task: &Task, event: &Event, now: SystemTime) -> Result<Option<Task>
             finish_cancelled(&mut next, None, now);
             true
         }
-        Event::TimeOut { grace_deadline } => {
+        Event::TimeOut { grace } => {
             match task.timeout_at() {
                 Some(at) if at <= now && task.state.is_started() => {}
                 _ => return Err(Rejection::NotDue),
@@ -171,7 +171,7 @@ pub fn apply(task: &Task, event: &Event, now: SystemTime) -> Result<Option<Task>
                     mode: CancelMode::Soft,
                     reason: DEADLINE_EXCEEDED.to_owned(),
                     requested_at: now,
-                    grace_deadline: Some(*grace_deadline),
+                    grace_deadline: Some(deadline(now, *grace)),
                     escalated: false,
                     deadline_exceeded: true,
                 });
@@ -185,6 +185,12 @@ pub fn apply(task: &Task, event: &Event, now: SystemTime) -> Result<Option<Task>
     next.version += 1;
     next.updated_at = now;
     Ok(Some(next))
+}
+
+/// `now + grace`; durations are bounded by [`super::MAX_DURATION`], so this only saturates
+/// on a clock already near its end.
+fn deadline(now: SystemTime, grace: Duration) -> SystemTime {
+    now.checked_add(grace).unwrap_or(now)
 }
 
 fn start(next: &mut Task, owner: &str, now: SystemTime) -> Result<bool, Rejection> {

@@ -12,6 +12,10 @@ fn t(secs: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
 }
 
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
 fn fence() -> Fence {
     Fence {
         owner: OWNER.to_owned(),
@@ -125,17 +129,12 @@ fn every_event() -> Vec<(&'static str, Event)> {
             "soft_cancel",
             Event::SoftCancel {
                 reason: "r".into(),
-                grace_deadline: t(100),
+                grace: secs(100),
             },
         ),
         ("hard_cancel", Event::HardCancel { reason: "r".into() }),
         ("escalate", Event::Escalate),
-        (
-            "time_out",
-            Event::TimeOut {
-                grace_deadline: t(100),
-            },
-        ),
+        ("time_out", Event::TimeOut { grace: secs(100) }),
     ]
 }
 
@@ -256,7 +255,7 @@ fn soft_cancel_records_the_request_and_stopping_ends_cancelled_with_partials() {
     .unwrap();
     let cancel = Event::SoftCancel {
         reason: "user".into(),
-        grace_deadline: t(32),
+        grace: secs(30),
     };
     task = apply(&task, &cancel, t(2)).unwrap().unwrap();
     let info = task.cancel.clone().unwrap();
@@ -280,21 +279,21 @@ fn soft_cancel_records_the_request_and_stopping_ends_cancelled_with_partials() {
 fn a_repeated_soft_cancel_is_harmless_but_may_shorten_the_grace() {
     let first = Event::SoftCancel {
         reason: "first".into(),
-        grace_deadline: t(30),
+        grace: secs(30),
     };
     let task = apply(&running(), &first, t(1)).unwrap().unwrap();
     let later = Event::SoftCancel {
         reason: "second".into(),
-        grace_deadline: t(60),
+        grace: secs(60),
     };
     assert_eq!(apply(&task, &later, t(2)), Ok(None));
     let sooner = Event::SoftCancel {
         reason: "second".into(),
-        grace_deadline: t(10),
+        grace: secs(10),
     };
     let next = apply(&task, &sooner, t(2)).unwrap().unwrap();
     let info = next.cancel.unwrap();
-    assert_eq!(info.grace_deadline, Some(t(10)));
+    assert_eq!(info.grace_deadline, Some(t(12)), "now + the shorter grace");
     assert_eq!(info.reason, "first", "the first reason stands");
 }
 
@@ -302,7 +301,7 @@ fn a_repeated_soft_cancel_is_harmless_but_may_shorten_the_grace() {
 fn escalation_applies_only_after_the_grace_deadline() {
     let cancel = Event::SoftCancel {
         reason: "user".into(),
-        grace_deadline: t(30),
+        grace: secs(29),
     };
     let task = apply(&waiting(), &cancel, t(1)).unwrap().unwrap();
     assert_eq!(
@@ -343,7 +342,7 @@ fn hard_cancel_ends_the_task_and_later_reports_change_nothing() {
 fn completion_wins_over_a_pending_soft_cancel() {
     let cancel = Event::SoftCancel {
         reason: "user".into(),
-        grace_deadline: t(30),
+        grace: secs(30),
     };
     let task = apply(&running(), &cancel, t(1)).unwrap().unwrap();
     let done = apply(&task, &report(Report::Complete { result: json!(1) }), t(2))
@@ -356,7 +355,7 @@ fn completion_wins_over_a_pending_soft_cancel() {
 fn a_task_cannot_ask_once_a_cancel_is_pending() {
     let cancel = Event::SoftCancel {
         reason: "user".into(),
-        grace_deadline: t(30),
+        grace: secs(30),
     };
     let task = apply(&running(), &cancel, t(1)).unwrap().unwrap();
     let ask = report(Report::Ask {
@@ -398,9 +397,7 @@ fn running_with_timeout() -> Task {
 #[test]
 fn timeout_soft_cancels_then_the_task_fails_with_deadline_exceeded() {
     let task = running_with_timeout();
-    let time_out = Event::TimeOut {
-        grace_deadline: t(41),
-    };
+    let time_out = Event::TimeOut { grace: secs(30) };
     assert_eq!(apply(&task, &time_out, t(10)), Err(Rejection::NotDue));
     let task = apply(&task, &time_out, t(11)).unwrap().unwrap();
     let info = task.cancel.clone().unwrap();
@@ -433,31 +430,23 @@ fn a_timeout_leaves_an_earlier_cancel_alone() {
     let task = running_with_timeout();
     let cancel = Event::SoftCancel {
         reason: "user".into(),
-        grace_deadline: t(30),
+        grace: secs(30),
     };
     let task = apply(&task, &cancel, t(2)).unwrap().unwrap();
     assert_eq!(
-        apply(
-            &task,
-            &Event::TimeOut {
-                grace_deadline: t(50)
-            },
-            t(11)
-        ),
+        apply(&task, &Event::TimeOut { grace: secs(50) }, t(11)),
         Ok(None)
     );
 }
 
 fn any_event() -> impl Strategy<Value = Event> {
     let names: Vec<Event> = every_event().into_iter().map(|(_, event)| event).collect();
-    (prop::sample::select(names), 0u64..200).prop_map(|(event, secs)| match event {
+    (prop::sample::select(names), 0u64..200).prop_map(|(event, grace)| match event {
         Event::SoftCancel { reason, .. } => Event::SoftCancel {
             reason,
-            grace_deadline: t(secs),
+            grace: secs(grace),
         },
-        Event::TimeOut { .. } => Event::TimeOut {
-            grace_deadline: t(secs),
-        },
+        Event::TimeOut { .. } => Event::TimeOut { grace: secs(grace) },
         other => other,
     })
 }
