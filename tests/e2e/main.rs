@@ -1,0 +1,12 @@
+//! End-to-end tests: every semantic of the TaskService over real gRPC against real `reinsd`
+//! processes. One module per area; the harness is the `reins_e2e` library.
+
+mod bad_input;
+mod cancel;
+mod cli;
+mod exec;
+mod list;
+mod questions;
+mod server;
+mod start;
+mod watch;

@@ -1,0 +1,76 @@
+//! Questions: a task asks, waits in WAITING_FOR_ANSWER, and AnswerTask resumes it.
+
+use reins_client::StartTask;
+use reins_client::proto::TaskState;
+use reins_e2e::{Reinsd, json_of, reason, sleep_params, wait_finished, wait_state};
+use serde_json::json;
+use tonic::Code;
+
+fn asking(question: &str) -> StartTask {
+    StartTask::new("sleep").params(json!({"steps": 2, "step_ms": 10, "ask": question}))
+}
+
+#[tokio::test]
+async fn an_answer_resumes_the_task_and_reaches_its_code() {
+    let server = Reinsd::start();
+    let client = server.client().await;
+    let task = client.start(asking("which colour?")).await.unwrap();
+    let waiting = wait_state(&client, &task.id, TaskState::WaitingForAnswer).await;
+    assert_eq!(waiting.question, "which colour?");
+
+    let resumed = client.answer(&task.id, "blue").await.unwrap();
+    assert_eq!(resumed.state(), TaskState::Running);
+    assert!(resumed.question.is_empty());
+    assert_eq!(resumed.answer, "blue");
+
+    let done = wait_finished(&client, &task.id).await;
+    assert_eq!(done.state(), TaskState::Completed);
+    assert_eq!(json_of(done.result.as_ref())["answer"], "blue");
+}
+
+#[tokio::test]
+async fn answering_a_task_that_is_not_waiting_is_a_failed_precondition() {
+    let server = Reinsd::start();
+    let client = server.client().await;
+    let task = client
+        .start(StartTask::new("sleep").params(sleep_params(100, 100)))
+        .await
+        .unwrap();
+    let status = client.answer(&task.id, "unasked").await.unwrap_err();
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::FailedPrecondition, "TASK_NOT_WAITING")
+    );
+
+    // Answering twice: the second finds the task running again.
+    let asker = client.start(asking("once?")).await.unwrap();
+    wait_state(&client, &asker.id, TaskState::WaitingForAnswer).await;
+    client.answer(&asker.id, "yes").await.unwrap();
+    let status = client.answer(&asker.id, "again").await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn a_soft_cancel_wakes_a_task_waiting_for_an_answer() {
+    let server = Reinsd::start();
+    let client = server.client().await;
+    let task = client.start(asking("never answered")).await.unwrap();
+    wait_state(&client, &task.id, TaskState::WaitingForAnswer).await;
+    let response = client.soft_cancel(&task.id, "no time", None).await.unwrap();
+    assert_eq!(
+        response.outcome(),
+        reins_client::proto::CancelOutcome::Requested
+    );
+    let done = wait_finished(&client, &task.id).await;
+    assert_eq!(done.state(), TaskState::Cancelled);
+    assert!(
+        !done.cancel.unwrap().escalated,
+        "it stopped by itself, well before the default grace"
+    );
+    assert_eq!(
+        done.partial_results.len(),
+        1,
+        "the checkpoint before the question is kept"
+    );
+    assert!(done.question.is_empty());
+}
