@@ -12,7 +12,7 @@ use reins_client::proto::{
     StartTaskRequest, TaskState, WatchTaskRequest,
 };
 use reins_client::{Client, StartTask, WatchOptions};
-use reins_e2e::{Reinsd, bad_fields, reason, sleep_params, wait_finished, wait_state};
+use reins_e2e::{Reinsd, bad_fields, reason, sleep_params, start_sleep, wait_finished, wait_state};
 use serde_json::json;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -120,10 +120,7 @@ async fn long_task(client: &Client) -> String {
 }
 
 async fn finished_task(client: &Client) -> String {
-    let task = client
-        .start(StartTask::new("sleep").params(sleep_params(0, 0)))
-        .await
-        .unwrap();
+    let task = start_sleep(client, 0, 0).await;
     wait_finished(client, &task.id).await.id
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use reins_client::proto::{CancelMode, CancelOutcome, Task, TaskState};
 use reins_client::{Client, StartTask};
-use reins_e2e::{Reinsd, json_of, sleep_params, wait_finished, wait_for};
+use reins_e2e::{Reinsd, json_of, sleep_params, start_sleep, wait_finished, wait_for};
 use serde_json::json;
 
 fn long_sleep() -> StartTask {
@@ -130,10 +130,7 @@ async fn a_task_that_ignores_a_soft_cancel_is_escalated_after_the_grace_period()
 async fn hard_cancel_ends_the_task_when_the_call_returns_and_later_work_changes_nothing() {
     let server = Reinsd::start();
     let client = server.client().await;
-    let task = client
-        .start(StartTask::new("sleep").params(sleep_params(10_000, 5)))
-        .await
-        .unwrap();
+    let task = start_sleep(&client, 10_000, 5).await;
     wait_checkpoints(&client, &task.id, 3).await;
     let response = client.hard_cancel(&task.id, "now").await.unwrap();
     assert_eq!(response.outcome(), CancelOutcome::Cancelled);
@@ -156,10 +153,7 @@ async fn hard_cancel_ends_the_task_when_the_call_returns_and_later_work_changes_
 async fn cancelling_a_finished_task_reports_it_and_leaves_the_record_untouched() {
     let server = Reinsd::start();
     let client = server.client().await;
-    let completed = client
-        .start(StartTask::new("sleep").params(sleep_params(0, 0)))
-        .await
-        .unwrap();
+    let completed = start_sleep(&client, 0, 0).await;
     let failed = client
         .start(StartTask::new("sleep").params(json!({"steps": 1, "step_ms": 0, "fail_at_step": 1})))
         .await
@@ -196,10 +190,7 @@ async fn completion_and_cancel_races_end_in_exactly_one_terminal_state() {
     for i in 0..60u64 {
         let client = client.clone();
         races.push(tokio::spawn(async move {
-            let task = client
-                .start(StartTask::new("sleep").params(sleep_params(1, i % 6)))
-                .await
-                .unwrap();
+            let task = start_sleep(&client, 1, i % 6).await;
             tokio::time::sleep(Duration::from_millis(i % 7)).await;
             let response = if i % 2 == 0 {
                 client.hard_cancel(&task.id, "race").await.unwrap()
@@ -291,10 +282,7 @@ async fn soft_cancel_asks_the_whole_subtree_in_the_same_mode() {
 async fn a_finished_parent_releases_its_attached_children_but_not_detached_ones() {
     let server = Reinsd::start();
     let client = server.client().await;
-    let parent = client
-        .start(StartTask::new("sleep").params(sleep_params(1, 200)))
-        .await
-        .unwrap();
+    let parent = start_sleep(&client, 1, 200).await;
     let child = client.start(long_sleep().parent(&parent.id)).await.unwrap();
     let detached = client
         .start(long_sleep().parent(&parent.id).detached(true))

@@ -6,7 +6,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use reins_client::proto::TaskState;
 use reins_client::{Client, StartTask};
 use reins_e2e::{
-    PATIENCE, Reinsd, json_of, reins_cli_binary, sleep_params, wait_finished, wait_state,
+    PATIENCE, Reinsd, json_of, reins_cli_binary, sleep_params, start_sleep, wait_finished,
+    wait_state,
 };
 use serde_json::{Value, json};
 
@@ -81,10 +82,7 @@ async fn reins(server: &Reinsd, args: &[&str]) -> Run {
 }
 
 async fn start_long_sleep(client: &Client) -> String {
-    let task = client
-        .start(StartTask::new("sleep").params(sleep_params(1000, 50)))
-        .await
-        .unwrap();
+    let task = start_sleep(client, 1000, 50).await;
     task.id
 }
 
@@ -123,10 +121,7 @@ async fn start_with_json_prints_the_task_as_proto_json() {
 async fn check_shows_the_state_of_a_task() {
     let server = Reinsd::start();
     let client = server.client().await;
-    let task = client
-        .start(StartTask::new("sleep").params(sleep_params(1, 10)))
-        .await
-        .unwrap();
+    let task = start_sleep(&client, 1, 10).await;
     let done = wait_finished(&client, &task.id).await;
 
     let run = reins(&server, &["check", &task.id]).await;
@@ -148,10 +143,7 @@ async fn check_shows_the_state_of_a_task() {
 async fn piped_watch_prints_a_line_per_event_ending_with_the_terminal_state() {
     let server = Reinsd::start();
     let client = server.client().await;
-    let task = client
-        .start(StartTask::new("sleep").params(sleep_params(3, 100)))
-        .await
-        .unwrap();
+    let task = start_sleep(&client, 3, 100).await;
 
     let run = reins(&server, &["watch", &task.id]).await;
     run.assert_success();

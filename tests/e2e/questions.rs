@@ -2,7 +2,7 @@
 
 use reins_client::StartTask;
 use reins_client::proto::TaskState;
-use reins_e2e::{Reinsd, json_of, reason, sleep_params, wait_finished, wait_state};
+use reins_e2e::{Reinsd, json_of, reason, start_sleep, wait_finished, wait_state};
 use serde_json::json;
 use tonic::Code;
 
@@ -32,10 +32,7 @@ async fn an_answer_resumes_the_task_and_reaches_its_code() {
 async fn answering_a_task_that_is_not_waiting_is_a_failed_precondition() {
     let server = Reinsd::start();
     let client = server.client().await;
-    let task = client
-        .start(StartTask::new("sleep").params(sleep_params(100, 100)))
-        .await
-        .unwrap();
+    let task = start_sleep(&client, 100, 100).await;
     let status = client.answer(&task.id, "unasked").await.unwrap_err();
     assert_eq!(
         (status.code(), reason(&status).as_str()),

@@ -9,7 +9,8 @@ use reins_client::proto::{
 };
 use reins_client::{Client, StartTask, WatchOptions};
 use reins_e2e::{
-    PATIENCE, Reinsd, eventually, is_terminal, reason, sleep_params, wait_finished, wait_state,
+    PATIENCE, Reinsd, eventually, is_terminal, reason, sleep_params, start_sleep, wait_finished,
+    wait_state,
 };
 use serde_json::{Value, json};
 use tokio_stream::{Stream, StreamExt};
@@ -342,10 +343,7 @@ async fn finished_tasks_are_dropped_after_the_retention_period() {
     let retention = Duration::from_secs(1);
     let server = Reinsd::with_args(&["--retention", "1s"]);
     let client = server.client().await;
-    let task = client
-        .start(StartTask::new("sleep").params(sleep_params(1, 10)))
-        .await
-        .unwrap();
+    let task = start_sleep(&client, 1, 10).await;
     let done = wait_finished(&client, &task.id).await;
     let checked = client
         .check(&task.id)
@@ -400,10 +398,7 @@ async fn soft_cancel_without_a_grace_period_uses_the_default_grace_flag() {
 async fn an_oversize_request_is_resource_exhausted_and_the_server_carries_on() {
     let server = Reinsd::start();
     let client: Client = server.client().await;
-    let small = client
-        .start(StartTask::new("sleep").params(sleep_params(1, 10)))
-        .await
-        .unwrap();
+    let small = start_sleep(&client, 1, 10).await;
     let huge = StartTaskRequest::from(
         StartTask::new("sleep")
             .params(sleep_params(1, 10))

@@ -2,7 +2,9 @@
 
 use reins_client::StartTask;
 use reins_client::proto::TaskState;
-use reins_e2e::{REPLICA_ID, Reinsd, json_of, reason, sleep_params, wait_finished, wait_state};
+use reins_e2e::{
+    REPLICA_ID, Reinsd, json_of, reason, sleep_params, start_sleep, wait_finished, wait_state,
+};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -70,10 +72,7 @@ async fn a_parent_must_exist_and_be_active_unless_the_child_is_detached() {
         (Code::NotFound, "PARENT_NOT_FOUND")
     );
 
-    let parent = client
-        .start(StartTask::new("sleep").params(sleep_params(0, 0)))
-        .await
-        .unwrap();
+    let parent = start_sleep(&client, 0, 0).await;
     wait_finished(&client, &parent.id).await;
     let status = client
         .start(
@@ -105,18 +104,9 @@ async fn a_parent_must_exist_and_be_active_unless_the_child_is_detached() {
 async fn tasks_beyond_capacity_wait_pending_and_start_oldest_first() {
     let server = Reinsd::with_args(&["--max-concurrency", "1"]);
     let client = server.client().await;
-    let first = client
-        .start(StartTask::new("sleep").params(sleep_params(1, 300)))
-        .await
-        .unwrap();
-    let second = client
-        .start(StartTask::new("sleep").params(sleep_params(1, 300)))
-        .await
-        .unwrap();
-    let third = client
-        .start(StartTask::new("sleep").params(sleep_params(1, 300)))
-        .await
-        .unwrap();
+    let first = start_sleep(&client, 1, 300).await;
+    let second = start_sleep(&client, 1, 300).await;
+    let third = start_sleep(&client, 1, 300).await;
     assert_eq!(first.state(), TaskState::Running);
     assert_eq!(second.state(), TaskState::Pending);
     assert_eq!(third.state(), TaskState::Pending);
@@ -144,10 +134,7 @@ async fn tasks_beyond_capacity_wait_pending_and_start_oldest_first() {
 async fn progress_and_checkpoints_are_one_version_and_one_event_each() {
     let server = Reinsd::start();
     let client = server.client().await;
-    let task = client
-        .start(StartTask::new("sleep").params(sleep_params(4, 50)))
-        .await
-        .unwrap();
+    let task = start_sleep(&client, 4, 50).await;
     let mut events = client.watch(&task.id, Default::default()).await.unwrap();
     let mut seen = Vec::new();
     while let Some(event) = events.next().await {

@@ -1,9 +1,9 @@
 //! WatchTask: snapshot first, then every change in version order, closing OK after the
 //! terminal state; `cancel_on_disconnect`; `after_version` not yet implemented.
 
+use reins_client::WatchOptions;
 use reins_client::proto::{CancelMode, TaskState};
-use reins_client::{StartTask, WatchOptions};
-use reins_e2e::{Reinsd, sleep_params, wait_finished, wait_state};
+use reins_e2e::{Reinsd, start_sleep, wait_finished, wait_state};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -11,10 +11,7 @@ use tonic::Code;
 async fn a_watch_starts_with_the_task_as_it_is_and_ends_ok_after_the_terminal_state() {
     let server = Reinsd::start();
     let client = server.client().await;
-    let task = client
-        .start(StartTask::new("sleep").params(sleep_params(3, 100)))
-        .await
-        .unwrap();
+    let task = start_sleep(&client, 3, 100).await;
     let now = client.check(&task.id).await.unwrap();
     let mut events = client
         .watch(&task.id, WatchOptions::default())
@@ -48,10 +45,7 @@ async fn a_watch_starts_with_the_task_as_it_is_and_ends_ok_after_the_terminal_st
 async fn watching_a_finished_task_sends_it_once_and_ends() {
     let server = Reinsd::start();
     let client = server.client().await;
-    let task = client
-        .start(StartTask::new("sleep").params(sleep_params(0, 0)))
-        .await
-        .unwrap();
+    let task = start_sleep(&client, 0, 0).await;
     let done = wait_finished(&client, &task.id).await;
     let events: Vec<_> = client
         .watch(&task.id, WatchOptions::default())
@@ -70,10 +64,7 @@ async fn watching_a_finished_task_sends_it_once_and_ends() {
 async fn a_watcher_that_hangs_up_soft_cancels_a_task_tied_to_it() {
     let server = Reinsd::start();
     let client = server.client().await;
-    let task = client
-        .start(StartTask::new("sleep").params(sleep_params(1000, 50)))
-        .await
-        .unwrap();
+    let task = start_sleep(&client, 1000, 50).await;
     let options = WatchOptions {
         cancel_on_disconnect: true,
         ..WatchOptions::default()
@@ -93,10 +84,7 @@ async fn a_watcher_that_hangs_up_soft_cancels_a_task_tied_to_it() {
 async fn a_plain_watcher_hanging_up_leaves_the_task_running() {
     let server = Reinsd::start();
     let client = server.client().await;
-    let task = client
-        .start(StartTask::new("sleep").params(sleep_params(3, 100)))
-        .await
-        .unwrap();
+    let task = start_sleep(&client, 3, 100).await;
     let mut events = client
         .watch(&task.id, WatchOptions::default())
         .await
@@ -112,10 +100,7 @@ async fn a_plain_watcher_hanging_up_leaves_the_task_running() {
 async fn a_tied_watcher_that_stays_to_the_end_cancels_nothing() {
     let server = Reinsd::start();
     let client = server.client().await;
-    let task = client
-        .start(StartTask::new("sleep").params(sleep_params(2, 20)))
-        .await
-        .unwrap();
+    let task = start_sleep(&client, 2, 20).await;
     let options = WatchOptions {
         cancel_on_disconnect: true,
         ..WatchOptions::default()
@@ -144,10 +129,7 @@ async fn a_tied_watcher_that_stays_to_the_end_cancels_nothing() {
 async fn resuming_after_a_version_is_unimplemented_not_ignored() {
     let server = Reinsd::start();
     let client = server.client().await;
-    let task = client
-        .start(StartTask::new("sleep").params(sleep_params(1, 10)))
-        .await
-        .unwrap();
+    let task = start_sleep(&client, 1, 10).await;
     let options = WatchOptions {
         after_version: 1,
         ..WatchOptions::default()

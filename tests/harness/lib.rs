@@ -219,6 +219,14 @@ pub fn sleep_params(steps: u64, step_ms: u64) -> serde_json::Value {
     serde_json::json!({ "steps": steps, "step_ms": step_ms })
 }
 
+/// Starts a `sleep` task of `steps` × `step_ms`.
+pub async fn start_sleep(client: &Client, steps: u64, step_ms: u64) -> Task {
+    client
+        .start(reins_client::StartTask::new("sleep").params(sleep_params(steps, step_ms)))
+        .await
+        .expect("start a sleep task")
+}
+
 /// The google.rpc `ErrorInfo.reason` of a status, if any.
 pub fn reason(status: &tonic::Status) -> String {
     use tonic_types::StatusExt;
