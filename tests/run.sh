@@ -4,10 +4,18 @@
 #
 #   tests/run.sh
 #
-# Installs what it needs when it is missing (a Rust toolchain is assumed; rustfmt and
-# clippy components are added with rustup when absent).
+# Installs what it needs when it is missing: redis-server (tests start their own on free
+# loopback ports, never the shared 6379) and the rustfmt/clippy components. A Rust
+# toolchain is assumed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "== installing redis-server"
+  if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq redis-server >/dev/null
+fi
 
 need_component() {
   if ! cargo "$1" --version >/dev/null 2>&1; then
@@ -26,5 +34,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build the binaries the end-to-end tests start"
 cargo build --workspace --bins --locked
 
-echo "== tests"
+echo "== tests (unit, store conformance on memory and Redis, end-to-end on the embedded store)"
 cargo test --workspace --locked
+
+echo "== end-to-end tests again, every server on Redis"
+REINS_E2E_STORE=redis cargo test --locked -p reins-e2e --test e2e

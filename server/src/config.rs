@@ -61,6 +61,20 @@ pub struct Config {
     #[arg(long, env = "REINS_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
     pub shutdown_grace: Duration,
 
+    /// Redis holding the shared state of every replica, e.g. `redis://127.0.0.1:6379`.
+    /// Unset: the embedded in-memory store (a single replica).
+    #[arg(long, env = "REINS_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and channel, so deployments can share a Redis.
+    #[arg(long, env = "REINS_REDIS_PREFIX", default_value = "reins:")]
+    pub redis_prefix: String,
+
+    /// How long a replica's lease lives without renewal (renewed every third of it). A
+    /// replica that stops renewing has its tasks settled by the others within about this.
+    #[arg(long, env = "REINS_LEASE_TTL", default_value = "10s", value_parser = duration)]
+    pub lease_ttl: Duration,
+
     /// Tasks this replica runs at once; more wait PENDING, oldest first.
     #[arg(long, env = "REINS_MAX_CONCURRENCY", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrency: u32,
@@ -93,6 +107,9 @@ mod tests {
         assert_eq!(config.retention, Duration::from_secs(24 * 3600));
         assert_eq!(config.shutdown_grace, Duration::from_secs(30));
         assert!(config.allow_exec.is_empty());
+        assert_eq!(config.redis_url, None);
+        assert_eq!(config.redis_prefix, "reins:");
+        assert_eq!(config.lease_ttl, Duration::from_secs(10));
         assert!(!config.replica_id().is_empty());
     }
 

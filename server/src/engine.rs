@@ -87,7 +87,7 @@ impl Engine {
         &self.kinds
     }
 
-    pub(crate) fn store(&self) -> &dyn TaskStore {
+    pub fn store(&self) -> &dyn TaskStore {
         self.store.as_ref()
     }
 
@@ -222,17 +222,41 @@ impl Engine {
         Ok(Page { tasks, next_after })
     }
 
-    /// The task as it is now, then every change in version order; ends after the terminal
-    /// version. A watcher that falls too far behind skips to the latest version.
-    pub async fn watch(&self, id: TaskId) -> Result<impl Stream<Item = Task> + Send + 'static> {
+    /// The task's versions in order: from the one after `after_version` (a resume, replayed
+    /// from the history), or from the task as it is now; ends after the terminal version.
+    /// Versions missed on the way (a reconnect, a slow watcher) are filled in from the
+    /// history.
+    pub async fn watch(
+        &self,
+        id: TaskId,
+        after_version: Option<u64>,
+    ) -> Result<impl Stream<Item = Task> + Send + 'static> {
         let updates = self.store.subscribe(id).await?;
-        let snapshot = self.check(id).await?;
+        let current = self.check(id).await?;
+        // A finished task changes no more: nothing but what is already stored will come.
+        let updates: Updates = if current.state.is_terminal() {
+            Box::pin(futures_util::stream::empty())
+        } else {
+            updates
+        };
+        let backlog: VecDeque<Task> = match after_version {
+            None => VecDeque::from([current]),
+            Some(after) => self
+                .store
+                .history(id, after)
+                .await?
+                .ok_or(Error::HistoryUnavailable {
+                    id,
+                    after_version: after,
+                })?
+                .into(),
+        };
         let state = WatchState {
             id,
             store: Arc::clone(&self.store),
             updates,
-            next: Some(snapshot),
-            last_version: 0,
+            backlog,
+            last_version: after_version.unwrap_or(0),
             finished: false,
         };
         Ok(futures_util::stream::unfold(state, WatchState::step))
@@ -244,7 +268,7 @@ impl Engine {
         id: TaskId,
         fence: &Fence,
         report: Report,
-    ) -> Result<Task, Rejection> {
+    ) -> Result<Task, ReportError> {
         let event = Event::Report {
             fence: fence.clone(),
             report,
@@ -252,28 +276,75 @@ impl Engine {
         match self.apply(id, event).await {
             Ok(Applied::Changed { after, .. }) => Ok(after),
             Ok(Applied::Unchanged(task)) => Ok(task),
-            Ok(Applied::Rejected(_, rejection)) => Err(rejection),
+            Ok(Applied::Rejected(_, rejection)) => Err(ReportError::Rejected(rejection)),
+            Err(Error::TaskNotFound(_)) => Err(ReportError::Rejected(Rejection::Fenced)),
             Err(err) => {
-                tracing::warn!(task = %id, %err, "a report could not be stored");
-                Err(Rejection::Fenced)
+                tracing::warn!(task = %id, %err, "a report could not be stored yet");
+                Err(ReportError::Unavailable)
             }
         }
     }
 
-    /// The grace period of a soft cancel ran out.
-    pub(crate) async fn escalate(self: &Arc<Self>, id: TaskId) {
-        if let Err(err) = self.apply(id, Event::Escalate).await {
-            tracing::warn!(task = %id, %err, "escalation could not be stored");
+    /// Applies a report, retrying while the store is unreachable: a result is never lost
+    /// to an outage. Returns once it is stored or refused.
+    pub(crate) async fn report_until_stored(
+        self: &Arc<Self>,
+        id: TaskId,
+        fence: &Fence,
+        report: Report,
+    ) -> Result<Task, Rejection> {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.report(id, fence, report.clone()).await {
+                Ok(task) => return Ok(task),
+                Err(ReportError::Rejected(rejection)) => return Err(rejection),
+                Err(ReportError::Unavailable) => backoff.wait().await,
+            }
         }
     }
 
-    /// The task ran past its timeout.
-    pub(crate) async fn time_out(self: &Arc<Self>, id: TaskId) {
+    /// The grace period of a soft cancel ran out. Returns the record after the attempt,
+    /// `None` if the store could not be reached.
+    pub(crate) async fn escalate(self: &Arc<Self>, id: TaskId) -> Option<Task> {
+        self.apply_settling(id, Event::Escalate).await
+    }
+
+    /// The task ran past its timeout. Returns the record after the attempt, `None` if the
+    /// store could not be reached.
+    pub(crate) async fn time_out(self: &Arc<Self>, id: TaskId) -> Option<Task> {
         let event = Event::TimeOut {
             grace: self.config.default_grace,
         };
-        if let Err(err) = self.apply(id, event).await {
-            tracing::warn!(task = %id, %err, "timeout could not be stored");
+        self.apply_settling(id, event).await
+    }
+
+    /// Settles the started tasks of a replica that lost its lease (or of this replica's
+    /// previous life, at start-up). Returns how many were settled.
+    pub async fn settle_lost_owner(self: &Arc<Self>, owner: &str) -> Result<usize> {
+        let mut settled = 0;
+        for task in self.store.owned_by(owner).await? {
+            let event = Event::OwnerLost {
+                owner: owner.to_owned(),
+            };
+            if let Applied::Changed { after, .. } = self.apply(task.id, event).await? {
+                tracing::warn!(task = %task.id, %owner, state = ?after.state, "settled a task of a lost replica");
+                settled += 1;
+            }
+        }
+        Ok(settled)
+    }
+
+    async fn apply_settling(self: &Arc<Self>, id: TaskId, event: Event) -> Option<Task> {
+        match self.apply(id, event).await {
+            Ok(
+                Applied::Changed { after: task, .. }
+                | Applied::Unchanged(task)
+                | Applied::Rejected(task, _),
+            ) => Some(task),
+            Err(err) => {
+                tracing::warn!(task = %id, %err, "a deadline could not be stored yet");
+                None
+            }
         }
     }
 
@@ -399,8 +470,8 @@ struct WatchState {
     id: TaskId,
     store: Arc<dyn TaskStore>,
     updates: Updates,
-    /// The next version to yield (the first snapshot, or a re-read after lagging).
-    next: Option<Task>,
+    /// Versions to yield before reading more updates.
+    backlog: VecDeque<Task>,
     last_version: u64,
     finished: bool,
 }
@@ -408,27 +479,67 @@ struct WatchState {
 impl WatchState {
     async fn step(mut self) -> Option<(Task, WatchState)> {
         while !self.finished {
-            if let Some(task) = self.next.take()
-                && task.version > self.last_version
-            {
-                self.last_version = task.version;
-                // The terminal version is the last one yielded.
-                self.finished = task.state.is_terminal();
-                return Some((task, self));
+            if let Some(task) = self.backlog.pop_front() {
+                if task.version > self.last_version {
+                    self.last_version = task.version;
+                    // The terminal version is the last one yielded.
+                    self.finished = task.state.is_terminal();
+                    return Some((task, self));
+                }
+                continue;
             }
             match self.updates.next().await {
-                Some(Update::Changed(task)) => self.next = Some(Task::clone(&task)),
-                Some(Update::Lagged) | None => {
-                    // Behind, or the update stream closed: the record itself is the truth.
-                    let latest = self.store.get(self.id).await.ok().flatten()?;
-                    if latest.version <= self.last_version {
-                        // Closed with nothing new: no further change can be followed.
+                Some(Update::Changed(task)) if task.version <= self.last_version + 1 => {
+                    self.backlog.push_back(Task::clone(&task));
+                }
+                // A gap, a lag or a reconnect: catch up from the history.
+                Some(Update::Changed(_) | Update::Lagged) => self.catch_up().await,
+                None => {
+                    // The update stream closed: whatever is left is in the history.
+                    self.catch_up().await;
+                    if self.backlog.is_empty() {
                         return None;
                     }
-                    self.next = Some(latest);
                 }
             }
         }
         None
+    }
+
+    /// Queues every version after the last one yielded: from the history, or just the
+    /// latest record if the history no longer reaches back that far.
+    async fn catch_up(&mut self) {
+        match self.store.history(self.id, self.last_version).await {
+            Ok(Some(versions)) => self.backlog.extend(versions),
+            _ => {
+                if let Ok(Some(latest)) = self.store.get(self.id).await {
+                    tracing::warn!(task = %self.id, from = self.last_version, to = latest.version, "a watcher skipped versions its history no longer holds");
+                    self.backlog.push_back(latest);
+                }
+            }
+        }
+    }
+}
+
+/// Why a job's report was not stored.
+#[derive(Debug)]
+pub enum ReportError {
+    /// Refused: the task ended or is fenced. The code must stop.
+    Rejected(Rejection),
+    /// The store could not be reached; the report may be retried.
+    Unavailable,
+}
+
+/// Exponential backoff for retries against an unreachable store: 50 ms doubling to 2 s.
+#[derive(Default)]
+pub(crate) struct Backoff {
+    attempts: u32,
+}
+
+impl Backoff {
+    pub(crate) async fn wait(&mut self) {
+        let delay = Duration::from_millis(50 << self.attempts.min(5)).min(Duration::from_secs(2));
+        self.attempts += 1;
+        tokio::time::sleep(delay).await;
     }
 }

@@ -46,9 +46,9 @@ pub enum Error {
         existing: TaskId,
     },
     #[error(
-        "after_version (watch resume) is not implemented by this server yet; watch without it to get the current task first"
+        "the history of task {id} no longer holds the versions after {after_version}; watch without after_version to start from the task as it is now"
     )]
-    WatchResumeUnimplemented,
+    HistoryUnavailable { id: TaskId, after_version: u64 },
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("{0}")]

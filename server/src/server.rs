@@ -1,10 +1,11 @@
-//! Assembles and runs the server: the task service, health, reflection, the retention
-//! sweep and graceful shutdown.
+//! Assembles and runs the server: the store (Redis, or the embedded one), the task
+//! service, health, reflection, the replica's background loops and graceful shutdown.
 //!
 //! Shutdown (SIGTERM/SIGINT): health turns NOT_SERVING and StartTask UNAVAILABLE at once;
 //! running tasks get `--shutdown-grace` to finish, then are soft-cancelled with
 //! [`SHUTDOWN_SOFT_WINDOW`] to stop before escalation hard-cancels them; then open watch
-//! streams end and the process exits 0.
+//! streams end, the lease is released and the process exits 0. With Redis, queued tasks
+//! stay PENDING for the other replicas.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,10 +19,13 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::api::TaskApi;
+use crate::cluster;
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::executor::Kinds;
+use crate::store::TaskStore;
 use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
 
 /// How long tasks still running at the end of the shutdown grace get to stop after their
 /// soft cancel, before escalation.
@@ -38,18 +42,38 @@ pub async fn run(
     listener: TcpListener,
     shutdown_signal: impl Future<Output = ()>,
 ) -> Result<(), BoxError> {
-    let store = Arc::new(MemoryStore::new(config.retention));
+    let stop_serving = CancellationToken::new();
+    let store: Arc<dyn TaskStore> = match &config.redis_url {
+        Some(url) => {
+            tracing::info!(prefix = %config.redis_prefix, "task state in Redis");
+            Arc::new(RedisStore::connect(
+                url,
+                &config.redis_prefix,
+                config.retention,
+            )?)
+        }
+        None => {
+            tracing::info!("task state in the embedded in-memory store (single replica)");
+            let store = Arc::new(MemoryStore::new(config.retention));
+            tokio::spawn(sweep_retention(
+                Arc::clone(&store),
+                config.retention,
+                stop_serving.clone(),
+            ));
+            store
+        }
+    };
     let engine = Engine::new(
         EngineConfig {
             replica_id: config.replica_id(),
             default_grace: config.default_grace,
             max_concurrency: config.max_concurrency as usize,
         },
-        Arc::clone(&store) as _,
+        store,
         Kinds::builtin(config.allow_exec.clone()),
     );
+    cluster::start(&engine, config.lease_ttl, &stop_serving).await;
     let stop_streams = CancellationToken::new();
-    let stop_serving = CancellationToken::new();
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for service in ["", TASK_SERVICE] {
@@ -63,12 +87,6 @@ pub async fn run(
         TaskServiceServer::new(TaskApi::new(Arc::clone(&engine), stop_streams.clone()))
             .max_decoding_message_size(config.max_message_size)
             .max_encoding_message_size(config.max_message_size);
-
-    tokio::spawn(sweep_retention(
-        Arc::clone(&store),
-        config.retention,
-        stop_serving.clone(),
-    ));
 
     let serving = Server::builder()
         .layer(tower::util::MapResponseLayer::new(

@@ -3,7 +3,7 @@
 
 use reins_client::WatchOptions;
 use reins_client::proto::{CancelMode, TaskState};
-use reins_e2e::{Reinsd, start_sleep, wait_finished, wait_state};
+use reins_e2e::{PATIENCE, Reinsd, reason, start_sleep, wait_finished, wait_for, wait_state};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -125,19 +125,79 @@ async fn a_tied_watcher_that_stays_to_the_end_cancels_nothing() {
     assert_eq!(again.version, last.version);
 }
 
+fn resume_after(version: u64) -> WatchOptions {
+    WatchOptions {
+        after_version: version,
+        ..WatchOptions::default()
+    }
+}
+
 #[tokio::test]
-async fn resuming_after_a_version_is_unimplemented_not_ignored() {
+async fn resuming_replays_the_changes_after_a_version_then_continues_live() {
     let server = Reinsd::start();
     let client = server.client().await;
-    let task = start_sleep(&client, 1, 10).await;
-    let options = WatchOptions {
-        after_version: 1,
-        ..WatchOptions::default()
-    };
+    let task = start_sleep(&client, 6, 100).await;
+    wait_for(&client, &task.id, "a few versions", |task| {
+        task.version >= 4
+    })
+    .await;
+    let events: Vec<_> = client
+        .watch(&task.id, resume_after(2))
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    let versions: Vec<u64> = events
+        .iter()
+        .map(|e| e.as_ref().unwrap().task.as_ref().unwrap().version)
+        .collect();
+    assert_eq!(
+        versions[0], 3,
+        "the replay starts right after the version given"
+    );
+    assert!(
+        versions.windows(2).all(|w| w[1] == w[0] + 1),
+        "{versions:?}"
+    );
+    let last = events
+        .last()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .task
+        .clone()
+        .unwrap();
+    assert_eq!(last.state(), TaskState::Completed, "then live to the end");
+}
+
+#[tokio::test]
+async fn resuming_after_the_last_version_of_a_finished_task_sends_nothing() {
+    let server = Reinsd::start();
+    let client = server.client().await;
+    let task = start_sleep(&client, 1, 0).await;
+    let done = wait_finished(&client, &task.id).await;
+    let watch = client
+        .watch(&task.id, resume_after(done.version))
+        .await
+        .unwrap();
+    let events: Vec<_> = tokio::time::timeout(PATIENCE, watch.collect())
+        .await
+        .expect("the stream ends");
+    assert!(events.is_empty(), "{events:?}");
+}
+
+#[tokio::test]
+async fn resuming_from_before_the_kept_history_is_out_of_range() {
+    let server = Reinsd::start();
+    let client = server.client().await;
+    // Far more versions than the history keeps.
+    let task = start_sleep(&client, 300, 0).await;
+    wait_finished(&client, &task.id).await;
     let status = client
-        .watch(&task.id, options)
+        .watch(&task.id, resume_after(1))
         .await
         .err()
         .expect("an error");
-    assert_eq!(status.code(), Code::Unimplemented);
+    assert_eq!(status.code(), Code::OutOfRange);
+    assert_eq!(reason(&status), "HISTORY_UNAVAILABLE");
 }

@@ -5,6 +5,9 @@
 //! log goes to a temporary directory and is printed if the test panics. Dropping it kills
 //! the process, panicking or not.
 //!
+//! `REINS_E2E_STORE=redis` runs every server on Redis (a `redis-server` of its own, started
+//! on a free port): the same suite holds for both stores.
+//!
 //! The binary is looked up next to the test executable (`target/<profile>/reinsd`), or at
 //! `$REINSD_BIN`. Build it first: `cargo build --bins` (the test script does).
 
@@ -13,6 +16,10 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
+
+mod redis_server;
+
+pub use redis_server::RedisServer;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -54,6 +61,13 @@ pub struct Reinsd {
     address: String,
     log: PathBuf,
     _dir: tempfile::TempDir,
+    /// The Redis of a server started on Redis by `REINS_E2E_STORE`; stopped after it.
+    _redis: Option<RedisServer>,
+}
+
+/// Whether the suite runs on Redis (`REINS_E2E_STORE=redis`) rather than the embedded store.
+pub fn on_redis() -> bool {
+    std::env::var("REINS_E2E_STORE").is_ok_and(|store| store == "redis")
 }
 
 impl Reinsd {
@@ -72,6 +86,10 @@ impl Reinsd {
             ("--shutdown-grace", "2s"),
         ];
         let mut command = Command::new(reinsd_binary());
+        let redis = (on_redis() && !args.contains(&"--redis-url")).then(RedisServer::start);
+        if let Some(redis) = &redis {
+            command.args(["--redis-url", &redis.url()]);
+        }
         for (flag, value) in defaults {
             if !args.contains(&flag) {
                 command.args([flag, value]);
@@ -101,6 +119,7 @@ impl Reinsd {
             child,
             log,
             _dir: dir,
+            _redis: redis,
         }
     }
 

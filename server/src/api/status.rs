@@ -20,7 +20,7 @@ fn code_and_reason(err: &Error) -> (Code, &'static str) {
         Error::ParentFinished(_) => (Code::FailedPrecondition, "PARENT_FINISHED"),
         Error::TaskNotWaiting { .. } => (Code::FailedPrecondition, "TASK_NOT_WAITING"),
         Error::RequestIdConflict { .. } => (Code::AlreadyExists, "REQUEST_ID_CONFLICT"),
-        Error::WatchResumeUnimplemented => (Code::Unimplemented, "WATCH_RESUME_UNIMPLEMENTED"),
+        Error::HistoryUnavailable { .. } => (Code::OutOfRange, "HISTORY_UNAVAILABLE"),
         Error::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN"),
         Error::StoreUnavailable(_) => (Code::Unavailable, "STORE_UNAVAILABLE"),
     }

@@ -13,7 +13,6 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use crate::engine::{CancelRequest, Engine};
-use crate::error::Error;
 use crate::task::{Task, TaskId};
 
 pub struct TaskApi {
@@ -104,10 +103,9 @@ impl TaskService for TaskApi {
     ) -> Result<Response<WatchStream>, Status> {
         let request = request.into_inner();
         let id = convert::task_id("task_id", &request.task_id)?;
-        if request.after_version != 0 {
-            return Err(Error::WatchResumeUnimplemented.into());
-        }
-        let events = self.engine.watch(id).await?;
+        // 0 is proto3's unset: start from the task as it is now.
+        let after_version = (request.after_version != 0).then_some(request.after_version);
+        let events = self.engine.watch(id, after_version).await?;
         Ok(Response::new(WatchStream {
             events: Box::pin(events),
             shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),

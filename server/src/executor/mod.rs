@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::task::state_machine::{Fence, Report};
+use crate::task::state_machine::{Fence, Rejection, Report};
 use crate::task::{Json, JsonMap, TaskId};
 
 /// A kind of task the server can run.
@@ -177,13 +177,14 @@ impl TaskContext {
         let report = Report::Ask {
             question: question.into(),
         };
-        if let Err(rejection) = self.engine.report(self.task_id, &self.fence, report).await {
-            return Err(match rejection {
-                crate::task::state_machine::Rejection::CancelPending => {
-                    Interrupted::CancelRequested
-                }
-                _ => Interrupted::Ended(Ended),
-            });
+        match self
+            .engine
+            .report_until_stored(self.task_id, &self.fence, report)
+            .await
+        {
+            Ok(_) => {}
+            Err(Rejection::CancelPending) => return Err(Interrupted::CancelRequested),
+            Err(_) => return Err(Interrupted::Ended(Ended)),
         }
         tokio::select! {
             answer = self.answers.recv() => answer.ok_or(Interrupted::Ended(Ended)),
@@ -191,9 +192,11 @@ impl TaskContext {
         }
     }
 
+    /// Stores a report; while the store is unreachable it waits and retries, so no
+    /// checkpoint is lost to an outage.
     async fn send(&self, report: Report) -> Result<(), Ended> {
         self.engine
-            .report(self.task_id, &self.fence, report)
+            .report_until_stored(self.task_id, &self.fence, report)
             .await
             .map(drop)
             .map_err(|_| Ended)

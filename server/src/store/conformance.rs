@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use serde_json::json;
 
-use super::{ActiveFilter, Created, Swap, TaskStore, Update};
+use super::{ActiveFilter, Created, HISTORY_LEN, Swap, TaskStore, Update};
 use crate::task::state_machine::{Event, Fence, Report, apply};
 use crate::task::{NewTask, Task, TaskId, TaskState};
 
@@ -52,24 +52,42 @@ async fn start(store: &dyn TaskStore, task: &Task) -> Task {
     .await
 }
 
-async fn complete(store: &dyn TaskStore, task: &Task) -> Task {
+/// Stores one running and one completed task; returns their ids.
+pub async fn one_active_one_finished(store: &dyn TaskStore) -> (TaskId, TaskId) {
+    one_active_one_finished_owned_by(store, OWNER).await
+}
+
+/// Stores one task running on `owner` and one that it completed; returns their ids.
+pub async fn one_active_one_finished_owned_by(
+    store: &dyn TaskStore,
+    owner: &str,
+) -> (TaskId, TaskId) {
+    let start_on = |task: Task| async move {
+        advance(
+            store,
+            &task,
+            Event::Start {
+                owner: owner.into(),
+            },
+        )
+        .await
+    };
+    let active = start_on(insert(store, sleep_task()).await).await;
+    let finished = start_on(insert(store, sleep_task()).await).await;
+    complete_as_owner(store, &finished).await;
+    (active.id, finished.id)
+}
+
+/// Completes a running task as its owner would.
+pub async fn complete_as_owner(store: &dyn TaskStore, task: &Task) -> Task {
     let fence = Fence {
-        owner: OWNER.into(),
+        owner: task.owner.clone(),
         attempt: task.attempt,
     };
     let report = Report::Complete {
         result: json!("done"),
     };
     advance(store, task, Event::Report { fence, report }).await
-}
-
-/// Stores one running and one completed task; returns their ids.
-pub async fn one_active_one_finished(store: &dyn TaskStore) -> (TaskId, TaskId) {
-    let active = insert(store, sleep_task()).await;
-    let finished = insert(store, sleep_task()).await;
-    let finished = start(store, &finished).await;
-    complete(store, &finished).await;
-    (active.id, finished.id)
 }
 
 pub async fn created_tasks_read_back_unchanged(store: &dyn TaskStore) {
@@ -121,7 +139,7 @@ pub async fn compare_and_swap_needs_the_previous_version(store: &dyn TaskStore) 
 
 pub async fn a_terminal_record_is_never_replaced(store: &dyn TaskStore) {
     let task = insert(store, sleep_task()).await;
-    let done = complete(store, &start(store, &task).await).await;
+    let done = complete_as_owner(store, &start(store, &task).await).await;
     let mut forged = done.clone();
     forged.version += 1;
     forged.state = TaskState::Running;
@@ -163,7 +181,7 @@ pub async fn listing_filters_orders_and_pages_active_tasks(store: &dyn TaskStore
         }),
     )
     .await;
-    complete(store, &start(store, &done).await).await;
+    complete_as_owner(store, &start(store, &done).await).await;
 
     let filter = ActiveFilter {
         session_id: Some(session.clone()),
@@ -210,7 +228,7 @@ pub async fn children_are_found_by_parent(store: &dyn TaskStore) {
     };
     let first = insert(store, new_task(child_spec.clone())).await;
     let second = insert(store, new_task(child_spec)).await;
-    complete(store, &start(store, &first).await).await;
+    complete_as_owner(store, &start(store, &first).await).await;
     let children: Vec<TaskId> = store
         .children(parent.id)
         .await
@@ -255,7 +273,7 @@ pub async fn subscribers_see_every_change_in_order_until_the_end(store: &dyn Tas
     let task = insert(store, sleep_task()).await;
     let mut updates = store.subscribe(task.id).await.unwrap();
     let running = start(store, &task).await;
-    let done = complete(store, &running).await;
+    let done = complete_as_owner(store, &running).await;
     let mut seen = Vec::new();
     while let Some(update) = tokio::time::timeout(Duration::from_secs(5), updates.next())
         .await
@@ -267,6 +285,188 @@ pub async fn subscribers_see_every_change_in_order_until_the_end(store: &dyn Tas
         }
     }
     assert_eq!(seen, vec![running.version, done.version]);
+}
+
+async fn progress(store: &dyn TaskStore, task: &Task, step: u64) -> Task {
+    let fence = Fence {
+        owner: task.owner.clone(),
+        attempt: task.attempt,
+    };
+    let report = Report::Progress {
+        fraction: 0.0,
+        message: format!("step {step}"),
+        partial_result: Some(json!(step)),
+    };
+    advance(store, task, Event::Report { fence, report }).await
+}
+
+pub async fn a_write_from_another_owner_is_refused_whatever_its_version(store: &dyn TaskStore) {
+    let running = start(store, &insert(store, sleep_task()).await).await;
+    let mut stolen = progress(store, &running, 1).await;
+    stolen.version += 1;
+    stolen.owner = "another-replica".into();
+    assert!(matches!(
+        store.compare_and_swap(&stolen).await.unwrap(),
+        Swap::Conflict
+    ));
+    let mut restarted = store.get(running.id).await.unwrap().unwrap();
+    restarted.version += 1;
+    restarted.attempt += 1;
+    assert!(matches!(
+        store.compare_and_swap(&restarted).await.unwrap(),
+        Swap::Conflict
+    ));
+}
+
+pub async fn history_replays_the_versions_after_a_given_one(store: &dyn TaskStore) {
+    let mut task = start(store, &insert(store, sleep_task()).await).await;
+    for step in 0..3 {
+        task = progress(store, &task, step).await;
+    }
+    let versions = |history: Option<Vec<Task>>| {
+        history
+            .unwrap()
+            .iter()
+            .map(|t| t.version)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        versions(store.history(task.id, 2).await.unwrap()),
+        vec![3, 4, 5]
+    );
+    assert_eq!(
+        versions(store.history(task.id, 0).await.unwrap()),
+        vec![1, 2, 3, 4, 5]
+    );
+    assert_eq!(
+        versions(store.history(task.id, 5).await.unwrap()),
+        Vec::<u64>::new()
+    );
+    assert!(store.history(TaskId::now_v7(), 0).await.unwrap().is_none());
+}
+
+pub async fn history_is_bounded_and_says_when_it_no_longer_reaches_back(store: &dyn TaskStore) {
+    let mut task = start(store, &insert(store, sleep_task()).await).await;
+    for step in 0..(HISTORY_LEN as u64 + 10) {
+        task = progress(store, &task, step).await;
+    }
+    assert!(
+        store.history(task.id, 1).await.unwrap().is_none(),
+        "version 2 has been dropped"
+    );
+    let recent = store
+        .history(task.id, task.version - 5)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(recent.len(), 5);
+    let oldest_kept = task.version - HISTORY_LEN as u64 + 1;
+    assert_eq!(
+        store
+            .history(task.id, oldest_kept - 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .len(),
+        HISTORY_LEN
+    );
+}
+
+pub async fn the_owner_channel_carries_every_change_of_its_tasks_only(store: &dyn TaskStore) {
+    let owner = format!("owner-{}", TaskId::now_v7());
+    let mut control = store.subscribe_owner(&owner).await.unwrap();
+    start(store, &insert(store, sleep_task()).await).await; // owned by someone else
+    let task = insert(store, sleep_task()).await;
+    let running = advance(
+        store,
+        &task,
+        Event::Start {
+            owner: owner.clone(),
+        },
+    )
+    .await;
+    let fence = Fence {
+        owner: owner.clone(),
+        attempt: 1,
+    };
+    let report = Report::Complete { result: json!(1) };
+    let done = advance(store, &running, Event::Report { fence, report }).await;
+    for expected in [running, done] {
+        match tokio::time::timeout(Duration::from_secs(5), control.next())
+            .await
+            .unwrap()
+        {
+            Some(Update::Changed(task)) => assert_eq!(*task, expected),
+            other => panic!(
+                "expected version {} of {}, got {other:?}",
+                expected.version, expected.id
+            ),
+        }
+    }
+}
+
+pub async fn queueing_a_task_wakes_queue_listeners(store: &dyn TaskStore) {
+    let mut wakeups = store.subscribe_queue().await.unwrap();
+    insert(store, sleep_task()).await;
+    let woken = tokio::time::timeout(Duration::from_secs(5), wakeups.next())
+        .await
+        .unwrap();
+    assert!(woken.is_some());
+}
+
+pub async fn owned_tasks_are_the_started_unfinished_ones_of_an_owner(store: &dyn TaskStore) {
+    let owner = format!("owner-{}", TaskId::now_v7());
+    let start_as = |task: Task| {
+        let owner = owner.clone();
+        async move { advance(store, &task, Event::Start { owner }).await }
+    };
+    let running = start_as(insert(store, sleep_task()).await).await;
+    let finished = start_as(insert(store, sleep_task()).await).await;
+    let fence = Fence {
+        owner: owner.clone(),
+        attempt: 1,
+    };
+    let report = Report::Fail {
+        error: "x".into(),
+        result: None,
+    };
+    advance(store, &finished, Event::Report { fence, report }).await;
+    insert(store, sleep_task()).await; // pending: nobody owns it
+    let owned: Vec<TaskId> = store
+        .owned_by(&owner)
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(owned, vec![running.id]);
+}
+
+pub async fn a_replica_that_renews_its_lease_is_not_lost(store: &dyn TaskStore) {
+    let owner = format!("owner-{}", TaskId::now_v7());
+    // The first renewal takes the lease (whether it says "lapsed" for a new replica is
+    // the store's business); the second must find it held.
+    store
+        .renew_lease(&owner, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let task = insert(store, sleep_task()).await;
+    advance(
+        store,
+        &task,
+        Event::Start {
+            owner: owner.clone(),
+        },
+    )
+    .await;
+    assert!(
+        store
+            .renew_lease(&owner, Duration::from_secs(30))
+            .await
+            .unwrap(),
+        "still held"
+    );
+    assert!(!store.lost_owners().await.unwrap().contains(&owner));
 }
 
 /// Declares one `#[tokio::test]` per conformance check, each on a store made by `$make`.
@@ -281,6 +481,13 @@ macro_rules! suite {
             children_are_found_by_parent,
             the_pending_queue_is_oldest_first_and_forgets_started_tasks,
             subscribers_see_every_change_in_order_until_the_end,
+            a_write_from_another_owner_is_refused_whatever_its_version,
+            history_replays_the_versions_after_a_given_one,
+            history_is_bounded_and_says_when_it_no_longer_reaches_back,
+            the_owner_channel_carries_every_change_of_its_tasks_only,
+            queueing_a_task_wakes_queue_listeners,
+            owned_tasks_are_the_started_unfinished_ones_of_an_owner,
+            a_replica_that_renews_its_lease_is_not_lost,
         );
     };
     (@tests $make:expr; $($check:ident),* $(,)?) => {

@@ -4,7 +4,10 @@
 //!
 //! Memory stays bounded: finished tasks are dropped `retention` after they finish (by
 //! [`MemoryStore::sweep`], run periodically by the server), together with their index
-//! entries.
+//! entries and history.
+//!
+//! One process is the whole cluster here: its lease never lapses and it never loses an
+//! owner.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,7 +19,9 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-use super::{ActiveFilter, Created, StoreResult, Swap, TaskStore, Update, Updates};
+use super::{
+    ActiveFilter, Created, HISTORY_LEN, StoreResult, Swap, TaskStore, Update, Updates, Wakeups,
+};
 use crate::task::{Task, TaskId, TaskState};
 
 /// How many unread changes a slow subscriber may fall behind before it sees
@@ -38,10 +43,15 @@ struct Inner {
     by_request_id: HashMap<String, TaskId>,
     /// Finished tasks in the order they finished, for the retention sweep.
     finished: VecDeque<(SystemTime, TaskId)>,
+    /// Control channels, by owner.
+    owner_channels: HashMap<String, broadcast::Sender<Arc<Task>>>,
+    queue: Option<broadcast::Sender<()>>,
 }
 
 struct Entry {
     task: Task,
+    /// The last [`HISTORY_LEN`] versions, oldest first.
+    history: VecDeque<Arc<Task>>,
     /// Created on first subscription, dropped when the last subscriber leaves or the task
     /// finishes (which ends every subscriber's stream).
     updates: Option<broadcast::Sender<Arc<Task>>>,
@@ -121,15 +131,46 @@ impl Inner {
 }
 
 impl Entry {
-    fn publish(&mut self, task: &Task) {
-        let Some(sender) = &self.updates else { return };
-        let delivered = sender.send(Arc::new(task.clone())).is_ok();
-        // After the terminal version the sender is dropped, which ends every stream once
-        // it has been read; with no subscriber left there is nobody to send to.
-        if !delivered || task.state.is_terminal() {
-            self.updates = None;
-        }
+    fn new(task: Task) -> Entry {
+        let mut entry = Entry {
+            history: VecDeque::with_capacity(4),
+            task: task.clone(),
+            updates: None,
+        };
+        entry.remember(Arc::new(task));
+        entry
     }
+
+    fn remember(&mut self, version: Arc<Task>) {
+        if self.history.len() == HISTORY_LEN {
+            self.history.pop_front();
+        }
+        self.history.push_back(version);
+    }
+
+    /// Stores a new version and publishes it to the task's subscribers.
+    fn replace(&mut self, next: &Task) -> Arc<Task> {
+        self.task = next.clone();
+        let version = Arc::new(next.clone());
+        self.remember(Arc::clone(&version));
+        if let Some(sender) = &self.updates {
+            let delivered = sender.send(Arc::clone(&version)).is_ok();
+            // After the terminal version the sender is dropped, which ends every stream once
+            // it has been read; with no subscriber left there is nobody to send to.
+            if !delivered || next.state.is_terminal() {
+                self.updates = None;
+            }
+        }
+        version
+    }
+}
+
+/// Receivers of a broadcast as an update stream.
+fn updates_of(receiver: broadcast::Receiver<Arc<Task>>) -> Updates {
+    Box::pin(BroadcastStream::new(receiver).map(|item| match item {
+        Ok(task) => Update::Changed(task),
+        Err(BroadcastStreamRecvError::Lagged(_)) => Update::Lagged,
+    }))
 }
 
 #[async_trait]
@@ -153,13 +194,12 @@ impl TaskStore for MemoryStore {
             inner.pending.insert(task.id);
         }
         inner.index(&task);
-        inner.tasks.insert(
-            task.id,
-            Entry {
-                task: task.clone(),
-                updates: None,
-            },
-        );
+        inner.tasks.insert(task.id, Entry::new(task.clone()));
+        if task.state == TaskState::Pending
+            && let Some(queue) = &inner.queue
+        {
+            let _ = queue.send(());
+        }
         Ok(Created::New(task))
     }
 
@@ -172,12 +212,19 @@ impl TaskStore for MemoryStore {
         let Some(entry) = inner.tasks.get_mut(&next.id) else {
             return Ok(Swap::Missing);
         };
-        if entry.task.state.is_terminal() || entry.task.version + 1 != next.version {
+        if entry.task.state.is_terminal()
+            || entry.task.version + 1 != next.version
+            || !entry.task.fences_allow(next)
+        {
             return Ok(Swap::Conflict);
         }
-        entry.task = next.clone();
-        entry.publish(next);
+        let version = entry.replace(next);
         inner.index(next);
+        if let Some(control) = inner.owner_channels.get(&next.owner)
+            && control.send(version).is_err()
+        {
+            inner.owner_channels.remove(&next.owner);
+        }
         Ok(Swap::Swapped)
     }
 
@@ -228,20 +275,81 @@ impl TaskStore for MemoryStore {
 
     async fn subscribe(&self, id: TaskId) -> StoreResult<Updates> {
         let mut inner = self.lock();
-        let receiver = match inner.tasks.get_mut(&id) {
-            Some(entry) if !entry.task.state.is_terminal() => entry
-                .updates
-                .get_or_insert_with(|| broadcast::channel(SUBSCRIBER_BUFFER).0)
-                .subscribe(),
+        match inner.tasks.get_mut(&id) {
+            Some(entry) if !entry.task.state.is_terminal() => {
+                let sender = entry
+                    .updates
+                    .get_or_insert_with(|| broadcast::channel(SUBSCRIBER_BUFFER).0);
+                Ok(updates_of(sender.subscribe()))
+            }
             // Unknown or finished: nothing will ever change.
-            _ => return Ok(Box::pin(futures_util::stream::empty())),
+            _ => Ok(Box::pin(futures_util::stream::empty())),
+        }
+    }
+
+    async fn history(&self, id: TaskId, after_version: u64) -> StoreResult<Option<Vec<Task>>> {
+        let inner = self.lock();
+        let Some(entry) = inner.tasks.get(&id) else {
+            return Ok(None);
         };
-        Ok(Box::pin(BroadcastStream::new(receiver).map(
-            |item| match item {
-                Ok(task) => Update::Changed(task),
-                Err(BroadcastStreamRecvError::Lagged(_)) => Update::Lagged,
-            },
-        )))
+        let reaches_back = entry
+            .history
+            .front()
+            .is_some_and(|oldest| oldest.version <= after_version + 1);
+        if !reaches_back && entry.task.version > after_version {
+            return Ok(None);
+        }
+        Ok(Some(
+            entry
+                .history
+                .iter()
+                .filter(|version| version.version > after_version)
+                .map(|version| Task::clone(version))
+                .collect(),
+        ))
+    }
+
+    async fn subscribe_owner(&self, owner: &str) -> StoreResult<Updates> {
+        let mut inner = self.lock();
+        let sender = inner
+            .owner_channels
+            .entry(owner.to_owned())
+            .or_insert_with(|| broadcast::channel(SUBSCRIBER_BUFFER).0);
+        Ok(updates_of(sender.subscribe()))
+    }
+
+    async fn subscribe_queue(&self) -> StoreResult<Wakeups> {
+        let receiver = self
+            .lock()
+            .queue
+            .get_or_insert_with(|| broadcast::channel(SUBSCRIBER_BUFFER).0)
+            .subscribe();
+        // A lagging listener has missed wake-ups, which is one more reason to dispatch.
+        Ok(Box::pin(BroadcastStream::new(receiver).map(drop)))
+    }
+
+    async fn owned_by(&self, owner: &str) -> StoreResult<Vec<Task>> {
+        let inner = self.lock();
+        Ok(inner
+            .active
+            .iter()
+            .filter_map(|id| inner.tasks.get(id))
+            .map(|entry| &entry.task)
+            .filter(|task| task.state.is_started() && task.owner == owner)
+            .cloned()
+            .collect())
+    }
+
+    async fn renew_lease(&self, _replica: &str, _ttl: Duration) -> StoreResult<bool> {
+        Ok(true)
+    }
+
+    async fn release_lease(&self, _replica: &str) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn lost_owners(&self) -> StoreResult<Vec<String>> {
+        Ok(Vec::new())
     }
 }
 

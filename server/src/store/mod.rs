@@ -8,6 +8,7 @@
 //! version order.
 
 pub mod memory;
+pub mod redis;
 
 #[cfg(test)]
 pub mod conformance;
@@ -71,14 +72,19 @@ impl ActiveFilter {
     }
 }
 
-/// The changes of one task, as published after each successful write, in version order.
-/// The stream ends after the terminal version.
+/// How many versions of each task the store keeps for watch resume (`after_version`).
+pub const HISTORY_LEN: usize = 100;
+
+/// Changes of tasks as published after each successful write, in version order per task.
 pub type Updates = Pin<Box<dyn Stream<Item = Update> + Send>>;
+
+/// One wake-up per task queued PENDING, on any replica.
+pub type Wakeups = Pin<Box<dyn Stream<Item = ()> + Send>>;
 
 #[derive(Clone, Debug)]
 pub enum Update {
     Changed(Arc<Task>),
-    /// The subscriber fell behind and some versions were dropped; re-read the record.
+    /// Changes may have been missed (a slow subscriber, a reconnect): re-read the record.
     Lagged,
 }
 
@@ -90,8 +96,9 @@ pub trait TaskStore: Send + Sync + 'static {
 
     async fn get(&self, id: TaskId) -> StoreResult<Option<Task>>;
 
-    /// Stores `next` if the stored record has version `next.version - 1` and is not
-    /// terminal, and publishes it to the task's subscribers.
+    /// Stores `next` if the stored record has version `next.version - 1`, is not terminal
+    /// and its fences allow `next` ([`Task::fences_allow`]: same owner and attempt, or the
+    /// start of a PENDING task), and publishes it to the task's subscribers.
     async fn compare_and_swap(&self, next: &Task) -> StoreResult<Swap>;
 
     /// Non-terminal tasks matching `filter` with ids greater than `after`, in creation
@@ -109,7 +116,32 @@ pub trait TaskStore: Send + Sync + 'static {
     /// The oldest PENDING tasks, at most `limit`: the dispatch queue.
     async fn oldest_pending(&self, limit: usize) -> StoreResult<Vec<Task>>;
 
-    /// Changes of task `id` from now on. Subscribe before reading the record to miss
-    /// nothing in between.
+    /// Changes of task `id` from now on; the stream ends after the terminal version.
+    /// Subscribe before reading the record to miss nothing in between.
     async fn subscribe(&self, id: TaskId) -> StoreResult<Updates>;
+
+    /// The versions of task `id` after `after_version`, oldest first, from its history of
+    /// the last [`HISTORY_LEN`] versions; `None` if the history no longer reaches back
+    /// that far (or the task is unknown).
+    async fn history(&self, id: TaskId, after_version: u64) -> StoreResult<Option<Vec<Task>>>;
+
+    /// The control channel of replica `owner`: every change of a task it owns. This is the
+    /// fast hint that makes an owner act on a cancel recorded by any replica.
+    async fn subscribe_owner(&self, owner: &str) -> StoreResult<Updates>;
+
+    /// A wake-up each time a task is queued PENDING, so idle replicas dispatch without
+    /// polling.
+    async fn subscribe_queue(&self) -> StoreResult<Wakeups>;
+
+    /// Started, unfinished tasks of replica `owner`.
+    async fn owned_by(&self, owner: &str) -> StoreResult<Vec<Task>>;
+
+    /// Holds `replica`'s lease for `ttl`. False if the lease had lapsed (other replicas
+    /// may have settled its tasks).
+    async fn renew_lease(&self, replica: &str, ttl: std::time::Duration) -> StoreResult<bool>;
+
+    async fn release_lease(&self, replica: &str) -> StoreResult<()>;
+
+    /// Replicas that own unfinished tasks but no longer hold a lease.
+    async fn lost_owners(&self) -> StoreResult<Vec<String>>;
 }

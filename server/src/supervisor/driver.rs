@@ -1,20 +1,22 @@
-//! The driver of one running task: runs its job and turns every published change of the
-//! record into what the code must feel.
+//! The driver of one running task: runs its job and turns every change of the record into
+//! what the code must feel.
 //!
 //! - a soft cancel (or a timeout) recorded → the job's cancel token fires, and the grace
 //!   deadline is armed: past it the driver escalates to a hard cancel;
-//! - the record became terminal (hard cancel, escalation, fencing) → the job's future is
-//!   dropped at once, which stops its code;
+//! - the record became terminal (hard cancel, escalation, a lost lease) or another attempt
+//!   owns it → the job's future is dropped at once, which stops its code;
 //! - WAITING_FOR_ANSWER → RUNNING → the answer is handed to the job;
 //! - the task's timeout passes → the timeout is recorded, which starts the soft → hard
 //!   sequence above.
-
-use std::sync::Arc;
-use std::time::SystemTime;
+//!
+//! Changes arrive from the supervisor (the replica's control channel); a `Lagged` nudge
+//! (reconnect, periodic reconcile) makes the driver re-read the record, which is the truth.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +40,7 @@ async fn until(deadline: Option<SystemTime>) {
     }
 }
 
-/// When the driver must act by itself if nothing else happens first.
+/// When a soft cancel escalates, if one is pending.
 fn grace_deadline(task: &Task) -> Option<SystemTime> {
     task.cancel
         .as_ref()
@@ -46,6 +48,7 @@ fn grace_deadline(task: &Task) -> Option<SystemTime> {
         .and_then(|cancel| cancel.grace_deadline)
 }
 
+/// When the timeout fires, unless a cancel is already under way.
 fn timeout_deadline(task: &Task) -> Option<SystemTime> {
     if task.cancel.is_some() {
         None
@@ -58,6 +61,7 @@ pub(super) async fn drive(
     engine: Arc<Engine>,
     started: Task,
     slot: Slot,
+    updates: mpsc::UnboundedReceiver<Update>,
     stopped: CancellationToken,
 ) {
     let running = Running {
@@ -66,7 +70,7 @@ pub(super) async fn drive(
         _slot: slot,
         _stopped: stopped,
     };
-    run(&engine, started).await;
+    run(&engine, started, updates).await;
     drop(running);
     // A place is free: start the next queued task.
     engine.dispatch().await;
@@ -87,28 +91,20 @@ impl Drop for Running {
     }
 }
 
-async fn run(engine: &Arc<Engine>, started: Task) {
+async fn run(engine: &Arc<Engine>, started: Task, mut updates: mpsc::UnboundedReceiver<Update>) {
     let id = started.id;
     let fence = Fence {
         owner: started.owner.clone(),
         attempt: started.attempt,
     };
-    // Subscribe, then read: every change after the read arrives on `updates`.
-    let mut updates = match engine.store().subscribe(id).await {
-        Ok(updates) => updates,
-        Err(err) => {
-            tracing::error!(task = %id, %err, "cannot follow the task; failing it");
-            let report = Report::Fail {
-                error: format!("the server could not follow the task: {err}"),
-                result: None,
-            };
-            let _ = engine.report(id, &fence, report).await;
+    // The supervisor routes changes here from now on; the record read after that
+    // registration is the starting point.
+    let mut latest = match engine.store().get(id).await {
+        Ok(Some(current)) if current.state.is_terminal() || current.attempt != fence.attempt => {
             return;
         }
-    };
-    let mut latest = match engine.store().get(id).await {
-        Ok(Some(task)) if !task.state.is_terminal() && task.attempt == fence.attempt => task,
-        _ => return,
+        Ok(Some(current)) => current,
+        _ => started,
     };
     let job = match engine
         .kinds()
@@ -121,7 +117,7 @@ async fn run(engine: &Arc<Engine>, started: Task) {
                 error: err.to_string(),
                 result: None,
             };
-            let _ = engine.report(id, &fence, report).await;
+            let _ = engine.report_until_stored(id, &fence, report).await;
             return;
         }
     };
@@ -148,42 +144,83 @@ async fn run(engine: &Arc<Engine>, started: Task) {
                     Ok(outcome) => outcome.into_report(),
                     Err(_) => Report::Fail { error: "the task's code panicked".to_owned(), result: None },
                 };
-                let _ = engine.report(id, &fence, report).await;
+                let _ = engine.report_until_stored(id, &fence, report).await;
                 return;
             }
-            update = updates.next() => {
+            Some(update) = updates.recv() => {
                 let fresh = match update {
-                    Some(Update::Changed(task)) => Task::clone(&task),
-                    // Behind, or the stream closed early: follow afresh and re-read the
-                    // record, which is the truth.
-                    other => {
-                        if other.is_none() {
-                            match engine.store().subscribe(id).await {
-                                Ok(resubscribed) => updates = resubscribed,
-                                Err(err) => tracing::warn!(task = %id, %err, "cannot follow the task"),
-                            }
-                        }
-                        match engine.store().get(id).await {
-                            Ok(Some(task)) => task,
-                            Ok(None) => return,
-                            Err(_) => continue,
-                        }
-                    }
+                    Update::Changed(task) => Task::clone(&task),
+                    Update::Lagged => match engine.store().get(id).await {
+                        Ok(Some(task)) => task,
+                        Ok(None) => return,
+                        // The store is unreachable: the next nudge tries again.
+                        Err(_) => continue,
+                    },
                 };
-                if fresh.version <= latest.version {
-                    continue;
-                }
-                if fresh.state.is_terminal() || fresh.attempt != fence.attempt {
-                    // Dropping `work` (on return) stops the code now.
+                if absorb(&mut latest, fresh, &fence, &answers) == Next::Stop {
                     return;
                 }
-                if latest.state == TaskState::WaitingForAnswer && fresh.state == TaskState::Running {
-                    let _ = answers.send(fresh.answer.clone());
-                }
-                latest = fresh;
             }
-            () = until(grace_deadline(&latest)) => engine.escalate(id).await,
-            () = until(timeout_deadline(&latest)) => engine.time_out(id).await,
+            () = until(grace_deadline(&latest)) => {
+                let escalated = engine.escalate(id).await;
+                if settle(&mut latest, escalated, &fence, &answers).await == Next::Stop {
+                    return;
+                }
+            }
+            () = until(timeout_deadline(&latest)) => {
+                let timed_out = engine.time_out(id).await;
+                if settle(&mut latest, timed_out, &fence, &answers).await == Next::Stop {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// How long a driver waits before acting again on a deadline whose event was not stored.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    Keep,
+    /// The task ended or belongs to another attempt: stop the code.
+    Stop,
+}
+
+/// Takes a newer version of the record into account.
+fn absorb(
+    latest: &mut Task,
+    fresh: Task,
+    fence: &Fence,
+    answers: &mpsc::UnboundedSender<String>,
+) -> Next {
+    if fresh.version <= latest.version {
+        return Next::Keep;
+    }
+    if fresh.state.is_terminal() || fresh.attempt != fence.attempt {
+        return Next::Stop;
+    }
+    if latest.state == TaskState::WaitingForAnswer && fresh.state == TaskState::Running {
+        let _ = answers.send(fresh.answer.clone());
+    }
+    *latest = fresh;
+    Next::Keep
+}
+
+/// Takes the record a deadline event left behind. If nothing newer came of it (the store
+/// was unreachable, or the change is still on its way), waits a little so the deadline
+/// does not fire again at once.
+async fn settle(
+    latest: &mut Task,
+    after: Option<Task>,
+    fence: &Fence,
+    answers: &mpsc::UnboundedSender<String>,
+) -> Next {
+    match after {
+        Some(fresh) if fresh.version > latest.version => absorb(latest, fresh, fence, answers),
+        _ => {
+            tokio::time::sleep(RETRY_AFTER).await;
+            Next::Keep
         }
     }
 }

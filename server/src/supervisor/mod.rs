@@ -1,6 +1,7 @@
 //! The supervisor: the tasks this replica runs. It bounds how many run at once
-//! (`--max-concurrency`), launches a [`driver`] per task and lets callers wait for a task's
-//! code to have stopped or for the replica to be idle.
+//! (`--max-concurrency`), launches a [`driver`] per task, routes each change published on
+//! the replica's control channel to the driver of that task, and lets callers wait for a
+//! task's code to have stopped or for the replica to be idle.
 
 mod driver;
 
@@ -8,10 +9,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
+use crate::store::Update;
 use crate::task::{Task, TaskId};
 
 /// A reserved place for one running task; dropping it frees the place.
@@ -19,10 +21,17 @@ pub struct Slot {
     _permit: OwnedSemaphorePermit,
 }
 
+/// What the supervisor holds for one running task.
+struct Running {
+    /// Changes of the task, for its driver.
+    updates: mpsc::UnboundedSender<Update>,
+    /// Cancelled by the driver once the code has stopped.
+    stopped: CancellationToken,
+}
+
 pub struct Supervisor {
     slots: Arc<Semaphore>,
-    /// Running tasks and the token their driver cancels when the code has stopped.
-    running: Mutex<HashMap<TaskId, CancellationToken>>,
+    running: Mutex<HashMap<TaskId, Running>>,
     idle: Notify,
 }
 
@@ -35,7 +44,7 @@ impl Supervisor {
         }
     }
 
-    fn table(&self) -> MutexGuard<'_, HashMap<TaskId, CancellationToken>> {
+    fn table(&self) -> MutexGuard<'_, HashMap<TaskId, Running>> {
         self.running
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -51,15 +60,42 @@ impl Supervisor {
     /// Runs a task that this replica has just started (RUNNING, owned here).
     pub fn launch(&self, engine: Arc<Engine>, task: Task, slot: Slot) {
         let stopped = CancellationToken::new();
-        self.table().insert(task.id, stopped.clone());
-        tokio::spawn(driver::drive(engine, task, slot, stopped));
+        let (updates, updates_rx) = mpsc::unbounded_channel();
+        self.table().insert(
+            task.id,
+            Running {
+                updates,
+                stopped: stopped.clone(),
+            },
+        );
+        tokio::spawn(driver::drive(engine, task, slot, updates_rx, stopped));
+    }
+
+    /// Hands a change from the control channel to the driver of its task, if it runs here.
+    pub fn route(&self, update: Update) {
+        match &update {
+            Update::Changed(task) => {
+                if let Some(running) = self.table().get(&task.id) {
+                    let _ = running.updates.send(update);
+                }
+            }
+            Update::Lagged => self.nudge_all(),
+        }
+    }
+
+    /// Makes every driver re-read its record: after a reconnect, and periodically, so a
+    /// lost hint delays a cancel but never loses it.
+    pub fn nudge_all(&self) {
+        for running in self.table().values() {
+            let _ = running.updates.send(Update::Lagged);
+        }
     }
 
     /// Called by a driver once its task's code has stopped.
     fn forget(&self, id: TaskId) {
         let mut table = self.table();
-        if let Some(stopped) = table.remove(&id) {
-            stopped.cancel();
+        if let Some(running) = table.remove(&id) {
+            running.stopped.cancel();
         }
         if table.is_empty() {
             self.idle.notify_waiters();
@@ -68,7 +104,7 @@ impl Supervisor {
 
     /// Waits (at most `within`) until the code of task `id` has stopped, if it runs here.
     pub async fn wait_stopped(&self, id: TaskId, within: Duration) {
-        let Some(stopped) = self.table().get(&id).cloned() else {
+        let Some(stopped) = self.table().get(&id).map(|running| running.stopped.clone()) else {
             return;
         };
         if tokio::time::timeout(within, stopped.cancelled())

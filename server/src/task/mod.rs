@@ -9,6 +9,7 @@ pub mod state_machine;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// The longest duration the service accepts anywhere (a timeout, a grace period): the
@@ -24,7 +25,7 @@ pub type TaskId = Uuid;
 pub type Json = serde_json::Value;
 pub type JsonMap = serde_json::Map<String, Json>;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum TaskState {
     Pending,
     Running,
@@ -58,14 +59,14 @@ impl TaskState {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CancelMode {
     Soft,
     Hard,
 }
 
 /// What was asked of a task that is being (or was) cancelled.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CancelInfo {
     pub mode: CancelMode,
     pub reason: String,
@@ -79,15 +80,15 @@ pub struct CancelInfo {
     pub deadline_exceeded: bool,
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     pub fraction: f64,
     pub message: String,
 }
 
 /// The durable record of one task. `version` is bumped by one on every change and is the
-/// compare-and-set token of the store.
-#[derive(Clone, Debug, PartialEq)]
+/// compare-and-set token of the store. Serialized as JSON by the Redis store.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     pub id: TaskId,
     pub kind: String,
@@ -174,6 +175,16 @@ impl Task {
     /// When the task's timeout fires, if it has one and has started (and the sum exists).
     pub fn timeout_at(&self) -> Option<SystemTime> {
         self.started_at?.checked_add(self.timeout?)
+    }
+
+    /// Whether `next` may replace this record as far as ownership goes: either the same
+    /// owner and attempt (every change but a start), or the start of the next attempt of a
+    /// PENDING task. Stores refuse other writes, so a replica that lost a task cannot
+    /// write to it, whatever version it read.
+    pub fn fences_allow(&self, next: &Task) -> bool {
+        let same_run = next.owner == self.owner && next.attempt == self.attempt;
+        let started = self.state == TaskState::Pending && next.attempt == self.attempt + 1;
+        same_run || started
     }
 
     /// Whether a start request (kind, params, tree position) describes this same task:

@@ -11,6 +11,9 @@
 //! | WAITING_FOR_ANSWER | rejected| terminal reports | rejected| RUNNING | cancel recorded     | CANCELLED  | terminal  | cancel recorded |
 //! | terminal           | rejected (terminal states are final)                                                           |
 //!
+//! `OwnerLost` (the reaper found the owner's lease gone) ends a started task: CANCELLED (or
+//! FAILED by timeout) if a cancel was requested, FAILED naming the replica otherwise.
+//!
 //! \* reports come from the task's running code and are fenced by owner and attempt.
 //! † only once their deadline has passed.
 
@@ -79,6 +82,11 @@ pub enum Event {
     TimeOut {
         grace: Duration,
     },
+    /// Replica `owner` stopped holding its lease while running the task: nobody runs it
+    /// any more. A requested cancel is honoured; otherwise the task fails.
+    OwnerLost {
+        owner: String,
+    },
 }
 
 /// Why an event does not apply. None of these changes the record.
@@ -98,6 +106,11 @@ pub enum Rejection {
     AlreadyStarted,
     #[error("the event is not due yet")]
     NotDue,
+}
+
+/// Error text of a task whose replica was lost.
+pub fn owner_lost_error(owner: &str) -> String {
+    format!("replica {owner} was lost while running the task")
 }
 
 /// Error text of a task that ran past its timeout.
@@ -177,6 +190,21 @@ pub fn apply(task: &Task, event: &Event, now: SystemTime) -> Result<Option<Task>
                 });
                 true
             }
+        }
+        Event::OwnerLost { owner } => {
+            if !task.state.is_started() {
+                return Err(Rejection::NotRunning);
+            }
+            if *owner != task.owner {
+                return Err(Rejection::Fenced);
+            }
+            if next.cancel.is_some() {
+                finish_cancelled(&mut next, None, now);
+            } else {
+                next.error = owner_lost_error(owner);
+                finish(&mut next, TaskState::Failed, now);
+            }
+            true
         }
     };
     if !changed {

@@ -135,6 +135,12 @@ fn every_event() -> Vec<(&'static str, Event)> {
         ("hard_cancel", Event::HardCancel { reason: "r".into() }),
         ("escalate", Event::Escalate),
         ("time_out", Event::TimeOut { grace: secs(100) }),
+        (
+            "owner_lost",
+            Event::OwnerLost {
+                owner: OWNER.into(),
+            },
+        ),
     ]
 }
 
@@ -151,6 +157,7 @@ fn expected(state: TaskState, event: &str) -> Expected {
         (Pending, "answer") => Err(NotWaiting),
         (Pending, "soft_cancel" | "hard_cancel") => Ok(Cancelled),
         (Pending, "escalate" | "time_out") => Err(NotDue),
+        (Pending, "owner_lost") => Err(NotRunning),
         (Pending, _) => Err(NotRunning),
 
         (Running | WaitingForAnswer, "start") => Err(AlreadyStarted),
@@ -165,6 +172,7 @@ fn expected(state: TaskState, event: &str) -> Expected {
         (_, "soft_cancel") => Ok(state),
         (_, "hard_cancel") => Ok(Cancelled),
         (_, "escalate" | "time_out") => Err(NotDue),
+        (_, "owner_lost") => Ok(Failed),
         other => unreachable!("no expectation for {other:?}"),
     }
 }
@@ -436,6 +444,71 @@ fn a_timeout_leaves_an_earlier_cancel_alone() {
     assert_eq!(
         apply(&task, &Event::TimeOut { grace: secs(50) }, t(11)),
         Ok(None)
+    );
+}
+
+#[test]
+fn a_lost_owner_fails_its_task_unless_a_cancel_was_requested() {
+    let lost = Event::OwnerLost {
+        owner: OWNER.into(),
+    };
+    let failed = apply(&running(), &lost, t(5)).unwrap().unwrap();
+    assert_eq!(failed.state, TaskState::Failed);
+    assert_eq!(failed.error, owner_lost_error(OWNER));
+
+    let cancel = Event::SoftCancel {
+        reason: "user".into(),
+        grace: secs(30),
+    };
+    let asked = apply(&waiting(), &cancel, t(3)).unwrap().unwrap();
+    assert_eq!(
+        apply(&asked, &lost, t(5)).unwrap().unwrap().state,
+        TaskState::Cancelled
+    );
+
+    let other = Event::OwnerLost {
+        owner: "replica-b".into(),
+    };
+    assert_eq!(apply(&running(), &other, t(5)), Err(Rejection::Fenced));
+}
+
+#[test]
+fn fences_allow_only_the_same_run_or_the_next_start() {
+    let pending = pending();
+    let running = apply(
+        &pending,
+        &Event::Start {
+            owner: OWNER.into(),
+        },
+        t(1),
+    )
+    .unwrap()
+    .unwrap();
+    assert!(
+        pending.fences_allow(&running),
+        "a start takes the next attempt"
+    );
+    let progressed = apply(
+        &running,
+        &report(Report::Ask {
+            question: "q".into(),
+        }),
+        t(2),
+    )
+    .unwrap()
+    .unwrap();
+    assert!(running.fences_allow(&progressed));
+    let mut stolen = progressed.clone();
+    stolen.owner = "replica-b".into();
+    assert!(
+        !running.fences_allow(&stolen),
+        "another owner may not write"
+    );
+    let mut restarted = progressed;
+    restarted.attempt += 1;
+    assert!(
+        !running.fences_allow(&restarted),
+        "only a PENDING task starts a new attempt"
     );
 }
 

@@ -1,0 +1,420 @@
+//! The Redis store: task state shared by every replica. The data model (keys, scripts,
+//! channels, TTLs) is described in `redis/DATA_MODEL.md` next to this file.
+//!
+//! Every write is one Lua script ([`CREATE`], [`SWAP`]) that also maintains the indexes,
+//! the bounded history and the pub/sub announcements, so they can never disagree with the
+//! record. Reads are plain commands. Subscriptions go through one RESP3 connection per
+//! replica and are fanned out in process ([`fanout`]).
+//!
+//! Every command is bounded by [`RESPONSE_TIMEOUT`]: while Redis is unreachable calls fail
+//! fast with [`StoreError::Unavailable`], and the connections reconnect (and resubscribe)
+//! by themselves when it is back.
+
+mod fanout;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Client, ProtocolVersion, Script};
+
+use self::fanout::{Channel, Fanout};
+use super::{
+    ActiveFilter, Created, HISTORY_LEN, StoreError, StoreResult, Swap, TaskStore, Updates, Wakeups,
+};
+use crate::task::{Task, TaskId, TaskState};
+
+/// How long a command may take before the call fails with UNAVAILABLE.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How many ids a listing reads per round trip.
+const LIST_BATCH: usize = 256;
+
+const CREATE: &str = include_str!("redis/create.lua");
+const SWAP: &str = include_str!("redis/swap.lua");
+
+/// Key and channel names, all under one prefix so deployments can share a Redis.
+#[derive(Clone, Debug)]
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn task(&self, id: impl std::fmt::Display) -> String {
+        format!("{}task:{id}", self.prefix)
+    }
+    fn task_prefix(&self) -> String {
+        format!("{}task:", self.prefix)
+    }
+    fn request(&self, request_id: &str) -> String {
+        format!("{}request:{request_id}", self.prefix)
+    }
+    fn active(&self) -> String {
+        format!("{}active", self.prefix)
+    }
+    fn pending(&self) -> String {
+        format!("{}pending", self.prefix)
+    }
+    fn children(&self, parent: impl std::fmt::Display) -> String {
+        format!("{}children:{parent}", self.prefix)
+    }
+    fn history(&self, id: impl std::fmt::Display) -> String {
+        format!("{}history:{id}", self.prefix)
+    }
+    fn owned(&self, owner: &str) -> String {
+        format!("{}owned:{owner}", self.prefix)
+    }
+    fn owners(&self) -> String {
+        format!("{}owners", self.prefix)
+    }
+    fn lease(&self, replica: &str) -> String {
+        format!("{}lease:{replica}", self.prefix)
+    }
+    fn task_channel(&self, id: impl std::fmt::Display) -> String {
+        format!("{}events:task:{id}", self.prefix)
+    }
+    fn owner_channel(&self, owner: &str) -> String {
+        format!("{}events:owner:{owner}", self.prefix)
+    }
+    fn queue_channel(&self) -> String {
+        format!("{}events:queue", self.prefix)
+    }
+}
+
+pub struct RedisStore {
+    keys: Keys,
+    commands: ConnectionManager,
+    fanout: Arc<Fanout>,
+    retention: Duration,
+    create: Script,
+    swap: Script,
+}
+
+fn unavailable(err: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+fn decode(json: &str) -> StoreResult<Task> {
+    serde_json::from_str(json)
+        .map_err(|err| StoreError::Unavailable(format!("undecodable task record: {err}")))
+}
+
+fn encode(task: &Task) -> String {
+    serde_json::to_string(task).expect("a task always serializes")
+}
+
+fn state_name(state: TaskState) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .expect("states serialize as strings")
+}
+
+fn flag(value: bool) -> &'static str {
+    if value { "1" } else { "0" }
+}
+
+impl RedisStore {
+    /// Connects lazily: the server starts even while Redis is down and serves UNAVAILABLE
+    /// until it is back.
+    pub fn connect(url: &str, prefix: &str, retention: Duration) -> StoreResult<RedisStore> {
+        let client = Client::open(url).map_err(unavailable)?;
+        let info = client.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = Client::open(info.set_redis_settings(settings)).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_max_delay(Duration::from_secs(1));
+        let commands = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+            .map_err(unavailable)?;
+        let keys = Keys {
+            prefix: prefix.to_owned(),
+        };
+        let fanout = Fanout::connect(client, config, keys.queue_channel())?;
+        Ok(RedisStore {
+            keys,
+            commands,
+            fanout,
+            retention,
+            create: Script::new(CREATE),
+            swap: Script::new(SWAP),
+        })
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        self.commands.clone()
+    }
+
+    /// The records of `ids` that still exist, in the order given.
+    async fn load(&self, ids: &[String]) -> StoreResult<Vec<Task>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hget(self.keys.task(id), "json");
+        }
+        let found: Vec<Option<String>> = pipe
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        found.iter().flatten().map(|json| decode(json)).collect()
+    }
+}
+
+#[async_trait]
+impl TaskStore for RedisStore {
+    async fn create(&self, task: Task) -> StoreResult<Created> {
+        let parent = task
+            .parent_id
+            .map(|p| self.keys.children(p))
+            .unwrap_or_else(|| self.keys.children(""));
+        let reply: Vec<String> = self
+            .create
+            .key(self.keys.task(task.id))
+            .key(self.keys.request(&task.request_id))
+            .key(self.keys.active())
+            .key(self.keys.pending())
+            .key(parent)
+            .key(self.keys.history(task.id))
+            .arg(encode(&task))
+            .arg(task.id.to_string())
+            .arg(task.version)
+            .arg(state_name(task.state))
+            .arg(flag(!task.request_id.is_empty()))
+            .arg(flag(task.parent_id.is_some()))
+            .arg(self.keys.task_prefix())
+            .arg(self.keys.queue_channel())
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        match reply.as_slice() {
+            [existing, json] if existing == "existing" => Ok(Created::Existing(decode(json)?)),
+            _ => Ok(Created::New(task)),
+        }
+    }
+
+    async fn get(&self, id: TaskId) -> StoreResult<Option<Task>> {
+        let json: Option<String> = self
+            .connection()
+            .hget(self.keys.task(id), "json")
+            .await
+            .map_err(unavailable)?;
+        json.as_deref().map(decode).transpose()
+    }
+
+    async fn compare_and_swap(&self, next: &Task) -> StoreResult<Swap> {
+        let reply: String = self
+            .swap
+            .key(self.keys.task(next.id))
+            .key(self.keys.pending())
+            .key(self.keys.active())
+            .key(self.keys.history(next.id))
+            .key(self.keys.owned(&next.owner))
+            .key(self.keys.owners())
+            .key(self.keys.request(&next.request_id))
+            .key(self.keys.children(next.id))
+            .arg(encode(next))
+            .arg(next.version)
+            .arg(state_name(next.state))
+            .arg(&next.owner)
+            .arg(next.attempt)
+            .arg(flag(next.state.is_terminal()))
+            .arg(next.id.to_string())
+            .arg(self.retention.as_millis() as u64)
+            .arg(HISTORY_LEN)
+            .arg(self.keys.task_channel(next.id))
+            .arg(self.keys.owner_channel(&next.owner))
+            .arg(flag(!next.request_id.is_empty()))
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(match reply.as_str() {
+            "ok" => Swap::Swapped,
+            "missing" => Swap::Missing,
+            _ => Swap::Conflict,
+        })
+    }
+
+    async fn list_active(
+        &self,
+        filter: &ActiveFilter,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Task>> {
+        let mut found = Vec::new();
+        let mut from = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        while found.len() < limit {
+            let ids: Vec<String> = redis::cmd("ZRANGEBYLEX")
+                .arg(self.keys.active())
+                .arg(&from)
+                .arg("+")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(LIST_BATCH)
+                .query_async(&mut self.connection())
+                .await
+                .map_err(unavailable)?;
+            let Some(last) = ids.last() else { break };
+            from = format!("({last}");
+            let exhausted = ids.len() < LIST_BATCH;
+            let tasks = self.load(&ids).await?;
+            found.extend(
+                tasks
+                    .into_iter()
+                    .filter(|task| !task.state.is_terminal() && filter.matches(task)),
+            );
+            if exhausted {
+                break;
+            }
+        }
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    async fn children(&self, parent: TaskId) -> StoreResult<Vec<Task>> {
+        let ids: Vec<String> = self
+            .connection()
+            .zrange(self.keys.children(parent), 0, -1)
+            .await
+            .map_err(unavailable)?;
+        self.load(&ids).await
+    }
+
+    async fn oldest_pending(&self, limit: usize) -> StoreResult<Vec<Task>> {
+        let stop = limit.saturating_sub(1) as isize;
+        let ids: Vec<String> = self
+            .connection()
+            .zrange(self.keys.pending(), 0, stop)
+            .await
+            .map_err(unavailable)?;
+        Ok(self
+            .load(&ids)
+            .await?
+            .into_iter()
+            .filter(|task| task.state == TaskState::Pending)
+            .collect())
+    }
+
+    async fn subscribe(&self, id: TaskId) -> StoreResult<Updates> {
+        self.fanout
+            .updates(Channel::Task(self.keys.task_channel(id)))
+            .await
+    }
+
+    async fn history(&self, id: TaskId, after_version: u64) -> StoreResult<Option<Vec<Task>>> {
+        let entries: Vec<String> = self
+            .connection()
+            .lrange(self.keys.history(id), 0, -1)
+            .await
+            .map_err(unavailable)?;
+        let versions = entries
+            .iter()
+            .map(|json| decode(json))
+            .collect::<StoreResult<Vec<Task>>>()?;
+        let (Some(oldest), Some(newest)) = (versions.first(), versions.last()) else {
+            return Ok(None);
+        };
+        if oldest.version > after_version + 1 && newest.version > after_version {
+            return Ok(None);
+        }
+        Ok(Some(
+            versions
+                .into_iter()
+                .filter(|task| task.version > after_version)
+                .collect(),
+        ))
+    }
+
+    async fn subscribe_owner(&self, owner: &str) -> StoreResult<Updates> {
+        self.fanout
+            .updates(Channel::Owner(self.keys.owner_channel(owner)))
+            .await
+    }
+
+    async fn subscribe_queue(&self) -> StoreResult<Wakeups> {
+        self.fanout.wakeups().await
+    }
+
+    async fn owned_by(&self, owner: &str) -> StoreResult<Vec<Task>> {
+        let mut ids: Vec<String> = self
+            .connection()
+            .smembers(self.keys.owned(owner))
+            .await
+            .map_err(unavailable)?;
+        ids.sort();
+        let tasks = self.load(&ids).await?;
+        Ok(tasks
+            .into_iter()
+            .filter(|task| task.state.is_started() && task.owner == owner)
+            .collect())
+    }
+
+    async fn renew_lease(&self, replica: &str, ttl: Duration) -> StoreResult<bool> {
+        let previous: Option<String> = redis::cmd("SET")
+            .arg(self.keys.lease(replica))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .arg("GET")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(previous.is_some())
+    }
+
+    async fn release_lease(&self, replica: &str) -> StoreResult<()> {
+        let _: () = self
+            .connection()
+            .del(self.keys.lease(replica))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn lost_owners(&self) -> StoreResult<Vec<String>> {
+        let owners: Vec<String> = self
+            .connection()
+            .smembers(self.keys.owners())
+            .await
+            .map_err(unavailable)?;
+        if owners.is_empty() {
+            return Ok(owners);
+        }
+        let mut pipe = redis::pipe();
+        for owner in &owners {
+            pipe.exists(self.keys.lease(owner))
+                .scard(self.keys.owned(owner));
+        }
+        let answers: Vec<u64> = pipe
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        let mut lost = Vec::new();
+        for (owner, answer) in owners.iter().zip(answers.chunks(2)) {
+            let (leased, owned) = (answer[0] == 1, answer[1]);
+            match (leased, owned) {
+                (false, 0) => {
+                    // Gone and owning nothing: forget it.
+                    let _: () = self
+                        .connection()
+                        .srem(self.keys.owners(), owner)
+                        .await
+                        .map_err(unavailable)?;
+                }
+                (false, _) => lost.push(owner.clone()),
+                (true, _) => {}
+            }
+        }
+        Ok(lost)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,242 @@
+//! Pub/sub fan-out: one RESP3 connection per replica carries every subscription of the
+//! process, and each channel has one in-process broadcast that any number of local
+//! subscribers share (10,000 watchers of a task cost one Redis subscription and one JSON
+//! decode per change).
+//!
+//! The connection resubscribes by itself after a reconnect; subscribers are told
+//! ([`Update::Lagged`]) that they may have missed changes meanwhile, so they re-read.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use futures_util::{Stream, StreamExt};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, PushInfo, PushKind};
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::unavailable;
+use crate::store::{StoreResult, Update, Updates, Wakeups};
+use crate::task::Task;
+
+/// Messages a local subscriber may fall behind by before it is told to re-read.
+const BUFFER: usize = 1024;
+
+/// What a channel carries.
+pub enum Channel {
+    /// Changes of one task; the stream ends after the terminal version.
+    Task(String),
+    /// Changes of the tasks of one owner (a replica's control channel).
+    Owner(String),
+}
+
+#[derive(Clone, Debug)]
+enum Message {
+    Changed(Arc<Task>),
+    /// A task was queued.
+    Queued,
+    /// The connection broke: messages may have been lost.
+    Missed,
+}
+
+type Table = Mutex<HashMap<String, broadcast::Sender<Message>>>;
+
+pub struct Fanout {
+    connection: ConnectionManager,
+    channels: Arc<Table>,
+    /// Serializes SUBSCRIBE/UNSUBSCRIBE so a channel's first subscriber has its
+    /// subscription confirmed before any other local subscriber of it returns.
+    changes: tokio::sync::Mutex<()>,
+    queue_channel: String,
+}
+
+fn lock(table: &Table) -> MutexGuard<'_, HashMap<String, broadcast::Sender<Message>>> {
+    table
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Hands one push from Redis to the local subscribers of its channel. Runs on the
+/// connection's task, so it only decodes and sends.
+fn route(table: &Table, queue_channel: &str, push: PushInfo) {
+    match push.kind {
+        PushKind::Message => {
+            let [channel, payload] = push.data.as_slice() else {
+                return;
+            };
+            let (Ok(channel), Ok(payload)) = (
+                redis::from_redis_value_ref::<String>(channel),
+                redis::from_redis_value_ref::<String>(payload),
+            ) else {
+                return;
+            };
+            let table = lock(table);
+            let Some(sender) = table.get(&channel) else {
+                return;
+            };
+            let message = if channel == queue_channel {
+                Message::Queued
+            } else {
+                match serde_json::from_str::<Task>(&payload) {
+                    Ok(task) => Message::Changed(Arc::new(task)),
+                    Err(err) => {
+                        tracing::warn!(%channel, %err, "undecodable task change");
+                        Message::Missed
+                    }
+                }
+            };
+            let _ = sender.send(message);
+        }
+        PushKind::Disconnection => {
+            for sender in lock(table).values() {
+                let _ = sender.send(Message::Missed);
+            }
+        }
+        _ => {}
+    }
+}
+
+impl Fanout {
+    pub fn connect(
+        client: Client,
+        config: ConnectionManagerConfig,
+        queue_channel: String,
+    ) -> StoreResult<Arc<Fanout>> {
+        let channels: Arc<Table> = Arc::default();
+        let router = Arc::clone(&channels);
+        let queue = queue_channel.clone();
+        let config = config
+            .set_push_sender(move |push: PushInfo| {
+                route(&router, &queue, push);
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .set_automatic_resubscription();
+        let connection =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
+        Ok(Arc::new(Fanout {
+            connection,
+            channels,
+            changes: tokio::sync::Mutex::new(()),
+            queue_channel,
+        }))
+    }
+
+    async fn subscribe(self: &Arc<Self>, channel: &str) -> StoreResult<Subscription> {
+        let _serialized = self.changes.lock().await;
+        let existing = lock(&self.channels)
+            .get(channel)
+            .map(broadcast::Sender::subscribe);
+        let receiver = match existing {
+            Some(receiver) => receiver,
+            None => {
+                let (sender, receiver) = broadcast::channel(BUFFER);
+                lock(&self.channels).insert(channel.to_owned(), sender);
+                if let Err(err) = self.connection.clone().subscribe(channel).await {
+                    lock(&self.channels).remove(channel);
+                    return Err(unavailable(err));
+                }
+                receiver
+            }
+        };
+        Ok(Subscription {
+            fanout: Arc::clone(self),
+            channel: channel.to_owned(),
+            messages: BroadcastStream::new(receiver),
+        })
+    }
+
+    /// Unsubscribes from `channel` once no local subscriber is left.
+    fn release(self: &Arc<Self>, channel: String) {
+        let fanout = Arc::clone(self);
+        tokio::spawn(async move {
+            let _serialized = fanout.changes.lock().await;
+            let unused = {
+                let mut table = lock(&fanout.channels);
+                let unused = table
+                    .get(&channel)
+                    .is_some_and(|sender| sender.receiver_count() == 0);
+                if unused {
+                    table.remove(&channel);
+                }
+                unused
+            };
+            if unused {
+                let _ = fanout.connection.clone().unsubscribe(&channel).await;
+            }
+        });
+    }
+
+    pub async fn updates(self: &Arc<Self>, channel: Channel) -> StoreResult<Updates> {
+        let (name, ends_at_terminal) = match channel {
+            Channel::Task(name) => (name, true),
+            Channel::Owner(name) => (name, false),
+        };
+        let subscription = self.subscribe(&name).await?;
+        let updates = subscription.filter_map(|message| {
+            std::future::ready(match message {
+                Message::Changed(task) => Some(Update::Changed(task)),
+                Message::Missed => Some(Update::Lagged),
+                Message::Queued => None,
+            })
+        });
+        if ends_at_terminal {
+            return Ok(Box::pin(UntilTerminal {
+                updates: Box::pin(updates),
+                ended: false,
+            }));
+        }
+        Ok(Box::pin(updates))
+    }
+
+    pub async fn wakeups(self: &Arc<Self>) -> StoreResult<Wakeups> {
+        let channel = self.queue_channel.clone();
+        // A missed message may have been a queued task: wake up for it too.
+        Ok(Box::pin(self.subscribe(&channel).await?.map(drop)))
+    }
+}
+
+/// One local subscriber of a channel; dropping it may unsubscribe the channel.
+struct Subscription {
+    fanout: Arc<Fanout>,
+    channel: String,
+    messages: BroadcastStream<Message>,
+}
+
+impl Stream for Subscription {
+    type Item = Message;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.messages
+            .poll_next_unpin(cx)
+            .map(|item| item.map(|message| message.unwrap_or(Message::Missed)))
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.fanout.release(std::mem::take(&mut self.channel));
+    }
+}
+
+/// Ends a task's updates right after its terminal version.
+struct UntilTerminal {
+    updates: Updates,
+    ended: bool,
+}
+
+impl Stream for UntilTerminal {
+    type Item = Update;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Update>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let polled = self.updates.poll_next_unpin(cx);
+        if let Poll::Ready(Some(Update::Changed(task))) = &polled {
+            self.ended = task.state.is_terminal();
+        }
+        polled
+    }
+}

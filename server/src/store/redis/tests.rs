@@ -1,0 +1,192 @@
+//! The Redis store against a real `redis-server` started for each test: the store
+//! conformance suite, then what only Redis has (leases, key expiry, prefixes, outages).
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reins_e2e::RedisServer;
+
+use super::*;
+use crate::store::{Update, conformance};
+
+const RETENTION: Duration = Duration::from_secs(3600);
+
+/// A store and the server behind it, which lives as long as the store.
+struct Fixture {
+    store: Arc<RedisStore>,
+    server: RedisServer,
+}
+
+impl Deref for Fixture {
+    type Target = dyn TaskStore;
+
+    fn deref(&self) -> &(dyn TaskStore + 'static) {
+        self.store.as_ref()
+    }
+}
+
+fn fixture_with(server: RedisServer, prefix: &str) -> Fixture {
+    let store = RedisStore::connect(&server.url(), prefix, RETENTION).expect("connect");
+    Fixture {
+        store: Arc::new(store),
+        server,
+    }
+}
+
+fn fixture() -> Fixture {
+    fixture_with(RedisServer::start(), "reins:")
+}
+
+conformance::suite!(fixture());
+
+async fn raw_connection(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_replica_whose_lease_lapses_is_lost_until_it_renews() {
+    let fixture = fixture();
+    let (active, _) = conformance::one_active_one_finished_owned_by(&*fixture, "replica-a").await;
+    fixture
+        .renew_lease("replica-a", Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert!(fixture.lost_owners().await.unwrap().is_empty());
+
+    let lost = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let lost = fixture.lost_owners().await.unwrap();
+            if !lost.is_empty() {
+                return lost;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the lease lapses");
+    assert_eq!(lost, vec!["replica-a".to_owned()]);
+    assert_eq!(fixture.owned_by("replica-a").await.unwrap()[0].id, active);
+
+    assert!(
+        !fixture
+            .renew_lease("replica-a", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        "it had lapsed"
+    );
+    assert!(fixture.lost_owners().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn finished_tasks_expire_after_retention_with_their_history() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), "reins:", Duration::from_secs(60)).unwrap();
+    let (active, finished) = conformance::one_active_one_finished(&store).await;
+    let mut redis = raw_connection(&server).await;
+    for key in [store.keys.task(finished), store.keys.history(finished)] {
+        let ttl: i64 = redis.pttl(&key).await.unwrap();
+        assert!(
+            (1..=60_000).contains(&ttl),
+            "{key} expires within the retention, ttl {ttl}"
+        );
+    }
+    let ttl: i64 = redis.pttl(store.keys.task(active)).await.unwrap();
+    assert_eq!(ttl, -1, "an active task does not expire");
+}
+
+#[tokio::test]
+async fn every_key_is_under_the_prefix() {
+    let fixture = fixture_with(RedisServer::start(), "deployment-7:");
+    conformance::one_active_one_finished(&*fixture).await;
+    fixture
+        .renew_lease("replica-a", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let keys: Vec<String> = raw_connection(&fixture.server)
+        .await
+        .keys("*")
+        .await
+        .unwrap();
+    assert!(!keys.is_empty());
+    assert!(
+        keys.iter().all(|key| key.starts_with("deployment-7:")),
+        "{keys:?}"
+    );
+}
+
+#[tokio::test]
+async fn two_prefixes_share_a_redis_without_seeing_each_other() {
+    let server = RedisServer::start();
+    let blue = RedisStore::connect(&server.url(), "blue:", RETENTION).unwrap();
+    let green = RedisStore::connect(&server.url(), "green:", RETENTION).unwrap();
+    let (active, _) = conformance::one_active_one_finished(&blue).await;
+    assert!(green.get(active).await.unwrap().is_none());
+    let everything = ActiveFilter::default();
+    assert!(
+        green
+            .list_active(&everything, None, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        blue.list_active(&everything, None, 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_outage_fails_calls_fast_and_the_store_recovers_by_itself() {
+    let mut fixture = fixture_with(RedisServer::start_with_aof(), "reins:");
+    let (active, _) = conformance::one_active_one_finished(&*fixture).await;
+    let mut changes = fixture.subscribe(active).await.unwrap();
+
+    fixture.server.stop();
+    // Bounded: the call fails (UNAVAILABLE), it does not hang.
+    let during = tokio::time::timeout(RESPONSE_TIMEOUT * 5, fixture.get(active)).await;
+    assert!(
+        matches!(during, Ok(Err(StoreError::Unavailable(_)))),
+        "{during:?}"
+    );
+
+    fixture.server.restart();
+    let recovered = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(Some(task)) = fixture.get(active).await {
+                return task;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the store reconnects");
+    assert_eq!(recovered.id, active, "nothing acknowledged was lost (AOF)");
+
+    // The subscription was told it may have missed changes, and follows again.
+    let told = tokio::time::timeout(Duration::from_secs(10), changes.next())
+        .await
+        .unwrap();
+    assert!(matches!(told, Some(Update::Lagged)), "{told:?}");
+    let next = conformance::complete_as_owner(&*fixture, &recovered).await;
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match changes.next().await {
+                Some(Update::Changed(task)) => return task,
+                Some(Update::Lagged) => continue,
+                None => panic!("the subscription ended"),
+            }
+        }
+    })
+    .await
+    .expect("the resubscribed channel delivers");
+    assert_eq!(seen.version, next.version);
+}
