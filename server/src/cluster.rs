@@ -6,10 +6,11 @@
 //! With the embedded store the same loops run; the lease never lapses and nobody is lost.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Backoff, Engine};
@@ -59,20 +60,44 @@ pub async fn start(engine: &Arc<Engine>, lease_ttl: Duration, stop: &Cancellatio
             }
         }),
     );
+    let reaper = Arc::new(Reaper {
+        lease_ttl,
+        // Give every replica one lease to renew before judging anyone.
+        not_before: Mutex::new(Instant::now() + lease_ttl),
+    });
     spawn_until(
         stop,
         every(lease_ttl / 3, {
-            let engine = Arc::clone(engine);
-            move || keep_lease(Arc::clone(&engine), lease_ttl)
+            let (engine, reaper) = (Arc::clone(engine), Arc::clone(&reaper));
+            move || keep_lease(Arc::clone(&engine), Arc::clone(&reaper))
         }),
     );
     spawn_until(
         stop,
         every(lease_ttl / 2, {
-            let engine = Arc::clone(engine);
-            move || reap(Arc::clone(&engine))
+            let (engine, reaper) = (Arc::clone(engine), Arc::clone(&reaper));
+            move || reap(Arc::clone(&engine), Arc::clone(&reaper))
         }),
     );
+}
+
+/// When this replica may judge others' leases. After an outage of the store every lease
+/// may have lapsed at once; the replicas that are alive renew theirs within a third of a
+/// lease, so nobody is judged until one whole lease after the store is back.
+struct Reaper {
+    lease_ttl: Duration,
+    not_before: Mutex<Instant>,
+}
+
+impl Reaper {
+    fn hold_off(&self) {
+        *self.not_before.lock().unwrap_or_else(|p| p.into_inner()) =
+            Instant::now() + self.lease_ttl;
+    }
+
+    fn may_reap(&self) -> bool {
+        Instant::now() >= *self.not_before.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 fn spawn_until(stop: &CancellationToken, work: impl Future<Output = ()> + Send + 'static) {
@@ -135,25 +160,34 @@ async fn follow_queue(engine: Arc<Engine>) {
     }
 }
 
-async fn keep_lease(engine: Arc<Engine>, ttl: Duration) {
+async fn keep_lease(engine: Arc<Engine>, reaper: Arc<Reaper>) {
     let me = &engine.config().replica_id;
-    match engine.store().renew_lease(me, ttl).await {
+    match engine.store().renew_lease(me, reaper.lease_ttl).await {
         Ok(true) => {}
         Ok(false) => {
             // Other replicas may have settled our tasks meanwhile: every driver re-reads
-            // its record and stops if its task was settled.
+            // its record and stops if its task was settled. A lapse is also the sign of an
+            // outage the others went through.
             tracing::warn!("this replica's lease had lapsed; re-reading its tasks");
+            reaper.hold_off();
             engine.supervisor().nudge_all();
         }
-        Err(err) => tracing::warn!(%err, "cannot renew this replica's lease"),
+        Err(err) => {
+            reaper.hold_off();
+            tracing::warn!(%err, "cannot renew this replica's lease");
+        }
     }
 }
 
 /// Settles the tasks of every replica whose lease lapsed.
-async fn reap(engine: Arc<Engine>) {
+async fn reap(engine: Arc<Engine>, reaper: Arc<Reaper>) {
+    if !reaper.may_reap() {
+        return;
+    }
     let lost = match engine.store().lost_owners().await {
         Ok(lost) => lost,
         Err(err) => {
+            reaper.hold_off();
             tracing::debug!(%err, "cannot look for lost replicas");
             return;
         }
