@@ -20,7 +20,7 @@ use crate::store::{ActiveFilter, Created, Swap, TaskStore, Update, Updates};
 use crate::supervisor::Supervisor;
 use crate::task::cancel::{self, CancelOutcome};
 use crate::task::state_machine::{self, Event, Fence, Rejection, Report};
-use crate::task::{NewTask, Task, TaskId};
+use crate::task::{NewTask, Task, TaskId, TaskState};
 
 /// How long a hard cancel waits for local code to stop before it returns anyway.
 const STOP_WAIT: Duration = Duration::from_secs(5);
@@ -116,7 +116,15 @@ impl Engine {
         match self.store.create(task).await? {
             Created::New(task) => {
                 self.dispatch().await;
-                Ok(self.store.get(task.id).await?.unwrap_or(task))
+                let task = self.store.get(task.id).await?.unwrap_or(task);
+                if task.state == TaskState::Pending {
+                    // This replica is full: wake the others. (Announcing every start would
+                    // have them race this replica for work it can take itself.)
+                    if let Err(err) = self.store.announce_queued().await {
+                        tracing::warn!(%err, "cannot wake the other replicas; they look every few seconds");
+                    }
+                }
+                Ok(task)
             }
             Created::Existing(existing) if existing.matches_request(&spec) => Ok(existing),
             Created::Existing(existing) => Err(Error::RequestIdConflict {
@@ -409,7 +417,14 @@ impl Engine {
                 }
             };
             let mut started = None;
-            for candidate in queue {
+            // A kind this replica cannot run (another allowlist, say) is left to others.
+            let runnable = queue.into_iter().filter(|candidate| {
+                self.kinds
+                    .get(&candidate.kind)
+                    .and_then(|kind| kind.prepare(&candidate.params))
+                    .is_ok()
+            });
+            for candidate in runnable {
                 let event = Event::Start {
                     owner: self.config.replica_id.clone(),
                 };

@@ -112,6 +112,10 @@ pub async fn run(
     engine
         .drain(config.shutdown_grace, SHUTDOWN_SOFT_WINDOW)
         .await;
+    let me = &engine.config().replica_id;
+    if let Err(err) = engine.store().release_lease(me).await {
+        tracing::warn!(%err, "cannot release this replica's lease; it lapses by itself");
+    }
     stop_streams.cancel();
     stop_serving.cancel();
     match tokio::time::timeout(CONNECTION_DRAIN, serving).await {

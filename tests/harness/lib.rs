@@ -24,7 +24,7 @@ pub use redis_server::RedisServer;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use reins_client::proto::{Task, TaskState};
-use reins_client::{Client, WatchOptions};
+use reins_client::{Client, StartTask, WatchOptions};
 use tokio_stream::StreamExt;
 
 /// Upper bound of every wait in the tests: generous, as the CI machine is shared.
@@ -155,6 +155,12 @@ impl Reinsd {
         }
     }
 
+    /// Kills the process (if it still runs) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -162,11 +168,212 @@ impl Reinsd {
 
 impl Drop for Reinsd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
         if std::thread::panicking() {
             eprintln!("---- reinsd log ({}) ----\n{}", self.address, self.log());
         }
+    }
+}
+
+/// Replicas of one deployment: `reinsd` processes sharing one [`RedisServer`], with the
+/// replica ids `a`, `b`, `c`, … (index 0 is `a`). Each replica is a [`Reinsd`], so its log
+/// is printed if the test panics.
+pub struct Cluster {
+    replicas: Vec<Reinsd>,
+    /// Processes replaced by [`Cluster::restart_replica`], kept for their logs.
+    retired: Vec<Reinsd>,
+    ids: Vec<String>,
+    args: Vec<String>,
+    redis: RedisServer,
+}
+
+impl Cluster {
+    /// `n` replicas with the extra flags `args`, on a Redis of their own.
+    pub fn start(n: usize, args: &[&str]) -> Cluster {
+        Cluster::on(RedisServer::start(), n, args)
+    }
+
+    /// `n` replicas with the extra flags `args`, on `redis`.
+    pub fn on(redis: RedisServer, n: usize, args: &[&str]) -> Cluster {
+        let mut cluster = Cluster {
+            replicas: Vec::new(),
+            retired: Vec::new(),
+            ids: Vec::new(),
+            args: args.iter().map(|&arg| arg.to_owned()).collect(),
+            redis,
+        };
+        for _ in 0..n {
+            cluster.add_replica();
+        }
+        cluster
+    }
+
+    fn spawn(redis: &RedisServer, id: &str, args: &[String]) -> Reinsd {
+        let url = redis.url();
+        let mut all = vec!["--redis-url", &url, "--replica-id", id];
+        all.extend(args.iter().map(String::as_str));
+        Reinsd::with_args(&all)
+    }
+
+    /// Starts one more replica (the next letter); returns its index.
+    pub fn add_replica(&mut self) -> usize {
+        let i = self.ids.len();
+        assert!(i < 26, "replica ids are single letters");
+        let id = char::from(b'a' + i as u8).to_string();
+        self.replicas
+            .push(Cluster::spawn(&self.redis, &id, &self.args));
+        self.ids.push(id);
+        i
+    }
+
+    /// The replica id of replica `i`.
+    pub fn id(&self, i: usize) -> &str {
+        &self.ids[i]
+    }
+
+    /// The index of the replica that runs (or ran) `task`.
+    pub fn owner_of(&self, task: &Task) -> usize {
+        self.ids
+            .iter()
+            .position(|id| *id == task.owner)
+            .unwrap_or_else(|| panic!("owner {:?} is no replica of {:?}", task.owner, self.ids))
+    }
+
+    /// The index of a replica other than `i`.
+    pub fn other_than(&self, i: usize) -> usize {
+        (0..self.ids.len())
+            .find(|&j| j != i)
+            .expect("a cluster of more than one replica")
+    }
+
+    /// Reads task `id` from every replica whose process is alive, asserts that they all
+    /// return the same record, and returns it.
+    pub async fn check_everywhere(&self, id: &str) -> Task {
+        let mut seen: Option<(usize, Task)> = None;
+        for (i, replica) in self.replicas.iter().enumerate() {
+            if !process_alive(replica.pid().as_raw()) {
+                continue;
+            }
+            let task = replica
+                .client()
+                .await
+                .check(id)
+                .await
+                .unwrap_or_else(|status| {
+                    panic!("CheckTask {id} on replica {}: {status:?}", self.ids[i])
+                });
+            match &seen {
+                None => seen = Some((i, task)),
+                Some((first, expected)) => assert_eq!(
+                    &task, expected,
+                    "replicas {} and {} disagree about task {id}",
+                    self.ids[*first], self.ids[i]
+                ),
+            }
+        }
+        seen.expect("a live replica").1
+    }
+
+    pub fn replica(&self, i: usize) -> &Reinsd {
+        &self.replicas[i]
+    }
+
+    pub fn replica_mut(&mut self, i: usize) -> &mut Reinsd {
+        &mut self.replicas[i]
+    }
+
+    pub async fn client(&self, i: usize) -> Client {
+        self.replicas[i].client().await
+    }
+
+    pub fn redis(&mut self) -> &mut RedisServer {
+        &mut self.redis
+    }
+
+    /// Replaces replica `i` with a new process under the same replica id and flags (the
+    /// old process is killed first if it still runs).
+    pub fn restart_replica(&mut self, i: usize) -> &Reinsd {
+        self.replicas[i].kill();
+        let fresh = Cluster::spawn(&self.redis, &self.ids[i], &self.args);
+        let old = std::mem::replace(&mut self.replicas[i], fresh);
+        self.retired.push(old);
+        &self.replicas[i]
+    }
+}
+
+/// An `exec` task (the server needs `--allow-exec sh`) whose program shows it is alive:
+/// it writes its pid to a file, then every 50 ms bumps a counter in another file and
+/// reports progress, until it is killed. It runs in its own process group, so it lives on
+/// whatever happens to the server that started it.
+pub struct Heartbeat {
+    dir: tempfile::TempDir,
+}
+
+impl Heartbeat {
+    const SCRIPT: &str = r#"echo $$ > pid.tmp && mv pid.tmp pid
+        i=0
+        while :; do
+          i=$((i+1)); echo $i > beat.tmp && mv beat.tmp beat
+          echo "::progress:: 0.5 beat $i"
+          sleep 0.05
+        done"#;
+
+    pub fn new() -> Heartbeat {
+        Heartbeat {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn task(&self) -> StartTask {
+        StartTask::new("exec").params(serde_json::json!({
+            "argv": ["sh", "-c", Heartbeat::SCRIPT],
+            "cwd": self.dir.path(),
+        }))
+    }
+
+    /// The program's pid, once it has written it.
+    pub async fn pid(&self) -> i32 {
+        eventually("the heartbeat program's pid", || async {
+            std::fs::read_to_string(self.dir.path().join("pid"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .await
+    }
+
+    /// How many beats the program has written so far.
+    pub fn beats(&self) -> u64 {
+        std::fs::read_to_string(self.dir.path().join("beat"))
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits until the program beats a few more times: it is running now.
+    pub async fn wait_beating(&self) {
+        let from = self.beats();
+        eventually("the program to beat", || async {
+            (self.beats() >= from + 3).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until the program's process is gone.
+    pub async fn wait_dead(&self) {
+        let pid = self.pid().await;
+        eventually(
+            &format!("the heartbeat program (pid {pid}) to die"),
+            || async { (!process_alive(pid)).then_some(()) },
+        )
+        .await;
+    }
+}
+
+impl Default for Heartbeat {
+    fn default() -> Heartbeat {
+        Heartbeat::new()
     }
 }
 
@@ -214,6 +421,15 @@ pub async fn wait_for(
         .unwrap_or_else(|_| panic!("timed out waiting for {what} of task {id}"))
 }
 
+/// `task` once it has started (StartTask may answer while it is still PENDING): the
+/// version that names its owner.
+pub async fn started(client: &Client, task: Task) -> Task {
+    if !task.owner.is_empty() {
+        return task;
+    }
+    wait_for(client, &task.id, "the start", |task| !task.owner.is_empty()).await
+}
+
 pub fn is_terminal(task: &Task) -> bool {
     matches!(
         task.state(),
@@ -238,12 +454,36 @@ pub fn sleep_params(steps: u64, step_ms: u64) -> serde_json::Value {
     serde_json::json!({ "steps": steps, "step_ms": step_ms })
 }
 
+/// A `sleep` task that runs for minutes, checkpointing every 50 ms.
+pub fn long_sleep() -> StartTask {
+    StartTask::new("sleep").params(sleep_params(10_000, 50))
+}
+
+/// A long `sleep` task that ignores soft cancels: only a hard cancel (or escalation) stops it.
+pub fn stuck_sleep() -> StartTask {
+    StartTask::new("sleep")
+        .params(serde_json::json!({"steps": 10_000, "step_ms": 50, "ignore_soft_cancel": true}))
+}
+
 /// Starts a `sleep` task of `steps` × `step_ms`.
 pub async fn start_sleep(client: &Client, steps: u64, step_ms: u64) -> Task {
     client
         .start(reins_client::StartTask::new("sleep").params(sleep_params(steps, step_ms)))
         .await
         .expect("start a sleep task")
+}
+
+/// Watch options that resume after `version` (replaying the later versions).
+pub fn resume_after(version: u64) -> WatchOptions {
+    WatchOptions {
+        after_version: version,
+        ..WatchOptions::default()
+    }
+}
+
+/// A timestamp of a task (which must be set) as a `SystemTime`.
+pub fn system_time(timestamp: Option<&prost_types::Timestamp>) -> std::time::SystemTime {
+    std::time::SystemTime::try_from(*timestamp.expect("timestamp set")).expect("timestamp in range")
 }
 
 /// The google.rpc `ErrorInfo.reason` of a status, if any.

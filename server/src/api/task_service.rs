@@ -1,6 +1,8 @@
 //! `reins.v1.TaskService`: each RPC converts its request, calls the engine and converts
 //! the answer back.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -106,14 +108,13 @@ impl TaskService for TaskApi {
         // 0 is proto3's unset: start from the task as it is now.
         let after_version = (request.after_version != 0).then_some(request.after_version);
         let events = self.engine.watch(id, after_version).await?;
-        Ok(Response::new(WatchStream {
-            events: Box::pin(events),
-            shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
-            cancel_on_disconnect: request
-                .cancel_on_disconnect
-                .then(|| (Arc::clone(&self.engine), id)),
-            ended: false,
-        }))
+        Ok(Response::new(WatchStream::new(
+            Box::pin(events),
+            self.shutdown.clone(),
+            Arc::clone(&self.engine),
+            id,
+            request.cancel_on_disconnect,
+        )))
     }
 
     async fn answer_task(&self, request: Request<pb::AnswerTaskRequest>) -> TaskResult {
@@ -125,62 +126,123 @@ impl TaskService for TaskApi {
     }
 }
 
-/// A watch: the task's versions as events until its terminal one. Ends with UNAVAILABLE
-/// when the server shuts down (watch again elsewhere). If the client hangs up first and
-/// asked for `cancel_on_disconnect`, the task is soft-cancelled.
+/// A watch: the task's versions as events until its terminal one. When the server shuts
+/// down it first sends the versions it has not sent yet (read from the task's history, as
+/// a change may still be on its way through Redis), then ends: OK after a terminal
+/// version, UNAVAILABLE otherwise (watch again elsewhere). If the client hangs up first
+/// and asked for `cancel_on_disconnect`, the task is soft-cancelled.
 pub struct WatchStream {
     events: Pin<Box<dyn Stream<Item = Task> + Send>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    engine: Arc<Engine>,
+    id: TaskId,
+    last_version: u64,
+    phase: Phase,
     /// Armed until the task ends or the server ends the stream.
-    cancel_on_disconnect: Option<(Arc<Engine>, TaskId)>,
-    ended: bool,
+    cancel_on_disconnect: bool,
+}
+
+enum Phase {
+    Live,
+    /// Shutting down: reading the versions not sent yet.
+    Flushing(Pin<Box<dyn Future<Output = VecDeque<Task>> + Send>>),
+    Draining(VecDeque<Task>),
+    Ended,
+}
+
+impl WatchStream {
+    fn new(
+        events: Pin<Box<dyn Stream<Item = Task> + Send>>,
+        shutdown: CancellationToken,
+        engine: Arc<Engine>,
+        id: TaskId,
+        cancel_on_disconnect: bool,
+    ) -> WatchStream {
+        WatchStream {
+            events,
+            shutdown: Box::pin(shutdown.cancelled_owned()),
+            engine,
+            id,
+            last_version: 0,
+            phase: Phase::Live,
+            cancel_on_disconnect,
+        }
+    }
+
+    /// The event for a version, noting that it was sent.
+    fn send(&mut self, task: Task) -> Option<Result<pb::TaskEvent, Status>> {
+        self.last_version = task.version;
+        if task.state.is_terminal() {
+            self.cancel_on_disconnect = false;
+            self.phase = Phase::Ended;
+        }
+        Some(Ok(convert::event(&task)))
+    }
 }
 
 impl Stream for WatchStream {
     type Item = Result<pb::TaskEvent, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        // Changes already published go out before the shutdown ends the stream, so a task
-        // settled by the shutdown is seen in its terminal state.
-        match self.events.poll_next_unpin(cx) {
-            Poll::Ready(Some(task)) => {
-                if task.state.is_terminal() {
-                    self.cancel_on_disconnect = None;
-                }
-                return Poll::Ready(Some(Ok(convert::event(&task))));
+        loop {
+            match &mut self.phase {
+                Phase::Live => match self.events.poll_next_unpin(cx) {
+                    Poll::Ready(Some(task)) => return Poll::Ready(self.send(task)),
+                    Poll::Ready(None) => {
+                        self.phase = Phase::Ended;
+                        return Poll::Ready(None);
+                    }
+                    Poll::Pending => {
+                        if self.shutdown.poll_unpin(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        self.cancel_on_disconnect = false;
+                        let (engine, id, after) =
+                            (Arc::clone(&self.engine), self.id, self.last_version);
+                        self.phase = Phase::Flushing(Box::pin(async move {
+                            engine
+                                .store()
+                                .history(id, after)
+                                .await
+                                .ok()
+                                .flatten()
+                                .unwrap_or_default()
+                                .into()
+                        }));
+                    }
+                },
+                Phase::Flushing(unsent) => match unsent.poll_unpin(cx) {
+                    Poll::Ready(unsent) => self.phase = Phase::Draining(unsent),
+                    Poll::Pending => return Poll::Pending,
+                },
+                Phase::Draining(unsent) => match unsent.pop_front() {
+                    Some(task) if task.version > self.last_version => {
+                        return Poll::Ready(self.send(task));
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.phase = Phase::Ended;
+                        return Poll::Ready(Some(Err(Status::unavailable(
+                            "the server is shutting down; watch the task again",
+                        ))));
+                    }
+                },
+                Phase::Ended => return Poll::Ready(None),
             }
-            Poll::Ready(None) => {
-                self.ended = true;
-                return Poll::Ready(None);
-            }
-            Poll::Pending => {}
         }
-        if self.shutdown.poll_unpin(cx).is_ready() {
-            self.ended = true;
-            self.cancel_on_disconnect = None;
-            return Poll::Ready(Some(Err(Status::unavailable(
-                "the server is shutting down; watch the task again",
-            ))));
-        }
-        Poll::Pending
     }
 }
 
 impl Drop for WatchStream {
     fn drop(&mut self) {
-        if let Some((engine, id)) = self.cancel_on_disconnect.take() {
+        if self.cancel_on_disconnect {
+            let (engine, id) = (Arc::clone(&self.engine), self.id);
             let grace = engine.config().default_grace;
             tracing::info!(task = %id, "watcher disconnected; soft-cancelling the task");
             tokio::spawn(async move {
+                let reason = "watcher disconnected".to_owned();
                 let _ = engine
-                    .cancel(
-                        id,
-                        CancelRequest::Soft { grace },
-                        "watcher disconnected".to_owned(),
-                    )
+                    .cancel(id, CancelRequest::Soft { grace }, reason)
                     .await;
             });
         }

@@ -15,13 +15,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::task::state_machine::{Fence, Rejection, Report};
-use crate::task::{Json, JsonMap, TaskId};
+use crate::task::{Json, JsonMap, Task, TaskId, TaskState};
 
 /// A kind of task the server can run.
 pub trait Kind: Send + Sync {
@@ -110,7 +110,8 @@ pub struct TaskContext {
     task_id: TaskId,
     fence: Fence,
     cancel_requested: CancellationToken,
-    answers: mpsc::UnboundedReceiver<String>,
+    /// The latest version of the record the driver has seen.
+    record: watch::Receiver<Task>,
 }
 
 impl TaskContext {
@@ -119,14 +120,14 @@ impl TaskContext {
         task_id: TaskId,
         fence: Fence,
         cancel_requested: CancellationToken,
-        answers: mpsc::UnboundedReceiver<String>,
+        record: watch::Receiver<Task>,
     ) -> TaskContext {
         TaskContext {
             engine,
             task_id,
             fence,
             cancel_requested,
-            answers,
+            record,
         }
     }
 
@@ -177,17 +178,25 @@ impl TaskContext {
         let report = Report::Ask {
             question: question.into(),
         };
-        match self
+        let asked = match self
             .engine
             .report_until_stored(self.task_id, &self.fence, report)
             .await
         {
-            Ok(_) => {}
+            Ok(asked) => asked,
             Err(Rejection::CancelPending) => return Err(Interrupted::CancelRequested),
             Err(_) => return Err(Interrupted::Ended(Ended)),
-        }
+        };
+        // Answered = the first later version that is no longer waiting (only AnswerTask
+        // moves a waiting task back to RUNNING). Versions the driver skipped cannot hide it.
+        let mut record = self.record.clone();
+        let answered =
+            |task: &Task| task.version > asked.version && task.state != TaskState::WaitingForAnswer;
         tokio::select! {
-            answer = self.answers.recv() => answer.ok_or(Interrupted::Ended(Ended)),
+            next = record.wait_for(answered) => match next {
+                Ok(task) if task.state == TaskState::Running => Ok(task.answer.clone()),
+                _ => Err(Interrupted::Ended(Ended)),
+            },
             () = self.cancel_requested.cancelled() => Err(Interrupted::CancelRequested),
         }
     }

@@ -405,9 +405,9 @@ pub async fn the_owner_channel_carries_every_change_of_its_tasks_only(store: &dy
     }
 }
 
-pub async fn queueing_a_task_wakes_queue_listeners(store: &dyn TaskStore) {
+pub async fn announcing_queued_work_wakes_queue_listeners(store: &dyn TaskStore) {
     let mut wakeups = store.subscribe_queue().await.unwrap();
-    insert(store, sleep_task()).await;
+    store.announce_queued().await.unwrap();
     let woken = tokio::time::timeout(Duration::from_secs(5), wakeups.next())
         .await
         .unwrap();
@@ -485,7 +485,7 @@ macro_rules! suite {
             history_replays_the_versions_after_a_given_one,
             history_is_bounded_and_says_when_it_no_longer_reaches_back,
             the_owner_channel_carries_every_change_of_its_tasks_only,
-            queueing_a_task_wakes_queue_listeners,
+            announcing_queued_work_wakes_queue_listeners,
             owned_tasks_are_the_started_unfinished_ones_of_an_owner,
             a_replica_that_renews_its_lease_is_not_lost,
         );

@@ -195,11 +195,6 @@ impl TaskStore for MemoryStore {
         }
         inner.index(&task);
         inner.tasks.insert(task.id, Entry::new(task.clone()));
-        if task.state == TaskState::Pending
-            && let Some(queue) = &inner.queue
-        {
-            let _ = queue.send(());
-        }
         Ok(Created::New(task))
     }
 
@@ -326,6 +321,13 @@ impl TaskStore for MemoryStore {
             .subscribe();
         // A lagging listener has missed wake-ups, which is one more reason to dispatch.
         Ok(Box::pin(BroadcastStream::new(receiver).map(drop)))
+    }
+
+    async fn announce_queued(&self) -> StoreResult<()> {
+        if let Some(queue) = &self.lock().queue {
+            let _ = queue.send(());
+        }
+        Ok(())
     }
 
     async fn owned_by(&self, owner: &str) -> StoreResult<Vec<Task>> {

@@ -129,9 +129,12 @@ pub trait TaskStore: Send + Sync + 'static {
     /// fast hint that makes an owner act on a cancel recorded by any replica.
     async fn subscribe_owner(&self, owner: &str) -> StoreResult<Updates>;
 
-    /// A wake-up each time a task is queued PENDING, so idle replicas dispatch without
-    /// polling.
+    /// A wake-up each time a replica announces queued work ([`TaskStore::announce_queued`]),
+    /// so idle replicas dispatch without polling.
     async fn subscribe_queue(&self) -> StoreResult<Wakeups>;
+
+    /// Tells every replica that a task waits PENDING that its creator could not start.
+    async fn announce_queued(&self) -> StoreResult<()>;
 
     /// Started, unfinished tasks of replica `owner`.
     async fn owned_by(&self, owner: &str) -> StoreResult<Vec<Task>>;

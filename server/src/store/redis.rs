@@ -127,9 +127,13 @@ impl RedisStore {
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
         let client = Client::open(info.set_redis_settings(settings)).map_err(unavailable)?;
+        // One reconnect attempt per failed command: while Redis is down a call fails in
+        // about a second instead of waiting out a long retry schedule. The next command
+        // tries again, and the pub/sub connection has a watchdog that keeps trying.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
         let commands = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
             .map_err(unavailable)?;
@@ -190,7 +194,6 @@ impl TaskStore for RedisStore {
             .arg(flag(!task.request_id.is_empty()))
             .arg(flag(task.parent_id.is_some()))
             .arg(self.keys.task_prefix())
-            .arg(self.keys.queue_channel())
             .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
@@ -340,6 +343,15 @@ impl TaskStore for RedisStore {
 
     async fn subscribe_queue(&self) -> StoreResult<Wakeups> {
         self.fanout.wakeups().await
+    }
+
+    async fn announce_queued(&self) -> StoreResult<()> {
+        let _: () = self
+            .connection()
+            .publish(self.keys.queue_channel(), "")
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn owned_by(&self, owner: &str) -> StoreResult<Vec<Task>> {

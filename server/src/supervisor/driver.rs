@@ -5,7 +5,7 @@
 //!   deadline is armed: past it the driver escalates to a hard cancel;
 //! - the record became terminal (hard cancel, escalation, a lost lease) or another attempt
 //!   owns it → the job's future is dropped at once, which stops its code;
-//! - WAITING_FOR_ANSWER → RUNNING → the answer is handed to the job;
+//! - every newer version is shown to the job (an answer reaches a waiting `ask`);
 //! - the task's timeout passes → the timeout is recorded, which starts the soft → hard
 //!   sequence above.
 //!
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Slot;
@@ -25,7 +25,7 @@ use crate::engine::Engine;
 use crate::executor::TaskContext;
 use crate::store::Update;
 use crate::task::state_machine::{Fence, Report};
-use crate::task::{CancelMode, Task, TaskId, TaskState};
+use crate::task::{CancelMode, Task, TaskId};
 
 /// Sleeps until `deadline`; never resolves without one.
 async fn until(deadline: Option<SystemTime>) {
@@ -122,13 +122,13 @@ async fn run(engine: &Arc<Engine>, started: Task, mut updates: mpsc::UnboundedRe
         }
     };
     let cancel_requested = CancellationToken::new();
-    let (answers, answers_rx) = mpsc::unbounded_channel();
+    let (record, record_rx) = watch::channel(latest.clone());
     let ctx = TaskContext::new(
         Arc::clone(engine),
         id,
         fence.clone(),
         cancel_requested.clone(),
-        answers_rx,
+        record_rx,
     );
     // A job that panics fails its task instead of leaving it RUNNING with nobody driving it.
     let mut work = AssertUnwindSafe(job.run(ctx)).catch_unwind();
@@ -157,19 +157,19 @@ async fn run(engine: &Arc<Engine>, started: Task, mut updates: mpsc::UnboundedRe
                         Err(_) => continue,
                     },
                 };
-                if absorb(&mut latest, fresh, &fence, &answers) == Next::Stop {
+                if absorb(&mut latest, fresh, &fence, &record) == Next::Stop {
                     return;
                 }
             }
             () = until(grace_deadline(&latest)) => {
                 let escalated = engine.escalate(id).await;
-                if settle(&mut latest, escalated, &fence, &answers).await == Next::Stop {
+                if settle(&mut latest, escalated, &fence, &record).await == Next::Stop {
                     return;
                 }
             }
             () = until(timeout_deadline(&latest)) => {
                 let timed_out = engine.time_out(id).await;
-                if settle(&mut latest, timed_out, &fence, &answers).await == Next::Stop {
+                if settle(&mut latest, timed_out, &fence, &record).await == Next::Stop {
                     return;
                 }
             }
@@ -187,22 +187,15 @@ enum Next {
     Stop,
 }
 
-/// Takes a newer version of the record into account.
-fn absorb(
-    latest: &mut Task,
-    fresh: Task,
-    fence: &Fence,
-    answers: &mpsc::UnboundedSender<String>,
-) -> Next {
+/// Takes a newer version of the record into account and shows it to the job.
+fn absorb(latest: &mut Task, fresh: Task, fence: &Fence, record: &watch::Sender<Task>) -> Next {
     if fresh.version <= latest.version {
         return Next::Keep;
     }
     if fresh.state.is_terminal() || fresh.attempt != fence.attempt {
         return Next::Stop;
     }
-    if latest.state == TaskState::WaitingForAnswer && fresh.state == TaskState::Running {
-        let _ = answers.send(fresh.answer.clone());
-    }
+    record.send_replace(fresh.clone());
     *latest = fresh;
     Next::Keep
 }
@@ -214,10 +207,10 @@ async fn settle(
     latest: &mut Task,
     after: Option<Task>,
     fence: &Fence,
-    answers: &mpsc::UnboundedSender<String>,
+    record: &watch::Sender<Task>,
 ) -> Next {
     match after {
-        Some(fresh) if fresh.version > latest.version => absorb(latest, fresh, fence, answers),
+        Some(fresh) if fresh.version > latest.version => absorb(latest, fresh, fence, record),
         _ => {
             tokio::time::sleep(RETRY_AFTER).await;
             Next::Keep

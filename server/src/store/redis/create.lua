@@ -2,7 +2,7 @@
 -- KEYS: 1 task hash, 2 request_id key, 3 active zset, 4 pending zset,
 --       5 children zset of the parent, 6 history list
 -- ARGV: 1 task JSON, 2 id, 3 version, 4 state, 5 has request_id ('1'/'0'),
---       6 has parent ('1'/'0'), 7 task-key prefix, 8 queue channel
+--       6 has parent ('1'/'0'), 7 task-key prefix
 if ARGV[5] == '1' then
   local existing = redis.call('GET', KEYS[2])
   if existing then
@@ -23,7 +23,4 @@ if ARGV[6] == '1' then
   redis.call('ZADD', KEYS[5], 0, ARGV[2])
 end
 redis.call('RPUSH', KEYS[6], ARGV[1])
-if ARGV[4] == 'Pending' then
-  redis.call('PUBLISH', ARGV[8], ARGV[2])
-end
 return {'new'}

@@ -3,13 +3,17 @@
 //! subscribers share (10,000 watchers of a task cost one Redis subscription and one JSON
 //! decode per change).
 //!
-//! The connection resubscribes by itself after a reconnect; subscribers are told
-//! ([`Update::Lagged`]) that they may have missed changes meanwhile, so they re-read.
+//! The connection resubscribes by itself after a reconnect. A watchdog pings it every
+//! [`WATCHDOG_EVERY`]: a ping on a broken connection makes it reconnect (a subscriber-only
+//! connection sends no other command that would), and once a ping succeeds after a
+//! failure, every subscriber is told ([`Update::Lagged`]) that it may have missed changes,
+//! so it re-reads.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -23,6 +27,8 @@ use crate::task::Task;
 
 /// Messages a local subscriber may fall behind by before it is told to re-read.
 const BUFFER: usize = 1024;
+/// How often the watchdog pings the subscription connection.
+const WATCHDOG_EVERY: Duration = Duration::from_millis(500);
 
 /// What a channel carries.
 pub enum Channel {
@@ -115,12 +121,21 @@ impl Fanout {
             .set_automatic_resubscription();
         let connection =
             ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
-        Ok(Arc::new(Fanout {
+        let fanout = Arc::new(Fanout {
             connection,
             channels,
             changes: tokio::sync::Mutex::new(()),
             queue_channel,
-        }))
+        });
+        tokio::spawn(watchdog(Arc::downgrade(&fanout)));
+        Ok(fanout)
+    }
+
+    /// Tells every local subscriber that changes may have been missed.
+    fn tell_missed(&self) {
+        for sender in lock(&self.channels).values() {
+            let _ = sender.send(Message::Missed);
+        }
     }
 
     async fn subscribe(self: &Arc<Self>, channel: &str) -> StoreResult<Subscription> {
@@ -194,6 +209,29 @@ impl Fanout {
         let channel = self.queue_channel.clone();
         // A missed message may have been a queued task: wake up for it too.
         Ok(Box::pin(self.subscribe(&channel).await?.map(drop)))
+    }
+}
+
+/// Pings the subscription connection until the fan-out is dropped; see the module docs.
+async fn watchdog(fanout: std::sync::Weak<Fanout>) {
+    let mut broken = false;
+    loop {
+        tokio::time::sleep(WATCHDOG_EVERY).await;
+        let Some(fanout) = fanout.upgrade() else {
+            return;
+        };
+        let pong: redis::RedisResult<String> = redis::cmd("PING")
+            .query_async(&mut fanout.connection.clone())
+            .await;
+        match (pong.is_ok(), broken) {
+            (false, false) => broken = true,
+            (true, true) => {
+                broken = false;
+                tracing::info!("pub/sub connection to Redis is back; subscribers re-read");
+                fanout.tell_missed();
+            }
+            _ => {}
+        }
     }
 }
 
