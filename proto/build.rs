@@ -6,7 +6,7 @@ use std::{env, fs, path::PathBuf};
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["reins/v1/tasks.proto"];
+const PROTOS: &[&str] = &["reins/v1/tasks.proto", "reins/v1/workers.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(PROTOS, ["."])?;
@@ -15,7 +15,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("reins_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // No generated `connect` constructors: WorkerService's `Connect` RPC would collide with
+    // them, and clients build their channels themselves.
+    tonic_prost_build::configure()
+        .build_transport(false)
+        .compile_fds(descriptors)?;
     println!("cargo:rerun-if-changed=reins");
     Ok(())
 }

@@ -275,6 +275,12 @@ impl StartTask {
         self.request.request_id = request_id.into();
         self
     }
+
+    /// How many times the task may be started if the worker or replica running it is lost.
+    pub fn max_attempts(mut self, max_attempts: u32) -> StartTask {
+        self.request.max_attempts = max_attempts;
+        self
+    }
 }
 
 impl From<StartTask> for StartTaskRequest {
@@ -303,7 +309,8 @@ mod tests {
                 .label("a", "1")
                 .label("b", "2")
                 .timeout(Duration::from_millis(1500))
-                .request_id("req-1"),
+                .request_id("req-1")
+                .max_attempts(3),
         );
         let expected = StartTaskRequest {
             kind: "exec".into(),
@@ -318,6 +325,7 @@ mod tests {
                 nanos: 500_000_000,
             }),
             request_id: "req-1".into(),
+            max_attempts: 3,
         };
         assert_eq!(request, expected);
     }

@@ -115,7 +115,9 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut ticks = tokio::time::interval(period);
+    // The first tick comes one period from now: at start-up nothing is overdue, and an
+    // immediate look at the queue would race the replica that is starting a task there.
+    let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;

@@ -48,6 +48,17 @@ pub struct Config {
     )]
     pub allow_exec: Vec<String>,
 
+    /// A task kind served by workers (WorkerService), accepted by StartTask even before a
+    /// worker for it has connected; such tasks wait PENDING until one does. Repeatable.
+    /// Kinds served by a connected worker are accepted anyway.
+    #[arg(
+        long = "worker-kind",
+        env = "REINS_WORKER_KINDS",
+        value_name = "KIND",
+        value_delimiter = ','
+    )]
+    pub worker_kinds: Vec<String>,
+
     /// Grace period of a soft cancel that does not name one, and of timeouts.
     #[arg(long, env = "REINS_DEFAULT_GRACE", default_value = "30s", value_parser = duration)]
     pub default_grace: Duration,

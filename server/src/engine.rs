@@ -16,7 +16,9 @@ use futures_util::{Stream, StreamExt};
 
 use crate::error::{Error, Result};
 use crate::executor::Kinds;
+use crate::executor::remote::WorkerPool;
 use crate::store::{ActiveFilter, Created, Swap, TaskStore, Update, Updates};
+use crate::supervisor::Placement;
 use crate::supervisor::Supervisor;
 use crate::task::cancel::{self, CancelOutcome};
 use crate::task::state_machine::{self, Event, Fence, Rejection, Report};
@@ -32,12 +34,15 @@ pub struct EngineConfig {
     pub replica_id: String,
     pub default_grace: Duration,
     pub max_concurrency: usize,
+    /// Kinds served by workers that StartTask accepts before any worker has connected.
+    pub worker_kinds: Vec<String>,
 }
 
 pub struct Engine {
     config: EngineConfig,
     store: Arc<dyn TaskStore>,
     kinds: Kinds,
+    workers: WorkerPool,
     supervisor: Supervisor,
     draining: AtomicBool,
 }
@@ -75,6 +80,7 @@ impl Engine {
             config,
             store,
             kinds,
+            workers: WorkerPool::default(),
             draining: AtomicBool::new(false),
         })
     }
@@ -101,7 +107,7 @@ impl Engine {
         if self.is_draining() {
             return Err(Error::ShuttingDown);
         }
-        self.kinds.get(&spec.kind)?.prepare(&spec.params)?;
+        self.check_kind(&spec).await?;
         if let Some(parent_id) = spec.parent_id {
             let parent = self
                 .store
@@ -368,6 +374,12 @@ impl Engine {
             };
             match self.store.compare_and_swap(&after).await? {
                 Swap::Swapped => {
+                    if after.state == TaskState::Pending && before.state != TaskState::Pending {
+                        // A lost run went back to the queue: any replica with room may take it.
+                        if let Err(err) = self.store.announce_queued().await {
+                            tracing::warn!(%err, "cannot announce a requeued task");
+                        }
+                    }
                     if after.state.is_terminal() {
                         tracing::info!(task = %id, state = ?after.state, "task finished");
                         Box::pin(self.release_children(&after)).await;
@@ -405,10 +417,7 @@ impl Engine {
 
     /// Starts the oldest PENDING tasks while this replica has room.
     pub(crate) async fn dispatch(self: &Arc<Self>) {
-        while !self.is_draining() {
-            let Some(slot) = self.supervisor.try_reserve() else {
-                return;
-            };
+        while !self.is_draining() && (self.supervisor.has_room() || self.workers.has_room()) {
             let queue = match self.store.oldest_pending(DISPATCH_BATCH).await {
                 Ok(queue) => queue,
                 Err(err) => {
@@ -416,28 +425,56 @@ impl Engine {
                     return;
                 }
             };
-            let mut started = None;
-            // A kind this replica cannot run (another allowlist, say) is left to others.
-            let runnable = queue.into_iter().filter(|candidate| {
-                self.kinds
-                    .get(&candidate.kind)
-                    .and_then(|kind| kind.prepare(&candidate.params))
-                    .is_ok()
-            });
-            for candidate in runnable {
+            let mut started_any = false;
+            for candidate in queue {
+                // A task this replica cannot run now (no room, no worker for its kind,
+                // another exec allowlist) is left to the others.
+                let Some(placement) = self.place(&candidate) else {
+                    continue;
+                };
                 let event = Event::Start {
                     owner: self.config.replica_id.clone(),
+                    worker: placement.worker_label(),
                 };
                 if let Ok(Applied::Changed { after, .. }) = self.apply(candidate.id, event).await {
-                    started = Some(after);
-                    break;
+                    self.supervisor.launch(Arc::clone(self), after, placement);
+                    started_any = true;
                 }
             }
-            match started {
-                Some(task) => self.supervisor.launch(Arc::clone(self), task, slot),
-                None => return,
+            if !started_any {
+                return;
             }
         }
+    }
+
+    /// Where a queued task would run on this replica, with the place reserved.
+    fn place(&self, task: &Task) -> Option<Placement> {
+        match self.kinds.get(&task.kind) {
+            Ok(kind) => {
+                let job = kind.prepare(&task.params).ok()?;
+                Some(Placement::Local(self.supervisor.try_reserve()?, job))
+            }
+            Err(_) => self.workers.reserve(&task.kind).map(Placement::Worker),
+        }
+    }
+
+    /// A kind is valid if it is built in (then its params are checked), declared with
+    /// `--worker-kind`, or served by a worker connected to any replica now or before.
+    async fn check_kind(&self, spec: &NewTask) -> Result<()> {
+        if let Ok(kind) = self.kinds.get(&spec.kind) {
+            return kind.prepare(&spec.params).map(drop);
+        }
+        if self.config.worker_kinds.contains(&spec.kind)
+            || self.workers.serves(&spec.kind)
+            || self.store.is_worker_kind(&spec.kind).await?
+        {
+            return Ok(());
+        }
+        Err(Error::KindUnknown(spec.kind.clone()))
+    }
+
+    pub fn workers(&self) -> &WorkerPool {
+        &self.workers
     }
 
     pub fn is_draining(&self) -> bool {

@@ -49,6 +49,8 @@ pub enum Error {
         "the history of task {id} no longer holds the versions after {after_version}; watch without after_version to start from the task as it is now"
     )]
     HistoryUnavailable { id: TaskId, after_version: u64 },
+    #[error("worker protocol violation: {0}")]
+    WorkerProtocol(String),
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("{0}")]

@@ -12,13 +12,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use reins_proto::v1::task_service_server::TaskServiceServer;
+use reins_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-use crate::api::TaskApi;
+use crate::api::worker_service::HEARTBEAT;
+use crate::api::{TaskApi, WorkerApi};
 use crate::cluster;
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
@@ -36,6 +38,7 @@ const CONNECTION_DRAIN: Duration = Duration::from_secs(2);
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const TASK_SERVICE: &str = "reins.v1.TaskService";
+const WORKER_SERVICE: &str = "reins.v1.WorkerService";
 
 pub async fn run(
     config: Config,
@@ -68,6 +71,7 @@ pub async fn run(
             replica_id: config.replica_id(),
             default_grace: config.default_grace,
             max_concurrency: config.max_concurrency as usize,
+            worker_kinds: config.worker_kinds.clone(),
         },
         store,
         Kinds::builtin(config.allow_exec.clone()),
@@ -76,7 +80,7 @@ pub async fn run(
     let stop_streams = CancellationToken::new();
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    for service in ["", TASK_SERVICE] {
+    for service in ["", TASK_SERVICE, WORKER_SERVICE] {
         health
             .set_service_status(service, ServingStatus::Serving)
             .await;
@@ -89,6 +93,9 @@ pub async fn run(
             .max_encoding_message_size(config.max_message_size);
 
     let serving = Server::builder()
+        // Lost workers (and clients) are noticed by HTTP/2 keepalive pings.
+        .http2_keepalive_interval(Some(HEARTBEAT))
+        .http2_keepalive_timeout(Some(HEARTBEAT))
         .layer(tower::util::MapResponseLayer::new(
             crate::api::status::resource_exhausted_for_oversize,
         ))
@@ -96,6 +103,11 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(task_service)
+        .add_service(
+            WorkerServiceServer::new(WorkerApi::new(Arc::clone(&engine), stop_streams.clone()))
+                .max_decoding_message_size(config.max_message_size)
+                .max_encoding_message_size(config.max_message_size),
+        )
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
             stop_serving.clone().cancelled_owned(),
@@ -104,7 +116,7 @@ pub async fn run(
 
     shutdown_signal.await;
     tracing::info!(grace = ?config.shutdown_grace, "shutting down");
-    for service in ["", TASK_SERVICE] {
+    for service in ["", TASK_SERVICE, WORKER_SERVICE] {
         health
             .set_service_status(service, ServingStatus::NotServing)
             .await;

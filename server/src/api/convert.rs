@@ -91,6 +91,7 @@ pub fn new_task(request: pb::StartTaskRequest) -> Result<NewTask> {
         labels: request.labels.into_iter().collect(),
         timeout,
         request_id: request.request_id,
+        max_attempts: request.max_attempts.max(1),
     })
 }
 
@@ -210,6 +211,8 @@ pub fn task(task: &Task) -> pb::Task {
         request_id: task.request_id.clone(),
         answer: task.answer.clone(),
         attempt: task.attempt,
+        max_attempts: task.max_attempts,
+        worker: task.worker.clone(),
     }
 }
 

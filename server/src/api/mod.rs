@@ -4,5 +4,7 @@
 pub mod convert;
 pub mod status;
 mod task_service;
+pub mod worker_service;
 
 pub use task_service::TaskApi;
+pub use worker_service::WorkerApi;

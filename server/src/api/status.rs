@@ -21,6 +21,7 @@ fn code_and_reason(err: &Error) -> (Code, &'static str) {
         Error::TaskNotWaiting { .. } => (Code::FailedPrecondition, "TASK_NOT_WAITING"),
         Error::RequestIdConflict { .. } => (Code::AlreadyExists, "REQUEST_ID_CONFLICT"),
         Error::HistoryUnavailable { .. } => (Code::OutOfRange, "HISTORY_UNAVAILABLE"),
+        Error::WorkerProtocol(_) => (Code::FailedPrecondition, "WORKER_PROTOCOL"),
         Error::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN"),
         Error::StoreUnavailable(_) => (Code::Unavailable, "STORE_UNAVAILABLE"),
     }

@@ -9,6 +9,7 @@
 
 pub mod exec;
 mod params;
+pub mod remote;
 pub mod sleep;
 
 use std::collections::BTreeMap;
@@ -47,6 +48,8 @@ pub enum Outcome {
     },
     /// Stopped because a soft cancel (or the timeout) asked it to; `Json` says what was done.
     Stopped(Json),
+    /// The code running the task is gone (a worker disconnected).
+    Lost(String),
 }
 
 impl Outcome {
@@ -55,6 +58,7 @@ impl Outcome {
             Outcome::Completed(result) => Report::Complete { result },
             Outcome::Failed { error, result } => Report::Fail { error, result },
             Outcome::Stopped(result) => Report::Stopped { result },
+            Outcome::Lost(error) => Report::Lost { error },
         }
     }
 }
@@ -133,6 +137,15 @@ impl TaskContext {
 
     pub fn task_id(&self) -> TaskId {
         self.task_id
+    }
+
+    /// The task as the driver last saw it.
+    pub fn current(&self) -> Task {
+        self.record.borrow().clone()
+    }
+
+    pub(crate) fn record(&self) -> watch::Receiver<Task> {
+        self.record.clone()
     }
 
     pub fn is_cancel_requested(&self) -> bool {

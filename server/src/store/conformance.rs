@@ -47,6 +47,7 @@ async fn start(store: &dyn TaskStore, task: &Task) -> Task {
         task,
         Event::Start {
             owner: OWNER.into(),
+            worker: String::new(),
         },
     )
     .await
@@ -68,6 +69,7 @@ pub async fn one_active_one_finished_owned_by(
             &task,
             Event::Start {
                 owner: owner.into(),
+                worker: String::new(),
             },
         )
         .await
@@ -382,6 +384,7 @@ pub async fn the_owner_channel_carries_every_change_of_its_tasks_only(store: &dy
         &task,
         Event::Start {
             owner: owner.clone(),
+            worker: String::new(),
         },
     )
     .await;
@@ -418,7 +421,17 @@ pub async fn owned_tasks_are_the_started_unfinished_ones_of_an_owner(store: &dyn
     let owner = format!("owner-{}", TaskId::now_v7());
     let start_as = |task: Task| {
         let owner = owner.clone();
-        async move { advance(store, &task, Event::Start { owner }).await }
+        async move {
+            advance(
+                store,
+                &task,
+                Event::Start {
+                    owner,
+                    worker: String::new(),
+                },
+            )
+            .await
+        }
     };
     let running = start_as(insert(store, sleep_task()).await).await;
     let finished = start_as(insert(store, sleep_task()).await).await;
@@ -456,6 +469,7 @@ pub async fn a_replica_that_renews_its_lease_is_not_lost(store: &dyn TaskStore) 
         &task,
         Event::Start {
             owner: owner.clone(),
+            worker: String::new(),
         },
     )
     .await;
@@ -467,6 +481,16 @@ pub async fn a_replica_that_renews_its_lease_is_not_lost(store: &dyn TaskStore) 
         "still held"
     );
     assert!(!store.lost_owners().await.unwrap().contains(&owner));
+}
+
+pub async fn worker_kinds_are_remembered(store: &dyn TaskStore) {
+    let kind = format!("kind-{}", TaskId::now_v7());
+    assert!(!store.is_worker_kind(&kind).await.unwrap());
+    store
+        .register_worker_kinds(std::slice::from_ref(&kind))
+        .await
+        .unwrap();
+    assert!(store.is_worker_kind(&kind).await.unwrap());
 }
 
 /// Declares one `#[tokio::test]` per conformance check, each on a store made by `$make`.
@@ -488,6 +512,7 @@ macro_rules! suite {
             announcing_queued_work_wakes_queue_listeners,
             owned_tasks_are_the_started_unfinished_ones_of_an_owner,
             a_replica_that_renews_its_lease_is_not_lost,
+            worker_kinds_are_remembered,
         );
     };
     (@tests $make:expr; $($check:ident),* $(,)?) => {

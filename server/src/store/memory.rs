@@ -45,6 +45,7 @@ struct Inner {
     finished: VecDeque<(SystemTime, TaskId)>,
     /// Control channels, by owner.
     owner_channels: HashMap<String, broadcast::Sender<Arc<Task>>>,
+    worker_kinds: std::collections::HashSet<String>,
     queue: Option<broadcast::Sender<()>>,
 }
 
@@ -352,6 +353,15 @@ impl TaskStore for MemoryStore {
 
     async fn lost_owners(&self) -> StoreResult<Vec<String>> {
         Ok(Vec::new())
+    }
+
+    async fn register_worker_kinds(&self, kinds: &[String]) -> StoreResult<()> {
+        self.lock().worker_kinds.extend(kinds.iter().cloned());
+        Ok(())
+    }
+
+    async fn is_worker_kind(&self, kind: &str) -> StoreResult<bool> {
+        Ok(self.lock().worker_kinds.contains(kind))
     }
 }
 

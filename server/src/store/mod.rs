@@ -147,4 +147,10 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// Replicas that own unfinished tasks but no longer hold a lease.
     async fn lost_owners(&self) -> StoreResult<Vec<String>>;
+
+    /// Remembers kinds served by a connected worker, so any replica accepts them.
+    async fn register_worker_kinds(&self, kinds: &[String]) -> StoreResult<()>;
+
+    /// Whether a worker has ever served `kind` (on any replica).
+    async fn is_worker_kind(&self, kind: &str) -> StoreResult<bool>;
 }

@@ -69,6 +69,9 @@ impl Keys {
     fn owners(&self) -> String {
         format!("{}owners", self.prefix)
     }
+    fn worker_kinds(&self) -> String {
+        format!("{}worker-kinds", self.prefix)
+    }
     fn lease(&self, replica: &str) -> String {
         format!("{}lease:{replica}", self.prefix)
     }
@@ -425,6 +428,22 @@ impl TaskStore for RedisStore {
             }
         }
         Ok(lost)
+    }
+
+    async fn register_worker_kinds(&self, kinds: &[String]) -> StoreResult<()> {
+        let _: () = self
+            .connection()
+            .sadd(self.keys.worker_kinds(), kinds)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn is_worker_kind(&self, kind: &str) -> StoreResult<bool> {
+        self.connection()
+            .sismember(self.keys.worker_kinds(), kind)
+            .await
+            .map_err(unavailable)
     }
 }
 

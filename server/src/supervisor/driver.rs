@@ -1,4 +1,4 @@
-//! The driver of one running task: runs its job and turns every change of the record into
+//! The driver of one running task (a built-in job, or a remote job on a worker): runs its job and turns every change of the record into
 //! what the code must feel.
 //!
 //! - a soft cancel (or a timeout) recorded → the job's cancel token fires, and the grace
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Slot;
 use crate::engine::Engine;
-use crate::executor::TaskContext;
+use crate::executor::{Job, TaskContext};
 use crate::store::Update;
 use crate::task::state_machine::{Fence, Report};
 use crate::task::{CancelMode, Task, TaskId};
@@ -60,7 +60,8 @@ fn timeout_deadline(task: &Task) -> Option<SystemTime> {
 pub(super) async fn drive(
     engine: Arc<Engine>,
     started: Task,
-    slot: Slot,
+    job: Box<dyn Job>,
+    slot: Option<Slot>,
     updates: mpsc::UnboundedReceiver<Update>,
     stopped: CancellationToken,
 ) {
@@ -70,7 +71,7 @@ pub(super) async fn drive(
         _slot: slot,
         _stopped: stopped,
     };
-    run(&engine, started, updates).await;
+    run(&engine, started, job, updates).await;
     drop(running);
     // A place is free: start the next queued task.
     engine.dispatch().await;
@@ -81,7 +82,7 @@ pub(super) async fn drive(
 struct Running {
     engine: Arc<Engine>,
     id: TaskId,
-    _slot: Slot,
+    _slot: Option<Slot>,
     _stopped: CancellationToken,
 }
 
@@ -91,7 +92,12 @@ impl Drop for Running {
     }
 }
 
-async fn run(engine: &Arc<Engine>, started: Task, mut updates: mpsc::UnboundedReceiver<Update>) {
+async fn run(
+    engine: &Arc<Engine>,
+    started: Task,
+    job: Box<dyn Job>,
+    mut updates: mpsc::UnboundedReceiver<Update>,
+) {
     let id = started.id;
     let fence = Fence {
         owner: started.owner.clone(),
@@ -105,21 +111,6 @@ async fn run(engine: &Arc<Engine>, started: Task, mut updates: mpsc::UnboundedRe
         }
         Ok(Some(current)) => current,
         _ => started,
-    };
-    let job = match engine
-        .kinds()
-        .get(&latest.kind)
-        .and_then(|kind| kind.prepare(&latest.params))
-    {
-        Ok(job) => job,
-        Err(err) => {
-            let report = Report::Fail {
-                error: err.to_string(),
-                result: None,
-            };
-            let _ = engine.report_until_stored(id, &fence, report).await;
-            return;
-        }
     };
     let cancel_requested = CancellationToken::new();
     let (record, record_rx) = watch::channel(latest.clone());

@@ -13,12 +13,31 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
+use crate::executor::Job;
+use crate::executor::remote::WorkerSlot;
 use crate::store::Update;
 use crate::task::{Task, TaskId};
 
 /// A reserved place for one running task; dropping it frees the place.
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
+}
+
+/// Where a task runs, with its place reserved: a built-in kind on one of this replica's
+/// slots, or a worker kind on a connected worker.
+pub enum Placement {
+    Local(Slot, Box<dyn Job>),
+    Worker(WorkerSlot),
+}
+
+impl Placement {
+    /// The worker recorded on the task; empty for built-in kinds.
+    pub fn worker_label(&self) -> String {
+        match self {
+            Placement::Local(..) => String::new(),
+            Placement::Worker(slot) => slot.worker_label(),
+        }
+    }
 }
 
 /// What the supervisor holds for one running task.
@@ -50,6 +69,10 @@ impl Supervisor {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    pub fn has_room(&self) -> bool {
+        self.slots.available_permits() > 0
+    }
+
     pub fn try_reserve(&self) -> Option<Slot> {
         Arc::clone(&self.slots)
             .try_acquire_owned()
@@ -58,7 +81,7 @@ impl Supervisor {
     }
 
     /// Runs a task that this replica has just started (RUNNING, owned here).
-    pub fn launch(&self, engine: Arc<Engine>, task: Task, slot: Slot) {
+    pub fn launch(&self, engine: Arc<Engine>, task: Task, placement: Placement) {
         let stopped = CancellationToken::new();
         let (updates, updates_rx) = mpsc::unbounded_channel();
         self.table().insert(
@@ -68,7 +91,11 @@ impl Supervisor {
                 stopped: stopped.clone(),
             },
         );
-        tokio::spawn(driver::drive(engine, task, slot, updates_rx, stopped));
+        let (job, slot) = match placement {
+            Placement::Local(slot, job) => (job, Some(slot)),
+            Placement::Worker(worker) => (worker.into_job(task.id), None),
+        };
+        tokio::spawn(driver::drive(engine, task, job, slot, updates_rx, stopped));
     }
 
     /// Hands a change from the control channel to the driver of its task, if it runs here.

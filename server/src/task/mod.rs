@@ -100,12 +100,18 @@ pub struct Task {
     pub labels: BTreeMap<String, String>,
     pub request_id: String,
     pub timeout: Option<Duration>,
+    /// How many times the task may be started; a lost run is retried while attempts remain.
+    #[serde(default = "one")]
+    pub max_attempts: u32,
 
     pub state: TaskState,
     /// Replica that runs (or ran) the task; empty until it starts.
     pub owner: String,
     /// How many times the task has been started; reports from an older attempt are fenced.
     pub attempt: u32,
+    /// The worker running the task (`name/worker_id`); empty for built-in kinds.
+    #[serde(default)]
+    pub worker: String,
     pub version: u64,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
@@ -133,6 +139,12 @@ pub struct NewTask {
     pub labels: BTreeMap<String, String>,
     pub timeout: Option<Duration>,
     pub request_id: String,
+    /// At least 1.
+    pub max_attempts: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Task {
@@ -149,9 +161,11 @@ impl Task {
             labels: spec.labels,
             request_id: spec.request_id,
             timeout: spec.timeout,
+            max_attempts: spec.max_attempts.max(1),
             state: TaskState::Pending,
             owner: String::new(),
             attempt: 0,
+            worker: String::new(),
             version: 1,
             created_at: now,
             updated_at: now,
@@ -177,14 +191,17 @@ impl Task {
         self.started_at?.checked_add(self.timeout?)
     }
 
-    /// Whether `next` may replace this record as far as ownership goes: either the same
-    /// owner and attempt (every change but a start), or the start of the next attempt of a
-    /// PENDING task. Stores refuse other writes, so a replica that lost a task cannot
+    /// Whether `next` may replace this record as far as ownership goes: the same owner and
+    /// attempt (most changes), the start of the next attempt of a PENDING task, or a lost
+    /// run put back in the queue. Stores refuse other writes, so a replica that lost a task cannot
     /// write to it, whatever version it read.
     pub fn fences_allow(&self, next: &Task) -> bool {
         let same_run = next.owner == self.owner && next.attempt == self.attempt;
         let started = self.state == TaskState::Pending && next.attempt == self.attempt + 1;
-        same_run || started
+        let requeued = next.state == TaskState::Pending
+            && next.owner.is_empty()
+            && next.attempt == self.attempt;
+        same_run || started || requeued
     }
 
     /// Whether a start request (kind, params, tree position) describes this same task:

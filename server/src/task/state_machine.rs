@@ -53,13 +53,19 @@ pub enum Report {
     Stopped {
         result: Json,
     },
+    /// The code running the task is gone (its worker disconnected): retried if attempts
+    /// remain, otherwise FAILED with `error`; CANCELLED if a cancel was requested.
+    Lost {
+        error: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    /// The supervisor of replica `owner` starts the task (a new attempt).
+    /// Replica `owner` starts the task (a new attempt), on `worker` for a worker kind.
     Start {
         owner: String,
+        worker: String,
     },
     Report {
         fence: Fence,
@@ -126,7 +132,7 @@ pub fn apply(task: &Task, event: &Event, now: SystemTime) -> Result<Option<Task>
     }
     let mut next = task.clone();
     let changed = match event {
-        Event::Start { owner } => start(&mut next, owner, now)?,
+        Event::Start { owner, worker } => start(&mut next, owner, worker, now)?,
         Event::Report { fence, report } => {
             if task.state == TaskState::Pending {
                 return Err(Rejection::NotRunning);
@@ -198,12 +204,7 @@ pub fn apply(task: &Task, event: &Event, now: SystemTime) -> Result<Option<Task>
             if *owner != task.owner {
                 return Err(Rejection::Fenced);
             }
-            if next.cancel.is_some() {
-                finish_cancelled(&mut next, None, now);
-            } else {
-                next.error = owner_lost_error(owner);
-                finish(&mut next, TaskState::Failed, now);
-            }
+            lose(&mut next, owner_lost_error(owner), now);
             true
         }
     };
@@ -221,12 +222,13 @@ fn deadline(now: SystemTime, grace: Duration) -> SystemTime {
     now.checked_add(grace).unwrap_or(now)
 }
 
-fn start(next: &mut Task, owner: &str, now: SystemTime) -> Result<bool, Rejection> {
+fn start(next: &mut Task, owner: &str, worker: &str, now: SystemTime) -> Result<bool, Rejection> {
     if next.state != TaskState::Pending {
         return Err(Rejection::AlreadyStarted);
     }
     next.state = TaskState::Running;
     next.owner = owner.to_owned();
+    next.worker = worker.to_owned();
     next.attempt += 1;
     next.started_at = Some(now);
     Ok(true)
@@ -269,6 +271,7 @@ fn apply_report(next: &mut Task, report: &Report, now: SystemTime) -> Result<boo
             next.result.clone_from(result);
             finish(next, TaskState::Failed, now);
         }
+        Report::Lost { error } => lose(next, error.clone(), now),
         Report::Stopped { result } => {
             if next.cancel.is_some() {
                 finish_cancelled(next, Some(result.clone()), now);
@@ -317,6 +320,25 @@ fn soft_cancel(next: &mut Task, reason: &str, grace_deadline: SystemTime, now: S
             });
             true
         }
+    }
+}
+
+/// The code running a task is gone. A requested cancel is honoured; with attempts left
+/// the task goes back to PENDING (checkpoints kept) for another worker or replica;
+/// otherwise it fails with `error`.
+fn lose(next: &mut Task, error: String, now: SystemTime) {
+    if next.cancel.is_some() {
+        finish_cancelled(next, None, now);
+    } else if next.attempt < next.max_attempts {
+        next.state = TaskState::Pending;
+        next.owner.clear();
+        next.worker.clear();
+        next.question.clear();
+        next.started_at = None;
+        next.error = error;
+    } else {
+        next.error = error;
+        finish(next, TaskState::Failed, now);
     }
 }
 

@@ -39,6 +39,7 @@ fn running() -> Task {
         &pending(),
         &Event::Start {
             owner: OWNER.into(),
+            worker: String::new(),
         },
         t(1),
     )
@@ -99,6 +100,7 @@ fn every_event() -> Vec<(&'static str, Event)> {
             "start",
             Event::Start {
                 owner: OWNER.into(),
+                worker: String::new(),
             },
         ),
         (
@@ -395,6 +397,7 @@ fn running_with_timeout() -> Task {
         &task,
         &Event::Start {
             owner: OWNER.into(),
+            worker: String::new(),
         },
         t(1),
     )
@@ -479,6 +482,7 @@ fn fences_allow_only_the_same_run_or_the_next_start() {
         &pending,
         &Event::Start {
             owner: OWNER.into(),
+            worker: String::new(),
         },
         t(1),
     )

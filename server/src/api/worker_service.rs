@@ -1,0 +1,203 @@
+//! `reins.v1.WorkerService`: a worker process connects, says `hello`, and from then on its
+//! stream carries its tasks. Each message is checked and handed to the job driving the
+//! task (`executor::remote`); messages about tasks the worker does not run (any more) are
+//! ignored with a warning, so a misbehaving worker cannot touch another task. A protocol
+//! violation (no `hello` first, a second `hello`, an empty message) ends the stream with
+//! FAILED_PRECONDITION.
+//!
+//! A worker is lost when its stream ends or its connection stops answering the server's
+//! HTTP/2 keepalive pings ([`HEARTBEAT`]); its tasks are then retried, failed or
+//! cancelled (see `task::state_machine`).
+//!
+//! Authentication will sit in front of both services alike (a later issue): workers and
+//! clients present the same credentials, checked by one interceptor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reins_proto::json::value_to_json;
+use reins_proto::v1 as pb;
+use reins_proto::v1::worker_message::Message;
+use reins_proto::v1::worker_service_server::WorkerService;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::executor::remote::{Commands, Worker, WorkerEvent};
+use crate::task::TaskId;
+
+/// How often the server pings a connection (HTTP/2 keepalive), and how long it waits for
+/// the answer before it drops the connection, and with it the worker.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+pub struct WorkerApi {
+    engine: Arc<Engine>,
+    /// Cancelled when the server shuts down: worker streams end.
+    shutdown: CancellationToken,
+}
+
+impl WorkerApi {
+    pub fn new(engine: Arc<Engine>, shutdown: CancellationToken) -> WorkerApi {
+        WorkerApi { engine, shutdown }
+    }
+}
+
+fn protocol_violation(what: &str) -> Status {
+    Error::WorkerProtocol(what.to_owned()).into()
+}
+
+/// The kinds and capacity a `hello` announces, checked.
+fn checked_hello(engine: &Engine, hello: &pb::WorkerHello) -> Result<(Vec<String>, usize), Error> {
+    if hello.kinds.is_empty() {
+        return Err(Error::invalid(
+            "hello.kinds",
+            "a worker serves at least one kind",
+        ));
+    }
+    for kind in &hello.kinds {
+        if kind.is_empty() {
+            return Err(Error::invalid("hello.kinds", "kinds must not be empty"));
+        }
+        if engine.kinds().get(kind).is_ok() {
+            return Err(Error::invalid(
+                "hello.kinds",
+                format!("{kind:?} is a built-in kind"),
+            ));
+        }
+    }
+    Ok((hello.kinds.clone(), hello.max_concurrency.max(1) as usize))
+}
+
+#[tonic::async_trait]
+impl WorkerService for WorkerApi {
+    type ConnectStream = UnboundedReceiverStream<Result<pb::WorkerCommand, Status>>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(pb::WorkerMessage {
+                message: Some(Message::Hello(hello)),
+            }) => hello,
+            _ => return Err(protocol_violation("the first message must be `hello`")),
+        };
+        if self.engine.is_draining() {
+            return Err(Error::ShuttingDown.into());
+        }
+        let (kinds, max_concurrency) = checked_hello(&self.engine, &hello)?;
+        self.engine
+            .store()
+            .register_worker_kinds(&kinds)
+            .await
+            .map_err(Error::from)?;
+        let (commands, commands_rx): (Commands, _) = mpsc::unbounded_channel();
+        let worker = Arc::new(Worker::new(
+            TaskId::now_v7().to_string(),
+            hello.name.clone(),
+            kinds.into_iter().collect(),
+            max_concurrency,
+            commands.clone(),
+        ));
+        let welcome = pb::WorkerWelcome {
+            worker_id: worker.id.clone(),
+            heartbeat_interval: prost_types::Duration::try_from(HEARTBEAT).ok(),
+        };
+        let _ = commands.send(Ok(pb::WorkerCommand {
+            command: Some(pb::worker_command::Command::Welcome(welcome)),
+        }));
+        tracing::info!(worker = %worker.label(), kinds = ?hello.kinds, max_concurrency, "worker connected");
+        self.engine.workers().add(Arc::clone(&worker));
+        tokio::spawn(serve(
+            Arc::clone(&self.engine),
+            worker,
+            inbound,
+            commands,
+            self.shutdown.clone(),
+        ));
+        Ok(Response::new(UnboundedReceiverStream::new(commands_rx)))
+    }
+}
+
+/// Reads one worker's messages until its stream ends, then forgets the worker.
+async fn serve(
+    engine: Arc<Engine>,
+    worker: Arc<Worker>,
+    mut inbound: Streaming<pb::WorkerMessage>,
+    commands: Commands,
+    shutdown: CancellationToken,
+) {
+    // New capacity: start queued tasks of its kinds.
+    engine.dispatch().await;
+    loop {
+        let message = tokio::select! {
+            message = inbound.message() => message,
+            () = shutdown.cancelled() => break,
+        };
+        match message {
+            Ok(Some(message)) => {
+                if let Err(violation) = route(&worker, message) {
+                    tracing::warn!(worker = %worker.label(), %violation, "worker protocol violation; closing its stream");
+                    let _ = commands.send(Err(violation));
+                    break;
+                }
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    tracing::info!(worker = %worker.label(), "worker disconnected");
+    engine.workers().remove(&worker.id);
+}
+
+/// Hands one message to the job driving its task.
+fn route(worker: &Worker, message: pb::WorkerMessage) -> Result<(), Status> {
+    let Some(message) = message.message else {
+        return Err(protocol_violation("an empty message"));
+    };
+    let json = |value: Option<prost_types::Value>| value.as_ref().map(value_to_json).transpose();
+    let (task_id, event) = match message {
+        Message::Hello(_) => return Err(protocol_violation("`hello` may be sent only once")),
+        Message::Progress(progress) => {
+            let Ok(partial_result) = json(progress.partial_result) else {
+                return Err(protocol_violation(
+                    "numbers in a partial result must be finite",
+                ));
+            };
+            let event = WorkerEvent::Progress {
+                fraction: progress.fraction,
+                message: progress.message,
+                partial_result,
+            };
+            (progress.task_id, event)
+        }
+        Message::Ask(ask) => (ask.task_id, WorkerEvent::Ask(ask.question)),
+        Message::Complete(complete) => {
+            let Ok(result) = json(complete.result) else {
+                return Err(protocol_violation("numbers in a result must be finite"));
+            };
+            (
+                complete.task_id,
+                WorkerEvent::Complete(result.unwrap_or_default()),
+            )
+        }
+        Message::Fail(fail) => (fail.task_id, WorkerEvent::Fail(fail.error)),
+        Message::CancelAck(ack) => {
+            let Ok(result) = json(ack.result) else {
+                return Err(protocol_violation("numbers in a result must be finite"));
+            };
+            (
+                ack.task_id,
+                WorkerEvent::CancelAck(result.unwrap_or_default()),
+            )
+        }
+    };
+    let delivered = TaskId::try_parse(&task_id).is_ok_and(|id| worker.deliver(id, event));
+    if !delivered {
+        tracing::warn!(worker = %worker.label(), task = %task_id, "message about a task this worker does not run; ignored");
+    }
+    Ok(())
+}

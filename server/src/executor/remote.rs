@@ -1,0 +1,309 @@
+//! Remote workers: tasks of worker kinds run in worker processes connected to this replica
+//! over `WorkerService.Connect` (see `api::worker_service`).
+//!
+//! The [`WorkerPool`] knows the workers connected here and their free slots. A
+//! [`RemoteJob`] drives one task on one worker: it sends the assignment, turns the
+//! worker's messages into the task context's reports (progress, ask, complete…) and the
+//! context's signals into commands (a soft cancel becomes `cancel`, an answer `answer`).
+//! Dropping the job (hard cancel, escalation, lost lease) sends `abort`, stops routing the
+//! worker's messages about the task — they are ignored from then on — and frees the slot.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures_util::future::BoxFuture;
+use reins_proto::v1 as pb;
+use reins_proto::v1::worker_command::Command;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tonic::Status;
+
+use super::{Interrupted, Job, Outcome, TaskContext};
+use crate::api::convert;
+use crate::task::{Json, Task, TaskId};
+
+/// What a worker says about one of its tasks.
+#[derive(Debug)]
+pub enum WorkerEvent {
+    Progress {
+        fraction: f64,
+        message: String,
+        partial_result: Option<Json>,
+    },
+    Ask(String),
+    Complete(Json),
+    Fail(String),
+    CancelAck(Json),
+}
+
+/// The commands sent down a worker's stream.
+pub type Commands = mpsc::UnboundedSender<Result<pb::WorkerCommand, Status>>;
+
+/// One connected worker process.
+pub struct Worker {
+    pub id: String,
+    pub name: String,
+    kinds: HashSet<String>,
+    slots: Arc<Semaphore>,
+    commands: Commands,
+    /// Where this worker's messages about each of its tasks go.
+    tasks: Mutex<HashMap<TaskId, mpsc::UnboundedSender<WorkerEvent>>>,
+}
+
+impl Worker {
+    pub fn new(
+        id: String,
+        name: String,
+        kinds: HashSet<String>,
+        max_concurrency: usize,
+        commands: Commands,
+    ) -> Worker {
+        Worker {
+            id,
+            name,
+            kinds,
+            slots: Arc::new(Semaphore::new(max_concurrency)),
+            commands,
+            tasks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn tasks(&self) -> MutexGuard<'_, HashMap<TaskId, mpsc::UnboundedSender<WorkerEvent>>> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// `name/id`, as recorded on the tasks it runs.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.name, self.id)
+    }
+
+    pub fn kinds(&self) -> impl Iterator<Item = &String> {
+        self.kinds.iter()
+    }
+
+    /// Hands a message about `task` to the job driving it. False if the task is not (or no
+    /// longer) this worker's: the caller ignores the message.
+    pub fn deliver(&self, task: TaskId, event: WorkerEvent) -> bool {
+        self.tasks()
+            .get(&task)
+            .is_some_and(|job| job.send(event).is_ok())
+    }
+
+    /// The worker is gone: every job it was running learns so.
+    pub fn disconnect(&self) {
+        self.tasks().clear();
+    }
+
+    fn send(&self, command: Command) {
+        let _ = self.commands.send(Ok(pb::WorkerCommand {
+            command: Some(command),
+        }));
+    }
+}
+
+/// The workers connected to this replica.
+#[derive(Default)]
+pub struct WorkerPool {
+    workers: Mutex<HashMap<String, Arc<Worker>>>,
+}
+
+impl WorkerPool {
+    fn workers(&self) -> MutexGuard<'_, HashMap<String, Arc<Worker>>> {
+        self.workers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn add(&self, worker: Arc<Worker>) {
+        self.workers().insert(worker.id.clone(), worker);
+    }
+
+    pub fn remove(&self, id: &str) {
+        if let Some(worker) = self.workers().remove(id) {
+            worker.disconnect();
+        }
+    }
+
+    /// Whether a worker connected here serves `kind`.
+    pub fn serves(&self, kind: &str) -> bool {
+        self.workers()
+            .values()
+            .any(|worker| worker.kinds.contains(kind))
+    }
+
+    /// Whether any worker here has a free slot.
+    pub fn has_room(&self) -> bool {
+        self.workers()
+            .values()
+            .any(|worker| worker.slots.available_permits() > 0)
+    }
+
+    /// A free slot on the least busy worker serving `kind`.
+    pub fn reserve(&self, kind: &str) -> Option<WorkerSlot> {
+        let workers = self.workers();
+        let worker = workers
+            .values()
+            .filter(|worker| worker.kinds.contains(kind))
+            .max_by_key(|worker| worker.slots.available_permits())?;
+        let permit = Arc::clone(&worker.slots).try_acquire_owned().ok()?;
+        Some(WorkerSlot {
+            worker: Arc::clone(worker),
+            permit,
+        })
+    }
+}
+
+/// A reserved place on a worker for one task.
+pub struct WorkerSlot {
+    worker: Arc<Worker>,
+    permit: OwnedSemaphorePermit,
+}
+
+impl WorkerSlot {
+    pub fn worker_label(&self) -> String {
+        self.worker.label()
+    }
+
+    /// The job that runs task `id` on this worker.
+    pub fn into_job(self, id: TaskId) -> Box<dyn Job> {
+        let (events, events_rx) = mpsc::unbounded_channel();
+        self.worker.tasks().insert(id, events);
+        Box::new(RemoteJob {
+            id,
+            worker: self.worker,
+            _permit: self.permit,
+            events: events_rx,
+            finished: false,
+            record: None,
+        })
+    }
+}
+
+pub struct RemoteJob {
+    id: TaskId,
+    worker: Arc<Worker>,
+    _permit: OwnedSemaphorePermit,
+    events: mpsc::UnboundedReceiver<WorkerEvent>,
+    /// The worker ended the task itself: no abort is owed.
+    finished: bool,
+    /// The task as the driver last saw it, for the reason of an abort.
+    record: Option<watch::Receiver<Task>>,
+}
+
+impl Job for RemoteJob {
+    fn run(self: Box<Self>, ctx: TaskContext) -> BoxFuture<'static, Outcome> {
+        Box::pin(self.drive(ctx))
+    }
+}
+
+impl RemoteJob {
+    async fn drive(mut self, mut ctx: TaskContext) -> Outcome {
+        let task = ctx.current();
+        self.record = Some(ctx.record());
+        self.worker.send(Command::Assign(pb::TaskAssignment {
+            task: Some(convert::task(&task)),
+        }));
+        let mut cancel_sent = false;
+        loop {
+            tokio::select! {
+                event = self.events.recv() => {
+                    let Some(event) = event else {
+                        return Outcome::Lost(format!("worker {} was lost while running the task", self.worker.label()));
+                    };
+                    if let Some(outcome) = self.absorb(&mut ctx, event, &mut cancel_sent).await {
+                        self.finished = true;
+                        self.worker.tasks().remove(&self.id);
+                        return outcome;
+                    }
+                }
+                () = ctx.cancel_requested(), if !cancel_sent => {
+                    self.send_cancel(&ctx);
+                    cancel_sent = true;
+                }
+            }
+        }
+    }
+
+    /// Applies one message of the worker; the outcome if it ended the task.
+    async fn absorb(
+        &mut self,
+        ctx: &mut TaskContext,
+        event: WorkerEvent,
+        cancel_sent: &mut bool,
+    ) -> Option<Outcome> {
+        match event {
+            WorkerEvent::Progress {
+                fraction,
+                message,
+                partial_result,
+            } => {
+                let _ = match partial_result {
+                    Some(partial) => ctx.checkpoint(partial, fraction, message).await,
+                    None => ctx.progress(fraction, message).await,
+                };
+                None
+            }
+            WorkerEvent::Ask(question) => {
+                match ctx.ask(question).await {
+                    Ok(answer) => self.worker.send(Command::Answer(pb::TaskAnswer {
+                        task_id: self.id.to_string(),
+                        answer,
+                    })),
+                    Err(Interrupted::CancelRequested) if !*cancel_sent => {
+                        self.send_cancel(ctx);
+                        *cancel_sent = true;
+                    }
+                    Err(_) => {}
+                }
+                None
+            }
+            WorkerEvent::Complete(result) => Some(Outcome::Completed(result)),
+            WorkerEvent::Fail(error) => Some(Outcome::Failed {
+                error,
+                result: None,
+            }),
+            WorkerEvent::CancelAck(result) => Some(Outcome::Stopped(result)),
+        }
+    }
+
+    fn send_cancel(&self, ctx: &TaskContext) {
+        let cancel = ctx.current().cancel;
+        self.worker.send(Command::Cancel(pb::CancelRequest {
+            task_id: self.id.to_string(),
+            reason: cancel
+                .as_ref()
+                .map(|c| c.reason.clone())
+                .unwrap_or_default(),
+            grace_deadline: cancel
+                .and_then(|c| c.grace_deadline)
+                .map(prost_types::Timestamp::from),
+        }));
+    }
+}
+
+impl Drop for RemoteJob {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // Dropped before the worker ended the task: it was hard-cancelled (or settled
+        // elsewhere). Stop routing its messages and tell the worker to stop now.
+        self.worker.tasks().remove(&self.id);
+        let reason = self
+            .record
+            .as_ref()
+            .and_then(|record| {
+                record
+                    .borrow()
+                    .cancel
+                    .as_ref()
+                    .map(|cancel| cancel.reason.clone())
+            })
+            .unwrap_or_else(|| "the task ended elsewhere".to_owned());
+        self.worker.send(Command::Abort(pb::AbortTask {
+            task_id: self.id.to_string(),
+            reason,
+        }));
+    }
+}
