@@ -27,7 +27,9 @@ use crate::task::{NewTask, Task, TaskId, TaskState};
 /// How long a hard cancel waits for local code to stop before it returns anyway.
 const STOP_WAIT: Duration = Duration::from_secs(5);
 /// How many queued tasks one dispatch round reads at a time.
-const DISPATCH_BATCH: usize = 16;
+const DISPATCH_BATCH: usize = 64;
+/// How far down the queue one dispatch round looks for tasks it can place.
+const DISPATCH_SCAN: usize = 4096;
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -45,6 +47,9 @@ pub struct Engine {
     workers: WorkerPool,
     supervisor: Supervisor,
     draining: AtomicBool,
+    /// Held while a dispatch round runs; see [`Engine::dispatch`].
+    dispatching: tokio::sync::Mutex<()>,
+    dispatch_wanted: AtomicBool,
 }
 
 /// What a cancel call asks for.
@@ -82,6 +87,8 @@ impl Engine {
             kinds,
             workers: WorkerPool::default(),
             draining: AtomicBool::new(false),
+            dispatching: tokio::sync::Mutex::new(()),
+            dispatch_wanted: AtomicBool::new(false),
         })
     }
 
@@ -121,8 +128,7 @@ impl Engine {
         let task = Task::new(TaskId::now_v7(), spec.clone(), now());
         match self.store.create(task).await? {
             Created::New(task) => {
-                self.dispatch().await;
-                let task = self.store.get(task.id).await?.unwrap_or(task);
+                let task = self.start_if_first(task).await?;
                 if task.state == TaskState::Pending {
                     // This replica is full: wake the others. (Announcing every start would
                     // have them race this replica for work it can take itself.)
@@ -138,6 +144,26 @@ impl Engine {
                 existing: existing.id,
             }),
         }
+    }
+
+    /// Starts a new task here at once if nothing older waits and this replica has room
+    /// (no queue to contend for); otherwise lets the dispatcher take the oldest first.
+    async fn start_if_first(self: &Arc<Self>, task: Task) -> Result<Task> {
+        let oldest = self.store.oldest_pending(None, 1).await?;
+        if oldest.first().is_some_and(|oldest| oldest.id != task.id) {
+            self.dispatch().await;
+        } else if let Some(placement) = self.place(&task) {
+            let event = Event::Start {
+                owner: self.config.replica_id.clone(),
+                worker: placement.worker_label(),
+            };
+            if let Applied::Changed { after, .. } = self.apply(task.id, event).await? {
+                self.supervisor
+                    .launch(Arc::clone(self), after.clone(), placement);
+                return Ok(after);
+            }
+        }
+        Ok(self.store.get(task.id).await?.unwrap_or(task))
     }
 
     pub async fn check(&self, id: TaskId) -> Result<Task> {
@@ -386,7 +412,15 @@ impl Engine {
                     }
                     return Ok(Applied::Changed { before, after });
                 }
-                Swap::Conflict => continue,
+                Swap::Conflict => {
+                    // Either another write won (decide again on the new version) or the
+                    // store refused this one outright (fencing): then nothing moved.
+                    if self.check(id).await?.version == before.version {
+                        tracing::warn!(task = %id, "the store refused a change nothing raced with");
+                        return Ok(Applied::Rejected(before, Rejection::Fenced));
+                    }
+                    continue;
+                }
                 Swap::Missing => return Err(Error::TaskNotFound(id)),
             }
         }
@@ -416,19 +450,49 @@ impl Engine {
     }
 
     /// Starts the oldest PENDING tasks while this replica has room.
+    ///
+    /// Single-flight: one round runs at a time per replica. A call while a round runs
+    /// only asks for another round, so concurrent callers (every StartTask, every task that
+    /// ends) do not all race for the same oldest task.
     pub(crate) async fn dispatch(self: &Arc<Self>) {
-        while !self.is_draining() && (self.supervisor.has_room() || self.workers.has_room()) {
-            let queue = match self.store.oldest_pending(DISPATCH_BATCH).await {
-                Ok(queue) => queue,
+        self.dispatch_wanted.store(true, Ordering::SeqCst);
+        loop {
+            let Ok(round) = self.dispatching.try_lock() else {
+                return;
+            };
+            while self.dispatch_wanted.swap(false, Ordering::SeqCst) {
+                self.dispatch_round().await;
+            }
+            drop(round);
+            // A request made between the last round and the unlock found the lock taken.
+            if !self.dispatch_wanted.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
+
+    /// One pass over the queue, oldest first, starting every task this replica can place
+    /// while it has room. Tasks it cannot place (no worker for their kind here, another
+    /// exec allowlist) are passed over, so they do not hold up the rest.
+    async fn dispatch_round(self: &Arc<Self>) {
+        let mut after = None;
+        let mut scanned = 0;
+        while !self.is_draining()
+            && (self.supervisor.has_room() || self.workers.has_room())
+            && scanned < DISPATCH_SCAN
+        {
+            let page = match self.store.oldest_pending(after, DISPATCH_BATCH).await {
+                Ok(page) => page,
                 Err(err) => {
                     tracing::warn!(%err, "cannot read the dispatch queue");
                     return;
                 }
             };
-            let mut started_any = false;
-            for candidate in queue {
-                // A task this replica cannot run now (no room, no worker for its kind,
-                // another exec allowlist) is left to the others.
+            let Some(last) = page.last() else { return };
+            after = Some(last.id);
+            scanned += page.len();
+            let exhausted = page.len() < DISPATCH_BATCH;
+            for candidate in page {
                 let Some(placement) = self.place(&candidate) else {
                     continue;
                 };
@@ -438,10 +502,9 @@ impl Engine {
                 };
                 if let Ok(Applied::Changed { after, .. }) = self.apply(candidate.id, event).await {
                     self.supervisor.launch(Arc::clone(self), after, placement);
-                    started_any = true;
                 }
             }
-            if !started_any {
+            if exhausted {
                 return;
             }
         }

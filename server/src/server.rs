@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures_util::StreamExt;
 use reins_proto::v1::task_service_server::TaskServiceServer;
 use reins_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
@@ -109,7 +110,13 @@ pub async fn run(
                 .max_encoding_message_size(config.max_message_size),
         )
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            // Small request/reply messages: Nagle's algorithm would hold them back ~40 ms
+            // (tonic applies its own nodelay setting only to listeners it binds itself).
+            TcpListenerStream::new(listener).inspect(|accepted| {
+                if let Ok(stream) = accepted {
+                    let _ = stream.set_nodelay(true);
+                }
+            }),
             stop_serving.clone().cancelled_owned(),
         );
     let serving = tokio::spawn(serving);

@@ -12,3 +12,4 @@ mod replicas;
 mod server;
 mod start;
 mod watch;
+mod workers;

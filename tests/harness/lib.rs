@@ -18,8 +18,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 mod redis_server;
+pub mod worker;
 
 pub use redis_server::RedisServer;
+pub use worker::FakeWorker;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

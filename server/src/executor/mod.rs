@@ -185,33 +185,40 @@ impl TaskContext {
     /// Asks a question (WAITING_FOR_ANSWER) and waits for the answer. A soft cancel wakes
     /// the task with [`Interrupted::CancelRequested`].
     pub async fn ask(&mut self, question: impl Into<String>) -> Result<String, Interrupted> {
+        let asked = self.pose(question).await?;
+        let mut record = self.record.clone();
+        tokio::select! {
+            next = record.wait_for(|task| answered(task, asked).is_some()) => match next {
+                Ok(task) => answered(&task, asked).unwrap_or(Err(Ended)).map_err(Interrupted::Ended),
+                Err(_) => Err(Interrupted::Ended(Ended)),
+            },
+            () = self.cancel_requested.cancelled() => Err(Interrupted::CancelRequested),
+        }
+    }
+
+    /// Records a question (WAITING_FOR_ANSWER) without waiting for the answer; returns the
+    /// version that asked it, for [`TaskContext::answer_to`].
+    pub async fn pose(&self, question: impl Into<String>) -> Result<u64, Interrupted> {
         if self.is_cancel_requested() {
             return Err(Interrupted::CancelRequested);
         }
         let report = Report::Ask {
             question: question.into(),
         };
-        let asked = match self
+        match self
             .engine
             .report_until_stored(self.task_id, &self.fence, report)
             .await
         {
-            Ok(asked) => asked,
-            Err(Rejection::CancelPending) => return Err(Interrupted::CancelRequested),
-            Err(_) => return Err(Interrupted::Ended(Ended)),
-        };
-        // Answered = the first later version that is no longer waiting (only AnswerTask
-        // moves a waiting task back to RUNNING). Versions the driver skipped cannot hide it.
-        let mut record = self.record.clone();
-        let answered =
-            |task: &Task| task.version > asked.version && task.state != TaskState::WaitingForAnswer;
-        tokio::select! {
-            next = record.wait_for(answered) => match next {
-                Ok(task) if task.state == TaskState::Running => Ok(task.answer.clone()),
-                _ => Err(Interrupted::Ended(Ended)),
-            },
-            () = self.cancel_requested.cancelled() => Err(Interrupted::CancelRequested),
+            Ok(asked) => Ok(asked.version),
+            Err(Rejection::CancelPending) => Err(Interrupted::CancelRequested),
+            Err(_) => Err(Interrupted::Ended(Ended)),
         }
+    }
+
+    /// The answer to the question asked at version `asked`, once there is one.
+    pub fn answer_to(&self, asked: u64) -> Option<Result<String, Ended>> {
+        answered(&self.record.borrow(), asked)
     }
 
     /// Stores a report; while the store is unreachable it waits and retries, so no
@@ -223,4 +230,18 @@ impl TaskContext {
             .map(drop)
             .map_err(|_| Ended)
     }
+}
+
+/// Answered = the first version after the question that is no longer waiting (only
+/// AnswerTask moves a waiting task back to RUNNING), so versions the driver skipped cannot
+/// hide an answer. `Err` if the task ended instead.
+fn answered(task: &Task, asked: u64) -> Option<Result<String, Ended>> {
+    if task.version <= asked || task.state == TaskState::WaitingForAnswer {
+        return None;
+    }
+    Some(if task.state == TaskState::Running {
+        Ok(task.answer.clone())
+    } else {
+        Err(Ended)
+    })
 }

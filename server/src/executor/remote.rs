@@ -198,73 +198,63 @@ impl Job for RemoteJob {
 }
 
 impl RemoteJob {
-    async fn drive(mut self, mut ctx: TaskContext) -> Outcome {
+    async fn drive(mut self, ctx: TaskContext) -> Outcome {
         let task = ctx.current();
+        let mut record = ctx.record();
         self.record = Some(ctx.record());
         self.worker.send(Command::Assign(pb::TaskAssignment {
             task: Some(convert::task(&task)),
         }));
         let mut cancel_sent = false;
+        // The version that asked the worker's open question, if any.
+        let mut question: Option<u64> = None;
         loop {
             tokio::select! {
                 event = self.events.recv() => {
                     let Some(event) = event else {
                         return Outcome::Lost(format!("worker {} was lost while running the task", self.worker.label()));
                     };
-                    if let Some(outcome) = self.absorb(&mut ctx, event, &mut cancel_sent).await {
-                        self.finished = true;
-                        self.worker.tasks().remove(&self.id);
-                        return outcome;
+                    match event {
+                        WorkerEvent::Progress { fraction, message, partial_result } => {
+                            let _ = match partial_result {
+                                Some(partial) => ctx.checkpoint(partial, fraction, message).await,
+                                None => ctx.progress(fraction, message).await,
+                            };
+                        }
+                        WorkerEvent::Ask(text) => match ctx.pose(text).await {
+                            Ok(asked) => question = Some(asked),
+                            Err(Interrupted::CancelRequested) if !cancel_sent => {
+                                self.send_cancel(&ctx);
+                                cancel_sent = true;
+                            }
+                            Err(_) => {}
+                        },
+                        WorkerEvent::Complete(result) => return self.finish(Outcome::Completed(result)),
+                        WorkerEvent::Fail(error) => return self.finish(Outcome::Failed { error, result: None }),
+                        WorkerEvent::CancelAck(result) => return self.finish(Outcome::Stopped(result)),
                     }
                 }
                 () = ctx.cancel_requested(), if !cancel_sent => {
                     self.send_cancel(&ctx);
                     cancel_sent = true;
                 }
+                Ok(()) = record.changed(), if question.is_some() => {
+                    if let Some(answer) = question.and_then(|asked| ctx.answer_to(asked)) {
+                        question = None;
+                        if let Ok(answer) = answer {
+                            self.worker.send(Command::Answer(pb::TaskAnswer { task_id: self.id.to_string(), answer }));
+                        }
+                    }
+                }
             }
         }
     }
 
-    /// Applies one message of the worker; the outcome if it ended the task.
-    async fn absorb(
-        &mut self,
-        ctx: &mut TaskContext,
-        event: WorkerEvent,
-        cancel_sent: &mut bool,
-    ) -> Option<Outcome> {
-        match event {
-            WorkerEvent::Progress {
-                fraction,
-                message,
-                partial_result,
-            } => {
-                let _ = match partial_result {
-                    Some(partial) => ctx.checkpoint(partial, fraction, message).await,
-                    None => ctx.progress(fraction, message).await,
-                };
-                None
-            }
-            WorkerEvent::Ask(question) => {
-                match ctx.ask(question).await {
-                    Ok(answer) => self.worker.send(Command::Answer(pb::TaskAnswer {
-                        task_id: self.id.to_string(),
-                        answer,
-                    })),
-                    Err(Interrupted::CancelRequested) if !*cancel_sent => {
-                        self.send_cancel(ctx);
-                        *cancel_sent = true;
-                    }
-                    Err(_) => {}
-                }
-                None
-            }
-            WorkerEvent::Complete(result) => Some(Outcome::Completed(result)),
-            WorkerEvent::Fail(error) => Some(Outcome::Failed {
-                error,
-                result: None,
-            }),
-            WorkerEvent::CancelAck(result) => Some(Outcome::Stopped(result)),
-        }
+    /// The worker ended the task: no abort is owed, and its later messages are ignored.
+    fn finish(&mut self, outcome: Outcome) -> Outcome {
+        self.finished = true;
+        self.worker.tasks().remove(&self.id);
+        outcome
     }
 
     fn send_cancel(&self, ctx: &TaskContext) {

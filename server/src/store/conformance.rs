@@ -257,7 +257,7 @@ pub async fn the_pending_queue_is_oldest_first_and_forgets_started_tasks(store: 
     };
     start(store, &ours[0]).await;
     let queue: Vec<TaskId> = store
-        .oldest_pending(10_000)
+        .oldest_pending(None, 10_000)
         .await
         .unwrap()
         .iter()
@@ -269,6 +269,17 @@ pub async fn the_pending_queue_is_oldest_first_and_forgets_started_tasks(store: 
         .collect();
     assert_eq!(positions[0], None, "a started task is not pending");
     assert!(positions[1].unwrap() < positions[2].unwrap(), "older first");
+    let after_second: Vec<TaskId> = store
+        .oldest_pending(Some(ours[1].id), 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert!(
+        after_second.contains(&ours[2].id) && !after_second.contains(&ours[1].id),
+        "pages go on after a task"
+    );
 }
 
 pub async fn subscribers_see_every_change_in_order_until_the_end(store: &dyn TaskStore) {

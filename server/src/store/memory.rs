@@ -10,6 +10,7 @@
 //! owner.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -106,7 +107,10 @@ impl Inner {
             self.finished
                 .push_back((task.finished_at.unwrap_or(task.updated_at), task.id));
         }
-        if task.state != TaskState::Pending {
+        if task.state == TaskState::Pending {
+            // New, or a lost run put back in the queue.
+            self.pending.insert(task.id);
+        } else {
             self.pending.remove(&task.id);
         }
     }
@@ -258,11 +262,12 @@ impl TaskStore for MemoryStore {
             .collect())
     }
 
-    async fn oldest_pending(&self, limit: usize) -> StoreResult<Vec<Task>> {
+    async fn oldest_pending(&self, after: Option<TaskId>, limit: usize) -> StoreResult<Vec<Task>> {
         let inner = self.lock();
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         Ok(inner
             .pending
-            .iter()
+            .range((start, Bound::Unbounded))
             .take(limit)
             .filter_map(|id| inner.tasks.get(id))
             .map(|entry| entry.task.clone())

@@ -113,8 +113,9 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Every known child of `parent`, active or not, in creation order.
     async fn children(&self, parent: TaskId) -> StoreResult<Vec<Task>>;
 
-    /// The oldest PENDING tasks, at most `limit`: the dispatch queue.
-    async fn oldest_pending(&self, limit: usize) -> StoreResult<Vec<Task>>;
+    /// The oldest PENDING tasks after `after` (creation order), at most `limit`: the
+    /// dispatch queue, read page by page.
+    async fn oldest_pending(&self, after: Option<TaskId>, limit: usize) -> StoreResult<Vec<Task>>;
 
     /// Changes of task `id` from now on; the stream ends after the terminal version.
     /// Subscribe before reading the record to miss nothing in between.

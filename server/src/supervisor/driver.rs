@@ -183,10 +183,12 @@ fn absorb(latest: &mut Task, fresh: Task, fence: &Fence, record: &watch::Sender<
     if fresh.version <= latest.version {
         return Next::Keep;
     }
+    // The job sees every newer version, the last one too (a remote job tells its worker
+    // why it is aborted).
+    record.send_replace(fresh.clone());
     if fresh.state.is_terminal() || fresh.attempt != fence.attempt {
         return Next::Stop;
     }
-    record.send_replace(fresh.clone());
     *latest = fresh;
     Next::Keep
 }

@@ -6,7 +6,7 @@
 --       6 owners set, 7 request_id key, 8 children zset of this task
 -- ARGV: 1 task JSON, 2 new version, 3 state, 4 owner, 5 attempt, 6 terminal ('1'/'0'),
 --       7 id, 8 retention ms, 9 history length, 10 task channel, 11 owner channel,
---       12 has request_id ('1'/'0')
+--       12 has request_id ('1'/'0'), 13 owned-set key prefix
 local current = redis.call('HMGET', KEYS[1], 'version', 'terminal', 'owner', 'attempt', 'state')
 if not current[1] then
   return 'missing'
@@ -16,13 +16,18 @@ if current[2] == '1' or tonumber(current[1]) + 1 ~= tonumber(ARGV[2]) then
 end
 local same_run = current[3] == ARGV[4] and current[4] == ARGV[5]
 local started = current[5] == 'Pending' and tonumber(ARGV[5]) == tonumber(current[4]) + 1
-if not (same_run or started) then
+local requeued = ARGV[3] == 'Pending' and ARGV[4] == '' and current[4] == ARGV[5]
+if not (same_run or started or requeued) then
   return 'conflict'
 end
 redis.call('HSET', KEYS[1], 'json', ARGV[1], 'version', ARGV[2], 'state', ARGV[3],
   'owner', ARGV[4], 'attempt', ARGV[5], 'terminal', ARGV[6])
 if ARGV[3] ~= 'Pending' then
   redis.call('ZREM', KEYS[2], ARGV[7])
+elseif requeued and current[5] ~= 'Pending' then
+  -- A lost run goes back to the queue and off its former owner's list.
+  redis.call('ZADD', KEYS[2], 0, ARGV[7])
+  redis.call('SREM', ARGV[13] .. current[3], ARGV[7])
 end
 if started then
   redis.call('SADD', KEYS[5], ARGV[7])
