@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Benchmarks Reins on this machine: builds the release binaries, starts a throwaway
+# cluster on loopback, runs reins-bench against it and tears everything down on exit.
+#
+#   client/bench/run.sh                       # Redis store: replicas a, b (and c, see below)
+#   client/bench/run.sh --memory              # embedded store: one replica, no Redis
+#   client/bench/run.sh -- --scenario lifecycle --duration 10s   # more reins-bench flags
+#
+# The Redis cluster, all on 127.0.0.1 and free ports, state in a temporary directory:
+#   - redis-server --save "" --appendonly no (its own port, never the shared 6379);
+#   - reinsd a and b: --allow-exec python3 --max-concurrency 4096. a is replica A: it
+#     starts the cancel scenarios' tasks (b cancels them) and takes the 10,000 watchers;
+#   - reinsd c: --max-concurrency 1, for cross-replica dispatch. reins-bench keeps it busy
+#     with one long task (--full-server), so what is started through c waits PENDING until
+#     a or b, woken by the queue channel, takes it.
+# With --memory only reinsd a runs, on the embedded store: cancels go through the owner.
+#
+# The replicas find `python3` (for the heartbeat tasks) first in the directory of the
+# python3 this script runs, so a version manager's shim does not sit in front of it.
+# They log at RUST_LOG (default info) to files that are shown if a replica fails.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+store=redis
+bench_args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --memory) store=memory; shift ;;
+    --) shift; bench_args+=("$@"); break ;;
+    *) bench_args+=("$1"); shift ;;
+  esac
+done
+
+for tool in python3 $([ "$store" = redis ] && echo redis-server redis-cli); do
+  command -v "$tool" >/dev/null || { echo "run.sh: $tool is needed" >&2; exit 1; }
+done
+
+echo "== cargo build --release --bins" >&2
+cargo build --release --bins
+bin=$(cargo metadata --no-deps --format-version 1 |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release
+
+work=$(mktemp -d -t reins-bench.XXXXXX)
+children=()
+cleanup() {
+  # SIGTERM lets a replica settle its tasks (killing their process groups) before it exits.
+  for child in "${children[@]}"; do kill -TERM "$child" 2>/dev/null || true; done
+  for _ in $(seq 50); do
+    alive=0
+    for child in "${children[@]}"; do kill -0 "$child" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for child in "${children[@]}"; do kill -KILL "$child" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+fail() {
+  echo "run.sh: $1" >&2
+  for log in "$work"/*.log; do
+    [ -e "$log" ] && { echo "--- $log" >&2; tail -n 20 "$log" >&2; }
+  done
+  exit 1
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+redis_url=
+start_redis() {
+  # Another process may take the port between the probe and the bind: try again.
+  for _ in 1 2 3 4 5; do
+    local port
+    port=$(free_port)
+    redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+      --dir "$work" --daemonize no --loglevel warning >"$work/redis.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 100); do
+      if [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ]; then
+        children+=("$pid")
+        redis_url="redis://127.0.0.1:$port"
+        return
+      fi
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.05
+    done
+    kill "$pid" 2>/dev/null || true
+  done
+  fail "redis-server did not start"
+}
+
+declare -A url pid
+python_dir=$(dirname "$(python3 -c 'import sys; print(sys.executable)')")
+# start_reinsd NAME [reinsd flags…]: replica NAME on a free port (reinsd prints it).
+start_reinsd() {
+  local name=$1
+  shift
+  PATH="$python_dir:$PATH" "$bin/reinsd" --listen 127.0.0.1:0 --replica-id "$name" \
+    --allow-exec python3 --shutdown-grace 1s "$@" >"$work/$name.out" 2>"$work/$name.log" &
+  pid[$name]=$!
+  children+=("${pid[$name]}")
+  for _ in $(seq 200); do
+    local address
+    address=$(sed -n 's/^reinsd listening on //p' "$work/$name.out")
+    if [ -n "$address" ]; then
+      url[$name]="http://$address"
+      return
+    fi
+    kill -0 "${pid[$name]}" 2>/dev/null || fail "reinsd $name exited"
+    sleep 0.05
+  done
+  fail "reinsd $name did not start listening"
+}
+
+servers=()
+if [ "$store" = redis ]; then
+  start_redis
+  start_reinsd a --redis-url "$redis_url" --max-concurrency 4096
+  start_reinsd b --redis-url "$redis_url" --max-concurrency 4096
+  start_reinsd c --redis-url "$redis_url" --max-concurrency 1
+  servers=(--server "a=${url[a]}" --server "b=${url[b]}" --full-server "c=${url[c]}")
+  echo "== store: Redis $redis_url; replicas a ${url[a]}, b ${url[b]}, c ${url[c]} (full)" >&2
+else
+  start_reinsd a --max-concurrency 4096
+  servers=(--server "a=${url[a]}")
+  echo "== store: embedded (memory); replica a ${url[a]}" >&2
+fi
+echo "== $(nproc) cores; reins-bench ${bench_args[*]}" >&2
+
+status=0
+"$bin/reins-bench" "${servers[@]}" --server-pid "${pid[a]}" "${bench_args[@]}" || status=$?
+for name in "${!pid[@]}"; do
+  kill -0 "${pid[$name]}" 2>/dev/null || fail "reinsd $name died during the run"
+done
+exit "$status"
