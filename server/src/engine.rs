@@ -151,7 +151,7 @@ impl Engine {
     async fn start_if_first(self: &Arc<Self>, task: Task) -> Result<Task> {
         let oldest = self.store.oldest_pending(None, 1).await?;
         if oldest.first().is_some_and(|oldest| oldest.id != task.id) {
-            self.dispatch().await;
+            self.dispatch_rounds(true).await;
         } else if let Some(placement) = self.place(&task) {
             let event = Event::Start {
                 owner: self.config.replica_id.clone(),
@@ -455,10 +455,22 @@ impl Engine {
     /// only asks for another round, so concurrent callers (every StartTask, every task that
     /// ends) do not all race for the same oldest task.
     pub(crate) async fn dispatch(self: &Arc<Self>) {
+        self.dispatch_rounds(false).await;
+    }
+
+    /// Requests a round and, unless `wait`, returns at once if one is running (it will run
+    /// another). With `wait` it returns only after a round that started after the request
+    /// (StartTask wants to answer RUNNING when its task got a place).
+    async fn dispatch_rounds(self: &Arc<Self>, wait: bool) {
         self.dispatch_wanted.store(true, Ordering::SeqCst);
         loop {
-            let Ok(round) = self.dispatching.try_lock() else {
-                return;
+            let round = if wait {
+                self.dispatching.lock().await
+            } else {
+                match self.dispatching.try_lock() {
+                    Ok(round) => round,
+                    Err(_) => return,
+                }
             };
             while self.dispatch_wanted.swap(false, Ordering::SeqCst) {
                 self.dispatch_round().await;

@@ -159,6 +159,11 @@ fn route(worker: &Worker, message: pb::WorkerMessage) -> Result<(), Status> {
         return Err(protocol_violation("an empty message"));
     };
     let json = |value: Option<prost_types::Value>| value.as_ref().map(value_to_json).transpose();
+    let result = |value: Option<prost_types::Value>| {
+        json(value)
+            .map(Option::unwrap_or_default)
+            .map_err(|_| protocol_violation("numbers in a result must be finite"))
+    };
     let (task_id, event) = match message {
         Message::Hello(_) => return Err(protocol_violation("`hello` may be sent only once")),
         Message::Progress(progress) => {
@@ -175,25 +180,12 @@ fn route(worker: &Worker, message: pb::WorkerMessage) -> Result<(), Status> {
             (progress.task_id, event)
         }
         Message::Ask(ask) => (ask.task_id, WorkerEvent::Ask(ask.question)),
-        Message::Complete(complete) => {
-            let Ok(result) = json(complete.result) else {
-                return Err(protocol_violation("numbers in a result must be finite"));
-            };
-            (
-                complete.task_id,
-                WorkerEvent::Complete(result.unwrap_or_default()),
-            )
-        }
+        Message::Complete(complete) => (
+            complete.task_id,
+            WorkerEvent::Complete(result(complete.result)?),
+        ),
         Message::Fail(fail) => (fail.task_id, WorkerEvent::Fail(fail.error)),
-        Message::CancelAck(ack) => {
-            let Ok(result) = json(ack.result) else {
-                return Err(protocol_violation("numbers in a result must be finite"));
-            };
-            (
-                ack.task_id,
-                WorkerEvent::CancelAck(result.unwrap_or_default()),
-            )
-        }
+        Message::CancelAck(ack) => (ack.task_id, WorkerEvent::CancelAck(result(ack.result)?)),
     };
     let delivered = TaskId::try_parse(&task_id).is_ok_and(|id| worker.deliver(id, event));
     if !delivered {

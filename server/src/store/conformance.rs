@@ -41,16 +41,17 @@ async fn advance(store: &dyn TaskStore, task: &Task, event: Event) -> Task {
     next
 }
 
+/// Starts `task` as replica `owner` would.
+async fn start_as(store: &dyn TaskStore, task: &Task, owner: &str) -> Task {
+    let event = Event::Start {
+        owner: owner.to_owned(),
+        worker: String::new(),
+    };
+    advance(store, task, event).await
+}
+
 async fn start(store: &dyn TaskStore, task: &Task) -> Task {
-    advance(
-        store,
-        task,
-        Event::Start {
-            owner: OWNER.into(),
-            worker: String::new(),
-        },
-    )
-    .await
+    start_as(store, task, OWNER).await
 }
 
 /// Stores one running and one completed task; returns their ids.
@@ -63,17 +64,7 @@ pub async fn one_active_one_finished_owned_by(
     store: &dyn TaskStore,
     owner: &str,
 ) -> (TaskId, TaskId) {
-    let start_on = |task: Task| async move {
-        advance(
-            store,
-            &task,
-            Event::Start {
-                owner: owner.into(),
-                worker: String::new(),
-            },
-        )
-        .await
-    };
+    let start_on = |task: Task| async move { start_as(store, &task, owner).await };
     let active = start_on(insert(store, sleep_task()).await).await;
     let finished = start_on(insert(store, sleep_task()).await).await;
     complete_as_owner(store, &finished).await;
@@ -390,15 +381,7 @@ pub async fn the_owner_channel_carries_every_change_of_its_tasks_only(store: &dy
     let mut control = store.subscribe_owner(&owner).await.unwrap();
     start(store, &insert(store, sleep_task()).await).await; // owned by someone else
     let task = insert(store, sleep_task()).await;
-    let running = advance(
-        store,
-        &task,
-        Event::Start {
-            owner: owner.clone(),
-            worker: String::new(),
-        },
-    )
-    .await;
+    let running = start_as(store, &task, &owner).await;
     let fence = Fence {
         owner: owner.clone(),
         attempt: 1,
@@ -430,22 +413,8 @@ pub async fn announcing_queued_work_wakes_queue_listeners(store: &dyn TaskStore)
 
 pub async fn owned_tasks_are_the_started_unfinished_ones_of_an_owner(store: &dyn TaskStore) {
     let owner = format!("owner-{}", TaskId::now_v7());
-    let start_as = |task: Task| {
-        let owner = owner.clone();
-        async move {
-            advance(
-                store,
-                &task,
-                Event::Start {
-                    owner,
-                    worker: String::new(),
-                },
-            )
-            .await
-        }
-    };
-    let running = start_as(insert(store, sleep_task()).await).await;
-    let finished = start_as(insert(store, sleep_task()).await).await;
+    let running = start_as(store, &insert(store, sleep_task()).await, &owner).await;
+    let finished = start_as(store, &insert(store, sleep_task()).await, &owner).await;
     let fence = Fence {
         owner: owner.clone(),
         attempt: 1,
@@ -475,15 +444,7 @@ pub async fn a_replica_that_renews_its_lease_is_not_lost(store: &dyn TaskStore) 
         .await
         .unwrap();
     let task = insert(store, sleep_task()).await;
-    advance(
-        store,
-        &task,
-        Event::Start {
-            owner: owner.clone(),
-            worker: String::new(),
-        },
-    )
-    .await;
+    start_as(store, &task, &owner).await;
     assert!(
         store
             .renew_lease(&owner, Duration::from_secs(30))

@@ -163,6 +163,27 @@ impl RedisStore {
         self.commands.clone()
     }
 
+    /// Up to `limit` members of a lexicographic sorted set after `after` (ids sort by
+    /// creation time).
+    async fn ids_after(
+        &self,
+        key: String,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let from = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        redis::cmd("ZRANGEBYLEX")
+            .arg(key)
+            .arg(from)
+            .arg("+")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)
+    }
+
     /// The records of `ids` that still exist, in the order given.
     async fn load(&self, ids: &[String]) -> StoreResult<Vec<Task>> {
         if ids.is_empty() {
@@ -261,21 +282,14 @@ impl TaskStore for RedisStore {
         limit: usize,
     ) -> StoreResult<Vec<Task>> {
         let mut found = Vec::new();
-        let mut from = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let mut after = after;
         while found.len() < limit {
-            let ids: Vec<String> = redis::cmd("ZRANGEBYLEX")
-                .arg(self.keys.active())
-                .arg(&from)
-                .arg("+")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(LIST_BATCH)
-                .query_async(&mut self.connection())
-                .await
-                .map_err(unavailable)?;
+            let ids = self
+                .ids_after(self.keys.active(), after, LIST_BATCH)
+                .await?;
             let Some(last) = ids.last() else { break };
-            from = format!("({last}");
-            let exhausted = ids.len() < LIST_BATCH;
+            after = TaskId::try_parse(last).ok();
+            let exhausted = ids.len() < LIST_BATCH || after.is_none();
             let tasks = self.load(&ids).await?;
             found.extend(
                 tasks
@@ -300,17 +314,7 @@ impl TaskStore for RedisStore {
     }
 
     async fn oldest_pending(&self, after: Option<TaskId>, limit: usize) -> StoreResult<Vec<Task>> {
-        let from = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
-        let ids: Vec<String> = redis::cmd("ZRANGEBYLEX")
-            .arg(self.keys.pending())
-            .arg(from)
-            .arg("+")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit)
-            .query_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
+        let ids = self.ids_after(self.keys.pending(), after, limit).await?;
         Ok(self
             .load(&ids)
             .await?
