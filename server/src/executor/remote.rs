@@ -45,8 +45,9 @@ pub struct Worker {
     kinds: HashSet<String>,
     slots: Arc<Semaphore>,
     commands: Commands,
-    /// Where this worker's messages about each of its tasks go.
-    tasks: Mutex<HashMap<TaskId, mpsc::UnboundedSender<WorkerEvent>>>,
+    /// Where this worker's messages about each of its tasks go; `None` once the worker is
+    /// gone, so a job attached after that learns at once that its worker is lost.
+    tasks: Mutex<Option<HashMap<TaskId, mpsc::UnboundedSender<WorkerEvent>>>>,
 }
 
 impl Worker {
@@ -63,11 +64,11 @@ impl Worker {
             kinds,
             slots: Arc::new(Semaphore::new(max_concurrency)),
             commands,
-            tasks: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Some(HashMap::new())),
         }
     }
 
-    fn tasks(&self) -> MutexGuard<'_, HashMap<TaskId, mpsc::UnboundedSender<WorkerEvent>>> {
+    fn tasks(&self) -> MutexGuard<'_, Option<HashMap<TaskId, mpsc::UnboundedSender<WorkerEvent>>>> {
         self.tasks
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -86,13 +87,30 @@ impl Worker {
     /// longer) this worker's: the caller ignores the message.
     pub fn deliver(&self, task: TaskId, event: WorkerEvent) -> bool {
         self.tasks()
-            .get(&task)
+            .as_ref()
+            .and_then(|tasks| tasks.get(&task))
             .is_some_and(|job| job.send(event).is_ok())
     }
 
     /// The worker is gone: every job it was running learns so.
     pub fn disconnect(&self) {
-        self.tasks().clear();
+        *self.tasks() = None;
+    }
+
+    /// Routes the worker's messages about `task` to `job`; if the worker is already gone
+    /// (it left while the task was being started), `job` is dropped and its job sees the
+    /// loss at once.
+    fn attach(&self, task: TaskId, job: mpsc::UnboundedSender<WorkerEvent>) {
+        if let Some(tasks) = self.tasks().as_mut() {
+            tasks.insert(task, job);
+        }
+    }
+
+    /// Stops routing the worker's messages about `task`.
+    fn detach(&self, task: TaskId) {
+        if let Some(tasks) = self.tasks().as_mut() {
+            tasks.remove(&task);
+        }
     }
 
     fn send(&self, command: Command) {
@@ -168,7 +186,7 @@ impl WorkerSlot {
     /// The job that runs task `id` on this worker.
     pub fn into_job(self, id: TaskId) -> Box<dyn Job> {
         let (events, events_rx) = mpsc::unbounded_channel();
-        self.worker.tasks().insert(id, events);
+        self.worker.attach(id, events);
         Box::new(RemoteJob {
             id,
             worker: self.worker,
@@ -253,7 +271,7 @@ impl RemoteJob {
     /// The worker ended the task: no abort is owed, and its later messages are ignored.
     fn finish(&mut self, outcome: Outcome) -> Outcome {
         self.finished = true;
-        self.worker.tasks().remove(&self.id);
+        self.worker.detach(self.id);
         outcome
     }
 
@@ -279,7 +297,7 @@ impl Drop for RemoteJob {
         }
         // Dropped before the worker ended the task: it was hard-cancelled (or settled
         // elsewhere). Stop routing its messages and tell the worker to stop now.
-        self.worker.tasks().remove(&self.id);
+        self.worker.detach(self.id);
         let reason = self
             .record
             .as_ref()
