@@ -87,10 +87,6 @@ impl Kinds {
             .map(|kind| kind.as_ref())
             .ok_or_else(|| Error::KindUnknown(name.to_owned()))
     }
-
-    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.by_name.keys().copied()
-    }
 }
 
 /// The task's record has ended (hard cancel, or another attempt owns it): stop now.

@@ -79,10 +79,6 @@ impl Worker {
         format!("{}/{}", self.name, self.id)
     }
 
-    pub fn kinds(&self) -> impl Iterator<Item = &String> {
-        self.kinds.iter()
-    }
-
     /// Hands a message about `task` to the job driving it. False if the task is not (or no
     /// longer) this worker's: the caller ignores the message.
     pub fn deliver(&self, task: TaskId, event: WorkerEvent) -> bool {

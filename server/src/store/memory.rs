@@ -91,12 +91,9 @@ impl MemoryStore {
     }
 
     /// How many records the store holds, finished ones included.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().tasks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
