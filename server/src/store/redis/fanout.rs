@@ -6,11 +6,13 @@
 //! The connection resubscribes by itself after a reconnect. A watchdog pings it every
 //! [`WATCHDOG_EVERY`]: a ping on a broken connection makes it reconnect (a subscriber-only
 //! connection sends no other command that would), and once a ping succeeds after a
-//! failure, every subscriber is told ([`Update::Lagged`]) that it may have missed changes,
-//! so it re-reads.
+//! failure or a disconnection, every subscriber is told ([`Update::Lagged`]) that it may
+//! have missed changes, so it re-reads. The telling waits for that ping: by then the
+//! subscriptions are live again, so what is published after the re-read is delivered.
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -22,6 +24,7 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::unavailable;
+use crate::background::Background;
 use crate::store::{StoreResult, Update, Updates, Wakeups};
 use crate::task::Task;
 
@@ -56,6 +59,11 @@ pub struct Fanout {
     /// subscription confirmed before any other local subscriber of it returns.
     changes: tokio::sync::Mutex<()>,
     queue_channel: String,
+    /// Set when Redis reports the connection lost; the watchdog tells the subscribers once
+    /// the connection is back.
+    disconnected: Arc<AtomicBool>,
+    /// Where the watchdog and the unsubscriptions run.
+    background: Background,
 }
 
 fn lock(table: &Table) -> MutexGuard<'_, HashMap<String, broadcast::Sender<Message>>> {
@@ -66,7 +74,7 @@ fn lock(table: &Table) -> MutexGuard<'_, HashMap<String, broadcast::Sender<Messa
 
 /// Hands one push from Redis to the local subscribers of its channel. Runs on the
 /// connection's task, so it only decodes and sends.
-fn route(table: &Table, queue_channel: &str, push: PushInfo) {
+fn route(table: &Table, queue_channel: &str, disconnected: &AtomicBool, push: PushInfo) {
     match push.kind {
         PushKind::Message => {
             let [channel, payload] = push.data.as_slice() else {
@@ -95,11 +103,7 @@ fn route(table: &Table, queue_channel: &str, push: PushInfo) {
             };
             let _ = sender.send(message);
         }
-        PushKind::Disconnection => {
-            for sender in lock(table).values() {
-                let _ = sender.send(Message::Missed);
-            }
-        }
+        PushKind::Disconnection => disconnected.store(true, Ordering::SeqCst),
         _ => {}
     }
 }
@@ -109,13 +113,16 @@ impl Fanout {
         client: Client,
         config: ConnectionManagerConfig,
         queue_channel: String,
+        background: &Background,
     ) -> StoreResult<Arc<Fanout>> {
         let channels: Arc<Table> = Arc::default();
         let router = Arc::clone(&channels);
         let queue = queue_channel.clone();
+        let disconnected = Arc::new(AtomicBool::new(false));
+        let lost = Arc::clone(&disconnected);
         let config = config
             .set_push_sender(move |push: PushInfo| {
-                route(&router, &queue, push);
+                route(&router, &queue, &lost, push);
                 Ok::<(), std::convert::Infallible>(())
             })
             .set_automatic_resubscription();
@@ -126,8 +133,10 @@ impl Fanout {
             channels,
             changes: tokio::sync::Mutex::new(()),
             queue_channel,
+            disconnected,
+            background: background.clone(),
         });
-        tokio::spawn(watchdog(Arc::downgrade(&fanout)));
+        background.spawn(watchdog(Arc::downgrade(&fanout)));
         Ok(fanout)
     }
 
@@ -165,7 +174,7 @@ impl Fanout {
     /// Unsubscribes from `channel` once no local subscriber is left.
     fn release(self: &Arc<Self>, channel: String) {
         let fanout = Arc::clone(self);
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let _serialized = fanout.changes.lock().await;
             let unused = {
                 let mut table = lock(&fanout.channels);
@@ -223,14 +232,12 @@ async fn watchdog(fanout: std::sync::Weak<Fanout>) {
         let pong: redis::RedisResult<String> = redis::cmd("PING")
             .query_async(&mut fanout.connection.clone())
             .await;
-        match (pong.is_ok(), broken) {
-            (false, false) => broken = true,
-            (true, true) => {
-                broken = false;
-                tracing::info!("pub/sub connection to Redis is back; subscribers re-read");
-                fanout.tell_missed();
-            }
-            _ => {}
+        if pong.is_err() {
+            broken = true;
+        } else if fanout.disconnected.swap(false, Ordering::SeqCst) || broken {
+            broken = false;
+            tracing::info!("pub/sub connection to Redis is back; subscribers re-read");
+            fanout.tell_missed();
         }
     }
 }
