@@ -4,6 +4,8 @@
 //! work when told, and settles the tasks of replicas whose lease lapsed.
 //!
 //! With the embedded store the same loops run; the lease never lapses and nobody is lost.
+//! Every loop runs on the replica's [`Background`], which stops and waits for them at
+//! shutdown; loops that lose the store reconnect with jittered backoff.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -11,22 +13,50 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Backoff, Engine};
+use crate::background::{Background, store_backoff, wait};
+use crate::engine::Engine;
+use crate::store::{Membership, Store, TaskFeeds, TaskQueue};
 
 /// How often a replica re-reads the records of the tasks it runs.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 /// How often a replica looks at the queue without being told (a lost wake-up).
 pub const DISPATCH_EVERY: Duration = Duration::from_secs(5);
 
-/// Starts the background loops; they stop when `stop` is cancelled.
+/// The parts of the store and the engine the cluster loops work with.
+struct Replica {
+    engine: Arc<Engine>,
+    feeds: Arc<dyn TaskFeeds>,
+    queue: Arc<dyn TaskQueue>,
+    membership: Arc<dyn Membership>,
+    lease_ttl: Duration,
+    /// When this replica may judge others' leases. After an outage of the store every
+    /// lease may have lapsed at once; the replicas that are alive renew theirs within a
+    /// third of a lease, so nobody is judged until one whole lease after the store is back.
+    reap_not_before: Mutex<Instant>,
+}
+
+/// Starts the background loops on `background`.
 ///
 /// Tasks that this replica id owned in an earlier life cannot be running now (replica ids
 /// are unique, so that was this replica before a crash or restart): they are settled
 /// first, as the reaper would.
-pub async fn start(engine: &Arc<Engine>, lease_ttl: Duration, stop: &CancellationToken) {
-    let me = engine.config().replica_id.clone();
+pub async fn start(
+    engine: &Arc<Engine>,
+    store: &Store,
+    lease_ttl: Duration,
+    background: &Background,
+) {
+    let replica = Arc::new(Replica {
+        engine: Arc::clone(engine),
+        feeds: Arc::clone(&store.feeds),
+        queue: Arc::clone(&store.queue),
+        membership: Arc::clone(&store.membership),
+        lease_ttl,
+        // Give every replica one lease to renew before judging anyone.
+        reap_not_before: Mutex::new(Instant::now() + lease_ttl),
+    });
+    let me = engine.replica_id().to_owned();
     match engine.settle_lost_owner(&me).await {
         Ok(0) => {}
         Ok(settled) => tracing::warn!(
@@ -35,79 +65,33 @@ pub async fn start(engine: &Arc<Engine>, lease_ttl: Duration, stop: &Cancellatio
         ),
         Err(err) => tracing::warn!(%err, "cannot settle this replica's earlier tasks yet"),
     }
-    if let Err(err) = engine.store().renew_lease(&me, lease_ttl).await {
+    if let Err(err) = replica.membership.renew_lease(&me, lease_ttl).await {
         tracing::warn!(%err, "cannot take this replica's lease yet");
     }
-    spawn_until(stop, follow_control_channel(Arc::clone(engine)));
-    spawn_until(stop, follow_queue(Arc::clone(engine)));
-    spawn_until(
-        stop,
-        every(RECONCILE_EVERY, {
-            let engine = Arc::clone(engine);
-            move || {
-                engine.supervisor().nudge_all();
-                std::future::ready(())
-            }
-        }),
-    );
-    spawn_until(
-        stop,
-        every(DISPATCH_EVERY, {
-            let engine = Arc::clone(engine);
-            move || {
-                let engine = Arc::clone(&engine);
-                async move { engine.dispatch().await }
-            }
-        }),
-    );
-    let reaper = Arc::new(Reaper {
-        lease_ttl,
-        // Give every replica one lease to renew before judging anyone.
-        not_before: Mutex::new(Instant::now() + lease_ttl),
-    });
-    spawn_until(
-        stop,
-        every(lease_ttl / 3, {
-            let (engine, reaper) = (Arc::clone(engine), Arc::clone(&reaper));
-            move || keep_lease(Arc::clone(&engine), Arc::clone(&reaper))
-        }),
-    );
-    spawn_until(
-        stop,
-        every(lease_ttl / 2, {
-            let (engine, reaper) = (Arc::clone(engine), Arc::clone(&reaper));
-            move || reap(Arc::clone(&engine), Arc::clone(&reaper))
-        }),
-    );
-}
-
-/// When this replica may judge others' leases. After an outage of the store every lease
-/// may have lapsed at once; the replicas that are alive renew theirs within a third of a
-/// lease, so nobody is judged until one whole lease after the store is back.
-struct Reaper {
-    lease_ttl: Duration,
-    not_before: Mutex<Instant>,
-}
-
-impl Reaper {
-    fn hold_off(&self) {
-        *self.not_before.lock().unwrap_or_else(|p| p.into_inner()) =
-            Instant::now() + self.lease_ttl;
-    }
-
-    fn may_reap(&self) -> bool {
-        Instant::now() >= *self.not_before.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-fn spawn_until(stop: &CancellationToken, work: impl Future<Output = ()> + Send + 'static) {
-    let stop = stop.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            () = work => {}
-            () = stop.cancelled() => {}
+    background.spawn(Arc::clone(&replica).follow_control_channel());
+    background.spawn(Arc::clone(&replica).follow_queue());
+    background.spawn(every(RECONCILE_EVERY, {
+        let engine = Arc::clone(engine);
+        move || {
+            engine.reread_running();
+            std::future::ready(())
         }
-    });
+    }));
+    background.spawn(every(DISPATCH_EVERY, {
+        let engine = Arc::clone(engine);
+        move || {
+            engine.wake_dispatch();
+            std::future::ready(())
+        }
+    }));
+    background.spawn(every(lease_ttl / 3, {
+        let replica = Arc::clone(&replica);
+        move || Arc::clone(&replica).keep_lease()
+    }));
+    background.spawn(every(lease_ttl / 2, {
+        let replica = Arc::clone(&replica);
+        move || Arc::clone(&replica).reap()
+    }));
 }
 
 async fn every<F, Fut>(period: Duration, mut tick: F)
@@ -125,84 +109,104 @@ where
     }
 }
 
-/// Routes every change of a task this replica owns to its driver. After a break (Redis
-/// restarted), every driver re-reads its record.
-async fn follow_control_channel(engine: Arc<Engine>) {
-    let me = engine.config().replica_id.clone();
-    let mut backoff = Backoff::default();
-    loop {
-        match engine.store().subscribe_owner(&me).await {
-            Ok(mut changes) => {
-                backoff = Backoff::default();
-                engine.supervisor().nudge_all();
-                while let Some(change) = changes.next().await {
-                    engine.supervisor().route(change);
+impl Replica {
+    fn hold_off_reaping(&self) {
+        *self
+            .reap_not_before
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Instant::now() + self.lease_ttl;
+    }
+
+    fn may_reap(&self) -> bool {
+        Instant::now()
+            >= *self
+                .reap_not_before
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Routes every change of a task this replica owns to its driver. After a break (Redis
+    /// restarted), every driver re-reads its record.
+    async fn follow_control_channel(self: Arc<Self>) {
+        let mut backoff = store_backoff();
+        loop {
+            match self.feeds.subscribe_owner(self.engine.replica_id()).await {
+                Ok(mut changes) => {
+                    backoff = store_backoff();
+                    self.engine.reread_running();
+                    while let Some(change) = changes.next().await {
+                        self.engine.route_owned_change(change);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "cannot follow this replica's control channel yet")
                 }
             }
-            Err(err) => tracing::warn!(%err, "cannot follow this replica's control channel yet"),
+            wait(&mut backoff).await;
         }
-        backoff.wait().await;
     }
-}
 
-/// Dispatches when any replica queues a task.
-async fn follow_queue(engine: Arc<Engine>) {
-    let mut backoff = Backoff::default();
-    loop {
-        match engine.store().subscribe_queue().await {
-            Ok(mut wakeups) => {
-                backoff = Backoff::default();
-                while wakeups.next().await.is_some() {
-                    engine.dispatch().await;
+    /// Dispatches when any replica queues a task.
+    async fn follow_queue(self: Arc<Self>) {
+        let mut backoff = store_backoff();
+        loop {
+            match self.queue.subscribe_queue().await {
+                Ok(mut wakeups) => {
+                    backoff = store_backoff();
+                    while wakeups.next().await.is_some() {
+                        self.engine.wake_dispatch();
+                    }
                 }
+                Err(err) => tracing::warn!(%err, "cannot follow the task queue yet"),
             }
-            Err(err) => tracing::warn!(%err, "cannot follow the task queue yet"),
+            wait(&mut backoff).await;
         }
-        backoff.wait().await;
     }
-}
 
-async fn keep_lease(engine: Arc<Engine>, reaper: Arc<Reaper>) {
-    let me = &engine.config().replica_id;
-    match engine.store().renew_lease(me, reaper.lease_ttl).await {
-        Ok(true) => {}
-        Ok(false) => {
-            // Other replicas may have settled our tasks meanwhile: every driver re-reads
-            // its record and stops if its task was settled. A lapse is also the sign of an
-            // outage the others went through.
-            tracing::warn!("this replica's lease had lapsed; re-reading its tasks");
-            reaper.hold_off();
-            engine.supervisor().nudge_all();
-        }
-        Err(err) => {
-            reaper.hold_off();
-            tracing::warn!(%err, "cannot renew this replica's lease");
+    async fn keep_lease(self: Arc<Self>) {
+        let me = self.engine.replica_id();
+        match self.membership.renew_lease(me, self.lease_ttl).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Other replicas may have settled our tasks meanwhile: every driver re-reads
+                // its record and stops if its task was settled. A lapse is also the sign of
+                // an outage the others went through.
+                tracing::warn!("this replica's lease had lapsed; re-reading its tasks");
+                self.hold_off_reaping();
+                self.engine.reread_running();
+            }
+            Err(err) => {
+                self.hold_off_reaping();
+                tracing::warn!(%err, "cannot renew this replica's lease");
+            }
         }
     }
-}
 
-/// Settles the tasks of every replica whose lease lapsed.
-async fn reap(engine: Arc<Engine>, reaper: Arc<Reaper>) {
-    if !reaper.may_reap() {
-        return;
-    }
-    let lost = match engine.store().lost_owners().await {
-        Ok(lost) => lost,
-        Err(err) => {
-            reaper.hold_off();
-            tracing::debug!(%err, "cannot look for lost replicas");
+    /// Settles the tasks of every replica whose lease lapsed.
+    async fn reap(self: Arc<Self>) {
+        if !self.may_reap() {
             return;
         }
-    };
-    for owner in lost
-        .iter()
-        .filter(|owner| **owner != engine.config().replica_id)
-    {
-        match engine.settle_lost_owner(owner).await {
-            Ok(settled) => {
-                tracing::warn!(%owner, settled, "replica lost its lease; its tasks are settled")
+        let lost = match self.membership.lost_owners().await {
+            Ok(lost) => lost,
+            Err(err) => {
+                self.hold_off_reaping();
+                tracing::debug!(%err, "cannot look for lost replicas");
+                return;
             }
-            Err(err) => tracing::warn!(%owner, %err, "cannot settle the tasks of a lost replica"),
+        };
+        for owner in lost
+            .iter()
+            .filter(|owner| **owner != self.engine.replica_id())
+        {
+            match self.engine.settle_lost_owner(owner).await {
+                Ok(settled) => {
+                    tracing::warn!(%owner, settled, "replica lost its lease; its tasks are settled")
+                }
+                Err(err) => {
+                    tracing::warn!(%owner, %err, "cannot settle the tasks of a lost replica")
+                }
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! layer maps each to a status code and a google.rpc `ErrorInfo` reason in one place
 //! (`api::status`).
 
+use crate::store::StoreError;
 use crate::task::{TaskId, TaskState};
 
 /// A problem with one field of a request, reported as a google.rpc `BadRequest` violation.
@@ -53,8 +54,8 @@ pub enum Error {
     WorkerProtocol(String),
     #[error("the server is shutting down")]
     ShuttingDown,
-    #[error("{0}")]
-    StoreUnavailable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 fn describe(violations: &[FieldViolation]) -> String {
@@ -68,12 +69,6 @@ fn describe(violations: &[FieldViolation]) -> String {
 impl Error {
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Error {
         Error::InvalidArgument(vec![FieldViolation::new(field, description)])
-    }
-}
-
-impl From<crate::store::StoreError> for Error {
-    fn from(err: crate::store::StoreError) -> Error {
-        Error::StoreUnavailable(err.to_string())
     }
 }
 

@@ -1,21 +1,30 @@
-//! Reins server library: the task-control engine behind `reinsd`.
+//! Reins server library: the task-control engine behind `reinsd`. The binary needs only
+//! [`config`] and [`server`]; everything else is internal, one concern per module (see
+//! `docs/architecture.md`):
 //!
-//! - [`task`]: the task record, the state machine and the cancel rules (pure).
-//! - [`store`]: persistence behind one trait (embedded memory store, Redis).
-//! - [`engine`]: commands → events → atomic writes, subtree cancels, dispatch.
-//! - [`supervisor`]: the tasks this replica runs, one driver each.
-//! - [`cluster`]: lease, control channel, queue and reaper: one replica among many.
-//! - [`executor`]: the built-in kinds (`sleep`, `exec`).
-//! - [`api`]: the gRPC services.
+//! - `task`: the task record, the state machine and the cancel rules (pure).
+//! - `store`: persistence, split by concern (records, feeds, queue, membership, worker
+//!   kinds), in memory and in Redis.
+//! - `engine`: commands → events → atomic writes; subtree cancels, dispatch, watch, drain.
+//! - `port`: the narrow interface through which running code reads and reports.
+//! - `supervisor`: the tasks this replica runs, one driver each.
+//! - `executor`: the built-in kinds (`sleep`, `exec`) and remote workers.
+//! - `cluster`: lease, control channel, queue wake-ups and reaper: one replica among many.
+//! - `background`: the owner of every background loop, waited for at shutdown.
+//! - `convert`: domain → protobuf, shared by the api and the remote executor.
+//! - `api`: the gRPC services.
 //! - [`server`]: assembly, health, reflection and graceful shutdown.
 
-pub mod api;
-pub mod cluster;
+mod api;
+mod background;
+mod cluster;
 pub mod config;
-pub mod engine;
-pub mod error;
-pub mod executor;
+mod convert;
+mod engine;
+mod error;
+mod executor;
+mod port;
 pub mod server;
-pub mod store;
-pub mod supervisor;
-pub mod task;
+mod store;
+mod supervisor;
+mod task;

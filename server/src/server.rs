@@ -3,13 +3,14 @@
 //!
 //! Shutdown (SIGTERM/SIGINT): health turns NOT_SERVING and StartTask UNAVAILABLE at once;
 //! running tasks get `--shutdown-grace` to finish, then are soft-cancelled with
-//! [`SHUTDOWN_SOFT_WINDOW`] to stop before escalation hard-cancels them; then open watch
-//! streams end, the lease is released and the process exits 0. With Redis, queued tasks
-//! stay PENDING for the other replicas.
+//! [`SHUTDOWN_SOFT_WINDOW`] to stop before escalation hard-cancels them; then the
+//! background loops stop (and are waited for), the lease is released, open watch streams
+//! end and the process exits 0. With Redis, queued tasks stay PENDING for the other
+//! replicas.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use reins_proto::v1::task_service_server::TaskServiceServer;
@@ -22,17 +23,18 @@ use tonic_health::ServingStatus;
 
 use crate::api::worker_service::HEARTBEAT;
 use crate::api::{TaskApi, WorkerApi};
+use crate::background::Background;
 use crate::cluster;
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::executor::Kinds;
-use crate::store::TaskStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
+use crate::store::{Store, TaskStore};
 
 /// How long tasks still running at the end of the shutdown grace get to stop after their
 /// soft cancel, before escalation.
-pub const SHUTDOWN_SOFT_WINDOW: Duration = Duration::from_secs(2);
+const SHUTDOWN_SOFT_WINDOW: Duration = Duration::from_secs(2);
 /// How long in-flight calls get to finish once the tasks are settled.
 const CONNECTION_DRAIN: Duration = Duration::from_secs(2);
 
@@ -47,26 +49,23 @@ pub async fn run(
     shutdown_signal: impl Future<Output = ()>,
 ) -> Result<(), BoxError> {
     let stop_serving = CancellationToken::new();
-    let store: Arc<dyn TaskStore> = match &config.redis_url {
+    let background = Background::new();
+    let backend: Arc<dyn TaskStore> = match &config.redis_url {
         Some(url) => {
             tracing::info!(prefix = %config.redis_prefix, "task state in Redis");
             Arc::new(RedisStore::connect(
                 url,
                 &config.redis_prefix,
                 config.retention,
+                &background,
             )?)
         }
         None => {
             tracing::info!("task state in the embedded in-memory store (single replica)");
-            let store = Arc::new(MemoryStore::new(config.retention));
-            tokio::spawn(sweep_retention(
-                Arc::clone(&store),
-                config.retention,
-                stop_serving.clone(),
-            ));
-            store
+            MemoryStore::start(config.retention, &background)
         }
     };
+    let store = Store::new(backend);
     let engine = Engine::new(
         EngineConfig {
             replica_id: config.replica_id(),
@@ -74,10 +73,11 @@ pub async fn run(
             max_concurrency: config.max_concurrency as usize,
             worker_kinds: config.worker_kinds.clone(),
         },
-        store,
+        &store,
         Kinds::builtin(config.allow_exec.clone()),
+        &background,
     );
-    cluster::start(&engine, config.lease_ttl, &stop_serving).await;
+    cluster::start(&engine, &store, config.lease_ttl, &background).await;
     let stop_streams = CancellationToken::new();
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -131,8 +131,10 @@ pub async fn run(
     engine
         .drain(config.shutdown_grace, SHUTDOWN_SOFT_WINDOW)
         .await;
-    let me = &engine.config().replica_id;
-    if let Err(err) = engine.store().release_lease(me).await {
+    // Nothing runs here any more: stop the lease, reaper, dispatch and feed loops (and wait
+    // for them) before giving the lease up, so none renews it afterwards.
+    background.shut_down().await;
+    if let Err(err) = store.membership.release_lease(engine.replica_id()).await {
         tracing::warn!(%err, "cannot release this replica's lease; it lapses by itself");
     }
     stop_streams.cancel();
@@ -155,21 +157,4 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
         // google.rpc error details, so that grpcurl and friends can decode them.
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-}
-
-/// Drops finished tasks once their retention has passed, so memory stays bounded.
-async fn sweep_retention(store: Arc<MemoryStore>, retention: Duration, stop: CancellationToken) {
-    let every = (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
-    let mut ticks = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {
-                let dropped = store.sweep(SystemTime::now());
-                if dropped > 0 {
-                    tracing::debug!(dropped, "finished tasks past retention dropped");
-                }
-            }
-            () = stop.cancelled() => return,
-        }
-    }
 }

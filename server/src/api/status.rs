@@ -6,6 +6,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::error::Error;
+use crate::store::StoreError;
 
 /// The `ErrorInfo.domain` of every Reins error.
 pub const ERROR_DOMAIN: &str = "reins.v1";
@@ -23,11 +24,13 @@ fn code_and_reason(err: &Error) -> (Code, &'static str) {
         Error::HistoryUnavailable { .. } => (Code::OutOfRange, "HISTORY_UNAVAILABLE"),
         Error::WorkerProtocol(_) => (Code::FailedPrecondition, "WORKER_PROTOCOL"),
         Error::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN"),
-        Error::StoreUnavailable(_) => (Code::Unavailable, "STORE_UNAVAILABLE"),
+        Error::Store(StoreError::Unavailable(_)) => (Code::Unavailable, "STORE_UNAVAILABLE"),
+        // Retrying cannot fix a record that does not decode: not a retryable code.
+        Error::Store(StoreError::Corrupt(_)) => (Code::DataLoss, "RECORD_CORRUPT"),
     }
 }
 
-pub fn to_status(err: Error) -> Status {
+fn to_status(err: Error) -> Status {
     let (code, reason) = code_and_reason(&err);
     let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, []);
     match &err {
@@ -49,7 +52,7 @@ pub fn to_status(err: Error) -> Status {
 
 /// tonic refuses an oversize message with OUT_OF_RANGE; gRPC's convention (and our
 /// contract) is RESOURCE_EXHAUSTED. A response layer rewrites that one status.
-pub fn resource_exhausted_for_oversize(
+pub(crate) fn resource_exhausted_for_oversize(
     mut response: http::Response<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
     let headers = response.headers_mut();
@@ -101,6 +104,18 @@ mod tests {
         assert_eq!(
             status.get_error_details().error_info().unwrap().reason,
             "TASK_NOT_FOUND"
+        );
+
+        let corrupt = serde_json::from_str::<u8>("{").unwrap_err();
+        let status = to_status(Error::Store(StoreError::Corrupt(corrupt)));
+        assert_eq!(
+            status.code(),
+            Code::DataLoss,
+            "corrupt data is not retryable"
+        );
+        assert_eq!(
+            status.get_error_details().error_info().unwrap().reason,
+            "RECORD_CORRUPT"
         );
 
         let status = to_status(Error::KindUnknown("nope".into()));

@@ -10,7 +10,7 @@
 //! cancelled (see `task::state_machine`).
 //!
 //! Authentication will sit in front of both services alike (a later issue): workers and
-//! clients present the same credentials, checked by one interceptor.
+//! clients present the same credentials, checked by one layer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +33,7 @@ use crate::task::TaskId;
 /// the answer before it drops the connection, and with it the worker.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
-pub struct WorkerApi {
+pub(crate) struct WorkerApi {
     engine: Arc<Engine>,
     /// Cancelled when the server shuts down: worker streams end.
     shutdown: CancellationToken,
@@ -49,24 +49,17 @@ fn protocol_violation(what: &str) -> Status {
     Error::WorkerProtocol(what.to_owned()).into()
 }
 
-/// The kinds and capacity a `hello` announces, checked.
-fn checked_hello(engine: &Engine, hello: &pb::WorkerHello) -> Result<(Vec<String>, usize), Error> {
+/// The kinds and capacity a `hello` announces, checked for shape (which kinds a worker may
+/// serve is the engine's rule).
+fn checked_hello(hello: &pb::WorkerHello) -> Result<(Vec<String>, usize), Error> {
     if hello.kinds.is_empty() {
         return Err(Error::invalid(
             "hello.kinds",
             "a worker serves at least one kind",
         ));
     }
-    for kind in &hello.kinds {
-        if kind.is_empty() {
-            return Err(Error::invalid("hello.kinds", "kinds must not be empty"));
-        }
-        if engine.kinds().get(kind).is_ok() {
-            return Err(Error::invalid(
-                "hello.kinds",
-                format!("{kind:?} is a built-in kind"),
-            ));
-        }
+    if hello.kinds.iter().any(String::is_empty) {
+        return Err(Error::invalid("hello.kinds", "kinds must not be empty"));
     }
     Ok((hello.kinds.clone(), hello.max_concurrency.max(1) as usize))
 }
@@ -86,23 +79,12 @@ impl WorkerService for WorkerApi {
             }) => hello,
             _ => return Err(protocol_violation("the first message must be `hello`")),
         };
-        if self.engine.is_draining() {
-            return Err(Error::ShuttingDown.into());
-        }
-        let (kinds, max_concurrency) = checked_hello(&self.engine, &hello)?;
-        self.engine
-            .store()
-            .register_worker_kinds(&kinds)
-            .await
-            .map_err(Error::from)?;
+        let (kinds, max_concurrency) = checked_hello(&hello)?;
         let (commands, commands_rx): (Commands, _) = mpsc::unbounded_channel();
-        let worker = Arc::new(Worker::new(
-            TaskId::now_v7().to_string(),
-            hello.name.clone(),
-            kinds.into_iter().collect(),
-            max_concurrency,
-            commands.clone(),
-        ));
+        let worker = self
+            .engine
+            .admit_worker(hello.name.clone(), kinds, max_concurrency, commands.clone())
+            .await?;
         let welcome = pb::WorkerWelcome {
             worker_id: worker.id.clone(),
             heartbeat_interval: prost_types::Duration::try_from(HEARTBEAT).ok(),
@@ -111,7 +93,7 @@ impl WorkerService for WorkerApi {
             command: Some(pb::worker_command::Command::Welcome(welcome)),
         }));
         tracing::info!(worker = %worker.label(), kinds = ?hello.kinds, max_concurrency, "worker connected");
-        self.engine.workers().add(Arc::clone(&worker));
+        self.engine.serve_worker(&worker);
         tokio::spawn(serve(
             Arc::clone(&self.engine),
             worker,
@@ -131,8 +113,6 @@ async fn serve(
     commands: Commands,
     shutdown: CancellationToken,
 ) {
-    // New capacity: start queued tasks of its kinds.
-    engine.dispatch().await;
     loop {
         let message = tokio::select! {
             message = inbound.message() => message,
@@ -150,7 +130,7 @@ async fn serve(
         }
     }
     tracing::info!(worker = %worker.label(), "worker disconnected");
-    engine.workers().remove(&worker.id);
+    engine.disconnect_worker(&worker);
 }
 
 /// Hands one message to the job driving its task.

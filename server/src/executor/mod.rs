@@ -2,15 +2,16 @@
 //! implements [`Kind`]: it checks a task's params against its schema ([`Kind::prepare`])
 //! and runs the prepared [`Job`] with a [`TaskContext`].
 //!
-//! A job never sees the store. It reports through its context (progress, checkpoints,
-//! questions) and learns about a soft cancel from [`TaskContext::cancel_requested`]; a hard
-//! cancel simply drops its future, so a job must release what it holds on drop (the exec
-//! kind kills its process group).
+//! A job never sees the store or the engine. It reports through its context (progress,
+//! checkpoints, questions), which goes through the narrow [`TaskPort`], and learns about a
+//! soft cancel from [`TaskContext::cancel_requested`]; a hard cancel simply drops its
+//! future, so a job must release what it holds on drop (the exec kind kills its process
+//! group).
 
-pub mod exec;
+mod exec;
 mod params;
-pub mod remote;
-pub mod sleep;
+pub(crate) mod remote;
+mod sleep;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,8 +20,8 @@ use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::port::TaskPort;
 use crate::task::state_machine::{Fence, Rejection, Report};
 use crate::task::{Json, JsonMap, Task, TaskId, TaskState};
 
@@ -106,7 +107,7 @@ pub enum Interrupted {
 /// What a running job may do: report progress and checkpoints, ask a question, and learn
 /// that it is asked to stop.
 pub struct TaskContext {
-    engine: Arc<Engine>,
+    port: Arc<dyn TaskPort>,
     task_id: TaskId,
     fence: Fence,
     cancel_requested: CancellationToken,
@@ -116,23 +117,19 @@ pub struct TaskContext {
 
 impl TaskContext {
     pub(crate) fn new(
-        engine: Arc<Engine>,
+        port: Arc<dyn TaskPort>,
         task_id: TaskId,
         fence: Fence,
         cancel_requested: CancellationToken,
         record: watch::Receiver<Task>,
     ) -> TaskContext {
         TaskContext {
-            engine,
+            port,
             task_id,
             fence,
             cancel_requested,
             record,
         }
-    }
-
-    pub fn task_id(&self) -> TaskId {
-        self.task_id
     }
 
     /// The task as the driver last saw it.
@@ -201,11 +198,7 @@ impl TaskContext {
         let report = Report::Ask {
             question: question.into(),
         };
-        match self
-            .engine
-            .report_until_stored(self.task_id, &self.fence, report)
-            .await
-        {
+        match self.port.report(self.task_id, &self.fence, report).await {
             Ok(asked) => Ok(asked.version),
             Err(Rejection::CancelPending) => Err(Interrupted::CancelRequested),
             Err(_) => Err(Interrupted::Ended(Ended)),
@@ -220,8 +213,8 @@ impl TaskContext {
     /// Stores a report; while the store is unreachable it waits and retries, so no
     /// checkpoint is lost to an outage.
     async fn send(&self, report: Report) -> Result<(), Ended> {
-        self.engine
-            .report_until_stored(self.task_id, &self.fence, report)
+        self.port
+            .report(self.task_id, &self.fence, report)
             .await
             .map(drop)
             .map_err(|_| Ended)

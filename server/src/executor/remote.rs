@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tonic::Status;
 
 use super::{Interrupted, Job, Outcome, TaskContext};
-use crate::api::convert;
+use crate::convert;
 use crate::task::{Json, Task, TaskId};
 
 /// What a worker says about one of its tasks.

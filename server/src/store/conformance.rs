@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use serde_json::json;
 
-use super::{ActiveFilter, Created, HISTORY_LEN, Swap, TaskStore, Update};
+use super::history::HISTORY_LEN;
+use super::{ActiveFilter, Created, Swap, TaskStore, Update};
 use crate::task::state_machine::{Event, Fence, Report, apply};
 use crate::task::{NewTask, Task, TaskId, TaskState};
 

@@ -3,15 +3,16 @@
 //! it is held.
 //!
 //! Memory stays bounded: finished tasks are dropped `retention` after they finish (by
-//! [`MemoryStore::sweep`], run periodically by the server), together with their index
-//! entries and history.
+//! [`MemoryStore::sweep`]), together with their index entries and history. The store owns
+//! the loop that sweeps it ([`MemoryStore::start`]), which ends with the replica's other
+//! background work or when the store is dropped.
 //!
 //! One process is the whole cluster here: its lease never lapses and it never loses an
 //! owner.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -20,9 +21,12 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
+use super::history::{self, HISTORY_LEN};
 use super::{
-    ActiveFilter, Created, HISTORY_LEN, StoreResult, Swap, TaskStore, Update, Updates, Wakeups,
+    ActiveFilter, Created, Membership, StoreResult, Swap, TaskFeeds, TaskQueue, TaskRecords,
+    Update, Updates, Wakeups, WorkerKinds,
 };
+use crate::background::Background;
 use crate::task::{Task, TaskId, TaskState};
 
 /// How many unread changes a slow subscriber may fall behind before it sees
@@ -46,7 +50,7 @@ struct Inner {
     finished: VecDeque<(SystemTime, TaskId)>,
     /// Control channels, by owner.
     owner_channels: HashMap<String, broadcast::Sender<Arc<Task>>>,
-    worker_kinds: std::collections::HashSet<String>,
+    worker_kinds: HashSet<String>,
     queue: Option<broadcast::Sender<()>>,
 }
 
@@ -75,6 +79,14 @@ impl MemoryStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// A store whose finished tasks are swept out `retention` after they finish, by a loop
+    /// on `background`.
+    pub fn start(retention: Duration, background: &Background) -> Arc<MemoryStore> {
+        let store = Arc::new(MemoryStore::new(retention));
+        background.spawn(sweep_retention(Arc::downgrade(&store)));
+        store
+    }
+
     /// Drops the tasks that finished more than `retention` before `now`. Returns how many.
     pub fn sweep(&self, now: SystemTime) -> usize {
         let mut inner = self.lock();
@@ -94,6 +106,23 @@ impl MemoryStore {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().tasks.len()
+    }
+}
+
+/// Drops finished tasks once their retention has passed, until the store is dropped.
+async fn sweep_retention(store: Weak<MemoryStore>) {
+    let Some(retention) = store.upgrade().map(|store| store.retention) else {
+        return;
+    };
+    let every = (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        let Some(store) = store.upgrade() else { return };
+        let dropped = store.sweep(SystemTime::now());
+        if dropped > 0 {
+            tracing::debug!(dropped, "finished tasks past retention dropped");
+        }
     }
 }
 
@@ -176,7 +205,7 @@ fn updates_of(receiver: broadcast::Receiver<Arc<Task>>) -> Updates {
 }
 
 #[async_trait]
-impl TaskStore for MemoryStore {
+impl TaskRecords for MemoryStore {
     async fn create(&self, task: Task) -> StoreResult<Created> {
         let mut inner = self.lock();
         if !task.request_id.is_empty()
@@ -259,18 +288,28 @@ impl TaskStore for MemoryStore {
             .collect())
     }
 
-    async fn oldest_pending(&self, after: Option<TaskId>, limit: usize) -> StoreResult<Vec<Task>> {
+    async fn owned_by(&self, owner: &str) -> StoreResult<Vec<Task>> {
         let inner = self.lock();
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         Ok(inner
-            .pending
-            .range((start, Bound::Unbounded))
-            .take(limit)
+            .active
+            .iter()
             .filter_map(|id| inner.tasks.get(id))
-            .map(|entry| entry.task.clone())
+            .map(|entry| &entry.task)
+            .filter(|task| task.state.is_started() && task.owner == owner)
+            .cloned()
             .collect())
     }
 
+    async fn history(&self, id: TaskId, after_version: u64) -> StoreResult<Option<Vec<Task>>> {
+        let inner = self.lock();
+        Ok(inner.tasks.get(&id).and_then(|entry| {
+            history::versions_after(entry.history.iter().map(Arc::as_ref), after_version)
+        }))
+    }
+}
+
+#[async_trait]
+impl TaskFeeds for MemoryStore {
     async fn subscribe(&self, id: TaskId) -> StoreResult<Updates> {
         let mut inner = self.lock();
         match inner.tasks.get_mut(&id) {
@@ -285,28 +324,6 @@ impl TaskStore for MemoryStore {
         }
     }
 
-    async fn history(&self, id: TaskId, after_version: u64) -> StoreResult<Option<Vec<Task>>> {
-        let inner = self.lock();
-        let Some(entry) = inner.tasks.get(&id) else {
-            return Ok(None);
-        };
-        let reaches_back = entry
-            .history
-            .front()
-            .is_some_and(|oldest| oldest.version <= after_version + 1);
-        if !reaches_back && entry.task.version > after_version {
-            return Ok(None);
-        }
-        Ok(Some(
-            entry
-                .history
-                .iter()
-                .filter(|version| version.version > after_version)
-                .map(|version| Task::clone(version))
-                .collect(),
-        ))
-    }
-
     async fn subscribe_owner(&self, owner: &str) -> StoreResult<Updates> {
         let mut inner = self.lock();
         let sender = inner
@@ -314,6 +331,21 @@ impl TaskStore for MemoryStore {
             .entry(owner.to_owned())
             .or_insert_with(|| broadcast::channel(SUBSCRIBER_BUFFER).0);
         Ok(updates_of(sender.subscribe()))
+    }
+}
+
+#[async_trait]
+impl TaskQueue for MemoryStore {
+    async fn oldest_pending(&self, after: Option<TaskId>, limit: usize) -> StoreResult<Vec<Task>> {
+        let inner = self.lock();
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(inner
+            .pending
+            .range((start, Bound::Unbounded))
+            .take(limit)
+            .filter_map(|id| inner.tasks.get(id))
+            .map(|entry| entry.task.clone())
+            .collect())
     }
 
     async fn subscribe_queue(&self) -> StoreResult<Wakeups> {
@@ -332,19 +364,11 @@ impl TaskStore for MemoryStore {
         }
         Ok(())
     }
+}
 
-    async fn owned_by(&self, owner: &str) -> StoreResult<Vec<Task>> {
-        let inner = self.lock();
-        Ok(inner
-            .active
-            .iter()
-            .filter_map(|id| inner.tasks.get(id))
-            .map(|entry| &entry.task)
-            .filter(|task| task.state.is_started() && task.owner == owner)
-            .cloned()
-            .collect())
-    }
-
+/// One process is the whole cluster: its lease never lapses and nobody is ever lost.
+#[async_trait]
+impl Membership for MemoryStore {
     async fn renew_lease(&self, _replica: &str, _ttl: Duration) -> StoreResult<bool> {
         Ok(true)
     }
@@ -356,7 +380,10 @@ impl TaskStore for MemoryStore {
     async fn lost_owners(&self) -> StoreResult<Vec<String>> {
         Ok(Vec::new())
     }
+}
 
+#[async_trait]
+impl WorkerKinds for MemoryStore {
     async fn register_worker_kinds(&self, kinds: &[String]) -> StoreResult<()> {
         self.lock().worker_kinds.extend(kinds.iter().cloned());
         Ok(())
@@ -370,7 +397,7 @@ impl TaskStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::conformance;
+    use crate::store::{TaskStore, conformance};
 
     fn store() -> Arc<dyn TaskStore> {
         Arc::new(MemoryStore::new(Duration::from_secs(3600)))

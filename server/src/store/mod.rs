@@ -1,36 +1,51 @@
-//! Persistence of task records: one trait, [`TaskStore`], implemented in memory (the
-//! embedded store) and, later, in Redis.
+//! Persistence of task records, split by concern into focused traits that every backend
+//! (the embedded [`memory`] store, [`redis`]) implements:
 //!
-//! The store decides nothing. It keeps records, answers queries and offers one atomic
-//! write, [`TaskStore::compare_and_swap`], that the engine uses for every change: the
-//! new record is stored only if the stored one is still the version it was derived from
-//! and is not terminal. Every stored change is published to the task's subscribers in
-//! version order.
+//! - [`TaskRecords`]: the records themselves, their history and the queries over them,
+//!   with one atomic write, [`TaskRecords::compare_and_swap`], for every change;
+//! - [`TaskFeeds`]: the changes of a task (watchers) and of an owner's tasks (the owner's
+//!   control channel), published after each write in version order;
+//! - [`TaskQueue`]: the dispatch queue of PENDING tasks and its wake-ups;
+//! - [`Membership`]: replica leases, and the replicas that lost theirs;
+//! - [`WorkerKinds`]: the kinds connected workers have served.
+//!
+//! The store decides nothing: the engine decides what a record becomes, the store keeps it
+//! only if the stored one is still the version it was derived from, is not terminal and
+//! its fences allow the write. Components hold only the traits they use; [`Store`] hands
+//! them out from one backend.
 
-pub mod memory;
-pub mod redis;
+pub(crate) mod history;
+pub(crate) mod memory;
+pub(crate) mod redis;
 
 #[cfg(test)]
-pub mod conformance;
+pub(crate) mod conformance;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::Stream;
 
 use crate::task::{Task, TaskId};
 
+/// Why a store operation failed. The two cases call for opposite reactions from a client,
+/// so they are never folded into one.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The store could not be reached or did not answer in time: retrying may succeed.
     #[error("the task store is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] ::redis::RedisError),
+    /// A stored record cannot be decoded: retrying will not help.
+    #[error("a stored task record cannot be decoded: {0}")]
+    Corrupt(#[source] serde_json::Error),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Result of [`TaskStore::create`].
+/// Result of [`TaskRecords::create`].
 #[derive(Debug)]
 pub enum Created {
     New(Task),
@@ -38,11 +53,12 @@ pub enum Created {
     Existing(Task),
 }
 
-/// Result of [`TaskStore::compare_and_swap`].
+/// Result of [`TaskRecords::compare_and_swap`].
 #[derive(Debug)]
 pub enum Swap {
     Swapped,
-    /// The stored record moved on (or is terminal): read it and decide again.
+    /// The stored record moved on (or is terminal, or the fences refuse the write): read
+    /// it and decide again.
     Conflict,
     Missing,
 }
@@ -72,9 +88,6 @@ impl ActiveFilter {
     }
 }
 
-/// How many versions of each task the store keeps for watch resume (`after_version`).
-pub const HISTORY_LEN: usize = 100;
-
 /// Changes of tasks as published after each successful write, in version order per task.
 pub type Updates = Pin<Box<dyn Stream<Item = Update> + Send>>;
 
@@ -89,7 +102,7 @@ pub enum Update {
 }
 
 #[async_trait]
-pub trait TaskStore: Send + Sync + 'static {
+pub trait TaskRecords: Send + Sync + 'static {
     /// Inserts a new task, unless its non-empty `request_id` is already known, in which
     /// case the existing task is returned and nothing is written.
     async fn create(&self, task: Task) -> StoreResult<Created>;
@@ -98,7 +111,7 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// Stores `next` if the stored record has version `next.version - 1`, is not terminal
     /// and its fences allow `next` ([`Task::fences_allow`]: same owner and attempt, or the
-    /// start of a PENDING task), and publishes it to the task's subscribers.
+    /// start of a PENDING task), and publishes it on the task's feeds.
     async fn compare_and_swap(&self, next: &Task) -> StoreResult<Swap>;
 
     /// Non-terminal tasks matching `filter` with ids greater than `after`, in creation
@@ -113,45 +126,84 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Every known child of `parent`, active or not, in creation order.
     async fn children(&self, parent: TaskId) -> StoreResult<Vec<Task>>;
 
-    /// The oldest PENDING tasks after `after` (creation order), at most `limit`: the
-    /// dispatch queue, read page by page.
-    async fn oldest_pending(&self, after: Option<TaskId>, limit: usize) -> StoreResult<Vec<Task>>;
+    /// Started, unfinished tasks of replica `owner`.
+    async fn owned_by(&self, owner: &str) -> StoreResult<Vec<Task>>;
 
+    /// The versions of task `id` after `after_version`, oldest first, from its history of
+    /// the last [`history::HISTORY_LEN`] versions; `None` if the history no longer reaches
+    /// back that far (or the task is unknown). See [`history::versions_after`].
+    async fn history(&self, id: TaskId, after_version: u64) -> StoreResult<Option<Vec<Task>>>;
+}
+
+#[async_trait]
+pub trait TaskFeeds: Send + Sync + 'static {
     /// Changes of task `id` from now on; the stream ends after the terminal version.
     /// Subscribe before reading the record to miss nothing in between.
     async fn subscribe(&self, id: TaskId) -> StoreResult<Updates>;
 
-    /// The versions of task `id` after `after_version`, oldest first, from its history of
-    /// the last [`HISTORY_LEN`] versions; `None` if the history no longer reaches back
-    /// that far (or the task is unknown).
-    async fn history(&self, id: TaskId, after_version: u64) -> StoreResult<Option<Vec<Task>>>;
-
     /// The control channel of replica `owner`: every change of a task it owns. This is the
     /// fast hint that makes an owner act on a cancel recorded by any replica.
     async fn subscribe_owner(&self, owner: &str) -> StoreResult<Updates>;
+}
 
-    /// A wake-up each time a replica announces queued work ([`TaskStore::announce_queued`]),
+#[async_trait]
+pub trait TaskQueue: Send + Sync + 'static {
+    /// The oldest PENDING tasks after `after` (creation order), at most `limit`: the
+    /// dispatch queue, read page by page.
+    async fn oldest_pending(&self, after: Option<TaskId>, limit: usize) -> StoreResult<Vec<Task>>;
+
+    /// A wake-up each time a replica announces queued work ([`TaskQueue::announce_queued`]),
     /// so idle replicas dispatch without polling.
     async fn subscribe_queue(&self) -> StoreResult<Wakeups>;
 
     /// Tells every replica that a task waits PENDING that its creator could not start.
     async fn announce_queued(&self) -> StoreResult<()>;
+}
 
-    /// Started, unfinished tasks of replica `owner`.
-    async fn owned_by(&self, owner: &str) -> StoreResult<Vec<Task>>;
-
+#[async_trait]
+pub trait Membership: Send + Sync + 'static {
     /// Holds `replica`'s lease for `ttl`. False if the lease had lapsed (other replicas
     /// may have settled its tasks).
-    async fn renew_lease(&self, replica: &str, ttl: std::time::Duration) -> StoreResult<bool>;
+    async fn renew_lease(&self, replica: &str, ttl: Duration) -> StoreResult<bool>;
 
     async fn release_lease(&self, replica: &str) -> StoreResult<()>;
 
     /// Replicas that own unfinished tasks but no longer hold a lease.
     async fn lost_owners(&self) -> StoreResult<Vec<String>>;
+}
 
+#[async_trait]
+pub trait WorkerKinds: Send + Sync + 'static {
     /// Remembers kinds served by a connected worker, so any replica accepts them.
     async fn register_worker_kinds(&self, kinds: &[String]) -> StoreResult<()>;
 
     /// Whether a worker has ever served `kind` (on any replica).
     async fn is_worker_kind(&self, kind: &str) -> StoreResult<bool>;
+}
+
+/// A complete backend: every concern above. The conformance suite tests backends whole.
+pub trait TaskStore: TaskRecords + TaskFeeds + TaskQueue + Membership + WorkerKinds {}
+
+impl<T: TaskRecords + TaskFeeds + TaskQueue + Membership + WorkerKinds> TaskStore for T {}
+
+/// One backend, handed out by concern: each component keeps only what it uses.
+#[derive(Clone)]
+pub(crate) struct Store {
+    pub records: Arc<dyn TaskRecords>,
+    pub feeds: Arc<dyn TaskFeeds>,
+    pub queue: Arc<dyn TaskQueue>,
+    pub membership: Arc<dyn Membership>,
+    pub worker_kinds: Arc<dyn WorkerKinds>,
+}
+
+impl Store {
+    pub fn new(backend: Arc<dyn TaskStore>) -> Store {
+        Store {
+            records: backend.clone(),
+            feeds: backend.clone(),
+            queue: backend.clone(),
+            membership: backend.clone(),
+            worker_kinds: backend,
+        }
+    }
 }

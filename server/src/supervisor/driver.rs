@@ -20,9 +20,9 @@ use futures_util::FutureExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::Slot;
-use crate::engine::Engine;
+use super::{Slot, Supervisor};
 use crate::executor::{Job, TaskContext};
+use crate::port::TaskPort;
 use crate::store::Update;
 use crate::task::state_machine::{Fence, Report};
 use crate::task::{CancelMode, Task, TaskId};
@@ -58,42 +58,42 @@ fn timeout_deadline(task: &Task) -> Option<SystemTime> {
 }
 
 pub(super) async fn drive(
-    engine: Arc<Engine>,
+    supervisor: Arc<Supervisor>,
+    port: Arc<dyn TaskPort>,
     started: Task,
     job: Box<dyn Job>,
     slot: Option<Slot>,
     updates: mpsc::UnboundedReceiver<Update>,
     stopped: CancellationToken,
 ) {
-    let running = Running {
-        engine: Arc::clone(&engine),
+    let _running = Running {
+        supervisor,
         id: started.id,
-        _slot: slot,
+        slot,
         _stopped: stopped,
     };
-    run(&engine, started, job, updates).await;
-    drop(running);
-    // A place is free: start the next queued task.
-    engine.dispatch().await;
+    run(&port, started, job, updates).await;
 }
 
 /// While it lives, the task counts as running here; dropping it (even while unwinding from
-/// a bug) frees the slot and tells waiters that the code has stopped.
+/// a bug) frees the slot, tells waiters that the code has stopped and that a place is free.
 struct Running {
-    engine: Arc<Engine>,
+    supervisor: Arc<Supervisor>,
     id: TaskId,
-    _slot: Option<Slot>,
+    slot: Option<Slot>,
     _stopped: CancellationToken,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.engine.supervisor().forget(self.id);
+        // The slot first: whoever is told that a place is free must find it free.
+        drop(self.slot.take());
+        self.supervisor.forget(self.id);
     }
 }
 
 async fn run(
-    engine: &Arc<Engine>,
+    port: &Arc<dyn TaskPort>,
     started: Task,
     job: Box<dyn Job>,
     mut updates: mpsc::UnboundedReceiver<Update>,
@@ -105,7 +105,7 @@ async fn run(
     };
     // The supervisor routes changes here from now on; the record read after that
     // registration is the starting point.
-    let mut latest = match engine.store().get(id).await {
+    let mut latest = match port.read(id).await {
         Ok(Some(current)) if current.state.is_terminal() || current.attempt != fence.attempt => {
             return;
         }
@@ -115,7 +115,7 @@ async fn run(
     let cancel_requested = CancellationToken::new();
     let (record, record_rx) = watch::channel(latest.clone());
     let ctx = TaskContext::new(
-        Arc::clone(engine),
+        Arc::clone(port),
         id,
         fence.clone(),
         cancel_requested.clone(),
@@ -135,13 +135,13 @@ async fn run(
                     Ok(outcome) => outcome.into_report(),
                     Err(_) => Report::Fail { error: "the task's code panicked".to_owned(), result: None },
                 };
-                let _ = engine.report_until_stored(id, &fence, report).await;
+                let _ = port.report(id, &fence, report).await;
                 return;
             }
             Some(update) = updates.recv() => {
                 let fresh = match update {
                     Update::Changed(task) => Task::clone(&task),
-                    Update::Lagged => match engine.store().get(id).await {
+                    Update::Lagged => match port.read(id).await {
                         Ok(Some(task)) => task,
                         Ok(None) => return,
                         // The store is unreachable: the next nudge tries again.
@@ -153,13 +153,13 @@ async fn run(
                 }
             }
             () = until(grace_deadline(&latest)) => {
-                let escalated = engine.escalate(id).await;
+                let escalated = port.escalate(id).await;
                 if settle(&mut latest, escalated, &fence, &record).await == Next::Stop {
                     return;
                 }
             }
             () = until(timeout_deadline(&latest)) => {
-                let timed_out = engine.time_out(id).await;
+                let timed_out = port.time_out(id).await;
                 if settle(&mut latest, timed_out, &fence, &record).await == Next::Stop {
                     return;
                 }

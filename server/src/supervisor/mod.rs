@@ -2,6 +2,10 @@
 //! (`--max-concurrency`), launches a [`driver`] per task, routes each change published on
 //! the replica's control channel to the driver of that task, and lets callers wait for a
 //! task's code to have stopped or for the replica to be idle.
+//!
+//! It depends on the narrow [`TaskPort`] only (read, report, escalate, time out), never on
+//! the engine: when a task's code stops, the supervisor frees its place and notifies
+//! whoever waits for free places (the dispatch loop), without calling back.
 
 mod driver;
 
@@ -12,9 +16,9 @@ use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::Engine;
 use crate::executor::Job;
 use crate::executor::remote::WorkerSlot;
+use crate::port::TaskPort;
 use crate::store::Update;
 use crate::task::{Task, TaskId};
 
@@ -51,15 +55,26 @@ struct Running {
 pub struct Supervisor {
     slots: Arc<Semaphore>,
     running: Mutex<HashMap<TaskId, Running>>,
+    /// Notified when the last running task has stopped.
     idle: Notify,
+    /// How drivers read and report.
+    port: Arc<dyn TaskPort>,
+    /// Notified each time a task's code has stopped and its place is free.
+    place_freed: Arc<Notify>,
 }
 
 impl Supervisor {
-    pub fn new(max_concurrency: usize) -> Supervisor {
+    pub(crate) fn new(
+        max_concurrency: usize,
+        port: Arc<dyn TaskPort>,
+        place_freed: Arc<Notify>,
+    ) -> Supervisor {
         Supervisor {
             slots: Arc::new(Semaphore::new(max_concurrency)),
             running: Mutex::new(HashMap::new()),
             idle: Notify::new(),
+            port,
+            place_freed,
         }
     }
 
@@ -81,7 +96,7 @@ impl Supervisor {
     }
 
     /// Runs a task that this replica has just started (RUNNING, owned here).
-    pub fn launch(&self, engine: Arc<Engine>, task: Task, placement: Placement) {
+    pub fn launch(self: &Arc<Self>, task: Task, placement: Placement) {
         let stopped = CancellationToken::new();
         let (updates, updates_rx) = mpsc::unbounded_channel();
         self.table().insert(
@@ -95,7 +110,15 @@ impl Supervisor {
             Placement::Local(slot, job) => (job, Some(slot)),
             Placement::Worker(worker) => (worker.into_job(task.id), None),
         };
-        tokio::spawn(driver::drive(engine, task, job, slot, updates_rx, stopped));
+        tokio::spawn(driver::drive(
+            Arc::clone(self),
+            Arc::clone(&self.port),
+            task,
+            job,
+            slot,
+            updates_rx,
+            stopped,
+        ));
     }
 
     /// Hands a change from the control channel to the driver of its task, if it runs here.
@@ -118,15 +141,18 @@ impl Supervisor {
         }
     }
 
-    /// Called by a driver once its task's code has stopped.
+    /// Called by a driver once its task's code has stopped (and its slot is free).
     fn forget(&self, id: TaskId) {
-        let mut table = self.table();
-        if let Some(running) = table.remove(&id) {
-            running.stopped.cancel();
+        {
+            let mut table = self.table();
+            if let Some(running) = table.remove(&id) {
+                running.stopped.cancel();
+            }
+            if table.is_empty() {
+                self.idle.notify_waiters();
+            }
         }
-        if table.is_empty() {
-            self.idle.notify_waiters();
-        }
+        self.place_freed.notify_one();
     }
 
     /// Waits (at most `within`) until the code of task `id` has stopped, if it runs here.
@@ -160,3 +186,6 @@ impl Supervisor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -181,11 +181,6 @@ impl Task {
         }
     }
 
-    /// A cancel (or timeout) has been asked for and the task has not ended yet.
-    pub fn cancel_pending(&self) -> bool {
-        self.cancel.is_some() && !self.state.is_terminal()
-    }
-
     /// When the task's timeout fires, if it has one and has started (and the sum exists).
     pub fn timeout_at(&self) -> Option<SystemTime> {
         self.started_at?.checked_add(self.timeout?)

@@ -1,5 +1,5 @@
 //! The Redis store: task state shared by every replica. The data model (keys, scripts,
-//! channels, TTLs) is described in `redis/DATA_MODEL.md` next to this file.
+//! channels, TTLs) is described in `DATA_MODEL.md` next to this file.
 //!
 //! Every write is one Lua script ([`CREATE`], [`SWAP`]) that also maintains the indexes,
 //! the bounded history and the pub/sub announcements, so they can never disagree with the
@@ -11,6 +11,7 @@
 //! by themselves when it is back.
 
 mod fanout;
+mod keys;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,9 +22,13 @@ use redis::io::tcp::TcpSettings;
 use redis::{AsyncCommands, Client, ProtocolVersion, Script};
 
 use self::fanout::{Channel, Fanout};
+use self::keys::Keys;
+use super::history::{self, HISTORY_LEN};
 use super::{
-    ActiveFilter, Created, HISTORY_LEN, StoreError, StoreResult, Swap, TaskStore, Updates, Wakeups,
+    ActiveFilter, Created, Membership, StoreError, StoreResult, Swap, TaskFeeds, TaskQueue,
+    TaskRecords, Updates, Wakeups, WorkerKinds,
 };
+use crate::background::Background;
 use crate::task::{Task, TaskId, TaskState};
 
 /// How long a command may take before the call fails with UNAVAILABLE.
@@ -33,59 +38,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How many ids a listing reads per round trip.
 const LIST_BATCH: usize = 256;
 
-const CREATE: &str = include_str!("redis/create.lua");
-const SWAP: &str = include_str!("redis/swap.lua");
-
-/// Key and channel names, all under one prefix so deployments can share a Redis.
-#[derive(Clone, Debug)]
-struct Keys {
-    prefix: String,
-}
-
-impl Keys {
-    fn task(&self, id: impl std::fmt::Display) -> String {
-        format!("{}task:{id}", self.prefix)
-    }
-    fn task_prefix(&self) -> String {
-        format!("{}task:", self.prefix)
-    }
-    fn request(&self, request_id: &str) -> String {
-        format!("{}request:{request_id}", self.prefix)
-    }
-    fn active(&self) -> String {
-        format!("{}active", self.prefix)
-    }
-    fn pending(&self) -> String {
-        format!("{}pending", self.prefix)
-    }
-    fn children(&self, parent: impl std::fmt::Display) -> String {
-        format!("{}children:{parent}", self.prefix)
-    }
-    fn history(&self, id: impl std::fmt::Display) -> String {
-        format!("{}history:{id}", self.prefix)
-    }
-    fn owned(&self, owner: &str) -> String {
-        format!("{}owned:{owner}", self.prefix)
-    }
-    fn owners(&self) -> String {
-        format!("{}owners", self.prefix)
-    }
-    fn worker_kinds(&self) -> String {
-        format!("{}worker-kinds", self.prefix)
-    }
-    fn lease(&self, replica: &str) -> String {
-        format!("{}lease:{replica}", self.prefix)
-    }
-    fn task_channel(&self, id: impl std::fmt::Display) -> String {
-        format!("{}events:task:{id}", self.prefix)
-    }
-    fn owner_channel(&self, owner: &str) -> String {
-        format!("{}events:owner:{owner}", self.prefix)
-    }
-    fn queue_channel(&self) -> String {
-        format!("{}events:queue", self.prefix)
-    }
-}
+const CREATE: &str = include_str!("create.lua");
+const SWAP: &str = include_str!("swap.lua");
 
 pub struct RedisStore {
     keys: Keys,
@@ -97,12 +51,11 @@ pub struct RedisStore {
 }
 
 fn unavailable(err: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(err.to_string())
+    StoreError::Unavailable(err)
 }
 
 fn decode(json: &str) -> StoreResult<Task> {
-    serde_json::from_str(json)
-        .map_err(|err| StoreError::Unavailable(format!("undecodable task record: {err}")))
+    serde_json::from_str(json).map_err(StoreError::Corrupt)
 }
 
 fn encode(task: &Task) -> String {
@@ -122,8 +75,13 @@ fn flag(value: bool) -> &'static str {
 
 impl RedisStore {
     /// Connects lazily: the server starts even while Redis is down and serves UNAVAILABLE
-    /// until it is back.
-    pub fn connect(url: &str, prefix: &str, retention: Duration) -> StoreResult<RedisStore> {
+    /// until it is back. The pub/sub watchdog runs on `background`.
+    pub fn connect(
+        url: &str,
+        prefix: &str,
+        retention: Duration,
+        background: &Background,
+    ) -> StoreResult<RedisStore> {
         let client = Client::open(url).map_err(unavailable)?;
         let info = client.get_connection_info().clone();
         let settings = info
@@ -148,7 +106,7 @@ impl RedisStore {
         let keys = Keys {
             prefix: prefix.to_owned(),
         };
-        let fanout = Fanout::connect(client, config, keys.queue_channel())?;
+        let fanout = Fanout::connect(client, config, keys.queue_channel(), background)?;
         Ok(RedisStore {
             keys,
             commands,
@@ -202,7 +160,7 @@ impl RedisStore {
 }
 
 #[async_trait]
-impl TaskStore for RedisStore {
+impl TaskRecords for RedisStore {
     async fn create(&self, task: Task) -> StoreResult<Created> {
         let parent = task
             .parent_id
@@ -313,65 +271,6 @@ impl TaskStore for RedisStore {
         self.load(&ids).await
     }
 
-    async fn oldest_pending(&self, after: Option<TaskId>, limit: usize) -> StoreResult<Vec<Task>> {
-        let ids = self.ids_after(self.keys.pending(), after, limit).await?;
-        Ok(self
-            .load(&ids)
-            .await?
-            .into_iter()
-            .filter(|task| task.state == TaskState::Pending)
-            .collect())
-    }
-
-    async fn subscribe(&self, id: TaskId) -> StoreResult<Updates> {
-        self.fanout
-            .updates(Channel::Task(self.keys.task_channel(id)))
-            .await
-    }
-
-    async fn history(&self, id: TaskId, after_version: u64) -> StoreResult<Option<Vec<Task>>> {
-        let entries: Vec<String> = self
-            .connection()
-            .lrange(self.keys.history(id), 0, -1)
-            .await
-            .map_err(unavailable)?;
-        let versions = entries
-            .iter()
-            .map(|json| decode(json))
-            .collect::<StoreResult<Vec<Task>>>()?;
-        let (Some(oldest), Some(newest)) = (versions.first(), versions.last()) else {
-            return Ok(None);
-        };
-        if oldest.version > after_version + 1 && newest.version > after_version {
-            return Ok(None);
-        }
-        Ok(Some(
-            versions
-                .into_iter()
-                .filter(|task| task.version > after_version)
-                .collect(),
-        ))
-    }
-
-    async fn subscribe_owner(&self, owner: &str) -> StoreResult<Updates> {
-        self.fanout
-            .updates(Channel::Owner(self.keys.owner_channel(owner)))
-            .await
-    }
-
-    async fn subscribe_queue(&self) -> StoreResult<Wakeups> {
-        self.fanout.wakeups().await
-    }
-
-    async fn announce_queued(&self) -> StoreResult<()> {
-        let _: () = self
-            .connection()
-            .publish(self.keys.queue_channel(), "")
-            .await
-            .map_err(unavailable)?;
-        Ok(())
-    }
-
     async fn owned_by(&self, owner: &str) -> StoreResult<Vec<Task>> {
         let mut ids: Vec<String> = self
             .connection()
@@ -386,6 +285,63 @@ impl TaskStore for RedisStore {
             .collect())
     }
 
+    async fn history(&self, id: TaskId, after_version: u64) -> StoreResult<Option<Vec<Task>>> {
+        let entries: Vec<String> = self
+            .connection()
+            .lrange(self.keys.history(id), 0, -1)
+            .await
+            .map_err(unavailable)?;
+        let versions = entries
+            .iter()
+            .map(|json| decode(json))
+            .collect::<StoreResult<Vec<Task>>>()?;
+        Ok(history::versions_after(versions.iter(), after_version))
+    }
+}
+
+#[async_trait]
+impl TaskFeeds for RedisStore {
+    async fn subscribe(&self, id: TaskId) -> StoreResult<Updates> {
+        self.fanout
+            .updates(Channel::Task(self.keys.task_channel(id)))
+            .await
+    }
+
+    async fn subscribe_owner(&self, owner: &str) -> StoreResult<Updates> {
+        self.fanout
+            .updates(Channel::Owner(self.keys.owner_channel(owner)))
+            .await
+    }
+}
+
+#[async_trait]
+impl TaskQueue for RedisStore {
+    async fn oldest_pending(&self, after: Option<TaskId>, limit: usize) -> StoreResult<Vec<Task>> {
+        let ids = self.ids_after(self.keys.pending(), after, limit).await?;
+        Ok(self
+            .load(&ids)
+            .await?
+            .into_iter()
+            .filter(|task| task.state == TaskState::Pending)
+            .collect())
+    }
+
+    async fn subscribe_queue(&self) -> StoreResult<Wakeups> {
+        self.fanout.wakeups().await
+    }
+
+    async fn announce_queued(&self) -> StoreResult<()> {
+        let _: () = self
+            .connection()
+            .publish(self.keys.queue_channel(), "")
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Membership for RedisStore {
     async fn renew_lease(&self, replica: &str, ttl: Duration) -> StoreResult<bool> {
         let previous: Option<String> = redis::cmd("SET")
             .arg(self.keys.lease(replica))
@@ -444,7 +400,10 @@ impl TaskStore for RedisStore {
         }
         Ok(lost)
     }
+}
 
+#[async_trait]
+impl WorkerKinds for RedisStore {
     async fn register_worker_kinds(&self, kinds: &[String]) -> StoreResult<()> {
         let _: () = self
             .connection()

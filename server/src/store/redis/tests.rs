@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use reins_e2e::RedisServer;
 
 use super::*;
-use crate::store::{Update, conformance};
+use crate::store::{TaskStore, Update, conformance};
 
 const RETENTION: Duration = Duration::from_secs(3600);
 
@@ -17,6 +17,8 @@ const RETENTION: Duration = Duration::from_secs(3600);
 struct Fixture {
     store: Arc<RedisStore>,
     server: RedisServer,
+    /// Runs the store's pub/sub watchdog while the fixture lives.
+    _background: Background,
 }
 
 impl Deref for Fixture {
@@ -28,10 +30,13 @@ impl Deref for Fixture {
 }
 
 fn fixture_with(server: RedisServer, prefix: &str) -> Fixture {
-    let store = RedisStore::connect(&server.url(), prefix, RETENTION).expect("connect");
+    let background = Background::new();
+    let store =
+        RedisStore::connect(&server.url(), prefix, RETENTION, &background).expect("connect");
     Fixture {
         store: Arc::new(store),
         server,
+        _background: background,
     }
 }
 
@@ -86,7 +91,13 @@ async fn a_replica_whose_lease_lapses_is_lost_until_it_renews() {
 #[tokio::test]
 async fn finished_tasks_expire_after_retention_with_their_history() {
     let server = RedisServer::start();
-    let store = RedisStore::connect(&server.url(), "reins:", Duration::from_secs(60)).unwrap();
+    let store = RedisStore::connect(
+        &server.url(),
+        "reins:",
+        Duration::from_secs(60),
+        &Background::new(),
+    )
+    .unwrap();
     let (active, finished) = conformance::one_active_one_finished(&store).await;
     let mut redis = raw_connection(&server).await;
     for key in [store.keys.task(finished), store.keys.history(finished)] {
@@ -123,8 +134,9 @@ async fn every_key_is_under_the_prefix() {
 #[tokio::test]
 async fn two_prefixes_share_a_redis_without_seeing_each_other() {
     let server = RedisServer::start();
-    let blue = RedisStore::connect(&server.url(), "blue:", RETENTION).unwrap();
-    let green = RedisStore::connect(&server.url(), "green:", RETENTION).unwrap();
+    let blue = RedisStore::connect(&server.url(), "blue:", RETENTION, &Background::new()).unwrap();
+    let green =
+        RedisStore::connect(&server.url(), "green:", RETENTION, &Background::new()).unwrap();
     let (active, _) = conformance::one_active_one_finished(&blue).await;
     assert!(green.get(active).await.unwrap().is_none());
     let everything = ActiveFilter::default();

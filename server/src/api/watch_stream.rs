@@ -1,0 +1,139 @@
+//! The WatchTask stream: versions as events until the terminal one, a clean end on
+//! shutdown, and `cancel_on_disconnect`.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::{FutureExt, Stream, StreamExt};
+use reins_proto::v1 as pb;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tonic::Status;
+
+use crate::convert;
+use crate::engine::{CancelRequest, Engine};
+use crate::task::{Task, TaskId};
+
+/// A watch: the task's versions as events until its terminal one. When the server shuts
+/// down it first sends the versions it has not sent yet (read from the task's history, as
+/// a change may still be on its way through Redis), then ends: OK after a terminal
+/// version, UNAVAILABLE otherwise (watch again elsewhere). If the client hangs up first
+/// and asked for `cancel_on_disconnect`, the task is soft-cancelled.
+pub(crate) struct WatchStream {
+    events: Pin<Box<dyn Stream<Item = Task> + Send>>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    engine: Arc<Engine>,
+    id: TaskId,
+    last_version: u64,
+    phase: Phase,
+    /// Armed until the task ends or the server ends the stream.
+    cancel_on_disconnect: bool,
+}
+
+enum Phase {
+    Live,
+    /// Shutting down: reading the versions not sent yet.
+    Flushing(Pin<Box<dyn Future<Output = VecDeque<Task>> + Send>>),
+    Draining(VecDeque<Task>),
+    Ended,
+}
+
+impl WatchStream {
+    pub fn new(
+        events: Pin<Box<dyn Stream<Item = Task> + Send>>,
+        shutdown: CancellationToken,
+        engine: Arc<Engine>,
+        id: TaskId,
+        cancel_on_disconnect: bool,
+    ) -> WatchStream {
+        WatchStream {
+            events,
+            shutdown: Box::pin(shutdown.cancelled_owned()),
+            engine,
+            id,
+            last_version: 0,
+            phase: Phase::Live,
+            cancel_on_disconnect,
+        }
+    }
+
+    /// The event for a version, noting that it was sent.
+    fn send(&mut self, task: Task) -> Option<Result<pb::TaskEvent, Status>> {
+        self.last_version = task.version;
+        if task.state.is_terminal() {
+            self.cancel_on_disconnect = false;
+            self.phase = Phase::Ended;
+        }
+        Some(Ok(convert::event(&task)))
+    }
+}
+
+impl Stream for WatchStream {
+    type Item = Result<pb::TaskEvent, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match &mut self.phase {
+                Phase::Live => match self.events.poll_next_unpin(cx) {
+                    Poll::Ready(Some(task)) => return Poll::Ready(self.send(task)),
+                    Poll::Ready(None) => {
+                        self.phase = Phase::Ended;
+                        return Poll::Ready(None);
+                    }
+                    Poll::Pending => {
+                        if self.shutdown.poll_unpin(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        self.cancel_on_disconnect = false;
+                        let (engine, id, after) =
+                            (Arc::clone(&self.engine), self.id, self.last_version);
+                        self.phase = Phase::Flushing(Box::pin(async move {
+                            engine
+                                .versions_after(id, after)
+                                .await
+                                .ok()
+                                .flatten()
+                                .unwrap_or_default()
+                                .into()
+                        }));
+                    }
+                },
+                Phase::Flushing(unsent) => match unsent.poll_unpin(cx) {
+                    Poll::Ready(unsent) => self.phase = Phase::Draining(unsent),
+                    Poll::Pending => return Poll::Pending,
+                },
+                Phase::Draining(unsent) => match unsent.pop_front() {
+                    Some(task) if task.version > self.last_version => {
+                        return Poll::Ready(self.send(task));
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.phase = Phase::Ended;
+                        return Poll::Ready(Some(Err(Status::unavailable(
+                            "the server is shutting down; watch the task again",
+                        ))));
+                    }
+                },
+                Phase::Ended => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        if self.cancel_on_disconnect {
+            let (engine, id) = (Arc::clone(&self.engine), self.id);
+            let grace = engine.default_grace();
+            tracing::info!(task = %id, "watcher disconnected; soft-cancelling the task");
+            tokio::spawn(async move {
+                let reason = "watcher disconnected".to_owned();
+                let _ = engine
+                    .cancel(id, CancelRequest::Soft { grace }, reason)
+                    .await;
+            });
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Domain → protobuf: how a task and its vocabulary look on the wire. Shared by the api
+//! (responses, watch events) and the remote executor (assignments to workers), neither of
+//! which depends on the other.
+
+use std::time::SystemTime;
+
+use reins_proto::json::{json_to_struct, json_to_value};
+use reins_proto::v1 as pb;
+
+use crate::task::cancel::CancelOutcome;
+use crate::task::{CancelInfo, CancelMode, Task, TaskState};
+
+fn timestamp(time: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(time)
+}
+
+pub fn task(task: &Task) -> pb::Task {
+    pb::Task {
+        id: task.id.to_string(),
+        kind: task.kind.clone(),
+        description: task.description.clone(),
+        state: state(task.state) as i32,
+        params: Some(json_to_struct(&task.params)),
+        parent_id: task.parent_id.map(|id| id.to_string()).unwrap_or_default(),
+        detached: task.detached,
+        session_id: task.session_id.clone(),
+        labels: task.labels.clone().into_iter().collect(),
+        owner: task.owner.clone(),
+        created_at: Some(timestamp(task.created_at)),
+        started_at: task.started_at.map(timestamp),
+        finished_at: task.finished_at.map(timestamp),
+        progress: Some(pb::Progress {
+            fraction: task.progress.fraction,
+            message: task.progress.message.clone(),
+        }),
+        partial_results: task.partial_results.iter().map(json_to_value).collect(),
+        result: task.result.as_ref().map(json_to_value),
+        error: task.error.clone(),
+        question: task.question.clone(),
+        cancel: task.cancel.as_ref().map(cancel_info),
+        version: task.version,
+        timeout: task
+            .timeout
+            .and_then(|t| prost_types::Duration::try_from(t).ok()),
+        request_id: task.request_id.clone(),
+        answer: task.answer.clone(),
+        attempt: task.attempt,
+        max_attempts: task.max_attempts,
+        worker: task.worker.clone(),
+    }
+}
+
+fn cancel_info(cancel: &CancelInfo) -> pb::CancelInfo {
+    pb::CancelInfo {
+        mode: match cancel.mode {
+            CancelMode::Soft => pb::CancelMode::Soft,
+            CancelMode::Hard => pb::CancelMode::Hard,
+        } as i32,
+        reason: cancel.reason.clone(),
+        requested_at: Some(timestamp(cancel.requested_at)),
+        grace_deadline: cancel.grace_deadline.map(timestamp),
+        escalated: cancel.escalated,
+        deadline_exceeded: cancel.deadline_exceeded,
+    }
+}
+
+pub fn state(state: TaskState) -> pb::TaskState {
+    match state {
+        TaskState::Pending => pb::TaskState::Pending,
+        TaskState::Running => pb::TaskState::Running,
+        TaskState::WaitingForAnswer => pb::TaskState::WaitingForAnswer,
+        TaskState::Completed => pb::TaskState::Completed,
+        TaskState::Failed => pb::TaskState::Failed,
+        TaskState::Cancelled => pb::TaskState::Cancelled,
+    }
+}
+
+pub fn cancel_outcome(outcome: CancelOutcome) -> pb::CancelOutcome {
+    match outcome {
+        CancelOutcome::Cancelled => pb::CancelOutcome::Cancelled,
+        CancelOutcome::Requested => pb::CancelOutcome::Requested,
+        CancelOutcome::AlreadyCancelled => pb::CancelOutcome::AlreadyCancelled,
+        CancelOutcome::AlreadyFinished => pb::CancelOutcome::AlreadyFinished,
+    }
+}
+
+pub fn event(task: &Task) -> pb::TaskEvent {
+    pb::TaskEvent {
+        task: Some(self::task(task)),
+        time: Some(timestamp(task.updated_at)),
+    }
+}

@@ -1,0 +1,201 @@
+//! Dispatch: starting queued tasks where this replica has room, oldest first.
+//!
+//! One [`Dispatcher`] per replica. Rounds are single-flight: one runs at a time, and a
+//! request while one runs only asks for another, so concurrent callers (every StartTask,
+//! every freed place) do not race each other for the same oldest task. The dispatch loop
+//! ([`Dispatcher::follow_wakeups`]) runs a round whenever it is woken: a place was freed, a
+//! worker connected, another replica queued work, or the periodic look came round.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::transitions::{Applied, Transitions};
+use crate::error::Result;
+use crate::executor::Kinds;
+use crate::executor::remote::WorkerPool;
+use crate::store::TaskQueue;
+use crate::supervisor::{Placement, Supervisor};
+use crate::task::Task;
+use crate::task::state_machine::Event;
+
+/// How many queued tasks one dispatch round reads at a time.
+const DISPATCH_BATCH: usize = 64;
+/// How far down the queue one dispatch round looks for tasks it can place.
+const DISPATCH_SCAN: usize = 4096;
+
+/// Where tasks can run on this replica: built-in kinds on the supervisor's slots, worker
+/// kinds on the connected workers.
+pub(crate) struct Places {
+    pub kinds: Arc<Kinds>,
+    pub workers: Arc<WorkerPool>,
+    pub supervisor: Arc<Supervisor>,
+}
+
+impl Places {
+    fn have_room(&self) -> bool {
+        self.supervisor.has_room() || self.workers.has_room()
+    }
+
+    /// Where a queued task would run on this replica, with the place reserved.
+    fn reserve(&self, task: &Task) -> Option<Placement> {
+        match self.kinds.get(&task.kind) {
+            Ok(kind) => {
+                let job = kind.prepare(&task.params).ok()?;
+                Some(Placement::Local(self.supervisor.try_reserve()?, job))
+            }
+            Err(_) => self.workers.reserve(&task.kind).map(Placement::Worker),
+        }
+    }
+}
+
+pub(crate) struct Dispatcher {
+    replica_id: String,
+    transitions: Arc<Transitions>,
+    queue: Arc<dyn TaskQueue>,
+    places: Arc<Places>,
+    /// Set when shutdown begins: no more tasks are started here.
+    draining: CancellationToken,
+    /// Held while a round runs; see [`Dispatcher::rounds`].
+    dispatching: tokio::sync::Mutex<()>,
+    /// A round was asked for since the running one started.
+    wanted: AtomicBool,
+    /// Wakes the dispatch loop.
+    wake: Arc<Notify>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        replica_id: String,
+        transitions: Arc<Transitions>,
+        queue: Arc<dyn TaskQueue>,
+        places: Arc<Places>,
+        draining: CancellationToken,
+        wake: Arc<Notify>,
+    ) -> Dispatcher {
+        Dispatcher {
+            replica_id,
+            transitions,
+            queue,
+            places,
+            draining,
+            dispatching: tokio::sync::Mutex::new(()),
+            wanted: AtomicBool::new(false),
+            wake,
+        }
+    }
+
+    /// Asks the dispatch loop for a round.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The dispatch loop: a round each time it is woken. A wake-up during a round is kept
+    /// (a [`Notify`] permit), so none is lost.
+    pub async fn follow_wakeups(self: Arc<Self>) {
+        loop {
+            self.wake.notified().await;
+            self.rounds(false).await;
+        }
+    }
+
+    /// Tells the other replicas that a task waits that this one could not start.
+    pub async fn announce_queued(&self) {
+        if let Err(err) = self.queue.announce_queued().await {
+            tracing::warn!(%err, "cannot wake the other replicas; they look every few seconds");
+        }
+    }
+
+    /// Starts a new task here at once if nothing older waits and this replica has room
+    /// (no queue to contend for); otherwise lets a dispatch round take the oldest first,
+    /// and returns the task as that round left it.
+    pub async fn start_new(&self, task: Task) -> Result<Task> {
+        let oldest = self.queue.oldest_pending(None, 1).await?;
+        if oldest.first().is_some_and(|oldest| oldest.id != task.id) {
+            self.rounds(true).await;
+        } else if let Some(placement) = self.places.reserve(&task) {
+            let worker = placement.worker_label();
+            if let Applied::Changed { after, .. } = self.start_here(&task, worker).await? {
+                self.places.supervisor.launch(after.clone(), placement);
+                return Ok(after);
+            }
+        }
+        Ok(self
+            .transitions
+            .records()
+            .get(task.id)
+            .await?
+            .unwrap_or(task))
+    }
+
+    /// Requests a round and, unless `wait`, returns at once if one is running (it will run
+    /// another). With `wait` it returns only after a round that started after the request
+    /// (StartTask wants to answer RUNNING when its task got a place).
+    async fn rounds(&self, wait: bool) {
+        self.wanted.store(true, Ordering::SeqCst);
+        loop {
+            let round = if wait {
+                self.dispatching.lock().await
+            } else {
+                match self.dispatching.try_lock() {
+                    Ok(round) => round,
+                    Err(_) => return,
+                }
+            };
+            while self.wanted.swap(false, Ordering::SeqCst) {
+                self.round().await;
+            }
+            drop(round);
+            // A request made between the last round and the unlock found the lock taken.
+            if !self.wanted.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
+
+    /// One pass over the queue, oldest first, starting every task this replica can place
+    /// while it has room. Tasks it cannot place (no worker for their kind here, another
+    /// exec allowlist) are passed over, so they do not hold up the rest.
+    async fn round(&self) {
+        let mut after = None;
+        let mut scanned = 0;
+        while !self.draining.is_cancelled() && self.places.have_room() && scanned < DISPATCH_SCAN {
+            let page = match self.queue.oldest_pending(after, DISPATCH_BATCH).await {
+                Ok(page) => page,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot read the dispatch queue");
+                    return;
+                }
+            };
+            let Some(last) = page.last() else { return };
+            after = Some(last.id);
+            scanned += page.len();
+            let exhausted = page.len() < DISPATCH_BATCH;
+            for candidate in page {
+                let Some(placement) = self.places.reserve(&candidate) else {
+                    continue;
+                };
+                let worker = placement.worker_label();
+                if let Ok(Applied::Changed { after, .. }) =
+                    self.start_here(&candidate, worker).await
+                {
+                    self.places.supervisor.launch(after, placement);
+                }
+            }
+            if exhausted {
+                return;
+            }
+        }
+    }
+
+    /// Records the start of `task` on this replica (on `worker` for a worker kind).
+    async fn start_here(&self, task: &Task, worker: String) -> Result<Applied> {
+        let event = Event::Start {
+            owner: self.replica_id.clone(),
+            worker,
+        };
+        self.transitions.apply(task.id, event).await
+    }
+}

@@ -1,0 +1,61 @@
+//! StartTask: the kind and parent rules, idempotency on `request_id`, and the first
+//! placement of a new task.
+
+use super::Engine;
+use crate::error::{Error, Result};
+use crate::store::Created;
+use crate::task::{NewTask, Task, TaskId, TaskState};
+
+impl Engine {
+    /// Creates a task (or returns the one already created with its `request_id`) and starts
+    /// it at once if this replica has room; otherwise it waits PENDING in the queue.
+    pub async fn start(&self, spec: NewTask) -> Result<Task> {
+        if self.is_draining() {
+            return Err(Error::ShuttingDown);
+        }
+        self.check_kind(&spec).await?;
+        if let Some(parent_id) = spec.parent_id {
+            let parent = self
+                .transitions
+                .records()
+                .get(parent_id)
+                .await?
+                .ok_or(Error::ParentNotFound(parent_id))?;
+            if parent.state.is_terminal() && !spec.detached {
+                return Err(Error::ParentFinished(parent_id));
+            }
+        }
+        let task = Task::new(TaskId::now_v7(), spec.clone(), std::time::SystemTime::now());
+        match self.transitions.records().create(task).await? {
+            Created::New(task) => {
+                let task = self.dispatcher.start_new(task).await?;
+                if task.state == TaskState::Pending {
+                    // This replica is full: wake the others. (Announcing every start would
+                    // have them race this replica for work it can take itself.)
+                    self.dispatcher.announce_queued().await;
+                }
+                Ok(task)
+            }
+            Created::Existing(existing) if existing.matches_request(&spec) => Ok(existing),
+            Created::Existing(existing) => Err(Error::RequestIdConflict {
+                request_id: spec.request_id,
+                existing: existing.id,
+            }),
+        }
+    }
+
+    /// A kind is valid if it is built in (then its params are checked), declared with
+    /// `--worker-kind`, or served by a worker connected to any replica now or before.
+    async fn check_kind(&self, spec: &NewTask) -> Result<()> {
+        if let Ok(kind) = self.places.kinds.get(&spec.kind) {
+            return kind.prepare(&spec.params).map(drop);
+        }
+        if self.config.worker_kinds.contains(&spec.kind)
+            || self.places.workers.serves(&spec.kind)
+            || self.worker_kinds.is_worker_kind(&spec.kind).await?
+        {
+            return Ok(());
+        }
+        Err(Error::KindUnknown(spec.kind.clone()))
+    }
+}

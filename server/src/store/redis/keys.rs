@@ -1,0 +1,52 @@
+//! The names of every Redis key and channel the store uses (see `DATA_MODEL.md`).
+
+/// Key and channel names, all under one prefix so deployments can share a Redis.
+#[derive(Clone, Debug)]
+pub(super) struct Keys {
+    pub prefix: String,
+}
+
+impl Keys {
+    pub fn task(&self, id: impl std::fmt::Display) -> String {
+        format!("{}task:{id}", self.prefix)
+    }
+    pub fn task_prefix(&self) -> String {
+        format!("{}task:", self.prefix)
+    }
+    pub fn request(&self, request_id: &str) -> String {
+        format!("{}request:{request_id}", self.prefix)
+    }
+    pub fn active(&self) -> String {
+        format!("{}active", self.prefix)
+    }
+    pub fn pending(&self) -> String {
+        format!("{}pending", self.prefix)
+    }
+    pub fn children(&self, parent: impl std::fmt::Display) -> String {
+        format!("{}children:{parent}", self.prefix)
+    }
+    pub fn history(&self, id: impl std::fmt::Display) -> String {
+        format!("{}history:{id}", self.prefix)
+    }
+    pub fn owned(&self, owner: &str) -> String {
+        format!("{}owned:{owner}", self.prefix)
+    }
+    pub fn owners(&self) -> String {
+        format!("{}owners", self.prefix)
+    }
+    pub fn worker_kinds(&self) -> String {
+        format!("{}worker-kinds", self.prefix)
+    }
+    pub fn lease(&self, replica: &str) -> String {
+        format!("{}lease:{replica}", self.prefix)
+    }
+    pub fn task_channel(&self, id: impl std::fmt::Display) -> String {
+        format!("{}events:task:{id}", self.prefix)
+    }
+    pub fn owner_channel(&self, owner: &str) -> String {
+        format!("{}events:owner:{owner}", self.prefix)
+    }
+    pub fn queue_channel(&self) -> String {
+        format!("{}events:queue", self.prefix)
+    }
+}
