@@ -5,6 +5,8 @@
 #   client/bench/run.sh                       # Redis store: replicas a, b (and c, see below)
 #   client/bench/run.sh --memory              # embedded store: one replica, no Redis
 #   client/bench/run.sh -- --scenario lifecycle --duration 10s   # more reins-bench flags
+#   client/bench/run.sh --bin-dir DIR         # binaries already built in DIR (no cargo build),
+#                                             # e.g. to compare two builds in one sitting
 #
 # The Redis cluster, all on 127.0.0.1 and free ports, state in a temporary directory:
 #   - redis-server --save "" --appendonly no (its own port, never the shared 6379);
@@ -22,10 +24,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 store=redis
+bin=
 bench_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --memory) store=memory; shift ;;
+    --bin-dir) bin=$(cd "$2" && pwd); shift 2 ;;
     --) shift; bench_args+=("$@"); break ;;
     *) bench_args+=("$1"); shift ;;
   esac
@@ -35,10 +39,12 @@ for tool in python3 $([ "$store" = redis ] && echo redis-server redis-cli); do
   command -v "$tool" >/dev/null || { echo "run.sh: $tool is needed" >&2; exit 1; }
 done
 
-echo "== cargo build --release --bins" >&2
-cargo build --release --bins
-bin=$(cargo metadata --no-deps --format-version 1 |
-  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release
+if [ -z "$bin" ]; then
+  echo "== cargo build --release --bins" >&2
+  cargo build --release --bins
+  bin=$(cargo metadata --no-deps --format-version 1 |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release
+fi
 
 work=$(mktemp -d -t reins-bench.XXXXXX)
 children=()
