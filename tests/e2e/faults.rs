@@ -15,9 +15,8 @@ use reins_client::proto::{
 };
 use reins_client::{Client, StartTask};
 use reins_e2e::{
-    Cluster, Heartbeat, PATIENCE, RedisServer, eventually, is_terminal, json_of, long_sleep,
-    process_alive, reason, resume_after, sleep_params, started, stuck_sleep, system_time,
-    wait_finished,
+    Cluster, Heartbeat, PATIENCE, RedisServer, eventually, json_of, long_sleep, process_alive,
+    reason, resume_after, sleep_params, started, stuck_sleep, system_time, wait_finished,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Status};
@@ -201,7 +200,7 @@ async fn follow_to_the_end(client: Client, id: String, mut events: Events) -> Ve
             match events.next().await {
                 Some(Ok(event)) => {
                     let task = event.task.expect("event task");
-                    let done = is_terminal(&task);
+                    let done = task.state().is_terminal();
                     seen.push(task);
                     if done {
                         return;
@@ -230,7 +229,11 @@ async fn follow_to_the_end(client: Client, id: String, mut events: Events) -> Ve
 /// after an outage).
 async fn poll_finished(client: &Client, id: &str) -> Task {
     eventually("the task to finish", || async {
-        client.check(id).await.ok().filter(is_terminal)
+        client
+            .check(id)
+            .await
+            .ok()
+            .filter(|task| task.state().is_terminal())
     })
     .await
 }

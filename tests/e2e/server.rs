@@ -9,8 +9,7 @@ use reins_client::proto::{
 };
 use reins_client::{Client, StartTask, WatchOptions};
 use reins_e2e::{
-    PATIENCE, Reinsd, eventually, is_terminal, reason, sleep_params, start_sleep, wait_finished,
-    wait_state,
+    PATIENCE, Reinsd, eventually, reason, sleep_params, start_sleep, wait_finished, wait_state,
 };
 use serde_json::{Value, json};
 use tokio_stream::{Stream, StreamExt};
@@ -287,7 +286,7 @@ async fn shut_down_while_running(grace: &str, params: Value) -> Shutdown {
     let (tasks, ended_with) = watch_to_end(events).await;
     let last = tasks.last().cloned().expect("the watch carried the task");
     assert!(
-        is_terminal(&last),
+        last.state().is_terminal(),
         "the watch ended before the task did: {last:?} then {ended_with:?}"
     );
     if let Some(status) = ended_with {

@@ -432,16 +432,12 @@ pub async fn started(client: &Client, task: Task) -> Task {
     wait_for(client, &task.id, "the start", |task| !task.owner.is_empty()).await
 }
 
-pub fn is_terminal(task: &Task) -> bool {
-    matches!(
-        task.state(),
-        TaskState::Completed | TaskState::Failed | TaskState::Cancelled
-    )
-}
-
 /// Waits for the task's terminal version.
 pub async fn wait_finished(client: &Client, id: &str) -> Task {
-    wait_for(client, id, "a terminal state", is_terminal).await
+    wait_for(client, id, "a terminal state", |task| {
+        task.state().is_terminal()
+    })
+    .await
 }
 
 pub async fn wait_state(client: &Client, id: &str, state: TaskState) -> Task {
