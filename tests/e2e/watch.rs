@@ -3,7 +3,9 @@
 
 use reins_client::WatchOptions;
 use reins_client::proto::{CancelMode, TaskState};
-use reins_e2e::{PATIENCE, Reinsd, reason, start_sleep, wait_finished, wait_for, wait_state};
+use reins_e2e::{
+    PATIENCE, Reinsd, reason, resume_after, start_sleep, wait_finished, wait_for, wait_state,
+};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -123,13 +125,6 @@ async fn a_tied_watcher_that_stays_to_the_end_cancels_nothing() {
     // The stream ended with the task: the hang-up that follows must not touch the record.
     let again = wait_state(&client, &task.id, TaskState::Completed).await;
     assert_eq!(again.version, last.version);
-}
-
-fn resume_after(version: u64) -> WatchOptions {
-    WatchOptions {
-        after_version: version,
-        ..WatchOptions::default()
-    }
 }
 
 #[tokio::test]

@@ -463,6 +463,12 @@ pub fn stuck_sleep() -> StartTask {
         .params(serde_json::json!({"steps": 10_000, "step_ms": 50, "ignore_soft_cancel": true}))
 }
 
+/// A short `sleep` task that asks `question` after its first step and waits in
+/// WAITING_FOR_ANSWER until it is answered; then it finishes its second step and completes.
+pub fn asking(question: &str) -> StartTask {
+    StartTask::new("sleep").params(serde_json::json!({"steps": 2, "step_ms": 10, "ask": question}))
+}
+
 /// Starts a `sleep` task of `steps` × `step_ms`.
 pub async fn start_sleep(client: &Client, steps: u64, step_ms: u64) -> Task {
     client
