@@ -19,13 +19,6 @@ pub fn state_name(raw: i32) -> String {
     }
 }
 
-pub fn is_terminal(raw: i32) -> bool {
-    matches!(
-        TaskState::try_from(raw),
-        Ok(TaskState::Completed | TaskState::Failed | TaskState::Cancelled)
-    )
-}
-
 /// A multi-line summary: identity and state first, then only the fields that are set.
 pub fn task_summary(task: &Task) -> String {
     let mut rows: Vec<(&str, String)> = vec![
@@ -355,30 +348,6 @@ mod tests {
         assert_eq!(
             state_name(TaskState::WaitingForAnswer.into()),
             "WAITING_FOR_ANSWER"
-        );
-    }
-
-    #[test]
-    fn only_completed_failed_and_cancelled_are_terminal() {
-        let terminal: Vec<TaskState> = [
-            TaskState::Unspecified,
-            TaskState::Pending,
-            TaskState::Running,
-            TaskState::WaitingForAnswer,
-            TaskState::Completed,
-            TaskState::Failed,
-            TaskState::Cancelled,
-        ]
-        .into_iter()
-        .filter(|state| is_terminal((*state).into()))
-        .collect();
-        assert_eq!(
-            terminal,
-            [
-                TaskState::Completed,
-                TaskState::Failed,
-                TaskState::Cancelled
-            ]
         );
     }
 

@@ -101,7 +101,7 @@ pub async fn watch(client: &Client, args: &WatchArgs, json: bool) -> Result<Exit
         }
     }
     match last_task {
-        Some(task) if render::is_terminal(task.state) => {
+        Some(task) if task.state().is_terminal() => {
             output.finish(&task)?;
             Ok(ExitCode::SUCCESS)
         }

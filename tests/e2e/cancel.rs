@@ -4,17 +4,8 @@ use std::time::Duration;
 
 use reins_client::proto::{CancelMode, CancelOutcome, Task, TaskState};
 use reins_client::{Client, StartTask};
-use reins_e2e::{Reinsd, json_of, sleep_params, start_sleep, wait_finished, wait_for};
+use reins_e2e::{Reinsd, json_of, long_sleep, start_sleep, stuck_sleep, wait_finished, wait_for};
 use serde_json::json;
-
-fn long_sleep() -> StartTask {
-    StartTask::new("sleep").params(sleep_params(10_000, 50))
-}
-
-fn stuck() -> StartTask {
-    StartTask::new("sleep")
-        .params(json!({"steps": 10_000, "step_ms": 50, "ignore_soft_cancel": true}))
-}
 
 /// Waits until the task has recorded `n` checkpoints.
 async fn wait_checkpoints(client: &Client, id: &str, n: usize) -> Task {
@@ -89,7 +80,7 @@ async fn soft_cancel_stops_a_running_task_at_its_next_checkpoint_with_partial_re
 async fn a_repeated_soft_cancel_is_harmless() {
     let server = Reinsd::start();
     let client = server.client().await;
-    let task = client.start(stuck()).await.unwrap();
+    let task = client.start(stuck_sleep()).await.unwrap();
     let first = client
         .soft_cancel(&task.id, "first", Some(Duration::from_secs(60)))
         .await
@@ -108,7 +99,7 @@ async fn a_repeated_soft_cancel_is_harmless() {
 async fn a_task_that_ignores_a_soft_cancel_is_escalated_after_the_grace_period() {
     let server = Reinsd::start();
     let client = server.client().await;
-    let task = client.start(stuck()).await.unwrap();
+    let task = client.start(stuck_sleep()).await.unwrap();
     client
         .soft_cancel(&task.id, "stop please", Some(Duration::from_millis(300)))
         .await
@@ -221,7 +212,7 @@ async fn completion_and_cancel_races_end_in_exactly_one_terminal_state() {
 /// parent ─┬─ child ── grandchild
 ///         └─ detached child
 async fn family(client: &Client) -> (Task, Task, Task, Task) {
-    let parent = client.start(stuck()).await.unwrap();
+    let parent = client.start(stuck_sleep()).await.unwrap();
     let child = client.start(long_sleep().parent(&parent.id)).await.unwrap();
     let grandchild = client.start(long_sleep().parent(&child.id)).await.unwrap();
     let detached = client
@@ -330,7 +321,7 @@ async fn a_stuck_task_past_its_timeout_is_escalated_and_still_fails() {
     let server = Reinsd::with_args(&["--default-grace", "300ms"]);
     let client = server.client().await;
     let task = client
-        .start(stuck().timeout(Duration::from_millis(200)))
+        .start(stuck_sleep().timeout(Duration::from_millis(200)))
         .await
         .unwrap();
     let done = wait_finished(&client, &task.id).await;

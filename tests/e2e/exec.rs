@@ -2,12 +2,13 @@
 //! output tails and the stdout convention reach the task; cancels signal the whole group.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use reins_client::proto::{CancelMode, CancelOutcome, Task, TaskState};
 use reins_client::{Client, StartTask};
 use reins_e2e::{
-    Reinsd, bad_fields, eventually, json_of, process_alive, reason, wait_finished, wait_for,
+    Reinsd, bad_fields, eventually, json_of, process_alive, reason, system_time, wait_finished,
+    wait_for,
 };
 use serde_json::{Value, json};
 use tonic::Code;
@@ -83,10 +84,6 @@ async fn assert_all_dead(pids: &[i32]) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-fn system_time(timestamp: Option<&prost_types::Timestamp>) -> SystemTime {
-    SystemTime::try_from(*timestamp.expect("timestamp set")).expect("timestamp in range")
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! Faults of a deployment on Redis: a replica killed (-9), frozen (a partition: it comes
 //! back fenced), restarted or rolled, and Redis itself going away for a while.
 //!
-//! Where a lost replica must be noticed, leases are short ([`LEASE_TTL`]). Tasks that must
+//! Where a lost replica must be noticed, leases are short ([`LEASE_TTL`]); the time bounds
+//! follow from the lease and the server's other limits (see the constants). Tasks that must
 //! run on replica A are started while A is alone (a freshly queued task may be taken by any
 //! idle replica); B joins afterwards.
 
@@ -15,9 +16,8 @@ use reins_client::proto::{
 };
 use reins_client::{Client, StartTask};
 use reins_e2e::{
-    Cluster, Heartbeat, PATIENCE, RedisServer, eventually, is_terminal, json_of, long_sleep,
-    process_alive, reason, resume_after, sleep_params, started, stuck_sleep, system_time,
-    wait_finished,
+    Cluster, Heartbeat, PATIENCE, RedisServer, eventually, json_of, long_sleep, process_alive,
+    reason, resume_after, sleep_params, started, stuck_sleep, system_time, wait_finished,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Status};
@@ -25,18 +25,81 @@ use tonic::{Code, Status};
 const A: usize = 0;
 const B: usize = 1;
 
-const LEASE_TTL: &str = "1s";
-/// How long the survivors may take to settle the tasks of a lost replica: about one lease
-/// TTL (the lease lapses, then the reaper runs every half TTL), with slack for a busy
-/// machine. The default lease alone is 10 s.
-const SETTLE_BOUND: Duration = Duration::from_secs(4);
-/// How long a call may take while Redis is down: it must fail, not hang.
-const FAIL_FAST_BOUND: Duration = Duration::from_secs(10);
-/// How long Redis stays down after the calls made during the outage have failed.
-const SUSTAINED_OUTAGE: Duration = Duration::from_secs(2);
-/// How long a replica may take to exit on SIGTERM (its shutdown grace, the soft window and
-/// a connection drain, on a busy machine).
-const EXIT_BOUND: Duration = Duration::from_secs(15);
+// Time bounds. Each follows from a rule of the server, named where it is applied, plus
+// `BUSY_MACHINE`; the server's own constants are mirrored here (the tests drive the
+// `reinsd` binary and do not link the server crate).
+
+/// Slack added to every bound that the rules give: the CI machine is shared and busy.
+const BUSY_MACHINE: Duration = Duration::from_millis(2500);
+
+/// The short lease of the tests where a lost replica must be noticed (the default is 10 s).
+const LEASE_TTL: Duration = Duration::from_secs(1);
+/// How long the survivors may take to settle the tasks of a lost replica. A replica renews
+/// its lease every third of a TTL, so the lease of one that is lost lapses within one TTL;
+/// a survivor's reaper looks every half TTL (and judges nobody during its own first TTL,
+/// which has run out by then for a survivor started before the loss): 1.5 TTL.
+const SETTLE_BOUND: Duration = fraction(LEASE_TTL, 3, 2).saturating_add(BUSY_MACHINE);
+/// A lease so long that no survivor settles the tasks of a replica killed in the test. Its
+/// last renewal was at most a third of a TTL before the kill, so the survivors would act
+/// 2/3 of a TTL after it at the earliest; the test is over long before: the kill is seen
+/// within `PATIENCE`, and the restarted replica settles within `SETTLE_BOUND`.
+const LONG_LEASE_TTL: Duration = PATIENCE.saturating_mul(3);
+const _: () = assert!(
+    fraction(LONG_LEASE_TTL, 2, 3).as_millis() > PATIENCE.saturating_add(SETTLE_BOUND).as_millis()
+);
+
+/// The Redis store's limits on one command (`server/src/store/redis.rs`): a connection
+/// attempt may take `STORE_CONNECT_TIMEOUT`; a failed one is retried once, after at most
+/// `STORE_RETRY_DELAY`; a reply may take `STORE_RESPONSE_TIMEOUT`.
+const STORE_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const STORE_RETRY_DELAY: Duration = Duration::from_secs(1);
+const STORE_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the store tries to reconnect for one command: two attempts and the delay
+/// between them.
+const STORE_RECONNECT_BUDGET: Duration = STORE_CONNECT_TIMEOUT
+    .saturating_mul(2)
+    .saturating_add(STORE_RETRY_DELAY);
+/// How long a call may take while Redis is down: it must fail, not hang. The first store
+/// command of the call fails it, after at most the reconnect budget and a reply's timeout.
+const FAIL_FAST_BOUND: Duration = STORE_RECONNECT_BUDGET
+    .saturating_add(STORE_RESPONSE_TIMEOUT)
+    .saturating_add(BUSY_MACHINE);
+/// How long Redis stays down after the calls made during the outage have failed: one more
+/// reconnect budget, so that the reconnect attempts of the replicas' own commands (lease
+/// renewals, resubscriptions) give up too and the replicas must come back by themselves.
+const SUSTAINED_OUTAGE: Duration = STORE_RECONNECT_BUDGET;
+/// A lease that outlasts the outage, which lasts at most `FAIL_FAST_BOUND` (the calls made
+/// during it run at once) and `SUSTAINED_OUTAGE`. Renewed every third of a TTL, a lease
+/// must last from the last renewal before the outage to the first one after it: more than
+/// three outages. (Were it to lapse, the reapers would still hold off for one TTL after
+/// the outage, in which the replicas renew; the test does not lean on that.)
+const OUTAGE_LEASE_TTL: Duration = FAIL_FAST_BOUND
+    .saturating_add(SUSTAINED_OUTAGE)
+    .saturating_mul(3);
+
+/// The rolling restart's `--shutdown-grace`.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+/// After the grace, tasks still running get `SHUTDOWN_SOFT_WINDOW` to stop before they are
+/// hard-cancelled, then open calls get `CONNECTION_DRAIN` (`server/src/server.rs`).
+const SHUTDOWN_SOFT_WINDOW: Duration = Duration::from_secs(2);
+const CONNECTION_DRAIN: Duration = Duration::from_secs(2);
+/// How long a replica may take to exit on SIGTERM: its shutdown grace, the soft window and
+/// the drain.
+const EXIT_BOUND: Duration = SHUTDOWN_GRACE
+    .saturating_add(SHUTDOWN_SOFT_WINDOW)
+    .saturating_add(CONNECTION_DRAIN)
+    .saturating_add(BUSY_MACHINE);
+
+/// `numerator / denominator` of `duration`.
+const fn fraction(duration: Duration, numerator: u32, denominator: u32) -> Duration {
+    let nanos = duration.as_nanos() * numerator as u128 / denominator as u128;
+    Duration::from_nanos(nanos as u64)
+}
+
+/// A duration as a `reinsd` flag value (the server parses it with humantime).
+fn flag(duration: Duration) -> String {
+    format!("{}ms", duration.as_millis())
+}
 
 /// The error of a task whose replica `i` was lost.
 fn lost(cluster: &Cluster, i: usize) -> String {
@@ -71,7 +134,7 @@ fn assert_owner_lost(task: &Task, error: &str) {
 
 #[tokio::test]
 async fn killing_the_owner_settles_its_tasks_on_a_survivor_within_about_a_lease() {
-    let mut cluster = Cluster::start(1, &["--lease-ttl", LEASE_TTL]);
+    let mut cluster = Cluster::start(1, &["--lease-ttl", &flag(LEASE_TTL)]);
     let a = cluster.client(A).await;
     let plain = start_running(&a, long_sleep()).await;
     let asked = start_running(&a, stuck_sleep()).await;
@@ -107,8 +170,8 @@ async fn killing_the_owner_settles_its_tasks_on_a_survivor_within_about_a_lease(
 
 #[tokio::test]
 async fn a_replica_restarted_under_its_id_settles_what_its_previous_process_left_running() {
-    // A long lease: nobody but A itself would settle its tasks for a minute.
-    let mut cluster = Cluster::start(1, &["--lease-ttl", "60s"]);
+    // A long lease: nobody but A itself settles its tasks within the test.
+    let mut cluster = Cluster::start(1, &["--lease-ttl", &flag(LONG_LEASE_TTL)]);
     let a = cluster.client(A).await;
     let tasks = [
         start_running(&a, long_sleep()).await,
@@ -134,13 +197,15 @@ async fn a_replica_restarted_under_its_id_settles_what_its_previous_process_left
         let done = wait_finished(&b, &task.id).await;
         assert_owner_lost(&done, &lost(&cluster, A));
     }
+    // It settles them as it starts, before it serves: no slower than survivors settle a
+    // replica lost under the short lease.
     let took = restarted.elapsed();
     assert!(took < SETTLE_BOUND, "settled {took:?} after the restart");
 }
 
 #[tokio::test]
 async fn a_partitioned_owner_comes_back_fenced_and_stops_its_program() {
-    let mut cluster = Cluster::start(1, &["--lease-ttl", LEASE_TTL, "--allow-exec", "sh"]);
+    let mut cluster = Cluster::start(1, &["--lease-ttl", &flag(LEASE_TTL), "--allow-exec", "sh"]);
     let a = cluster.client(A).await;
     let heartbeat = Heartbeat::new();
     let task = start_running(&a, heartbeat.task()).await;
@@ -201,7 +266,7 @@ async fn follow_to_the_end(client: Client, id: String, mut events: Events) -> Ve
             match events.next().await {
                 Some(Ok(event)) => {
                     let task = event.task.expect("event task");
-                    let done = is_terminal(&task);
+                    let done = task.state().is_terminal();
                     seen.push(task);
                     if done {
                         return;
@@ -230,7 +295,11 @@ async fn follow_to_the_end(client: Client, id: String, mut events: Events) -> Ve
 /// after an outage).
 async fn poll_finished(client: &Client, id: &str) -> Task {
     eventually("the task to finish", || async {
-        client.check(id).await.ok().filter(is_terminal)
+        client
+            .check(id)
+            .await
+            .ok()
+            .filter(|task| task.state().is_terminal())
     })
     .await
 }
@@ -238,7 +307,11 @@ async fn poll_finished(client: &Client, id: &str) -> Task {
 #[tokio::test]
 async fn a_redis_outage_fails_calls_fast_and_loses_nothing() {
     // A lease longer than the outage: the replicas stay members throughout.
-    let mut cluster = Cluster::on(RedisServer::start_with_aof(), 2, &["--lease-ttl", "30s"]);
+    let mut cluster = Cluster::on(
+        RedisServer::start_with_aof(),
+        2,
+        &["--lease-ttl", &flag(OUTAGE_LEASE_TTL)],
+    );
     let clients = [cluster.client(A).await, cluster.client(B).await];
     let finished = finished_task(&clients[A]).await;
     let across = start_running(
@@ -338,7 +411,7 @@ async fn a_redis_outage_fails_calls_fast_and_loses_nothing() {
 
 #[tokio::test]
 async fn a_rolling_restart_stops_what_was_asked_to_stop_and_keeps_finished_results() {
-    let mut cluster = Cluster::start(1, &["--shutdown-grace", "500ms"]);
+    let mut cluster = Cluster::start(1, &["--shutdown-grace", &flag(SHUTDOWN_GRACE)]);
     let a = cluster.client(A).await;
     let finished_on_a = finished_task(&a).await;
     let asked = start_running(&a, stuck_sleep()).await;

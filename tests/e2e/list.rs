@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use reins_client::proto::{ListActiveRequest, TaskState};
 use reins_client::{Client, StartTask};
-use reins_e2e::{Reinsd, sleep_params, wait_finished, wait_state};
+use reins_e2e::{Reinsd, long_sleep, sleep_params, wait_finished, wait_state};
 use serde_json::json;
 use tokio_stream::StreamExt;
 
@@ -17,14 +17,6 @@ fn unique_session(test: &str) -> String {
         .unwrap()
         .as_nanos();
     format!("{test}-{}-{nanos}", std::process::id())
-}
-
-/// A sleep task that stays active for the whole test (PENDING behind a full server, or
-/// RUNNING for a quarter of an hour).
-fn long_sleep(session: &str) -> StartTask {
-    StartTask::new("sleep")
-        .params(sleep_params(1000, 1000))
-        .session(session)
 }
 
 /// A server that runs one task at a time: after the first long task, every task waits
@@ -43,7 +35,7 @@ async fn start(client: &Client, task: StartTask) -> String {
 async fn start_many(client: &Client, session: &str, n: usize) -> Vec<String> {
     let mut ids = Vec::with_capacity(n);
     for _ in 0..n {
-        ids.push(start(client, long_sleep(session)).await);
+        ids.push(start(client, long_sleep().session(session)).await);
     }
     ids
 }
@@ -97,7 +89,7 @@ async fn only_unfinished_tasks_are_listed() {
     let client = server.client().await;
     let session = unique_session("unfinished");
 
-    let running = start(&client, long_sleep(&session)).await;
+    let running = start(&client, long_sleep().session(&session)).await;
     let params = json!({"steps": 2, "step_ms": 10, "ask": "continue?"});
     let waiting = start(
         &client,
@@ -129,11 +121,11 @@ async fn only_unfinished_tasks_are_listed() {
     );
 
     // The third slot frees once the finished tasks have released it.
-    let running_too = start(&client, long_sleep(&session)).await;
+    let running_too = start(&client, long_sleep().session(&session)).await;
     wait_state(&client, &running_too, TaskState::Running).await;
-    let pending = client.start(long_sleep(&session)).await.unwrap();
+    let pending = client.start(long_sleep().session(&session)).await.unwrap();
     assert_eq!(pending.state(), TaskState::Pending, "every slot is taken");
-    let cancelled = start(&client, long_sleep(&session)).await;
+    let cancelled = start(&client, long_sleep().session(&session)).await;
     client.hard_cancel(&cancelled, "test").await.unwrap();
     assert_eq!(
         client.check(&cancelled).await.unwrap().state(),
@@ -166,7 +158,7 @@ async fn filters_combine_and_every_given_label_must_match() {
     let client = server.client().await;
     let session = unique_session("filters");
     let other_session = unique_session("filters-other");
-    let blocker = start(&client, long_sleep(&other_session)).await;
+    let blocker = start(&client, long_sleep().session(&other_session)).await;
 
     let labels = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
         pairs
@@ -184,11 +176,19 @@ async fn filters_combine_and_every_given_label_must_match() {
     };
     let team_a_prod = [("team", "a"), ("env", "prod")];
 
-    let p1 = start(&client, with_labels(long_sleep(&session), &[("team", "a")])).await;
-    let p2 = start(&client, with_labels(long_sleep(&session), &[("team", "b")])).await;
+    let p1 = start(
+        &client,
+        with_labels(long_sleep().session(&session), &[("team", "a")]),
+    )
+    .await;
+    let p2 = start(
+        &client,
+        with_labels(long_sleep().session(&session), &[("team", "b")]),
+    )
+    .await;
     let c1 = start(
         &client,
-        with_labels(long_sleep(&session).parent(&p1), &team_a_prod),
+        with_labels(long_sleep().session(&session).parent(&p1), &team_a_prod),
     )
     .await;
     let c2 = start(
@@ -206,7 +206,10 @@ async fn filters_combine_and_every_given_label_must_match() {
     .await;
     let o1 = start(
         &client,
-        with_labels(long_sleep(&other_session).parent(&p1), &team_a_prod),
+        with_labels(
+            long_sleep().session(&other_session).parent(&p1),
+            &team_a_prod,
+        ),
     )
     .await;
     let e1 = start(&client, exec(&session)).await;

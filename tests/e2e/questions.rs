@@ -1,14 +1,8 @@
 //! Questions: a task asks, waits in WAITING_FOR_ANSWER, and AnswerTask resumes it.
 
-use reins_client::StartTask;
 use reins_client::proto::TaskState;
-use reins_e2e::{Reinsd, json_of, reason, start_sleep, wait_finished, wait_state};
-use serde_json::json;
+use reins_e2e::{Reinsd, asking, json_of, reason, start_sleep, wait_finished, wait_state};
 use tonic::Code;
-
-fn asking(question: &str) -> StartTask {
-    StartTask::new("sleep").params(json!({"steps": 2, "step_ms": 10, "ask": question}))
-}
 
 #[tokio::test]
 async fn an_answer_resumes_the_task_and_reaches_its_code() {

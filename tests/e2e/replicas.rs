@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use reins_client::proto::{CancelMode, CancelOutcome, ListActiveRequest, Task, TaskState};
 use reins_client::{Client, StartTask, WatchOptions};
 use reins_e2e::{
-    Cluster, Heartbeat, eventually, is_terminal, json_of, long_sleep, reason, resume_after,
-    sleep_params, started, stuck_sleep, system_time, wait_finished, wait_for, wait_state,
+    Cluster, Heartbeat, eventually, json_of, long_sleep, reason, resume_after, sleep_params,
+    started, stuck_sleep, system_time, wait_finished, wait_for, wait_state,
 };
 use serde_json::json;
 use tokio_stream::StreamExt;
@@ -66,7 +66,7 @@ fn assert_contiguous_to_the_end(tasks: &[Task]) {
     );
     let terminal: Vec<u64> = tasks
         .iter()
-        .filter(|task| is_terminal(task))
+        .filter(|task| task.state().is_terminal())
         .map(|task| task.version)
         .collect();
     assert_eq!(

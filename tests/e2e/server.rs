@@ -9,10 +9,9 @@ use reins_client::proto::{
 };
 use reins_client::{Client, StartTask, WatchOptions};
 use reins_e2e::{
-    PATIENCE, Reinsd, eventually, is_terminal, reason, sleep_params, start_sleep, wait_finished,
-    wait_state,
+    PATIENCE, Reinsd, eventually, long_sleep, reason, sleep_params, start_sleep, stuck_sleep,
+    system_time, wait_finished, wait_state,
 };
-use serde_json::{Value, json};
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -42,18 +41,6 @@ async fn health(channel: &Channel, service: &str) -> ServingStatus {
         .await
         .unwrap_or_else(|status| panic!("health check of {service:?}: {status:?}"));
     response.into_inner().status()
-}
-
-fn system_time(timestamp: Option<&prost_types::Timestamp>) -> SystemTime {
-    SystemTime::try_from(*timestamp.expect("timestamp set")).expect("timestamp in range")
-}
-
-fn long_sleep() -> Value {
-    sleep_params(1000, 50)
-}
-
-fn stuck_sleep() -> Value {
-    json!({ "steps": 1000, "step_ms": 50, "ignore_soft_cancel": true })
 }
 
 #[tokio::test]
@@ -245,18 +232,15 @@ struct Shutdown {
     signalled_at: SystemTime,
 }
 
-/// Runs a task from `params` on a server with `--shutdown-grace grace`, then sends SIGTERM
+/// Runs `task` on a server with `--shutdown-grace grace`, then sends SIGTERM
 /// while the task runs and a watch on it is open. Checks what every shutdown must do: health
 /// turns NOT_SERVING while the process is still alive, StartTask is refused with
 /// SHUTTING_DOWN, the watch sees the task end and then closes, and the process exits 0.
-async fn shut_down_while_running(grace: &str, params: Value) -> Shutdown {
+async fn shut_down_while_running(grace: &str, task: StartTask) -> Shutdown {
     let mut server = Reinsd::with_args(&["--shutdown-grace", grace]);
     let client = server.client().await;
     let channel = channel(&server).await;
-    let task = client
-        .start(StartTask::new("sleep").params(params))
-        .await
-        .unwrap();
+    let task = client.start(task).await.unwrap();
     let events = client
         .watch(&task.id, WatchOptions::default())
         .await
@@ -287,7 +271,7 @@ async fn shut_down_while_running(grace: &str, params: Value) -> Shutdown {
     let (tasks, ended_with) = watch_to_end(events).await;
     let last = tasks.last().cloned().expect("the watch carried the task");
     assert!(
-        is_terminal(&last),
+        last.state().is_terminal(),
         "the watch ended before the task did: {last:?} then {ended_with:?}"
     );
     if let Some(status) = ended_with {
@@ -329,7 +313,7 @@ async fn sigterm_escalates_tasks_that_ignore_the_soft_cancel_and_still_exits_zer
 async fn a_task_finishing_within_the_shutdown_grace_completes() {
     // A grace far longer than the exit bound: the server must not wait it out once idle.
     let Shutdown { task, signalled_at } =
-        shut_down_while_running("60s", sleep_params(10, 100)).await;
+        shut_down_while_running("60s", StartTask::new("sleep").params(sleep_params(10, 100))).await;
     assert_eq!(task.state(), TaskState::Completed, "{task:?}");
     assert!(task.cancel.is_none(), "{:?}", task.cancel);
     assert!(
@@ -367,10 +351,7 @@ async fn finished_tasks_are_dropped_after_the_retention_period() {
 async fn soft_cancel_without_a_grace_period_uses_the_default_grace_flag() {
     let server = Reinsd::with_args(&["--default-grace", "300ms"]);
     let client = server.client().await;
-    let task = client
-        .start(StartTask::new("sleep").params(stuck_sleep()))
-        .await
-        .unwrap();
+    let task = client.start(stuck_sleep()).await.unwrap();
     wait_state(&client, &task.id, TaskState::Running).await;
 
     let response = client.soft_cancel(&task.id, "", None).await.unwrap();

@@ -1,11 +1,22 @@
 //! WatchTask: snapshot first, then every change in version order, closing OK after the
-//! terminal state; `cancel_on_disconnect`; `after_version` not yet implemented.
+//! terminal state; `cancel_on_disconnect`; resuming with `after_version`.
 
 use reins_client::WatchOptions;
-use reins_client::proto::{CancelMode, TaskState};
-use reins_e2e::{PATIENCE, Reinsd, reason, start_sleep, wait_finished, wait_for, wait_state};
-use tokio_stream::StreamExt;
-use tonic::Code;
+use reins_client::proto::{CancelMode, Task, TaskEvent, TaskState};
+use reins_e2e::{
+    PATIENCE, Reinsd, asking, long_sleep, reason, resume_after, start_sleep, wait_finished,
+    wait_for, wait_state,
+};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Code, Status};
+
+/// Watch options that tie the task to the watch: hanging up before the end soft-cancels it.
+fn tied() -> WatchOptions {
+    WatchOptions {
+        cancel_on_disconnect: true,
+        ..WatchOptions::default()
+    }
+}
 
 #[tokio::test]
 async fn a_watch_starts_with_the_task_as_it_is_and_ends_ok_after_the_terminal_state() {
@@ -65,11 +76,7 @@ async fn a_watcher_that_hangs_up_soft_cancels_a_task_tied_to_it() {
     let server = Reinsd::start();
     let client = server.client().await;
     let task = start_sleep(&client, 1000, 50).await;
-    let options = WatchOptions {
-        cancel_on_disconnect: true,
-        ..WatchOptions::default()
-    };
-    let mut events = client.watch(&task.id, options).await.unwrap();
+    let mut events = client.watch(&task.id, tied()).await.unwrap();
     events.next().await.unwrap().unwrap();
     drop(events);
 
@@ -96,40 +103,85 @@ async fn a_plain_watcher_hanging_up_leaves_the_task_running() {
     assert!(done.cancel.is_none());
 }
 
-#[tokio::test]
-async fn a_tied_watcher_that_stays_to_the_end_cancels_nothing() {
-    let server = Reinsd::start();
-    let client = server.client().await;
-    let task = start_sleep(&client, 2, 20).await;
-    let options = WatchOptions {
-        cancel_on_disconnect: true,
-        ..WatchOptions::default()
-    };
-    let events: Vec<_> = client
-        .watch(&task.id, options)
+/// The versions a watch sends up to its end, which must be OK.
+async fn to_the_end(events: impl Stream<Item = Result<TaskEvent, Status>>) -> Vec<Task> {
+    let events: Vec<_> = tokio::time::timeout(PATIENCE, events.collect())
         .await
-        .unwrap()
+        .expect("the watch to end");
+    events
+        .into_iter()
+        .map(|event| {
+            event
+                .expect("the stream ends OK, not with an error")
+                .task
+                .expect("event task")
+        })
         .collect()
-        .await;
-    let last = events
-        .last()
-        .unwrap()
-        .as_ref()
-        .unwrap()
-        .task
-        .clone()
-        .unwrap();
-    assert_eq!(last.state(), TaskState::Completed);
-    // The stream ended with the task: the hang-up that follows must not touch the record.
-    let again = wait_state(&client, &task.id, TaskState::Completed).await;
-    assert_eq!(again.version, last.version);
 }
 
-fn resume_after(version: u64) -> WatchOptions {
-    WatchOptions {
-        after_version: version,
-        ..WatchOptions::default()
-    }
+#[tokio::test]
+async fn a_tied_watcher_that_stays_to_the_end_cancels_nothing() {
+    // A cancel sent on the hang-up after the end could not show on the watched task: a
+    // finished task is never changed. So it is given places to land: a detached child of
+    // the watched task (it outlives its parent unless someone cancels the subtree) and a
+    // neighbour, waiting for an answer and tied to a second watch on the same connection.
+    let server = Reinsd::start();
+    let client = server.client().await;
+    let watched = client.start(asking("finish?")).await.unwrap();
+    let child = client
+        .start(long_sleep().parent(&watched.id).detached(true))
+        .await
+        .unwrap();
+    let neighbour = client.start(asking("still there?")).await.unwrap();
+    wait_state(&client, &watched.id, TaskState::WaitingForAnswer).await;
+    wait_state(&client, &neighbour.id, TaskState::WaitingForAnswer).await;
+    wait_state(&client, &child.id, TaskState::Running).await;
+    let neighbour_events = client.watch(&neighbour.id, tied()).await.unwrap();
+
+    let mut events = client.watch(&watched.id, tied()).await.unwrap();
+    let first = events.next().await.unwrap().unwrap().task.unwrap();
+    assert_eq!(first.state(), TaskState::WaitingForAnswer);
+    client.answer(&watched.id, "yes").await.unwrap();
+    let last = to_the_end(events)
+        .await
+        .pop()
+        .expect("events after the answer");
+    assert_eq!(last.state(), TaskState::Completed);
+
+    // A tied watcher hanging up before the end, on a connection of its own, after the
+    // hang-up above: once its cancel has taken effect, a cancel sent by that earlier
+    // hang-up would have too.
+    let other = server.client().await;
+    let marker = other.start(long_sleep()).await.unwrap();
+    let mut marker_events = other.watch(&marker.id, tied()).await.unwrap();
+    marker_events.next().await.unwrap().unwrap();
+    drop(marker_events);
+    let marker = wait_finished(&other, &marker.id).await;
+    assert_eq!(marker.state(), TaskState::Cancelled, "{marker:?}");
+    assert_eq!(marker.cancel.unwrap().reason, "watcher disconnected");
+
+    // The neighbour then finishes on its own, watched to its end: never cancelled.
+    let answered = client.answer(&neighbour.id, "yes").await;
+    let seen = to_the_end(neighbour_events).await;
+    let cancelled: Vec<&Task> = seen.iter().filter(|task| task.cancel.is_some()).collect();
+    assert!(
+        cancelled.is_empty(),
+        "the neighbour was cancelled: {cancelled:?}"
+    );
+    answered.expect("the neighbour still waited for its answer");
+    assert_eq!(seen.last().map(Task::state), Some(TaskState::Completed));
+
+    let child = client.check(&child.id).await.unwrap();
+    assert_eq!(
+        (child.state(), &child.cancel),
+        (TaskState::Running, &None),
+        "the detached child runs on, uncancelled"
+    );
+    assert_eq!(
+        client.check(&watched.id).await.unwrap(),
+        last,
+        "the watched task is as its last event showed it"
+    );
 }
 
 #[tokio::test]

@@ -432,16 +432,12 @@ pub async fn started(client: &Client, task: Task) -> Task {
     wait_for(client, &task.id, "the start", |task| !task.owner.is_empty()).await
 }
 
-pub fn is_terminal(task: &Task) -> bool {
-    matches!(
-        task.state(),
-        TaskState::Completed | TaskState::Failed | TaskState::Cancelled
-    )
-}
-
 /// Waits for the task's terminal version.
 pub async fn wait_finished(client: &Client, id: &str) -> Task {
-    wait_for(client, id, "a terminal state", is_terminal).await
+    wait_for(client, id, "a terminal state", |task| {
+        task.state().is_terminal()
+    })
+    .await
 }
 
 pub async fn wait_state(client: &Client, id: &str, state: TaskState) -> Task {
@@ -465,6 +461,12 @@ pub fn long_sleep() -> StartTask {
 pub fn stuck_sleep() -> StartTask {
     StartTask::new("sleep")
         .params(serde_json::json!({"steps": 10_000, "step_ms": 50, "ignore_soft_cancel": true}))
+}
+
+/// A short `sleep` task that asks `question` after its first step and waits in
+/// WAITING_FOR_ANSWER until it is answered; then it finishes its second step and completes.
+pub fn asking(question: &str) -> StartTask {
+    StartTask::new("sleep").params(serde_json::json!({"steps": 2, "step_ms": 10, "ask": question}))
 }
 
 /// Starts a `sleep` task of `steps` × `step_ms`.

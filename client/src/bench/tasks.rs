@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost_types::Timestamp;
-use reins_client::proto::{Task, TaskState};
+use reins_client::proto::Task;
 use reins_client::{Client, StartTask, WatchOptions};
 use serde_json::json;
 use tokio_stream::StreamExt;
@@ -29,13 +29,6 @@ pub fn sleep(steps: u64, step_ms: u64) -> StartTask {
 /// A `sleep` task that finishes as soon as it starts.
 pub fn instant() -> StartTask {
     sleep(0, 0)
-}
-
-pub fn is_terminal(task: &Task) -> bool {
-    matches!(
-        task.state(),
-        TaskState::Completed | TaskState::Failed | TaskState::Cancelled
-    )
 }
 
 /// RUNNING or past it (a short task may be over by the time it is seen).

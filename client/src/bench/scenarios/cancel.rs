@@ -146,7 +146,7 @@ async fn cancel_running(
     let after_call = after_call.ok_or_else(|| {
         BenchError::Unexpected(format!("the cancel of task {} returned no task", task.id))
     })?;
-    let ended = tasks::wait_for(client, after_call, tasks::is_terminal).await?;
+    let ended = tasks::wait_for(client, after_call, |task| task.state().is_terminal()).await?;
     if ended.state() != TaskState::Cancelled {
         return Err(BenchError::Unexpected(format!(
             "task {} ended {:?}, not CANCELLED",

@@ -23,7 +23,7 @@ pub async fn run(bench: &Bench) -> BenchResult<Report> {
         async move {
             let began = Instant::now();
             let task = client.start(tasks::instant()).await?;
-            let task = tasks::wait_for(&client, task, tasks::is_terminal).await?;
+            let task = tasks::wait_for(&client, task, |task| task.state().is_terminal()).await?;
             if task.state() != TaskState::Completed {
                 return Err(BenchError::Unexpected(format!(
                     "task {} ended {:?}",
