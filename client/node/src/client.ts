@@ -105,7 +105,7 @@ export class Client {
   }
 
   /** Starts a task (RUNNING, or PENDING while no capacity or worker is free). */
-  start(kind: string, options: StartOptions = {}): Promise<Task> {
+  async start(kind: string, options: StartOptions = {}): Promise<Task> {
     const request = {
       kind,
       description: options.description ?? "",
@@ -122,12 +122,12 @@ export class Client {
   }
 
   /** Reads a task, active or finished. */
-  check(taskId: string, options: CallOptions = {}): Promise<Task> {
+  async check(taskId: string, options: CallOptions = {}): Promise<Task> {
     return this.unary<Task__Output>(options, (o, cb) => this.stub.CheckTask({ taskId }, o, cb)).then(fromTask);
   }
 
   /** Asks the task (and its subtree) to stop at its next checkpoint. */
-  softCancel(taskId: string, options: SoftCancelOptions = {}): Promise<CancelResult> {
+  async softCancel(taskId: string, options: SoftCancelOptions = {}): Promise<CancelResult> {
     const request = {
       taskId,
       reason: options.reason ?? "",
@@ -137,7 +137,7 @@ export class Client {
   }
 
   /** Ends the task (and its subtree) now: CANCELLED when the call returns. */
-  hardCancel(taskId: string, options: HardCancelOptions = {}): Promise<CancelResult> {
+  async hardCancel(taskId: string, options: HardCancelOptions = {}): Promise<CancelResult> {
     const request = { taskId, reason: options.reason ?? "" };
     return this.unary<CancelResponse__Output>(options, (o, cb) => this.stub.HardCancel(request, o, cb)).then(fromCancelResponse);
   }
@@ -188,7 +188,7 @@ export class Client {
   }
 
   /** Answers the question of a task waiting for an answer and resumes it. */
-  answer(taskId: string, answer: string, options: CallOptions = {}): Promise<Task> {
+  async answer(taskId: string, answer: string, options: CallOptions = {}): Promise<Task> {
     return this.unary<Task__Output>(options, (o, cb) => this.stub.AnswerTask({ taskId, answer }, o, cb)).then(fromTask);
   }
 

@@ -71,12 +71,16 @@ function convert(value: unknown, path: string, seen: Set<object>): Value {
   }
 }
 
+const VALUE_CASES = ["nullValue", "numberValue", "stringValue", "boolValue", "structValue", "listValue"] as const;
+
 /** A google.protobuf.Value as plain JSON. */
 export function fromValue(value: Value__Output | null | undefined): Json {
   if (value === null || value === undefined) {
     return null;
   }
-  switch (value.kind) {
+  // Decoded messages name their case in `kind` (the loader's `oneofs` option).
+  const kind = value.kind ?? VALUE_CASES.find((name) => value[name] !== undefined && value[name] !== null);
+  switch (kind) {
     case "numberValue":
       return value.numberValue ?? 0;
     case "stringValue":

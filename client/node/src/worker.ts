@@ -76,6 +76,8 @@ const END_GRACE_MS = 2000;
 class Session implements Outbox {
   readonly tasks = new Map<string, TaskContext>();
   open = true;
+  /** The worker half-closed the stream (closing): assignments still in flight are not run. */
+  halfClosed = false;
   welcomed = false;
   readonly ended: Promise<ReinsError | undefined>;
   private endedResolve!: (error: ReinsError | undefined) => void;
@@ -272,6 +274,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
     const session = this.session;
     if (session !== undefined && session.open) {
+      session.halfClosed = true;
       session.call.end(); // half-close: the server forgets the worker and ends its side
       let timer: NodeJS.Timeout | undefined;
       const ended = await Promise.race([
@@ -351,6 +354,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
           this._warn("an assignment without a task; ignored");
           return;
         }
+        if (session.halfClosed) {
+          // Crossed our half-close: the server settles it (requeued or FAILED) as it ends the stream.
+          this._warn(`task ${record.id} was assigned while the worker closed; not run`);
+          return;
+        }
         if (session.tasks.has(record.id)) {
           this._warn(`task ${record.id} is assigned already; the second assignment is ignored`);
           return;
@@ -425,7 +433,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
     if (this.traceFn === undefined) {
       return;
     }
-    const type = ("message" in message ? message.message : "command" in message ? message.command : undefined) ?? "";
+    // Received commands carry their oneof case (`command`); messages built here do not.
+    const type =
+      ("command" in message ? message.command : undefined) ??
+      Object.keys(message).find((key) => key !== "message" && key !== "command") ??
+      "";
     const body = (message as Record<string, unknown>)[type] as { taskId?: string; task?: { id?: string } } | undefined;
     const taskId = body?.taskId ?? body?.task?.id ?? "";
     try {
