@@ -65,6 +65,12 @@ export type Outcome =
   | { type: "fail"; error: string }
   | { type: "none" };
 
+function checkFraction(fraction: number): void {
+  if (!Number.isFinite(fraction) || fraction < 0 || fraction > 1) {
+    throw new RangeError(`fraction: expected a number from 0 to 1, got ${fraction}`);
+  }
+}
+
 interface OpenQuestion {
   resolve: (answer: string) => void;
   reject: (err: Error) => void;
@@ -157,6 +163,7 @@ export class TaskContext {
 
   /** Reports progress: `fraction` from 0 to 1 and a short message. */
   progress(fraction: number, message = ""): void {
+    checkFraction(fraction);
     this.lastFraction = fraction;
     this.send({ progress: { taskId: this.task.id, fraction, message } });
   }
@@ -168,6 +175,7 @@ export class TaskContext {
    * `if (ctx.checkpoint(part)) throw new Cancelled(done)`. TypeError if `partial` is not JSON.
    */
   checkpoint(partial: unknown, fraction: number = this.lastFraction, message = ""): boolean {
+    checkFraction(fraction);
     const partialResult = toValue(partial);
     this.lastFraction = fraction;
     this.send({ progress: { taskId: this.task.id, fraction, message, partialResult } });

@@ -228,7 +228,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
         const reconnectInMs = this.backoff.next();
         debug("stream ended (%s); reconnecting in %d ms", error?.message ?? "OK", reconnectInMs);
         this.emit("disconnect", { error, reconnectInMs });
-        await this.untilClosingOr(new Promise((resolve) => setTimeout(resolve, reconnectInMs).unref()));
+        await this.pause(reconnectInMs);
       }
     } catch (err) {
       failure = err;
@@ -296,6 +296,24 @@ export class Worker extends EventEmitter<WorkerEvents> {
       this.channelClosed = true;
       this.stub.close();
     }
+  }
+
+  /**
+   * Waits `ms` or until close(). The timer is referenced, so a worker waiting to reconnect
+   * keeps the process alive, and cleared on close, so it does not hold a closed worker's.
+   */
+  private pause(ms: number): Promise<void> {
+    const signal = this.closing.signal;
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      signal.addEventListener("abort", done, { once: true });
+      if (signal.aborted) done();
+    });
   }
 
   private untilClosingOr(promise: Promise<unknown>): Promise<unknown> {

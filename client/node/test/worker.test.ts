@@ -476,6 +476,33 @@ describe("Worker", () => {
     await cluster.kill(replica);
   });
 
+  test("with no server it retries with growing delays; close() interrupts the wait", async () => {
+    const { freePort } = await import("./harness.js");
+    const nobody = `127.0.0.1:${await freePort()}`;
+    const worker = new Worker({
+      server: nobody,
+      kinds: [uniqueKind("nobody")],
+      reconnect: { initialDelayMs: 40, maxDelayMs: 4000 },
+      handler: () => null,
+    });
+    const delays: number[] = [];
+    worker.on("disconnect", ({ error, reconnectInMs }) => {
+      assert.equal(error?.code, grpc.status.UNAVAILABLE);
+      delays.push(reconnectInMs);
+    });
+    const ran = worker.run();
+    await eventually("six attempts", () => (delays.length >= 6 ? true : undefined));
+    // Bounds 40, 80, 160, 320, 640, 1280 ms; each delay in the upper half of its bound.
+    delays.slice(0, 6).forEach((delay, i) => {
+      const bound = 40 * 2 ** i;
+      assert.ok(delay >= bound / 2 && delay <= bound, `delay ${i}: ${delay} for bound ${bound}`);
+    });
+    const closing = Date.now();
+    await worker.close();
+    await ran;
+    assert.ok(Date.now() - closing < 500, "close() does not wait out the backoff");
+  });
+
   test("a hello the server refuses (a built-in kind) makes run() reject, without retrying", async () => {
     const worker = new Worker({ server: cluster.a.address, kinds: ["sleep"], handler: () => null });
     const connected = worker.connected();
