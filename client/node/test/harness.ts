@@ -336,21 +336,6 @@ export function uniqueKind(name: string): string {
   return `node-${name}-${process.pid}-${kindCounter}`;
 }
 
-/** Runs a program to its end; throws with its output when it fails. */
-export function runProgram(program: string, args: string[], options: { cwd?: string; timeoutMs?: number } = {}): string {
-  const result = spawnSync(program, args, {
-    cwd: options.cwd,
-    encoding: "utf8",
-    timeout: options.timeoutMs ?? PATIENCE_MS,
-  });
-  if (result.error !== undefined || result.status !== 0) {
-    throw new Error(
-      `${program} ${args.join(" ")} failed (${result.error?.message ?? `exit ${result.status}`}):\n${result.stdout}\n${result.stderr}`,
-    );
-  }
-  return result.stdout;
-}
-
 /** The versions the "started from Python" test installs into its virtualenv. */
 const PYTHON_REQUIREMENTS = ["grpcio==1.85.1", "grpcio-tools==1.85.1", "protobuf==7.36.2"];
 
