@@ -1,0 +1,268 @@
+// The TaskService client: start, check, cancel, list, watch and answer tasks.
+import * as grpc from "@grpc/grpc-js";
+
+import { parseServer, type ConnectionOptions } from "./address.js";
+import { fromTask, fromTimestamp, toDuration, toStruct } from "./convert.js";
+import { toReinsError } from "./errors.js";
+import type { CancelResponse__Output } from "./gen/reins/v1/CancelResponse.js";
+import type { ListActiveResponse__Output } from "./gen/reins/v1/ListActiveResponse.js";
+import type { Task__Output } from "./gen/reins/v1/Task.js";
+import type { TaskEvent__Output } from "./gen/reins/v1/TaskEvent.js";
+import type { TaskServiceClient } from "./gen/reins/v1/TaskService.js";
+import { reinsV1 } from "./proto.js";
+import { isTerminal, type CancelOutcome, type Task, type TaskEvent } from "./types.js";
+
+/** Options every call takes. */
+export interface CallOptions {
+  /** Aborting cancels the call; it rejects with `signal.reason`. */
+  signal?: AbortSignal;
+  /** The call's gRPC deadline, in milliseconds from now. */
+  deadlineMs?: number;
+}
+
+export interface StartOptions extends CallOptions {
+  /** Kind-specific parameters (a JSON object), validated by the server. */
+  params?: Record<string, unknown>;
+  description?: string;
+  /** Cancelling the parent cancels this task too. */
+  parentId?: string;
+  /** A detached child keeps running when its parent finishes. */
+  detached?: boolean;
+  sessionId?: string;
+  labels?: Record<string, string>;
+  /** The task's maximum running time in milliseconds, counted from its start (`timeout`). */
+  timeoutMs?: number;
+  /** Idempotency key: a second start with the same key returns the first task. */
+  requestId?: string;
+  /** How many times the task may be started (a lost worker or replica requeues it). */
+  maxAttempts?: number;
+}
+
+export interface SoftCancelOptions extends CallOptions {
+  reason?: string;
+  /** How long the task may take to stop before it is hard-cancelled; unset: the server's default. */
+  graceMs?: number;
+}
+
+export interface HardCancelOptions extends CallOptions {
+  reason?: string;
+}
+
+export interface CancelResult {
+  task: Task;
+  outcome: CancelOutcome;
+}
+
+export interface ListOptions extends CallOptions {
+  kind?: string;
+  sessionId?: string;
+  parentId?: string;
+  /** Every label given must match. */
+  labels?: Record<string, string>;
+  /** Default 100, at most 1000. */
+  pageSize?: number;
+  /** `nextPageToken` of the previous page. */
+  pageToken?: string;
+}
+
+export interface TaskPage {
+  tasks: Task[];
+  /** Empty on the last page. */
+  nextPageToken: string;
+}
+
+export interface WatchOptions {
+  /** Soft-cancel the task ("watcher disconnected") if the watch ends before the task does. */
+  cancelOnDisconnect?: boolean;
+  /** Resume: replay the changes after this version, then continue live. */
+  afterVersion?: number;
+  /** Aborting ends the watch: the iterator throws `signal.reason`. */
+  signal?: AbortSignal;
+}
+
+export interface ClientOptions extends ConnectionOptions {}
+
+type Callback<T> = (err: grpc.ServiceError | null, value?: T) => void;
+
+/**
+ * A TaskService client on one gRPC channel. Every method returns plain data (`Task`) and
+ * rejects with a `ReinsError` (or the `signal`'s reason when aborted).
+ *
+ * ```ts
+ * const client = new Client("127.0.0.1:50051");
+ * const task = await client.start("research", { params: { topic: "rust" } });
+ * for await (const { task: t } of client.watch(task.id)) console.log(t.version, t.state);
+ * ```
+ */
+export class Client {
+  /** The generated service client: one channel, shared by every call. */
+  private readonly stub: TaskServiceClient;
+
+  constructor(server: string | ClientOptions) {
+    const options: ClientOptions = typeof server === "string" ? { server } : server;
+    const { target, credentials } = parseServer(options.server, options.credentials);
+    this.stub = new (reinsV1().TaskService)(target, credentials, options.channelOptions);
+  }
+
+  /** Starts a task (RUNNING, or PENDING while no capacity or worker is free). */
+  async start(kind: string, options: StartOptions = {}): Promise<Task> {
+    const request = {
+      kind,
+      description: options.description ?? "",
+      params: options.params === undefined ? null : toStruct(options.params),
+      parentId: options.parentId ?? "",
+      detached: options.detached ?? false,
+      sessionId: options.sessionId ?? "",
+      labels: options.labels ?? {},
+      timeout: options.timeoutMs === undefined ? null : toDuration(options.timeoutMs, "timeoutMs"),
+      requestId: options.requestId ?? "",
+      maxAttempts: options.maxAttempts ?? 0,
+    };
+    return this.unary<Task__Output>(options, (o, cb) => this.stub.StartTask(request, o, cb)).then(fromTask);
+  }
+
+  /** Reads a task, active or finished. */
+  async check(taskId: string, options: CallOptions = {}): Promise<Task> {
+    return this.unary<Task__Output>(options, (o, cb) => this.stub.CheckTask({ taskId }, o, cb)).then(fromTask);
+  }
+
+  /** Asks the task (and its subtree) to stop at its next checkpoint. */
+  async softCancel(taskId: string, options: SoftCancelOptions = {}): Promise<CancelResult> {
+    const request = {
+      taskId,
+      reason: options.reason ?? "",
+      gracePeriod: options.graceMs === undefined ? null : toDuration(options.graceMs, "graceMs"),
+    };
+    return this.unary<CancelResponse__Output>(options, (o, cb) => this.stub.SoftCancel(request, o, cb)).then(fromCancelResponse);
+  }
+
+  /** Ends the task (and its subtree) now: CANCELLED when the call returns. */
+  async hardCancel(taskId: string, options: HardCancelOptions = {}): Promise<CancelResult> {
+    const request = { taskId, reason: options.reason ?? "" };
+    return this.unary<CancelResponse__Output>(options, (o, cb) => this.stub.HardCancel(request, o, cb)).then(fromCancelResponse);
+  }
+
+  // cancelTasks (CancelTasks) and run (RunTask) slot in here once the server has them:
+  // each is one `unary` call (or, for a streaming RunTask, an iterator like `watch`).
+
+  /** One page of active tasks, in creation order. */
+  async list(options: ListOptions = {}): Promise<TaskPage> {
+    const request = {
+      kind: options.kind ?? "",
+      sessionId: options.sessionId ?? "",
+      parentId: options.parentId ?? "",
+      labels: options.labels ?? {},
+      pageSize: options.pageSize ?? 0,
+      pageToken: options.pageToken ?? "",
+    };
+    const page = await this.unary<ListActiveResponse__Output>(options, (o, cb) => this.stub.ListActive(request, o, cb));
+    return { tasks: page.tasks.map(fromTask), nextPageToken: page.nextPageToken };
+  }
+
+  /** Every active task matching the filter, page after page. */
+  async *listAll(options: Omit<ListOptions, "pageToken"> = {}): AsyncGenerator<Task, void, undefined> {
+    let pageToken = "";
+    do {
+      const page = await this.list({ ...options, pageToken });
+      yield* page.tasks;
+      pageToken = page.nextPageToken;
+    } while (pageToken !== "");
+  }
+
+  /**
+   * The task as it is now, then every change in version order; the iterator ends after
+   * the terminal event. Leaving the loop early (`break`, `return`, a throw) cancels the
+   * call. A broken stream throws a ReinsError (watch again with `afterVersion` to resume).
+   */
+  watch(taskId: string, options: WatchOptions = {}): AsyncGenerator<TaskEvent, void, undefined> {
+    const afterVersion = options.afterVersion ?? 0;
+    if (!Number.isSafeInteger(afterVersion) || afterVersion < 0) {
+      throw new RangeError(`afterVersion: expected a non-negative integer, got ${afterVersion}`);
+    }
+    const call = this.stub.WatchTask({
+      taskId,
+      cancelOnDisconnect: options.cancelOnDisconnect ?? false,
+      afterVersion: String(afterVersion),
+    });
+    return iterateWatch(call, options.signal);
+  }
+
+  /** Answers the question of a task waiting for an answer and resumes it. */
+  async answer(taskId: string, answer: string, options: CallOptions = {}): Promise<Task> {
+    return this.unary<Task__Output>(options, (o, cb) => this.stub.AnswerTask({ taskId, answer }, o, cb)).then(fromTask);
+  }
+
+  /** Closes the channel; calls in flight fail. */
+  close(): void {
+    this.stub.close();
+  }
+
+  /** Runs one unary call: deadline, cancellation by `signal`, errors as ReinsError. */
+  private unary<T>(options: CallOptions, invoke: (o: grpc.CallOptions, cb: Callback<T>) => grpc.ClientUnaryCall): Promise<T> {
+    const { signal, deadlineMs } = options;
+    return new Promise<T>((resolve, reject) => {
+      if (signal?.aborted) {
+        reject(signal.reason);
+        return;
+      }
+      const callOptions: grpc.CallOptions = deadlineMs === undefined ? {} : { deadline: Date.now() + deadlineMs };
+      const onAbort = () => call.cancel();
+      const call = invoke(callOptions, (err, value) => {
+        signal?.removeEventListener("abort", onAbort);
+        if (signal?.aborted) {
+          reject(signal.reason);
+        } else if (err !== null || value === undefined) {
+          reject(toReinsError(err ?? new Error("the server sent no response")));
+        } else {
+          resolve(value);
+        }
+      });
+      signal?.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+}
+
+function fromCancelResponse(response: CancelResponse__Output): CancelResult {
+  if (response.task === null || response.task === undefined) {
+    throw toReinsError(new Error("the server's cancel response has no task"));
+  }
+  return {
+    task: fromTask(response.task),
+    outcome: response.outcome.replace(/^CANCEL_OUTCOME_/, "") as CancelOutcome,
+  };
+}
+
+async function* iterateWatch(
+  call: grpc.ClientReadableStream<TaskEvent__Output>,
+  signal: AbortSignal | undefined,
+): AsyncGenerator<TaskEvent, void, undefined> {
+  const onAbort = () => call.cancel();
+  signal?.addEventListener("abort", onAbort, { once: true });
+  let ended = false;
+  try {
+    signal?.throwIfAborted();
+    for await (const raw of call as AsyncIterable<TaskEvent__Output>) {
+      if (raw.task === null || raw.task === undefined) {
+        continue;
+      }
+      const event: TaskEvent = { task: fromTask(raw.task), time: fromTimestamp(raw.time) };
+      if (isTerminal(event.task.state)) {
+        ended = true; // the server closes the stream right after this event
+        yield event;
+        return;
+      }
+      yield event;
+    }
+    ended = true;
+  } catch (err) {
+    if (signal?.aborted) {
+      throw signal.reason;
+    }
+    throw toReinsError(err);
+  } finally {
+    signal?.removeEventListener("abort", onAbort);
+    if (!ended) {
+      call.cancel(); // the consumer left early (or the call failed: a no-op then)
+    }
+  }
+}
