@@ -69,13 +69,16 @@ done
 # The dashboard component renders once the observability issue adds its file.
 if [[ -f "$repo/deploy/grafana/reins.json" ]]; then
   mkdir -p "$work/with-dashboard"
+  relative() { "$venv/bin/python" -c 'import os,sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$1" "$work/with-dashboard"; }
+  # kustomize takes relative paths only.
   cat >"$work/with-dashboard/kustomization.yaml" <<EOF
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
+namespace: reins
 resources:
-  - $kube/overlays/production
+  - $(relative "$kube/overlays/production")
 components:
-  - $repo/deploy/grafana
+  - $(relative "$repo/deploy/grafana")
 EOF
   render production-with-dashboard "$work/with-dashboard"
 else
