@@ -12,7 +12,7 @@
 #
 # REINSD: $REINSD_BIN, else target/release/reinsd, else target/debug/reinsd; the `reins`
 # CLI is taken from the same directory. Installs podman when neither podman nor buildah
-# is there and apt-get can (else: skipped, exit 0), and grpcurl into the venv of
+# is there and apt-get can (else, or when not root: skipped, exit 0), and grpcurl into the venv of
 # tests/deploy/requirements.txt. Prints the install and build times and closes with
 # `image: N passed, N failed`.
 set -euo pipefail
@@ -33,13 +33,15 @@ reinsd="$(cd "$(dirname "$reinsd")" && pwd)/$(basename "$reinsd")"
 cli="$(dirname "$reinsd")/reins"
 [[ -x "$cli" ]] || { echo "image.sh: no reins CLI next to $reinsd" >&2; exit 1; }
 if [[ "$(id -u)" -ne 0 ]]; then
-  echo "image.sh: needs root (unpacking an image with its owners, chroot, setuid)" >&2
-  exit 1
+  skip "image" "needs root (installing podman, unpacking an image with its owners, chroot, setuid)"
+  finish
+  exit $?
 fi
 
 # -- a builder ---------------------------------------------------------------------------
-tool=""
+tool="${REINS_IMAGE_TEST_TOOL:-}" # podman or buildah; default: the first found
 for candidate in podman buildah; do
+  [[ -z "$tool" ]] || break
   if command -v "$candidate" >/dev/null 2>&1; then tool="$candidate"; break; fi
 done
 if [[ -z "$tool" ]]; then
@@ -88,9 +90,25 @@ else
   exit 1
 fi
 
+# -- its root filesystem -----------------------------------------------------------------
+# What a user pushes: `save` the image and unpack its layers in order.
+mkdir -p "$work/archive" "$work/rootfs"
+if [[ "$tool" == podman ]]; then
+  podman save --format docker-archive -o "$work/image.tar" "$tag" >/dev/null 2>&1
+else
+  buildah push "$tag" "docker-archive:$work/image.tar:$tag" >/dev/null 2>&1
+fi
+tar -xf "$work/image.tar" -C "$work/archive"
+layers="$("$venv/bin/python" -c 'import json,sys; print("\n".join(json.load(open(sys.argv[1]))[0]["Layers"]))' "$work/archive/manifest.json")"
+while read -r layer; do
+  tar -xf "$work/archive/$layer" --numeric-owner -p -C "$work/rootfs"
+done <<<"$layers"
+root="$work/rootfs"
+
 # -- the image config --------------------------------------------------------------------
-"$tool" inspect --type image "$tag" --format '{{json .Config}}' >"$work/config.json" 2>/dev/null ||
-  "$tool" inspect "$tag" --format '{{json .Config}}' >"$work/config.json"
+# Read from the saved archive's config blob: what a registry and a kubelet see.
+"$venv/bin/python" -c 'import json,sys; d=sys.argv[1]; m=json.load(open(d+"/manifest.json"))[0]; json.dump(json.load(open(d+"/"+m["Config"]))["config"], open(sys.argv[2],"w"))' \
+  "$work/archive" "$work/config.json"
 version="$("$reinsd" --version | awk '{print $2}')"
 if problems="$("$venv/bin/python" - "$work/config.json" "$version" <<'PY'
 import json, sys
@@ -121,20 +139,6 @@ else
   fail "image config" "$problems"
 fi
 
-# -- its root filesystem -----------------------------------------------------------------
-# What a user pushes: `save` the image and unpack its layers in order.
-mkdir -p "$work/archive" "$work/rootfs"
-if [[ "$tool" == podman ]]; then
-  podman save --format docker-archive -o "$work/image.tar" "$tag" >/dev/null 2>&1
-else
-  buildah push "$tag" "docker-archive:$work/image.tar:$tag" >/dev/null 2>&1
-fi
-tar -xf "$work/image.tar" -C "$work/archive"
-layers="$("$venv/bin/python" -c 'import json,sys; print("\n".join(json.load(open(sys.argv[1]))[0]["Layers"]))' "$work/archive/manifest.json")"
-while read -r layer; do
-  tar -xf "$work/archive/$layer" --numeric-owner -p -C "$work/rootfs"
-done <<<"$layers"
-root="$work/rootfs"
 
 libraries="$(ldd "$reinsd" 2>/dev/null | awk '/=> \//{print $3} /^\t\//{print $1}' | sort || true)"
 expected="$(
