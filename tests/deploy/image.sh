@@ -48,6 +48,7 @@ if [[ -z "$tool" ]]; then
   if command -v apt-get >/dev/null 2>&1; then
     echo "== installing podman (apt-get, no recommends)"
     started="$(now)"
+    export DEBIAN_FRONTEND=noninteractive
     if { apt-get install -y -qq --no-install-recommends podman >/dev/null 2>&1 ||
       { apt-get update -qq && apt-get install -y -qq --no-install-recommends podman >/dev/null; }; } &&
       command -v podman >/dev/null 2>&1; then
