@@ -21,11 +21,35 @@ impl FieldViolation {
     }
 }
 
+/// How many characters of a client's value an error message repeats. Echoing a whole
+/// 20 kB id or kind would push the reply past the client's metadata limit.
+pub const ECHO_CHARS: usize = 64;
+
+/// A client-supplied text cut to [`ECHO_CHARS`] characters, with `…` if it was longer.
+pub fn shorten(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(ECHO_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]).into(),
+        None => text.into(),
+    }
+}
+
+/// A client-supplied value as an error message shows it: quoted and [`shorten`]ed.
+pub struct Echo<'a>(pub &'a str);
+
+impl std::fmt::Display for Echo<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.char_indices().nth(ECHO_CHARS) {
+            Some((cut, _)) => write!(f, "{:?}…", &self.0[..cut]),
+            None => write!(f, "{:?}", self.0),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid request: {}", describe(.0))]
     InvalidArgument(Vec<FieldViolation>),
-    #[error("unknown task kind {0:?}")]
+    #[error("unknown task kind {}", Echo(.0))]
     KindUnknown(String),
     #[error("{0}")]
     ExecNotAllowed(String),
@@ -40,7 +64,8 @@ pub enum Error {
     #[error("task {id} is {state:?}, not waiting for an answer")]
     TaskNotWaiting { id: TaskId, state: TaskState },
     #[error(
-        "request_id {request_id:?} was already used for task {existing} with a different kind, params or parent"
+        "request_id {} was already used for task {existing} with a different kind, params or parent",
+        Echo(request_id)
     )]
     RequestIdConflict {
         request_id: String,
@@ -50,6 +75,19 @@ pub enum Error {
         "the history of task {id} no longer holds the versions after {after_version}; watch without after_version to start from the task as it is now"
     )]
     HistoryUnavailable { id: TaskId, after_version: u64 },
+    #[error(
+        "task {id} is at version {current}; after_version {after_version} is ahead of it (resume from a version a watch of this task returned)"
+    )]
+    VersionAhead {
+        id: TaskId,
+        after_version: u64,
+        current: u64,
+    },
+    /// The request's bytes are not a valid protobuf message of the method's request type.
+    #[error("the request does not decode: {0}")]
+    Undecodable(String),
+    #[error("{0}")]
+    MessageTooLarge(String),
     #[error("worker protocol violation: {0}")]
     WorkerProtocol(String),
     #[error("the server is shutting down")]

@@ -98,7 +98,7 @@ pub async fn run(
         .http2_keepalive_interval(Some(HEARTBEAT))
         .http2_keepalive_timeout(Some(HEARTBEAT))
         .layer(tower::util::MapResponseLayer::new(
-            crate::api::status::resource_exhausted_for_oversize,
+            crate::api::status::client_mistakes,
         ))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -663,3 +663,201 @@ async fn soft_cancel_refuses_a_grace_period_beyond_the_duration_range() {
     );
     assert_still_serving(&client).await;
 }
+
+/// Protobuf field 1, length-delimited, holding `bytes`.
+fn field_1(bytes: &[u8]) -> Vec<u8> {
+    let mut message = vec![0x0a, u8::try_from(bytes.len()).expect("a short field")];
+    message.extend_from_slice(bytes);
+    message
+}
+
+#[tokio::test]
+async fn requests_that_do_not_decode_are_invalid_argument_on_every_method() {
+    use reins_e2e::raw::{Shape, raw_call};
+    let server = Reinsd::start();
+    let methods = [
+        ("reins.v1.TaskService/StartTask", Shape::Unary),
+        ("reins.v1.TaskService/CheckTask", Shape::Unary),
+        ("reins.v1.TaskService/SoftCancel", Shape::Unary),
+        ("reins.v1.TaskService/HardCancel", Shape::Unary),
+        ("reins.v1.TaskService/ListActive", Shape::Unary),
+        ("reins.v1.TaskService/AnswerTask", Shape::Unary),
+        ("reins.v1.TaskService/WatchTask", Shape::ServerStreaming),
+        ("reins.v1.WorkerService/Connect", Shape::BidiStreaming),
+    ];
+    // Field 1 is a string in every request above, and WorkerHello.name inside field 1 of a
+    // WorkerMessage: bytes that are not UTF-8 there do not decode.
+    let not_utf8 = [0xff, 0xfe, 0xfd];
+    for (method, shape) in methods {
+        let bad_string = if method.ends_with("Connect") {
+            field_1(&field_1(&not_utf8))
+        } else {
+            field_1(&not_utf8)
+        };
+        for (case, body) in [
+            ("garbage bytes", vec![0xff; 8]),
+            ("a truncated field", vec![0x0a, 0x40, b'x']),
+            ("invalid UTF-8 in a string", bad_string),
+        ] {
+            let case = format!("{method}: {case}");
+            let status = assert_refused(
+                &case,
+                raw_call(&server.url(), &format!("/{method}"), shape, body).await,
+                &Expect {
+                    code: Code::InvalidArgument,
+                    reason: Some("MALFORMED_REQUEST"),
+                    fields: vec!["request"],
+                },
+            );
+            assert!(status.message().contains("decode"), "{case}: {status:?}");
+        }
+    }
+    assert_still_serving(&server.client().await).await;
+}
+
+#[tokio::test]
+async fn params_nested_beyond_the_decoders_limit_are_invalid_argument() {
+    let server = Reinsd::start();
+    let client = server.client().await;
+    let mut nested = prost_types::Value {
+        kind: Some(Kind::NumberValue(1.0)),
+    };
+    for _ in 0..60 {
+        nested = prost_types::Value {
+            kind: Some(Kind::StructValue(prost_types::Struct {
+                fields: BTreeMap::from([("deeper".to_owned(), nested)]),
+            })),
+        };
+    }
+    let request = StartTaskRequest {
+        kind: "sleep".into(),
+        params: Some(prost_types::Struct {
+            fields: BTreeMap::from([("steps".to_owned(), nested)]),
+        }),
+        ..Default::default()
+    };
+    assert_refused(
+        "params nested 60 deep",
+        client.raw().start_task(request).await,
+        &Expect {
+            code: Code::InvalidArgument,
+            reason: Some("MALFORMED_REQUEST"),
+            fields: vec!["request"],
+        },
+    );
+    assert_still_serving(&client).await;
+}
+
+#[tokio::test]
+async fn a_huge_id_or_kind_is_echoed_only_in_part() {
+    let server = Reinsd::start();
+    let client = server.client().await;
+    let huge = "x".repeat(20_000);
+    let status = assert_refused(
+        "a 20 kB task id",
+        client.check(&huge).await,
+        &invalid(&["task_id"]),
+    );
+    assert!(status.message().len() < 500, "{}", status.message().len());
+    let status = assert_refused(
+        "a 20 kB kind",
+        client.start(StartTask::new(&huge)).await,
+        &Expect {
+            code: Code::InvalidArgument,
+            reason: Some("KIND_UNKNOWN"),
+            fields: vec!["kind"],
+        },
+    );
+    assert!(status.message().len() < 500, "{}", status.message().len());
+    let mut params = sleep_params(1, 1);
+    params[&huge] = json!(1);
+    let status = client
+        .start(StartTask::new("sleep").params(params))
+        .await
+        .expect_err("a 20 kB unknown param");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().len() < 500, "{}", status.message().len());
+    let fields = bad_fields(&status);
+    assert_eq!(fields.len(), 1, "{fields:?}");
+    assert!(
+        fields[0].len() < 200,
+        "the field name is cut too: {fields:?}"
+    );
+    assert_still_serving(&client).await;
+}
+
+#[tokio::test]
+async fn durations_that_are_not_normalised_are_refused() {
+    let server = Reinsd::start();
+    let client = server.client().await;
+    let id = long_task(&client).await;
+    let not_normalised = [(0, 1_500_000_000), (1, -5), (-1, 5), (0, -1_000_000_000)];
+    let cases = not_normalised
+        .iter()
+        .map(|&(seconds, nanos)| {
+            (
+                "grace period",
+                SoftCancelRequest {
+                    task_id: id.clone(),
+                    reason: String::new(),
+                    grace_period: duration(seconds, nanos),
+                },
+                invalid(&["grace_period"]),
+            )
+        })
+        .collect();
+    assert_all_refused(cases, |request| {
+        let mut raw = client.raw();
+        async move { raw.soft_cancel(request).await }
+    })
+    .await;
+    let cases = not_normalised
+        .iter()
+        .map(|&(seconds, nanos)| {
+            (
+                "timeout",
+                StartTaskRequest {
+                    timeout: duration(seconds, nanos),
+                    ..sleep_request(sleep_params(1, 1))
+                },
+                invalid(&["timeout"]),
+            )
+        })
+        .collect();
+    assert_all_refused(cases, |request| {
+        let mut raw = client.raw();
+        async move { raw.start_task(request).await }
+    })
+    .await;
+    assert_eq!(
+        client.check(&id).await.unwrap().cancel,
+        None,
+        "no refused cancel was recorded"
+    );
+}
+
+#[tokio::test]
+async fn resuming_after_a_version_the_task_has_not_reached_is_out_of_range() {
+    let server = Reinsd::start();
+    let client = server.client().await;
+    let running = client.check(&long_task(&client).await).await.unwrap();
+    let finished = client.check(&finished_task(&client).await).await.unwrap();
+    for task in [running, finished] {
+        let ahead = task.version + 1_000;
+        let result = client
+            .watch(
+                &task.id,
+                WatchOptions {
+                    after_version: ahead,
+                    ..WatchOptions::default()
+                },
+            )
+            .await
+            .map(drop);
+        assert_refused(
+            &format!("after_version {ahead} of a task at {}", task.version),
+            result,
+            &refused(Code::OutOfRange, "VERSION_AHEAD"),
+        );
+    }
+}

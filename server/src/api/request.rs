@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reins_proto::json::struct_to_json;
 use reins_proto::v1 as pb;
 
-use crate::error::{Error, FieldViolation, Result};
+use crate::error::{Echo, Error, FieldViolation, Result};
 use crate::store::ActiveFilter;
 use crate::task::{MAX_DURATION, NewTask, TaskId};
 
@@ -21,8 +21,12 @@ pub fn task_id(field: &str, raw: &str) -> Result<TaskId> {
     if raw.is_empty() {
         return Err(Error::invalid(field, "required"));
     }
-    TaskId::try_parse(raw)
-        .map_err(|_| Error::invalid(field, format!("must be a task id (a UUID), got {raw:?}")))
+    TaskId::try_parse(raw).map_err(|_| {
+        Error::invalid(
+            field,
+            format!("must be a task id (a UUID), got {}", Echo(raw)),
+        )
+    })
 }
 
 fn optional_task_id(field: &str, raw: &str) -> Result<Option<TaskId>> {
@@ -33,10 +37,19 @@ fn optional_task_id(field: &str, raw: &str) -> Result<Option<TaskId>> {
     }
 }
 
-/// A protobuf duration that must be non-negative and within the protobuf range (10,000
-/// years); `None` if unset.
+/// A protobuf duration that must be normalised (`|nanos|` below one second, with the sign of
+/// `seconds`, as `google.protobuf.Duration` requires), non-negative and within the
+/// protobuf range (10,000 years); `None` if unset.
 pub fn duration(field: &str, value: Option<prost_types::Duration>) -> Result<Option<Duration>> {
     let Some(value) = value else { return Ok(None) };
+    let mixed_signs =
+        (value.seconds > 0 && value.nanos < 0) || (value.seconds < 0 && value.nanos > 0);
+    if value.nanos.unsigned_abs() >= 1_000_000_000 || mixed_signs {
+        return Err(Error::invalid(
+            field,
+            "must be a normalised Duration: |nanos| below 1,000,000,000 and of the same sign as seconds",
+        ));
+    }
     match Duration::try_from(value) {
         Ok(duration) if duration <= MAX_DURATION => Ok(Some(duration)),
         Ok(_) => Err(Error::invalid(
@@ -204,6 +217,37 @@ mod tests {
         assert_eq!(
             fields(new_task(request).unwrap_err()),
             ["kind", "parent_id", "timeout", "labels"]
+        );
+    }
+
+    #[test]
+    fn durations_must_be_normalised() {
+        let at =
+            |seconds, nanos| duration("timeout", Some(prost_types::Duration { seconds, nanos }));
+        assert_eq!(
+            at(1, 500_000_000).unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            at(0, 999_999_999).unwrap(),
+            Some(Duration::from_nanos(999_999_999))
+        );
+        assert_eq!(fields(at(0, 1_500_000_000).unwrap_err()), ["timeout"]);
+        assert_eq!(fields(at(1, -5).unwrap_err()), ["timeout"]);
+        assert_eq!(fields(at(-1, 5).unwrap_err()), ["timeout"]);
+        assert_eq!(fields(at(0, -1_000_000_000).unwrap_err()), ["timeout"]);
+    }
+
+    #[test]
+    fn a_long_bad_id_is_echoed_only_in_part() {
+        let long = "x".repeat(20_000);
+        let Error::InvalidArgument(violations) = task_id("task_id", &long).unwrap_err() else {
+            panic!("expected INVALID_ARGUMENT");
+        };
+        assert!(
+            violations[0].description.len() < 200,
+            "{}",
+            violations[0].description
         );
     }
 

@@ -22,6 +22,9 @@ fn code_and_reason(err: &Error) -> (Code, &'static str) {
         Error::TaskNotWaiting { .. } => (Code::FailedPrecondition, "TASK_NOT_WAITING"),
         Error::RequestIdConflict { .. } => (Code::AlreadyExists, "REQUEST_ID_CONFLICT"),
         Error::HistoryUnavailable { .. } => (Code::OutOfRange, "HISTORY_UNAVAILABLE"),
+        Error::VersionAhead { .. } => (Code::OutOfRange, "VERSION_AHEAD"),
+        Error::Undecodable(_) => (Code::InvalidArgument, "MALFORMED_REQUEST"),
+        Error::MessageTooLarge(_) => (Code::ResourceExhausted, "MESSAGE_TOO_LARGE"),
         Error::WorkerProtocol(_) => (Code::FailedPrecondition, "WORKER_PROTOCOL"),
         Error::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN"),
         Error::Store(StoreError::Unavailable(_)) => (Code::Unavailable, "STORE_UNAVAILABLE"),
@@ -45,30 +48,50 @@ fn to_status(err: Error) -> Status {
         Error::KindUnknown(_) => {
             details.add_bad_request_violation("kind", err.to_string());
         }
+        Error::Undecodable(description) => {
+            details.add_bad_request_violation("request", description.clone());
+        }
         _ => {}
     }
     Status::with_error_details(code, err.to_string(), details)
 }
 
-/// tonic refuses an oversize message with OUT_OF_RANGE; gRPC's convention (and our
-/// contract) is RESOURCE_EXHAUSTED. A response layer rewrites that one status.
-pub(crate) fn resource_exhausted_for_oversize(
-    mut response: http::Response<tonic::body::Body>,
+/// tonic answers two client mistakes itself, with codes our contract does not use: a
+/// request that does not decode (garbage bytes, invalid UTF-8, nesting beyond the decoder's
+/// limit) is INTERNAL, and an oversize message OUT_OF_RANGE. Every such answer carries its
+/// `Status` in the response extensions; a response layer replaces it with ours
+/// (INVALID_ARGUMENT `MALFORMED_REQUEST` with a `BadRequest`, RESOURCE_EXHAUSTED
+/// `MESSAGE_TOO_LARGE`), so clients see the right code and can branch on the reason.
+pub(crate) fn client_mistakes(
+    response: http::Response<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
-    let headers = response.headers_mut();
-    let out_of_range = headers.get("grpc-status").is_some_and(|code| code == "11");
-    let too_large = headers
-        .get("grpc-message")
-        .and_then(|message| message.to_str().ok())
-        .is_some_and(|message| {
-            message
-                .replace("%20", " ")
-                .contains("message length too large")
-        });
-    if out_of_range && too_large {
-        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    let Some(status) = response.extensions().get::<Status>() else {
+        return response;
+    };
+    let message = status.message();
+    let ours = match status.code() {
+        Code::Internal if message.starts_with("failed to decode Protobuf message") => {
+            Error::Undecodable(message.to_owned())
+        }
+        Code::OutOfRange if message.contains("message length too large") => {
+            Error::MessageTooLarge(message.to_owned())
+        }
+        _ => return response,
+    };
+    to_status(ours).into_http()
+}
+
+/// A status from a client-streaming call's inbound stream: a message that does not decode
+/// is the client's mistake, not ours.
+pub(crate) fn inbound(status: Status) -> Status {
+    if status.code() == Code::Internal
+        && status
+            .message()
+            .starts_with("failed to decode Protobuf message")
+    {
+        return to_status(Error::Undecodable(status.message().to_owned()));
     }
-    response
+    status
 }
 
 impl From<Error> for Status {

@@ -24,6 +24,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::status;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::executor::remote::{Commands, Worker, WorkerEvent};
@@ -73,7 +74,7 @@ impl WorkerService for WorkerApi {
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
+        let hello = match inbound.message().await.map_err(status::inbound)? {
             Some(pb::WorkerMessage {
                 message: Some(Message::Hello(hello)),
             }) => hello,
@@ -126,7 +127,13 @@ async fn serve(
                     break;
                 }
             }
-            Ok(None) | Err(_) => break,
+            Ok(None) => break,
+            Err(err) => {
+                // A message that does not decode is the worker's mistake: say so before
+                // closing; a broken connection has nobody left to tell.
+                let _ = commands.send(Err(status::inbound(err)));
+                break;
+            }
         }
     }
     tracing::info!(worker = %worker.label(), "worker disconnected");

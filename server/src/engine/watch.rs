@@ -22,6 +22,14 @@ impl Engine {
     ) -> Result<impl Stream<Item = Task> + Send + 'static> {
         let updates = self.feeds.subscribe(id).await?;
         let current = self.check(id).await?;
+        if let Some(after) = after_version.filter(|after| *after > current.version) {
+            // No watch ever returned that version: the client confused tasks or versions.
+            return Err(Error::VersionAhead {
+                id,
+                after_version: after,
+                current: current.version,
+            });
+        }
         // A finished task changes no more: nothing but what is already stored will come.
         let updates: Updates = if current.state.is_terminal() {
             Box::pin(futures_util::stream::empty())

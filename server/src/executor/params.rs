@@ -4,8 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use crate::error::{Error, FieldViolation, Result};
+use crate::error::{Error, FieldViolation, Result, shorten};
 use crate::task::{Json, JsonMap};
+
+/// A param's value as an error message shows it: its JSON, cut short.
+fn shown(value: &Json) -> String {
+    shorten(&value.to_string()).into_owned()
+}
 
 pub struct Params<'a> {
     map: &'a JsonMap,
@@ -30,8 +35,10 @@ impl<'a> Params<'a> {
     }
 
     fn violation(&mut self, key: &str, description: impl Into<String>) {
-        self.violations
-            .push(FieldViolation::new(format!("params.{key}"), description));
+        self.violations.push(FieldViolation::new(
+            format!("params.{}", shorten(key)),
+            description,
+        ));
     }
 
     /// A non-negative integer. JSON numbers arrive as floats from protobuf, so `5.0` is 5.
@@ -40,7 +47,10 @@ impl<'a> Params<'a> {
         match value.as_f64() {
             Some(n) if n >= 0.0 && n.fract() == 0.0 && n <= u32::MAX as f64 => Some(n as u64),
             _ => {
-                self.violation(key, format!("must be a non-negative integer, got {value}"));
+                self.violation(
+                    key,
+                    format!("must be a non-negative integer, got {}", shown(value)),
+                );
                 None
             }
         }
@@ -58,7 +68,7 @@ impl<'a> Params<'a> {
         let value = self.field(key)?;
         let parsed = value.as_bool();
         if parsed.is_none() {
-            self.violation(key, format!("must be a boolean, got {value}"));
+            self.violation(key, format!("must be a boolean, got {}", shown(value)));
         }
         parsed
     }
@@ -67,7 +77,7 @@ impl<'a> Params<'a> {
         let value = self.field(key)?;
         let parsed = value.as_str().map(str::to_owned);
         if parsed.is_none() {
-            self.violation(key, format!("must be a string, got {value}"));
+            self.violation(key, format!("must be a string, got {}", shown(value)));
         }
         parsed
     }
@@ -89,7 +99,7 @@ impl<'a> Params<'a> {
             _ => {
                 self.violation(
                     key,
-                    format!("must be a non-empty list of strings, got {value}"),
+                    format!("must be a non-empty list of strings, got {}", shown(value)),
                 );
                 None
             }
