@@ -44,6 +44,9 @@ REINS_E2E_STORE=redis cargo test --locked -p reins-e2e --test e2e
 echo "== Python worker library, examples and grpcurl against real replicas on Redis"
 client/python/run_tests.sh
 
+echo "== Node SDK (client/node) against real replicas on Redis"
+client/node/run_tests.sh
+
 echo "== deploy: Kubernetes manifests (render, kubernetes-validate --strict, checkov, pod contract)"
 tests/deploy/validate.sh
 
