@@ -75,7 +75,7 @@ pub async fn run(
             worker_kinds: config.worker_kinds.clone(),
         },
         store,
-        Kinds::builtin(config.allow_exec.clone()),
+        Kinds::builtin(config.exec_policy()),
     );
     cluster::start(&engine, config.lease_ttl, &stop_serving).await;
     let stop_streams = CancellationToken::new();

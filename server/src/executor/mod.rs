@@ -5,7 +5,7 @@
 //! A job never sees the store. It reports through its context (progress, checkpoints,
 //! questions) and learns about a soft cancel from [`TaskContext::cancel_requested`]; a hard
 //! cancel simply drops its future, so a job must release what it holds on drop (the exec
-//! kind kills its process group).
+//! kind kills its process tree).
 
 pub mod exec;
 mod params;
@@ -70,11 +70,11 @@ pub struct Kinds {
 }
 
 impl Kinds {
-    /// The built-in kinds; `exec` runs only the programs in `exec_allowlist`.
-    pub fn builtin(exec_allowlist: Vec<String>) -> Kinds {
+    /// The built-in kinds; `exec` runs what the operator's `exec` policy allows.
+    pub fn builtin(exec_policy: exec::ExecPolicy) -> Kinds {
         let kinds: [Arc<dyn Kind>; 2] = [
             Arc::new(sleep::Sleep),
-            Arc::new(exec::Exec::new(exec_allowlist)),
+            Arc::new(exec::Exec::new(exec_policy)),
         ];
         Kinds {
             by_name: kinds.into_iter().map(|kind| (kind.name(), kind)).collect(),
