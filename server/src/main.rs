@@ -1,16 +1,24 @@
 //! `reinsd`: parses flags, sets up logging, binds the listener and runs the server until
-//! SIGTERM or SIGINT.
+//! SIGTERM or SIGINT. The same binary, re-executed by the server, is the subreaper of one
+//! exec task (`executor::exec::subreaper`).
 
 use std::io::Write;
 
 use clap::Parser;
 use reins_server::config::{Config, LogFormat};
+use reins_server::executor::exec::subreaper;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
+fn main() -> std::process::ExitCode {
+    // First: a subreaper is a small synchronous process and must not start a runtime.
+    subreaper::run_if_invoked();
+    server_main()
+}
+
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn server_main() -> std::process::ExitCode {
     let config = Config::parse();
     init_logging(config.log_format);
     match serve(config).await {

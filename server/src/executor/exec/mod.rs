@@ -1,4 +1,4 @@
-//! `exec`: runs an operator-allowed program as a task, in its own process group.
+//! `exec`: runs an operator-allowed program as a task, in a tree it cannot escape.
 //!
 //! Params: `argv` (non-empty list of strings), optional `env` (object of strings) and `cwd`
 //! (an existing directory, absolute path). What the operator decides, once at startup
@@ -12,36 +12,50 @@
 //!   interpreter-hijack names (INVALID_ARGUMENT naming `params.env.<NAME>`).
 //! - **Which limits** ([`rlimit`]): `--exec-rlimit`, set in the program's process.
 //!
-//! - A soft cancel sends SIGTERM to the group; whatever the program does then (exit 0,
-//!   exit 143, …) ends the task CANCELLED. A hard cancel or escalation drops the job, which
-//!   sends SIGKILL to the group, children included.
+//! Each task runs under a [`subreaper`] process of its own (`PR_SET_CHILD_SUBREAPER`), so
+//! that every descendant stays below it even after `setsid` or a double fork:
+//!
+//! - A soft cancel sends SIGTERM to the program's process group; whatever the program does
+//!   then (exit 0, exit 143, …) ends the task CANCELLED.
+//! - A hard cancel or escalation drops the job: the program's group gets SIGKILL at once,
+//!   and the subreaper kills and reaps every other descendant, then exits.
+//! - When the program exits, whatever is left below it is killed the same way: a task
+//!   leaves nothing running behind it. So does a `reinsd` that dies, even by SIGKILL.
 //! - Exit 0 → COMPLETED; non-zero or killed by a signal → FAILED with the status in `error`.
 //!   The result carries `exit_code`, `signal` and the last lines of stdout and stderr
 //!   ([`output`], which also reads the `::progress::` / `::checkpoint::` convention).
-//! - When the program's main process exits, what is left of its group is killed.
+//!
+//! Why a subreaper process per task rather than `reinsd` itself as the subreaper: orphans
+//! of every task would then reparent to `reinsd` and lose the link to the task that made
+//! them, and the `waitpid(-1)` needed to reap them would steal exit statuses from tokio's
+//! own child handling. A cgroup v2 (`cgroup.kill`) would also bound whole tasks' CPU and memory, but
+//! needs a delegated, writable cgroup tree, which most containers and plain service units
+//! do not have; the subreaper works unprivileged everywhere on Linux (3.4+), so it is the
+//! one mechanism, used in every deployment.
 
 mod env;
 mod output;
+mod process_tree;
 mod program;
 mod rlimit;
+pub mod subreaper;
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 
 use futures_util::future::BoxFuture;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 pub use self::env::EnvPolicy;
 use self::output::{StdoutLine, Tail, next_line, parse_stdout_line};
 use self::program::Unresolved;
 pub use self::program::{AllowedProgram, SearchPath};
 pub use self::rlimit::Rlimits;
+use self::subreaper::Subreaper;
 use super::params::Params;
 use super::{Job, Kind, Outcome, TaskContext};
 use crate::error::{Error, Result};
@@ -142,7 +156,8 @@ impl Kind for Exec {
     }
 }
 
-/// What one task runs: everything is decided (and checked) before.
+/// What one task runs: everything is decided (and checked) before; the subreaper only
+/// carries it out.
 #[derive(Clone, Debug)]
 struct Launch {
     /// The program's resolved absolute path.
@@ -160,27 +175,6 @@ struct ExecJob {
     launch: Launch,
 }
 
-/// Owns a process group: dropping it (the job finished, or was dropped by a hard cancel)
-/// kills whatever is left of the group.
-/// `None` if the process had no pid to take (it cannot be signalled, and must never become
-/// `killpg(0)`, which would signal the server's own group).
-struct ProcessGroup(Option<Pid>);
-
-impl ProcessGroup {
-    fn signal(&self, signal: Signal) {
-        if let Some(pgid) = self.0 {
-            // ESRCH (nothing left in the group) is the normal case after an exit.
-            let _ = killpg(pgid, signal);
-        }
-    }
-}
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        self.signal(Signal::SIGKILL);
-    }
-}
-
 impl Job for ExecJob {
     fn run(self: Box<Self>, ctx: TaskContext) -> BoxFuture<'static, Outcome> {
         Box::pin(self.exec(ctx))
@@ -193,35 +187,13 @@ impl ExecJob {
             error: format!("cannot start {:?}: {why}", echo(&self.launch.argv[0])),
             result: None,
         };
-        let launch = &self.launch;
-        let mut command = Command::new(&launch.program);
-        command
-            .arg0(&launch.argv[0])
-            .args(&launch.argv[1..])
-            .env_clear()
-            .envs(launch.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        if let Some(cwd) = &launch.cwd {
-            command.current_dir(cwd);
-        }
-        let rlimits = launch.rlimits.clone();
-        // SAFETY: only setrlimit, a plain system call, between fork and exec.
-        unsafe {
-            command.pre_exec(move || rlimits.apply());
-        }
-        let mut child = match command.spawn() {
-            Ok(child) => child,
+        let (mut child, mut subreaper) = match Subreaper::spawn(&self.launch) {
+            Ok(spawned) => spawned,
             Err(err) => return cannot_start(err.to_string()),
         };
-        let group = ProcessGroup(
-            child
-                .id()
-                .and_then(|pid| i32::try_from(pid).ok())
-                .map(Pid::from_raw),
-        );
+        if let Err(why) = subreaper.started().await {
+            return cannot_start(why);
+        }
         let mut stdout = child.stdout.take().map(|out| BufReader::new(out).lines());
         let mut stderr = child.stderr.take().map(|err| BufReader::new(err).lines());
         let (mut stdout_tail, mut stderr_tail) = (Tail::default(), Tail::default());
@@ -242,14 +214,14 @@ impl ExecJob {
                     StdoutLine::Output(line) => stdout_tail.push(line),
                 },
                 Some(line) = next_line(&mut stderr) => stderr_tail.push(line),
+                // The subreaper exits as its program did, once nothing is left below it
+                // (which also closes the pipes descendants may have held open).
                 exit = child.wait(), if status.is_none() => {
-                    // The main process is gone: nothing else of the task may live on, and
-                    // killing the rest closes the pipes they may hold open.
-                    group.signal(Signal::SIGKILL);
+                    subreaper.exited();
                     status = Some(exit.unwrap_or_else(|_| ExitStatus::from_raw(0)));
                 }
                 () = ctx.cancel_requested(), if !terminated && status.is_none() => {
-                    group.signal(Signal::SIGTERM);
+                    subreaper.signal_program(Signal::SIGTERM);
                     terminated = true;
                 }
                 // A pipe reached EOF in this round (its reader is now `None`): look again.
