@@ -2,11 +2,12 @@
 //! durations take the usual human form (`500ms`, `3s`, `2m`, `24h`).
 
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::executor::exec::{AllowedProgram, EnvPolicy, ExecPolicy, Rlimits, SearchPath};
+use crate::executor::exec::{AllowedProgram, EnvName, EnvPolicy, ExecPolicy, Rlimits, SearchPath};
 use crate::task::MAX_DURATION;
 
 /// A human duration (`500ms`, `3s`) no longer than the service's [`MAX_DURATION`].
@@ -18,12 +19,31 @@ fn duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-/// An environment variable name, as `--exec-pass-env` and `--exec-allow-env` take them.
-fn env_name(text: &str) -> Result<String, String> {
-    if text.is_empty() || text.contains(['=', '\0']) {
-        return Err("not a variable name (empty, or contains '=' or NUL)".to_owned());
+/// The values of one occurrence of a list flag (`--allow-exec sh,date`, or its
+/// environment variable): comma-separated, empty items skipped, so that an empty variable
+/// (`REINS_ALLOW_EXEC=`) means an empty list rather than one bad entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommaList<T>(pub Vec<T>);
+
+impl<T: FromStr<Err = String>> FromStr for CommaList<T> {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<CommaList<T>, String> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| item.parse().map_err(|why| format!("{item:?}: {why}")))
+            .collect::<Result<_, _>>()
+            .map(CommaList)
     }
-    Ok(text.to_owned())
+}
+
+/// Every value of a repeatable list flag, in order.
+fn all<T: Clone>(lists: &[CommaList<T>]) -> Vec<T> {
+    lists
+        .iter()
+        .flat_map(|list| list.0.iter().cloned())
+        .collect()
 }
 
 /// `--exec-rlimit`: parsed, and checked against the server's own hard limits.
@@ -58,24 +78,17 @@ pub struct Config {
     /// absolute path, resolved at startup; a task's argv[0] must resolve, on the server's
     /// PATH, to the same file. Relative paths are refused. Repeatable; the environment
     /// variable takes a comma-separated list. Empty: `exec` is off.
-    #[arg(
-        long = "allow-exec",
-        env = "REINS_ALLOW_EXEC",
-        value_name = "PROGRAM",
-        value_delimiter = ','
-    )]
-    pub allow_exec: Vec<AllowedProgram>,
+    #[arg(long = "allow-exec", env = "REINS_ALLOW_EXEC", value_name = "PROGRAM")]
+    pub allow_exec: Vec<CommaList<AllowedProgram>>,
 
     /// A variable of the server's environment that exec tasks get (tasks start with PATH
     /// and the client's `env` only). Repeatable, or comma-separated.
     #[arg(
         long = "exec-pass-env",
         env = "REINS_EXEC_PASS_ENV",
-        value_name = "NAME",
-        value_delimiter = ',',
-        value_parser = env_name
+        value_name = "NAME"
     )]
-    pub exec_pass_env: Vec<String>,
+    pub exec_pass_env: Vec<CommaList<EnvName>>,
 
     /// A variable clients may set in an exec task's `env` although it is refused by
     /// default (PATH, LD_*, DYLD_*, BASH_ENV, PYTHONPATH, …). Repeatable, or
@@ -83,11 +96,9 @@ pub struct Config {
     #[arg(
         long = "exec-allow-env",
         env = "REINS_EXEC_ALLOW_ENV",
-        value_name = "NAME",
-        value_delimiter = ',',
-        value_parser = env_name
+        value_name = "NAME"
     )]
-    pub exec_allow_env: Vec<String>,
+    pub exec_allow_env: Vec<CommaList<EnvName>>,
 
     /// Resource limits of every exec program, e.g. `cpu=10s,as=1GiB,nofile=256`: cpu
     /// (seconds), as, data, stack, fsize, core (bytes; K, M, G, T are base 1024), nofile.
@@ -157,8 +168,12 @@ impl Config {
     pub fn exec_policy(&self) -> ExecPolicy {
         let search_path = SearchPath::of_server();
         ExecPolicy {
-            allowlist: self.allow_exec.clone(),
-            env: EnvPolicy::new(&search_path, &self.exec_pass_env, &self.exec_allow_env),
+            allowlist: all(&self.allow_exec),
+            env: EnvPolicy::new(
+                &search_path,
+                &all(&self.exec_pass_env),
+                &all(&self.exec_allow_env),
+            ),
             search_path,
             rlimits: self.exec_rlimit.clone().unwrap_or_default(),
         }
@@ -202,9 +217,10 @@ mod tests {
         .unwrap();
         assert_eq!(config.default_grace, Duration::from_millis(500));
         assert_eq!(config.retention, Duration::from_secs(120));
-        let given: Vec<&str> = config.allow_exec.iter().map(|p| p.given.as_str()).collect();
+        let allowed = all(&config.allow_exec);
+        let given: Vec<&str> = allowed.iter().map(|p| p.given.as_str()).collect();
         assert_eq!(given, ["sh", "/bin/sh"]);
-        assert!(config.allow_exec.iter().all(|p| p.path.is_absolute()));
+        assert!(allowed.iter().all(|p| p.path.is_absolute()));
     }
 
     #[test]
@@ -228,6 +244,29 @@ mod tests {
     }
 
     #[test]
+    fn empty_exec_lists_are_empty_not_one_bad_entry() {
+        let config = Config::try_parse_from([
+            "reinsd",
+            "--allow-exec",
+            "",
+            "--allow-exec",
+            "sh,,date,",
+            "--exec-pass-env",
+            "",
+            "--exec-rlimit",
+            "",
+        ])
+        .unwrap();
+        let given: Vec<String> = all(&config.allow_exec)
+            .into_iter()
+            .map(|p| p.given)
+            .collect();
+        assert_eq!(given, ["sh", "date"]);
+        assert!(all(&config.exec_pass_env).is_empty());
+        assert_eq!(config.exec_rlimit, Some(Rlimits::default()));
+    }
+
+    #[test]
     fn exec_env_names_and_limits_are_checked_at_startup() {
         let config = Config::try_parse_from([
             "reinsd",
@@ -239,11 +278,14 @@ mod tests {
             "cpu=10s,nofile=256",
         ])
         .unwrap();
-        assert_eq!(config.exec_pass_env, ["HOME", "LANG"]);
-        assert_eq!(config.exec_allow_env, ["LD_LIBRARY_PATH"]);
+        let names = |lists: &[CommaList<EnvName>]| -> Vec<String> {
+            all(lists).into_iter().map(|EnvName(name)| name).collect()
+        };
+        assert_eq!(names(&config.exec_pass_env), ["HOME", "LANG"]);
+        assert_eq!(names(&config.exec_allow_env), ["LD_LIBRARY_PATH"]);
         assert_eq!(config.exec_rlimit.unwrap().to_string(), "cpu=10,nofile=256");
         assert!(Config::try_parse_from(["reinsd", "--exec-pass-env", "A=B"]).is_err());
-        assert!(Config::try_parse_from(["reinsd", "--exec-allow-env", ""]).is_err());
+        assert!(Config::try_parse_from(["reinsd", "--exec-allow-env", "PATH,=X"]).is_err());
         let err = Config::try_parse_from(["reinsd", "--exec-rlimit", "nofile=lots"]).unwrap_err();
         assert!(err.to_string().contains("not a whole number"), "{err}");
     }

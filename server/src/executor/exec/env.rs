@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
+use std::str::FromStr;
 
 use super::program::SearchPath;
 
@@ -118,8 +119,23 @@ pub const REFUSED_NAMES: &[(&str, &str)] = &[
     ),
 ];
 
+/// A variable name as the operator gives it (`--exec-pass-env`, `--exec-allow-env`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvName(pub String);
+
+impl FromStr for EnvName {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<EnvName, String> {
+        match malformed(name, "") {
+            Some(why) => Err(why.to_owned()),
+            None => Ok(EnvName(name.to_owned())),
+        }
+    }
+}
+
 /// Why `name=value` cannot be an environment entry at all; `None` if it can.
-pub fn malformed(name: &str, value: &str) -> Option<&'static str> {
+fn malformed(name: &str, value: &str) -> Option<&'static str> {
     if name.is_empty() || name.contains(['=', '\0']) {
         Some("not a variable name (empty, or contains '=' or NUL)")
     } else if value.contains('\0') {
@@ -154,14 +170,21 @@ pub struct EnvPolicy {
 impl EnvPolicy {
     /// `pass`: server variables every task gets (`--exec-pass-env`); `client_may_set`:
     /// refused names clients may set all the same (`--exec-allow-env`).
-    pub fn new(search_path: &SearchPath, pass: &[String], client_may_set: &[String]) -> EnvPolicy {
+    pub fn new(
+        search_path: &SearchPath,
+        pass: &[EnvName],
+        client_may_set: &[EnvName],
+    ) -> EnvPolicy {
         EnvPolicy {
             path: search_path.to_env_value(),
             passed: pass
                 .iter()
-                .filter_map(|name| Some((name.clone(), std::env::var_os(name)?)))
+                .filter_map(|EnvName(name)| Some((name.clone(), std::env::var_os(name)?)))
                 .collect(),
-            client_may_set: client_may_set.iter().cloned().collect(),
+            client_may_set: client_may_set
+                .iter()
+                .map(|EnvName(name)| name.clone())
+                .collect(),
         }
     }
 
@@ -213,12 +236,15 @@ mod tests {
             .collect()
     }
 
+    fn names(names: &[&str]) -> Vec<EnvName> {
+        names.iter().map(|name| EnvName(name.to_string())).collect()
+    }
+
     fn policy(client_may_set: &[&str]) -> EnvPolicy {
-        let allowed: Vec<String> = client_may_set.iter().map(|s| s.to_string()).collect();
         EnvPolicy::new(
             &SearchPath::of_server(),
-            &["HOME".into(), "REINS_TEST_SURELY_UNSET".into()],
-            &allowed,
+            &names(&["HOME", "REINS_TEST_SURELY_UNSET"]),
+            &names(client_may_set),
         )
     }
 
@@ -271,6 +297,14 @@ mod tests {
             refused_names(&policy, &[("", "x"), ("A=B", "x"), ("OK", "a\0b")]),
             ["", "A=B", "OK"]
         );
+    }
+
+    #[test]
+    fn operator_names_must_be_variable_names() {
+        assert_eq!("HOME".parse(), Ok(EnvName("HOME".into())));
+        for bad in ["", "A=B", "A\0"] {
+            assert!(bad.parse::<EnvName>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -50,7 +50,7 @@ use nix::sys::signal::Signal;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-pub use self::env::EnvPolicy;
+pub use self::env::{EnvName, EnvPolicy};
 use self::output::{StdoutLine, Tail, next_line, parse_stdout_line};
 use self::program::Unresolved;
 pub use self::program::{AllowedProgram, SearchPath};
@@ -267,7 +267,7 @@ mod tests {
 
     fn policy(allow: &[&str], client_may_set: &[&str]) -> ExecPolicy {
         let search_path = SearchPath::of_server();
-        let allowed: Vec<String> = client_may_set.iter().map(|s| s.to_string()).collect();
+        let allowed: Vec<EnvName> = client_may_set.iter().map(|s| s.parse().unwrap()).collect();
         ExecPolicy {
             allowlist: allow.iter().map(|entry| entry.parse().unwrap()).collect(),
             env: EnvPolicy::new(&search_path, &[], &allowed),
