@@ -101,7 +101,7 @@ impl Exec {
                 Unresolved::Relative
             ))),
             // Whether a program exists on the server is no business of a client's.
-            Ok(_) | Err(_) => Err(not_allowed()),
+            _ => Err(not_allowed()),
         }
     }
 }

@@ -31,6 +31,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
+use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -80,7 +81,7 @@ pub(super) struct Subreaper {
 impl Subreaper {
     /// Starts the subreaper of `launch`, its stdout and stderr piped. The program's start
     /// is reported by [`Subreaper::started`].
-    pub(super) fn spawn(launch: &Launch) -> std::io::Result<(Child, Subreaper)> {
+    pub(super) fn spawn(launch: &Launch) -> std::io::Result<(SubreaperProcess, Subreaper)> {
         let (ours, theirs) = UnixStream::pair()?;
         let lifeline_fd = theirs.as_raw_fd();
         let mut command = Command::new("/proc/self/exe");
@@ -114,7 +115,7 @@ impl Subreaper {
             lifeline: BufReader::new(tokio::net::UnixStream::from_std(ours)?),
             program_group: None,
         };
-        Ok((child, subreaper))
+        Ok((SubreaperProcess(Some(child)), subreaper))
     }
 
     /// Waits for the subreaper's report that the program runs; `Err` says why it did not
@@ -162,6 +163,41 @@ impl Subreaper {
 impl Drop for Subreaper {
     fn drop(&mut self) {
         self.signal_program(Signal::SIGKILL);
+    }
+}
+
+/// The subreaper's process handle. Dropped before the subreaper has exited (a hard cancel
+/// dropped the job), it waits for the exit on a task of its own, which ends as soon as the
+/// subreaper has killed its tree: left to tokio's orphan queue, the exited subreaper could
+/// stay a zombie until some other child of reinsd exits.
+pub(super) struct SubreaperProcess(Option<Child>);
+
+impl Deref for SubreaperProcess {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("taken only on drop")
+    }
+}
+
+impl DerefMut for SubreaperProcess {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("taken only on drop")
+    }
+}
+
+impl Drop for SubreaperProcess {
+    fn drop(&mut self) {
+        let Some(mut child) = self.0.take() else {
+            return;
+        };
+        if matches!(child.try_wait(), Ok(None))
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = child.wait().await;
+            });
+        }
     }
 }
 
@@ -249,6 +285,8 @@ fn supervise(lifeline: UnixStream, request: Request) -> ! {
             126,
         );
     }
+    // Run as /proc/self/exe, the process would be named `exe` in ps and top.
+    let _ = prctl::set_name(c"reins-subreaper");
     if let Err(err) = prctl::set_child_subreaper(true) {
         fail(
             &lifeline,
