@@ -424,14 +424,16 @@ async fn hard_cancel_kills_descendants_that_left_the_process_group() {
     let server = exec_server();
     let client = server.client().await;
     let dir = tempfile::tempdir().unwrap();
-    let script = format!("{ESCAPERS}\necho $$ > main.pid; wait");
+    // The program's parent is its subreaper, which the server must reap in turn.
+    let script = format!("{ESCAPERS}\necho $PPID > parent.pid; echo $$ > main.pid; wait");
     let task = client.start(sh_in(dir.path(), &script)).await.unwrap();
     let main = pid_in(&dir.path().join("main.pid")).await;
+    let parent = pid_in(&dir.path().join("parent.pid")).await;
     let escapers = escapers_in(dir.path()).await;
 
     let response = client.hard_cancel(&task.id, "stop now").await.unwrap();
     assert_eq!(response.outcome(), CancelOutcome::Cancelled);
-    assert_all_reaped(&[&[main], escapers.0.as_slice()].concat()).await;
+    assert_all_reaped(&[&[main, parent], escapers.0.as_slice()].concat()).await;
 }
 
 #[tokio::test]
