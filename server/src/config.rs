@@ -2,10 +2,12 @@
 //! durations take the usual human form (`500ms`, `3s`, `2m`, `24h`).
 
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::executor::exec::{AllowedProgram, EnvName, EnvPolicy, ExecPolicy, Rlimits, SearchPath};
 use crate::task::MAX_DURATION;
 
 /// A human duration (`500ms`, `3s`) no longer than the service's [`MAX_DURATION`].
@@ -15,6 +17,40 @@ fn duration(text: &str) -> Result<Duration, String> {
         return Err("must be at most 10,000 years".to_owned());
     }
     Ok(duration)
+}
+
+/// The values of one occurrence of a list flag (`--allow-exec sh,date`, or its
+/// environment variable): comma-separated, empty items skipped, so that an empty variable
+/// (`REINS_ALLOW_EXEC=`) means an empty list rather than one bad entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommaList<T>(pub Vec<T>);
+
+impl<T: FromStr<Err = String>> FromStr for CommaList<T> {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<CommaList<T>, String> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| item.parse().map_err(|why| format!("{item:?}: {why}")))
+            .collect::<Result<_, _>>()
+            .map(CommaList)
+    }
+}
+
+/// Every value of a repeatable list flag, in order.
+fn all<T: Clone>(lists: &[CommaList<T>]) -> Vec<T> {
+    lists
+        .iter()
+        .flat_map(|list| list.0.iter().cloned())
+        .collect()
+}
+
+/// `--exec-rlimit`: parsed, and checked against the server's own hard limits.
+fn rlimits(text: &str) -> Result<Rlimits, String> {
+    let rlimits = Rlimits::parse(text)?;
+    rlimits.check_against_server()?;
+    Ok(rlimits)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -38,15 +74,37 @@ pub struct Config {
     #[arg(long, env = "REINS_REPLICA_ID")]
     pub replica_id: Option<String>,
 
-    /// Program the `exec` kind may run (compared with argv[0] exactly). Repeatable; the
-    /// environment variable takes a comma-separated list. Empty: `exec` is off.
+    /// Program the `exec` kind may run: a bare name (looked up on the server's PATH) or an
+    /// absolute path, resolved at startup; a task's argv[0] must resolve, on the server's
+    /// PATH, to the same file. Relative paths are refused. Repeatable; the environment
+    /// variable takes a comma-separated list. Empty: `exec` is off.
+    #[arg(long = "allow-exec", env = "REINS_ALLOW_EXEC", value_name = "PROGRAM")]
+    pub allow_exec: Vec<CommaList<AllowedProgram>>,
+
+    /// A variable of the server's environment that exec tasks get (tasks start with PATH
+    /// and the client's `env` only). Repeatable, or comma-separated.
     #[arg(
-        long = "allow-exec",
-        env = "REINS_ALLOW_EXEC",
-        value_name = "PROGRAM",
-        value_delimiter = ','
+        long = "exec-pass-env",
+        env = "REINS_EXEC_PASS_ENV",
+        value_name = "NAME"
     )]
-    pub allow_exec: Vec<String>,
+    pub exec_pass_env: Vec<CommaList<EnvName>>,
+
+    /// A variable clients may set in an exec task's `env` although it is refused by
+    /// default (PATH, LD_*, DYLD_*, BASH_ENV, PYTHONPATH, …). Repeatable, or
+    /// comma-separated.
+    #[arg(
+        long = "exec-allow-env",
+        env = "REINS_EXEC_ALLOW_ENV",
+        value_name = "NAME"
+    )]
+    pub exec_allow_env: Vec<CommaList<EnvName>>,
+
+    /// Resource limits of every exec program, e.g. `cpu=10s,as=1GiB,nofile=256`: cpu
+    /// (seconds), as, data, stack, fsize, core (bytes; K, M, G, T are base 1024), nofile.
+    /// Per process, soft and hard alike. Unset: the server's own limits.
+    #[arg(long = "exec-rlimit", env = "REINS_EXEC_RLIMIT", value_name = "LIMITS", value_parser = rlimits)]
+    pub exec_rlimit: Option<Rlimits>,
 
     /// A task kind served by workers (WorkerService), accepted by StartTask even before a
     /// worker for it has connected; such tasks wait PENDING until one does. Repeatable.
@@ -104,6 +162,22 @@ impl Config {
             .clone()
             .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
     }
+
+    /// What `exec` tasks may run and with what, from the `exec` flags and the server's
+    /// environment as it is now.
+    pub fn exec_policy(&self) -> ExecPolicy {
+        let search_path = SearchPath::of_server();
+        ExecPolicy {
+            allowlist: all(&self.allow_exec),
+            env: EnvPolicy::new(
+                &search_path,
+                &all(&self.exec_pass_env),
+                &all(&self.exec_allow_env),
+            ),
+            search_path,
+            rlimits: self.exec_rlimit.clone().unwrap_or_default(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -118,6 +192,9 @@ mod tests {
         assert_eq!(config.retention, Duration::from_secs(24 * 3600));
         assert_eq!(config.shutdown_grace, Duration::from_secs(30));
         assert!(config.allow_exec.is_empty());
+        assert!(config.exec_pass_env.is_empty());
+        assert!(config.exec_allow_env.is_empty());
+        assert_eq!(config.exec_rlimit, None);
         assert_eq!(config.redis_url, None);
         assert_eq!(config.redis_prefix, "reins:");
         assert_eq!(config.lease_ttl, Duration::from_secs(10));
@@ -135,12 +212,82 @@ mod tests {
             "--allow-exec",
             "sh",
             "--allow-exec",
-            "python3",
+            "/bin/sh",
         ])
         .unwrap();
         assert_eq!(config.default_grace, Duration::from_millis(500));
         assert_eq!(config.retention, Duration::from_secs(120));
-        assert_eq!(config.allow_exec, ["sh", "python3"]);
+        let allowed = all(&config.allow_exec);
+        let given: Vec<&str> = allowed.iter().map(|p| p.given.as_str()).collect();
+        assert_eq!(given, ["sh", "/bin/sh"]);
+        assert!(allowed.iter().all(|p| p.path.is_absolute()));
+    }
+
+    #[test]
+    fn exec_allowlist_entries_that_name_no_program_stop_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::write(&data, "").unwrap();
+        let data = data.to_str().unwrap();
+        for entry in [
+            "./run.sh",
+            "bin/run.sh",
+            "surely-no-such-program-here",
+            "/etc",
+            data,
+        ] {
+            let err = Config::try_parse_from(["reinsd", "--allow-exec", entry]).unwrap_err();
+            assert!(err.to_string().contains(entry), "{err}");
+        }
+        let err = Config::try_parse_from(["reinsd", "--allow-exec", "./run.sh"]).unwrap_err();
+        assert!(err.to_string().contains("relative path"), "{err}");
+    }
+
+    #[test]
+    fn empty_exec_lists_are_empty_not_one_bad_entry() {
+        let config = Config::try_parse_from([
+            "reinsd",
+            "--allow-exec",
+            "",
+            "--allow-exec",
+            "sh,,date,",
+            "--exec-pass-env",
+            "",
+            "--exec-rlimit",
+            "",
+        ])
+        .unwrap();
+        let given: Vec<String> = all(&config.allow_exec)
+            .into_iter()
+            .map(|p| p.given)
+            .collect();
+        assert_eq!(given, ["sh", "date"]);
+        assert!(all(&config.exec_pass_env).is_empty());
+        assert_eq!(config.exec_rlimit, Some(Rlimits::default()));
+    }
+
+    #[test]
+    fn exec_env_names_and_limits_are_checked_at_startup() {
+        let config = Config::try_parse_from([
+            "reinsd",
+            "--exec-pass-env",
+            "HOME,LANG",
+            "--exec-allow-env",
+            "LD_LIBRARY_PATH",
+            "--exec-rlimit",
+            "cpu=10s,nofile=256",
+        ])
+        .unwrap();
+        let names = |lists: &[CommaList<EnvName>]| -> Vec<String> {
+            all(lists).into_iter().map(|EnvName(name)| name).collect()
+        };
+        assert_eq!(names(&config.exec_pass_env), ["HOME", "LANG"]);
+        assert_eq!(names(&config.exec_allow_env), ["LD_LIBRARY_PATH"]);
+        assert_eq!(config.exec_rlimit.unwrap().to_string(), "cpu=10,nofile=256");
+        assert!(Config::try_parse_from(["reinsd", "--exec-pass-env", "A=B"]).is_err());
+        assert!(Config::try_parse_from(["reinsd", "--exec-allow-env", "PATH,=X"]).is_err());
+        let err = Config::try_parse_from(["reinsd", "--exec-rlimit", "nofile=lots"]).unwrap_err();
+        assert!(err.to_string().contains("not a whole number"), "{err}");
     }
 
     #[test]

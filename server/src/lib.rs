@@ -28,3 +28,7 @@ pub mod server;
 mod store;
 mod supervisor;
 mod task;
+
+/// The exec kind's per-task subreaper: `reinsd` re-executes itself in that mode
+/// (`executor/exec/subreaper.rs`), and `main` hands over to it before anything else.
+pub use executor::exec::subreaper::run_if_invoked as run_exec_subreaper_if_invoked;

@@ -1,5 +1,6 @@
 //! `reinsd`: parses flags, sets up logging, binds the listener and runs the server until
-//! SIGTERM or SIGINT.
+//! SIGTERM or SIGINT. The same binary, re-executed by the server, is the subreaper of one
+//! exec task (`executor::exec::subreaper`).
 
 use std::io::Write;
 
@@ -9,8 +10,14 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
+fn main() -> std::process::ExitCode {
+    // First: a subreaper is a small synchronous process and must not start a runtime.
+    reins_server::run_exec_subreaper_if_invoked();
+    server_main()
+}
+
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn server_main() -> std::process::ExitCode {
     let config = Config::parse();
     init_logging(config.log_format);
     match serve(config).await {

@@ -74,7 +74,7 @@ pub async fn run(
             worker_kinds: config.worker_kinds.clone(),
         },
         &store,
-        Kinds::builtin(config.allow_exec.clone()),
+        Kinds::builtin(config.exec_policy()),
         &background,
     );
     cluster::start(&engine, &store, config.lease_ttl, &background).await;

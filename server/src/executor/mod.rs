@@ -6,9 +6,9 @@
 //! checkpoints, questions), which goes through the narrow [`TaskPort`], and learns about a
 //! soft cancel from [`TaskContext::cancel_requested`]; a hard cancel simply drops its
 //! future, so a job must release what it holds on drop (the exec kind kills its process
-//! group).
+//! tree).
 
-mod exec;
+pub(crate) mod exec;
 mod params;
 pub(crate) mod remote;
 mod sleep;
@@ -71,11 +71,11 @@ pub struct Kinds {
 }
 
 impl Kinds {
-    /// The built-in kinds; `exec` runs only the programs in `exec_allowlist`.
-    pub fn builtin(exec_allowlist: Vec<String>) -> Kinds {
+    /// The built-in kinds; `exec` runs what the operator's `exec` policy allows.
+    pub fn builtin(exec_policy: exec::ExecPolicy) -> Kinds {
         let kinds: [Arc<dyn Kind>; 2] = [
             Arc::new(sleep::Sleep),
-            Arc::new(exec::Exec::new(exec_allowlist)),
+            Arc::new(exec::Exec::new(exec_policy)),
         ];
         Kinds {
             by_name: kinds.into_iter().map(|kind| (kind.name(), kind)).collect(),

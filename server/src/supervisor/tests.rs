@@ -5,10 +5,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use clap::Parser;
 use serde_json::json;
 use tokio::sync::Notify;
 
 use super::*;
+use crate::config::Config;
 use crate::executor::Kinds;
 use crate::port::TaskPort;
 use crate::store::StoreError;
@@ -74,7 +76,8 @@ fn running(params: serde_json::Value) -> (Arc<Supervisor>, Arc<OneRecord>, Arc<N
         .unwrap();
     let freed = Arc::new(Notify::new());
     let supervisor = Arc::new(Supervisor::new(1, record.clone(), Arc::clone(&freed)));
-    let kinds = Kinds::builtin(Vec::new());
+    // The built-in kinds with the default policy: exec off, `sleep` on.
+    let kinds = Kinds::builtin(Config::parse_from(["reinsd"]).exec_policy());
     let job = kinds
         .get("sleep")
         .unwrap()
