@@ -6,7 +6,9 @@ Rust, and event-driven waits on tasks.
 - ``reinsd`` is ``<repo>/target/debug/reinsd`` or ``$REINSD_BIN`` (build it first:
   ``cargo build --bins``). Each replica listens on ``127.0.0.1:0`` and prints
   ``reinsd listening on ADDR`` on stdout; its log goes to a file, printed when a test
-  using it fails.
+  using it fails. :meth:`Reinsd.restart` starts it again on the same address.
+- ``reins`` is the installed package (run_tests.sh installs it into its venv), never the
+  source tree: the source tree has no generated stubs.
 
 Every wait has a deadline (:data:`PATIENCE`); nothing sleeps to synchronise.
 """
@@ -21,18 +23,17 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import grpc
 import pytest
 
 PYTHON_DIR = Path(__file__).resolve().parents[1]
 REPO = PYTHON_DIR.parents[1]
-sys.path.insert(0, str(PYTHON_DIR))
 sys.path.insert(0, str(PYTHON_DIR / "examples"))
 
-from reins_worker.proto import tasks_pb2, tasks_pb2_grpc  # noqa: E402
+from reins.proto import tasks_pb2, tasks_pb2_grpc  # noqa: E402
 
 #: Upper bound of every wait: generous, the machine is shared.
 PATIENCE = 20.0
@@ -80,10 +81,26 @@ class RedisServer:
             self.port = free_port()
             assert self.port != 6379
             self.process = subprocess.Popen(
-                [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                 "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning",
-                 "--dir", self.dir.name],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    binary,
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                    "--loglevel",
+                    "warning",
+                    "--dir",
+                    self.dir.name,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self.process.poll() is None:
@@ -115,10 +132,28 @@ class Reinsd:
         self.dir = tempfile.TemporaryDirectory(prefix=f"reinsd-{replica_id}-")
         self.log_path = Path(self.dir.name) / "reinsd.log"
         self.replica_id = replica_id
-        command = [str(reinsd_binary()), "--listen", "127.0.0.1:0", "--replica-id", replica_id,
-                   "--shutdown-grace", "2s", *args]
+        self.args = args
+        self._launch("127.0.0.1:0")
+
+    def restart(self) -> None:
+        """Kills the process and starts it again, same id, arguments and address."""
+        self._kill()
+        self._launch(self.address)
+
+    def _launch(self, listen: str) -> None:
+        replica_id = self.replica_id
+        command = [
+            str(reinsd_binary()),
+            "--listen",
+            listen,
+            "--replica-id",
+            replica_id,
+            "--shutdown-grace",
+            "2s",
+            *self.args,
+        ]
         env = dict(os.environ, RUST_LOG="info,reins_server=debug")
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env
             )
@@ -146,7 +181,7 @@ class Reinsd:
             log = self.log()
             self.stop()
             pytest.fail(f"reinsd printed {line!r}, not its address\n{log}")
-        self.address = line[len(prefix):]
+        self.address = line[len(prefix) :]
 
     def log(self) -> str:
         try:
@@ -154,13 +189,16 @@ class Reinsd:
         except OSError:
             return ""
 
-    def stop(self) -> None:
-        """Kills the process (if it still runs), reaps it and removes its directory."""
+    def _kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
         self._reader.join(PATIENCE)
         self.process.stdout.close()
+
+    def stop(self) -> None:
+        """Kills the process (if it still runs), reaps it and removes its directory."""
+        self._kill()
         self.dir.cleanup()
 
 
@@ -172,9 +210,7 @@ class Cluster:
         self.replicas: list[Reinsd] = []
         try:
             for replica_id in ("a", "b"):
-                self.replicas.append(
-                    Reinsd("--redis-url", self.redis.url, replica_id=replica_id)
-                )
+                self.replicas.append(Reinsd("--redis-url", self.redis.url, replica_id=replica_id))
         except BaseException:
             self.stop()
             raise
@@ -203,7 +239,7 @@ def watch_until(
 
     Fails the test if the task ends (or the deadline passes) first.
     """
-    last: Optional[tasks_pb2.Task] = None
+    last: tasks_pb2.Task | None = None
     try:
         for event in stub.WatchTask(tasks_pb2.WatchTaskRequest(task_id=task_id), timeout=timeout):
             last = event.task
