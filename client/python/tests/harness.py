@@ -15,6 +15,8 @@ Every wait has a deadline (:data:`PATIENCE`); nothing sleeps to synchronise.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -23,8 +25,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -33,7 +36,10 @@ PYTHON_DIR = Path(__file__).resolve().parents[1]
 REPO = PYTHON_DIR.parents[1]
 sys.path.insert(0, str(PYTHON_DIR / "examples"))
 
+from reins.aio import AsyncClient, AsyncWorker  # noqa: E402
 from reins.proto import tasks_pb2, tasks_pb2_grpc  # noqa: E402
+
+T = TypeVar("T")
 
 #: Upper bound of every wait: generous, the machine is shared.
 PATIENCE = 20.0
@@ -256,3 +262,79 @@ def watch_until(
 
 def until_terminal(stub, task_id: str, timeout: float = PATIENCE) -> tasks_pb2.Task:
     return watch_until(stub, task_id, lambda t: t.state in TERMINAL, "finished", timeout)
+
+
+# -- asyncio ---------------------------------------------------------------------------
+
+
+def run_async(main: Callable[[], Awaitable[T]], timeout: float = 3 * PATIENCE) -> T:
+    """Runs ``main()`` in a new event loop, failing the test after ``timeout``."""
+
+    async def bounded() -> T:
+        try:
+            return await asyncio.wait_for(main(), timeout)
+        except asyncio.TimeoutError:
+            pytest.fail(f"the test did not finish within {timeout}s")
+
+    return asyncio.run(bounded())
+
+
+async def until_async(
+    client: AsyncClient,
+    task_id: str,
+    predicate: Callable[[tasks_pb2.Task], bool],
+    what: str,
+    timeout: float = PATIENCE,
+) -> tasks_pb2.Task:
+    """:func:`watch_until` with an :class:`~reins.aio.AsyncClient`."""
+    last: tasks_pb2.Task | None = None
+
+    async def watch() -> tasks_pb2.Task | None:
+        nonlocal last
+        async with contextlib.aclosing(client.watch(task_id)) as events:
+            async for event in events:
+                last = event.task
+                if predicate(last):
+                    return last
+                if last.state in TERMINAL:
+                    return None
+        return None
+
+    try:
+        found = await asyncio.wait_for(watch(), timeout)
+    except asyncio.TimeoutError:
+        pytest.fail(f"task {task_id}: not {what} within {timeout}s; last seen:\n{last}")
+    if found is None:
+        pytest.fail(f"task {task_id} ended before it was {what}:\n{last}")
+    return found
+
+
+async def done_async(client: AsyncClient, task_id: str) -> tasks_pb2.Task:
+    return await until_async(client, task_id, lambda t: t.state in TERMINAL, "finished")
+
+
+async def eventually(condition: Callable[[], bool], what: str, timeout: float = PATIENCE) -> None:
+    """Polls ``condition`` (for state with no event to wait on) until true or the deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not {what} within {timeout}s")
+        await asyncio.sleep(0.01)  # polling with a deadline, not synchronising by time
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    address: str, kinds: list[str], handler: Any, **kwargs: Any
+) -> AsyncIterator[AsyncWorker]:
+    """An :class:`AsyncWorker` running in this loop, connected; closed on the way out."""
+    kwargs.setdefault("name", "pytest-async")
+    kwargs.setdefault("handle_signals", False)
+    kwargs.setdefault("shutdown_grace", 0.5)
+    worker = AsyncWorker(address, kinds, handler, **kwargs)
+    runner = asyncio.ensure_future(worker.run())
+    try:
+        assert await worker.wait_connected(PATIENCE), "the worker got no welcome"
+        yield worker
+    finally:
+        await worker.close()
+        await runner
