@@ -518,7 +518,7 @@ def test_reconnect_delays_grow_with_jitter_and_reset():
     backoff = Backoff(0.1, 1.0, rng=random.Random(7))
     ceilings = [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0]
     delays = [backoff.next() for _ in ceilings]
-    for delay, ceiling in zip(delays, ceilings):
+    for delay, ceiling in zip(delays, ceilings, strict=True):
         assert ceiling / 2 <= delay <= ceiling, (delays, ceilings)
     assert len(set(delays)) == len(delays)  # jittered, not in lockstep
     backoff.reset()
