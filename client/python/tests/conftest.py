@@ -8,9 +8,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import PATIENCE, PYTHON_DIR, Cluster
 
 import reins
+from harness import PATIENCE, PYTHON_DIR, Cluster
 from reins import Worker
 
 if Path(reins.__file__).resolve().is_relative_to(PYTHON_DIR / "reins"):

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+import reins
 from harness import (
     PATIENCE,
     PYTHON_DIR,
@@ -28,8 +30,6 @@ from harness import (
     serving,
     until_async,
 )
-
-import reins
 from reins import Backoff, Cancelled, CancelRequested, from_value
 from reins.aio import AsyncClient, AsyncTaskContext, AsyncWorker
 from reins.proto import tasks_pb2

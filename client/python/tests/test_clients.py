@@ -9,9 +9,9 @@ import uuid
 
 import grpc
 import pytest
-from harness import PATIENCE, done_async, run_async, until_async
 
 import reins
+from harness import PATIENCE, done_async, run_async, until_async
 from reins import Client, ReinsError, from_value
 from reins.aio import AsyncClient
 from reins.proto import tasks_pb2

@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from harness import PYTHON_DIR
 
 pytestmark = pytest.mark.install

@@ -10,12 +10,12 @@ import threading
 
 import grpc
 import pytest
+
 import research_worker
 from harness import PATIENCE, until_terminal, watch_until
-from research_worker import research
-
 from reins import Aborted, Worker, from_value
 from reins.proto import tasks_pb2
+from research_worker import research
 
 ALL_PHASES = [phase for phase, _ in research_worker.PHASES]
 
