@@ -325,6 +325,12 @@ def test_a_handler_that_swallows_the_cancellation_is_abandoned(cluster, kind, ca
         return "late"
 
     async def scenario() -> None:
+        try:
+            await misbehave()
+        finally:
+            release.set()  # never leave a swallowing handler behind, even on failure
+
+    async def misbehave() -> None:
         async with (
             AsyncClient(cluster.b.address) as b,
             serving(
