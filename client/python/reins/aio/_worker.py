@@ -326,7 +326,8 @@ class AsyncWorker:
                     if err.code() in PERMANENT:
                         self._error = err
                         raise
-                    log.warning("worker %s: stream lost: %s", self.name, err)
+                    if not self._close_requested.is_set():  # else: the end of a drain
+                        log.warning("worker %s: stream lost: %s", self.name, err)
                 if self._close_requested.is_set():
                     break
                 if self.connections > welcomed_before:
