@@ -33,6 +33,10 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 py="$venv/bin/python"
 pip=("$py" -m pip --disable-pip-version-check -q)
+# tests/test_install.py installs into pip-less fresh venvs with `pip --python` (pip 22.3+).
+if ! "$py" -c 'import pip, sys; sys.exit(tuple(map(int, pip.__version__.split(".")[:2])) < (22, 3))'; then
+  "${pip[@]}" install --upgrade "pip>=22.3"
+fi
 
 echo "== installing reins[test] from $here (the build hook generates the stubs)"
 # The build requirements of pyproject.toml's [build-system], installed once into the venv
