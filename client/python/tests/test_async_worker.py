@@ -483,6 +483,50 @@ def test_sigterm_drains_the_worker_and_hands_back_what_still_runs(cluster, kind)
     assert "handing back 1 task(s)" in output, output
 
 
+def test_a_draining_worker_starts_no_new_task_and_hands_it_back(cluster, kind):
+    release = asyncio.Event()
+    started: list[tuple[str, str]] = []  # (worker, task id) of every handler call
+
+    async def handler(ctx: AsyncTaskContext) -> dict[str, int]:
+        started.append(("first", ctx.task.id))
+        await release.wait()
+        return {"attempt": ctx.task.attempt}
+
+    async def second(ctx: AsyncTaskContext) -> dict[str, int]:
+        started.append(("second", ctx.task.id))
+        return {"attempt": ctx.task.attempt}
+
+    async def scenario() -> None:
+        async with AsyncClient(cluster.b.address) as b:
+            worker = AsyncWorker(
+                cluster.a.address, [kind], handler, name="first", max_concurrency=2,
+                shutdown_grace=PATIENCE, handle_signals=False,
+            )  # fmt: skip
+            runner = asyncio.ensure_future(worker.run())
+            assert await worker.wait_connected(PATIENCE)
+            running = await b.start(kind, max_attempts=2)
+            await until_async(b, running.id, lambda t: t.worker.startswith("first/"), "running")
+            closing = asyncio.ensure_future(worker.close())  # drains: waits for `running`
+            await eventually(lambda: worker._draining, "draining")
+            late = await b.start(kind, max_attempts=2)  # a free slot: assigned, not started
+            await until_async(b, late.id, lambda t: t.worker.startswith("first/"), "assigned")
+            release.set()
+            await asyncio.wait_for(closing, PATIENCE)
+            await runner
+
+            done = await done_async(b, running.id)
+            assert done.state == COMPLETED and from_value(done.result) == {"attempt": 1}, done
+            requeued = await b.check(late.id)
+            assert requeued.state == PENDING, requeued
+            async with serving(cluster.b.address, [kind], second, name="second"):
+                retried = await done_async(b, late.id)
+            assert retried.state == COMPLETED, retried
+            assert from_value(retried.result) == {"attempt": 2}
+            assert started == [("first", running.id), ("second", late.id)]
+
+    run_async(scenario)
+
+
 @pytest.fixture
 def own_cluster():
     """A cluster of this test's own: it restarts a replica."""
