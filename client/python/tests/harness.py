@@ -6,13 +6,17 @@ Rust, and event-driven waits on tasks.
 - ``reinsd`` is ``<repo>/target/debug/reinsd`` or ``$REINSD_BIN`` (build it first:
   ``cargo build --bins``). Each replica listens on ``127.0.0.1:0`` and prints
   ``reinsd listening on ADDR`` on stdout; its log goes to a file, printed when a test
-  using it fails.
+  using it fails. :meth:`Reinsd.restart` starts it again on the same address.
+- ``reins`` is the installed package (run_tests.sh installs it into its venv), never the
+  source tree: the source tree has no generated stubs.
 
 Every wait has a deadline (:data:`PATIENCE`); nothing sleeps to synchronise.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -21,18 +25,21 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, TypeVar
 
 import grpc
 import pytest
 
 PYTHON_DIR = Path(__file__).resolve().parents[1]
 REPO = PYTHON_DIR.parents[1]
-sys.path.insert(0, str(PYTHON_DIR))
 sys.path.insert(0, str(PYTHON_DIR / "examples"))
 
-from reins_worker.proto import tasks_pb2, tasks_pb2_grpc  # noqa: E402
+from reins.aio import AsyncClient, AsyncWorker  # noqa: E402
+from reins.proto import tasks_pb2, tasks_pb2_grpc  # noqa: E402
+
+T = TypeVar("T")
 
 #: Upper bound of every wait: generous, the machine is shared.
 PATIENCE = 20.0
@@ -80,10 +87,26 @@ class RedisServer:
             self.port = free_port()
             assert self.port != 6379
             self.process = subprocess.Popen(
-                [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                 "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning",
-                 "--dir", self.dir.name],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    binary,
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                    "--loglevel",
+                    "warning",
+                    "--dir",
+                    self.dir.name,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self.process.poll() is None:
@@ -115,10 +138,28 @@ class Reinsd:
         self.dir = tempfile.TemporaryDirectory(prefix=f"reinsd-{replica_id}-")
         self.log_path = Path(self.dir.name) / "reinsd.log"
         self.replica_id = replica_id
-        command = [str(reinsd_binary()), "--listen", "127.0.0.1:0", "--replica-id", replica_id,
-                   "--shutdown-grace", "2s", *args]
+        self.args = args
+        self._launch("127.0.0.1:0")
+
+    def restart(self) -> None:
+        """Kills the process and starts it again, same id, arguments and address."""
+        self._kill()
+        self._launch(self.address)
+
+    def _launch(self, listen: str) -> None:
+        replica_id = self.replica_id
+        command = [
+            str(reinsd_binary()),
+            "--listen",
+            listen,
+            "--replica-id",
+            replica_id,
+            "--shutdown-grace",
+            "2s",
+            *self.args,
+        ]
         env = dict(os.environ, RUST_LOG="info,reins_server=debug")
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env
             )
@@ -146,7 +187,7 @@ class Reinsd:
             log = self.log()
             self.stop()
             pytest.fail(f"reinsd printed {line!r}, not its address\n{log}")
-        self.address = line[len(prefix):]
+        self.address = line[len(prefix) :]
 
     def log(self) -> str:
         try:
@@ -154,13 +195,16 @@ class Reinsd:
         except OSError:
             return ""
 
-    def stop(self) -> None:
-        """Kills the process (if it still runs), reaps it and removes its directory."""
+    def _kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
         self._reader.join(PATIENCE)
         self.process.stdout.close()
+
+    def stop(self) -> None:
+        """Kills the process (if it still runs), reaps it and removes its directory."""
+        self._kill()
         self.dir.cleanup()
 
 
@@ -172,9 +216,7 @@ class Cluster:
         self.replicas: list[Reinsd] = []
         try:
             for replica_id in ("a", "b"):
-                self.replicas.append(
-                    Reinsd("--redis-url", self.redis.url, replica_id=replica_id)
-                )
+                self.replicas.append(Reinsd("--redis-url", self.redis.url, replica_id=replica_id))
         except BaseException:
             self.stop()
             raise
@@ -203,7 +245,7 @@ def watch_until(
 
     Fails the test if the task ends (or the deadline passes) first.
     """
-    last: Optional[tasks_pb2.Task] = None
+    last: tasks_pb2.Task | None = None
     try:
         for event in stub.WatchTask(tasks_pb2.WatchTaskRequest(task_id=task_id), timeout=timeout):
             last = event.task
@@ -220,3 +262,79 @@ def watch_until(
 
 def until_terminal(stub, task_id: str, timeout: float = PATIENCE) -> tasks_pb2.Task:
     return watch_until(stub, task_id, lambda t: t.state in TERMINAL, "finished", timeout)
+
+
+# -- asyncio ---------------------------------------------------------------------------
+
+
+def run_async(main: Callable[[], Awaitable[T]], timeout: float = 3 * PATIENCE) -> T:
+    """Runs ``main()`` in a new event loop, failing the test after ``timeout``."""
+
+    async def bounded() -> T:
+        try:
+            return await asyncio.wait_for(main(), timeout)
+        except asyncio.TimeoutError:
+            pytest.fail(f"the test did not finish within {timeout}s")
+
+    return asyncio.run(bounded())
+
+
+async def until_async(
+    client: AsyncClient,
+    task_id: str,
+    predicate: Callable[[tasks_pb2.Task], bool],
+    what: str,
+    timeout: float = PATIENCE,
+) -> tasks_pb2.Task:
+    """:func:`watch_until` with an :class:`~reins.aio.AsyncClient`."""
+    last: tasks_pb2.Task | None = None
+
+    async def watch() -> tasks_pb2.Task | None:
+        nonlocal last
+        async with contextlib.aclosing(client.watch(task_id)) as events:
+            async for event in events:
+                last = event.task
+                if predicate(last):
+                    return last
+                if last.state in TERMINAL:
+                    return None
+        return None
+
+    try:
+        found = await asyncio.wait_for(watch(), timeout)
+    except asyncio.TimeoutError:
+        pytest.fail(f"task {task_id}: not {what} within {timeout}s; last seen:\n{last}")
+    if found is None:
+        pytest.fail(f"task {task_id} ended before it was {what}:\n{last}")
+    return found
+
+
+async def done_async(client: AsyncClient, task_id: str) -> tasks_pb2.Task:
+    return await until_async(client, task_id, lambda t: t.state in TERMINAL, "finished")
+
+
+async def eventually(condition: Callable[[], bool], what: str, timeout: float = PATIENCE) -> None:
+    """Polls ``condition`` (for state with no event to wait on) until true or the deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not {what} within {timeout}s")
+        await asyncio.sleep(0.01)  # polling with a deadline, not synchronising by time
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    address: str, kinds: list[str], handler: Any, **kwargs: Any
+) -> AsyncIterator[AsyncWorker]:
+    """An :class:`AsyncWorker` running in this loop, connected; closed on the way out."""
+    kwargs.setdefault("name", "pytest-async")
+    kwargs.setdefault("handle_signals", False)
+    kwargs.setdefault("shutdown_grace", 0.5)
+    worker = AsyncWorker(address, kinds, handler, **kwargs)
+    runner = asyncio.ensure_future(worker.run())
+    try:
+        assert await worker.wait_connected(PATIENCE), "the worker got no welcome"
+        yield worker
+    finally:
+        await worker.close()
+        await runner

@@ -30,9 +30,18 @@ def final(output: str) -> dict:
 def test_the_client_starts_watches_and_soft_cancels_a_task(cluster, workers, kind):
     workers(cluster.a.address, [kind], research)
     run = client(
-        cluster.b.address, "start", kind, "--params", '{"topic": "cli", "step_ms": 200}',
-        "--watch", "--cancel-after-checkpoints", "1", "--reason", "from the cli",
-        "--timeout", str(PATIENCE),
+        cluster.b.address,
+        "start",
+        kind,
+        "--params",
+        '{"topic": "cli", "step_ms": 200}',
+        "--watch",
+        "--cancel-after-checkpoints",
+        "1",
+        "--reason",
+        "from the cli",
+        "--timeout",
+        str(PATIENCE),
     )
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
@@ -57,8 +66,17 @@ def test_the_client_starts_watches_and_soft_cancels_a_task(cluster, workers, kin
 def test_the_client_hard_cancels_a_task(cluster, workers, kind):
     workers(cluster.a.address, [kind], research)
     run = client(
-        cluster.b.address, "start", kind, "--params", '{"step_ms": 200}',
-        "--watch", "--cancel-after-checkpoints", "1", "--hard", "--timeout", str(PATIENCE),
+        cluster.b.address,
+        "start",
+        kind,
+        "--params",
+        '{"step_ms": 200}',
+        "--watch",
+        "--cancel-after-checkpoints",
+        "1",
+        "--hard",
+        "--timeout",
+        str(PATIENCE),
     )
     assert run.returncode == 0, run.stderr
     assert "cancel: CANCELLED" in run.stdout.splitlines(), run.stdout
@@ -71,8 +89,16 @@ def test_the_client_hard_cancels_a_task(cluster, workers, kind):
 def test_the_client_answers_and_reports_errors(cluster, workers, kind):
     workers(cluster.a.address, [kind], research)
     run = client(
-        cluster.b.address, "start", kind, "--params", '{"step_ms": 10, "ask": "Which?"}',
-        "--watch", "--answer", "these", "--timeout", str(PATIENCE),
+        cluster.b.address,
+        "start",
+        kind,
+        "--params",
+        '{"step_ms": 10, "ask": "Which?"}',
+        "--watch",
+        "--answer",
+        "these",
+        "--timeout",
+        str(PATIENCE),
     )
     assert run.returncode == 0, run.stderr
     assert "answered" in run.stdout.splitlines(), run.stdout

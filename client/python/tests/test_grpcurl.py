@@ -7,7 +7,7 @@ import json
 import re
 import shutil
 import subprocess
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -31,7 +31,9 @@ def grpcurl() -> str:
     return path
 
 
-def call(grpcurl: str, reinsd: Reinsd, *args: str, data: str | None = None) -> subprocess.CompletedProcess:
+def call(
+    grpcurl: str, reinsd: Reinsd, *args: str, data: str | None = None
+) -> subprocess.CompletedProcess:
     command = [grpcurl, "-plaintext", "-max-time", str(PATIENCE)]
     if data is not None:
         command += ["-d", data]
@@ -44,7 +46,11 @@ def test_reflection_lists_the_services(grpcurl, reinsd):
     run = call(grpcurl, reinsd, "list")
     assert run.returncode == 0, run.stderr
     services = set(run.stdout.split())
-    assert {"reins.v1.TaskService", "reins.v1.WorkerService", "grpc.health.v1.Health"} <= services, services
+    assert {
+        "reins.v1.TaskService",
+        "reins.v1.WorkerService",
+        "grpc.health.v1.Health",
+    } <= services, services
 
 
 def test_describe_a_message(grpcurl, reinsd):
@@ -58,7 +64,9 @@ def test_describe_a_message(grpcurl, reinsd):
 
 def test_start_a_task_from_json(grpcurl, reinsd):
     run = call(
-        grpcurl, reinsd, "reins.v1.TaskService/StartTask",
+        grpcurl,
+        reinsd,
+        "reins.v1.TaskService/StartTask",
         data='{"kind":"sleep","params":{"steps":1,"step_ms":10}}',
     )
     assert run.returncode == 0, run.stderr
@@ -68,14 +76,18 @@ def test_start_a_task_from_json(grpcurl, reinsd):
     assert task["params"] == {"steps": 1, "step_ms": 10}
     assert task["owner"] == "grpcurl"
 
-    check = call(grpcurl, reinsd, "reins.v1.TaskService/CheckTask", data=json.dumps({"task_id": task["id"]}))
+    check = call(
+        grpcurl, reinsd, "reins.v1.TaskService/CheckTask", data=json.dumps({"task_id": task["id"]})
+    )
     assert check.returncode == 0, check.stderr
     assert json.loads(check.stdout)["id"] == task["id"]
 
 
 def test_bad_params_come_back_with_rich_error_details(grpcurl, reinsd):
     run = call(
-        grpcurl, reinsd, "reins.v1.TaskService/StartTask",
+        grpcurl,
+        reinsd,
+        "reins.v1.TaskService/StartTask",
         data='{"kind":"sleep","params":{"steps":"many","step_ms":10}}',
     )
     assert run.returncode != 0

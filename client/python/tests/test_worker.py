@@ -11,11 +11,10 @@ import threading
 import grpc
 import pytest
 
-from harness import PATIENCE, until_terminal, watch_until
-from reins_worker import Aborted, Worker, from_value
-from reins_worker.proto import tasks_pb2
-
 import research_worker
+from harness import PATIENCE, until_terminal, watch_until
+from reins import Aborted, Worker, from_value
+from reins.proto import tasks_pb2
 from research_worker import research
 
 ALL_PHASES = [phase for phase, _ in research_worker.PHASES]
@@ -69,9 +68,7 @@ class Recorder:
         field = "message" if direction == "send" else "command"
         what = message.WhichOneof(field)
         body = getattr(message, what)
-        task_id = getattr(body, "task_id", "") or (
-            body.task.id if what == "assign" else ""
-        )
+        task_id = getattr(body, "task_id", "") or (body.task.id if what == "assign" else "")
         with self.lock:
             self.messages.append((direction, what, task_id))
 
@@ -96,10 +93,14 @@ def recorder() -> Recorder:
 
 @pytest.fixture
 def worker_on_a(cluster, workers, kind, recorder) -> Worker:
-    return workers(cluster.a.address, [kind], recorder, name="research-pytest", trace=recorder.trace)
+    return workers(
+        cluster.a.address, [kind], recorder, name="research-pytest", trace=recorder.trace
+    )
 
 
-def test_a_task_started_on_b_runs_on_the_worker_connected_to_a(cluster, channels, kind, worker_on_a, recorder):
+def test_a_task_started_on_b_runs_on_the_worker_connected_to_a(
+    cluster, channels, kind, worker_on_a, recorder
+):
     b = channels(cluster.b.address)
     task = start(b, kind, topic="rust", step_ms=10)
     assert task.kind == kind
@@ -126,7 +127,9 @@ def test_a_task_started_on_b_runs_on_the_worker_connected_to_a(cluster, channels
     assert a.CheckTask(tasks_pb2.CheckTaskRequest(task_id=task.id)) == done
 
 
-def test_a_soft_cancel_from_b_stops_the_task_at_a_checkpoint(cluster, channels, kind, worker_on_a, recorder):
+def test_a_soft_cancel_from_b_stops_the_task_at_a_checkpoint(
+    cluster, channels, kind, worker_on_a, recorder
+):
     b = channels(cluster.b.address)
     task = start(b, kind, topic="grpc", step_ms=200)  # a phase takes 600 ms or more
     watch_until(b, task.id, lambda t: len(t.partial_results) >= 1, "checkpointed")
@@ -154,7 +157,9 @@ def test_a_soft_cancel_from_b_stops_the_task_at_a_checkpoint(cluster, channels, 
     assert recorder.sent(task.id)[-1] == "cancel_ack"
 
 
-def test_a_hard_cancel_from_b_cancels_at_once_and_aborts_the_handler(cluster, channels, kind, worker_on_a, recorder):
+def test_a_hard_cancel_from_b_cancels_at_once_and_aborts_the_handler(
+    cluster, channels, kind, worker_on_a, recorder
+):
     b = channels(cluster.b.address)
     task = start(b, kind, topic="abort", step_ms=100)
     watch_until(b, task.id, lambda t: len(t.partial_results) >= 1, "checkpointed")
@@ -169,7 +174,9 @@ def test_a_hard_cancel_from_b_cancels_at_once_and_aborts_the_handler(cluster, ch
     assert seen["ended"] == Aborted.__name__, seen
     assert "abort" in recorder.received(task.id)
     # Nothing that ends the task was sent for it after the abort.
-    assert not {"complete", "fail", "cancel_ack"} & set(recorder.sent(task.id)), recorder.sent(task.id)
+    assert not {"complete", "fail", "cancel_ack"} & set(recorder.sent(task.id)), recorder.sent(
+        task.id
+    )
     a = channels(cluster.a.address)
     final = a.CheckTask(tasks_pb2.CheckTaskRequest(task_id=task.id))
     assert final.state == tasks_pb2.TASK_STATE_CANCELLED
@@ -178,7 +185,9 @@ def test_a_hard_cancel_from_b_cancels_at_once_and_aborts_the_handler(cluster, ch
 
 
 @pytest.mark.parametrize("via", ["a", "b"])
-def test_the_abort_carries_the_reason_of_the_hard_cancel(cluster, channels, kind, worker_on_a, recorder, via):
+def test_the_abort_carries_the_reason_of_the_hard_cancel(
+    cluster, channels, kind, worker_on_a, recorder, via
+):
     # workers.proto: `AbortTask.reason`; remote.rs keeps the record "for the reason of an
     # abort". The worker should learn why its task was stopped, as it does for `cancel`.
     b = channels(cluster.b.address)
@@ -193,11 +202,16 @@ def test_the_abort_carries_the_reason_of_the_hard_cancel(cluster, channels, kind
     assert seen["abort_reason"] == "stop now", seen
 
 
-def test_a_question_answered_through_b_reaches_the_handler(cluster, channels, kind, worker_on_a, recorder):
+def test_a_question_answered_through_b_reaches_the_handler(
+    cluster, channels, kind, worker_on_a, recorder
+):
     b = channels(cluster.b.address)
     task = start(b, kind, topic="q", step_ms=10, ask="Which sources?")
     waiting = watch_until(
-        b, task.id, lambda t: t.state == tasks_pb2.TASK_STATE_WAITING_FOR_ANSWER, "waiting for an answer"
+        b,
+        task.id,
+        lambda t: t.state == tasks_pb2.TASK_STATE_WAITING_FOR_ANSWER,
+        "waiting for an answer",
     )
     assert waiting.question == "Which sources?"
     assert phases(waiting) == ["search"]
@@ -212,7 +226,9 @@ def test_a_question_answered_through_b_reaches_the_handler(cluster, channels, ki
     assert "answer" in recorder.received(task.id)
 
 
-def test_a_soft_cancel_while_waiting_for_an_answer_stops_the_task(cluster, channels, kind, worker_on_a, recorder):
+def test_a_soft_cancel_while_waiting_for_an_answer_stops_the_task(
+    cluster, channels, kind, worker_on_a, recorder
+):
     b = channels(cluster.b.address)
     task = start(b, kind, topic="q", step_ms=10, ask="Which sources?")
     watch_until(b, task.id, lambda t: t.state == tasks_pb2.TASK_STATE_WAITING_FOR_ANSWER, "waiting")
@@ -238,7 +254,9 @@ def test_an_exception_in_the_handler_fails_the_task(cluster, channels, kind, wor
     assert phases(done) == ["search"]
 
 
-def test_a_result_that_is_not_json_fails_the_task_and_keeps_the_stream(cluster, channels, kind, workers):
+def test_a_result_that_is_not_json_fails_the_task_and_keeps_the_stream(
+    cluster, channels, kind, workers
+):
     results = iter([float("nan"), {"ok": True}])
     worker = workers(cluster.a.address, [kind], lambda ctx: next(results), max_concurrency=1)
     b = channels(cluster.b.address)
@@ -253,14 +271,16 @@ def test_a_result_that_is_not_json_fails_the_task_and_keeps_the_stream(cluster, 
 
 
 def test_a_worker_cannot_serve_a_built_in_kind(cluster):
-    worker = Worker(cluster.a.address, "bad", ["sleep"], 1, research)
+    worker = Worker(cluster.a.address, ["sleep"], research, name="bad")
     with pytest.raises(grpc.RpcError) as raised:
         worker.run()
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "built-in" in raised.value.details()
 
 
-def test_an_ignored_soft_cancel_escalates_to_an_abort_after_the_grace_period(cluster, channels, kind, workers):
+def test_an_ignored_soft_cancel_escalates_to_an_abort_after_the_grace_period(
+    cluster, channels, kind, workers
+):
     recorder = Recorder(handler=lambda ctx: ctx.sleep(3 * PATIENCE))  # never checkpoints
     workers(cluster.a.address, [kind], recorder, trace=recorder.trace)
     b = channels(cluster.b.address)

@@ -1,20 +1,30 @@
-"""Run Reins tasks in Python: a worker for ``reins.v1.WorkerService``.
+"""Reins from Python: start long-running work and reliably stop it.
 
-A worker process connects to any Reins replica, says which task kinds it serves, and runs
-the tasks of those kinds the service assigns to it, one thread per task::
+- :class:`reins.Client` and :class:`reins.aio.AsyncClient`: start, check, soft/hard
+  cancel, list, watch and answer tasks (``reins.v1.TaskService``).
+- :class:`reins.aio.AsyncWorker`: runs tasks of your kinds as ``async def`` handlers, many
+  per process; a hard cancel cancels the handler's asyncio task.
+- :class:`reins.Worker`: the same with plain functions, one thread per task.
 
-    from reins_worker import Worker, Cancelled
+A worker::
 
-    def handler(ctx):                      # runs in its own thread, one per task
-        steps, done = ctx.task.params.get("steps", 3), []
-        for step in range(steps):
-            ctx.sleep(0.1)                 # raises Aborted on a hard cancel
-            done.append(step)
-            if ctx.checkpoint({"step": step}, (step + 1) / steps, f"step {step}"):
-                raise Cancelled({"steps_done": done})   # soft cancel honoured here
-        return {"steps_done": done}        # → complete
+    import asyncio
+    import reins
+    from reins.aio import AsyncWorker
 
-    Worker("127.0.0.1:50051", "demo@host", ["demo"], 4, handler).run()
+    async def handler(ctx):                    # one asyncio task per Reins task
+        done = []
+        try:
+            for step in range(ctx.task.params.get("steps", 3)):
+                await asyncio.sleep(0.1)       # a hard cancel raises CancelledError here
+                done.append(step)
+                # a partial result; raises CancelRequested once a soft cancel arrived
+                await ctx.checkpoint({"step": step}, (step + 1) / 3)
+        except reins.CancelRequested:
+            raise reins.Cancelled({"steps_done": done})   # CANCELLED, partial results kept
+        return {"steps_done": done}            # COMPLETED with this result
+
+    asyncio.run(AsyncWorker("127.0.0.1:50051", ["demo"], handler, max_concurrency=4).run())
 
 Protocol (``proto/reins/v1/workers.proto``), one bidirectional ``Connect`` stream per
 worker process::
@@ -30,8 +40,8 @@ worker process::
     ask {task_id, question}               →                         (WAITING_FOR_ANSWER)
                                           ←  answer {task_id, answer}  (after AnswerTask)
                                           ←  cancel {task_id, reason, grace_deadline}
-                                                                    (soft: stop at the next checkpoint)
-    cancel_ack {task_id, result}          →                         (CANCELLED, partial results kept)
+                                                            (soft: stop at the next checkpoint)
+    cancel_ack {task_id, result}          →                 (CANCELLED, partial results kept)
     complete {task_id, result}            →                         (COMPLETED; also wins a
                                                                      race against a soft cancel)
     fail {task_id, error}                 →                         (FAILED)
@@ -53,7 +63,7 @@ worker process::
   stream ends the worker's tasks are lost: retried if attempts remain, else FAILED, or
   CANCELLED if a cancel was pending.
 
-How a handler's outcome is reported (see :class:`TaskContext`):
+How a handler's outcome is reported (both workers):
 
 ==========================================  =============================================
 the handler…                                the worker sends
@@ -61,8 +71,8 @@ the handler…                                the worker sends
 returns ``result``                          ``complete(result)``
 returns ``result`` after a cancel arrived   ``cancel_ack(result)``
 raises ``Cancelled(result)``                ``cancel_ack(result)``
-raises ``CancelRequested`` (e.g. from       ``cancel_ack`` with no result
-``ask`` or ``raise_if_cancelled``)
+raises ``CancelRequested`` (from ``ask``,   ``cancel_ack`` with no result
+``checkpoint``, ``raise_if_cancelled``)
 raises any other exception ``e``            ``fail(str(e))``
 anything, once the task was aborted         nothing
 ==========================================  =============================================
@@ -70,31 +80,31 @@ anything, once the task was aborted         nothing
 Results, partial results and params are JSON values (``google.protobuf.Value``); numbers
 arrive as ints when integral. A result that is not JSON (or holds NaN) fails the task.
 
-Stubs are generated from the repository's ``proto/`` on first import (see
-:mod:`reins_worker.proto`); ``reins_worker.proto.tasks_pb2_grpc.TaskServiceStub`` is the
-client side of the service.
+The generated ``reins.v1`` modules are in :mod:`reins.proto` (built from ``proto/`` when
+the package is built).
 """
 
-from .worker import (
-    Aborted,
-    Cancelled,
-    CancelRequested,
-    Handler,
-    TaskContext,
-    TaskInfo,
-    Worker,
-    from_value,
-    to_value,
-)
+from ._backoff import Backoff
+from ._calls import TaskInfo
+from ._client import Client
+from ._errors import Aborted, Cancelled, CancelRequested, ReinsError
+from ._values import from_value, to_value
+from ._worker import Handler, TaskContext, Worker
+
+__version__ = "0.2.0"
 
 __all__ = [
     "Aborted",
-    "Cancelled",
+    "Backoff",
     "CancelRequested",
+    "Cancelled",
+    "Client",
     "Handler",
+    "ReinsError",
     "TaskContext",
     "TaskInfo",
     "Worker",
+    "__version__",
     "from_value",
     "to_value",
 ]

@@ -1,135 +1,34 @@
-"""The worker: one ``WorkerService.Connect`` stream, one thread per assigned task.
+"""``reins.Worker``: one ``WorkerService.Connect`` stream, one thread per assigned task.
 
-See the package docstring (``help(reins_worker)``) for the protocol.
+See the package docstring (``help(reins)``) for the protocol.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-import json
+import inspect
 import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, Optional, Union
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
 
-from .proto import tasks_pb2, workers_pb2, workers_pb2_grpc
+from ._calls import WORKER_CONNECT, TaskInfo, default_worker_name
+from ._client import ChannelOptions, open_channel
+from ._errors import Aborted, Cancelled, CancelRequested, ReinsError
+from ._proto import tasks_pb2, workers_pb2
+from ._values import to_value
 
-log = logging.getLogger("reins_worker")
+log = logging.getLogger("reins.worker")
 
 #: A handler runs one task: it gets the task's context and returns its result.
 Handler = Callable[["TaskContext"], Any]
 #: ``trace(direction, message)``: called with ``"send"`` and each ``WorkerMessage`` queued
 #: for the server, and ``"recv"`` and each ``WorkerCommand`` received.
 Trace = Callable[[str, Any], None]
-
-
-class CancelRequested(Exception):
-    """A soft cancel was requested for the task.
-
-    Raised by :meth:`TaskContext.ask` and :meth:`TaskContext.raise_if_cancelled`. A
-    handler that lets it propagate stops the task with ``cancel_ack`` and no result; to
-    stop with a result, raise :class:`Cancelled` (or return one) instead.
-    """
-
-    def __init__(self, reason: str = "") -> None:
-        super().__init__(reason or "a cancel was requested")
-        self.reason = reason
-
-
-class Aborted(CancelRequested):
-    """The task was hard-cancelled (``abort``): it is CANCELLED already. Stop now.
-
-    Raised by :meth:`TaskContext.ask`, :meth:`TaskContext.sleep` and
-    :meth:`TaskContext.raise_if_cancelled` once the task is aborted, and also when the
-    worker's stream ends while the task runs (the server then treats the task as lost).
-    Nothing the handler does afterwards is sent to the server.
-    """
-
-
-class Cancelled(Exception):
-    """Raise from a handler to stop the task after a soft cancel, with ``result``.
-
-    The worker sends ``cancel_ack`` with ``result`` (what was done); the task ends
-    CANCELLED, keeping the partial results checkpointed so far. Raised without a cancel
-    having been requested, the server records the task FAILED ("the task stopped without
-    being asked to").
-    """
-
-    def __init__(self, result: Any = None) -> None:
-        super().__init__("the task stopped on request")
-        self.result = result
-
-
-def _jsonable(obj: Any) -> Any:
-    """``obj`` as plain JSON data (tuples become lists); ValueError if it is not JSON."""
-    try:
-        return json.loads(json.dumps(obj, allow_nan=False))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"not JSON-serialisable: {err}") from err
-
-
-def to_value(obj: Any) -> struct_pb2.Value:
-    """A JSON-serialisable Python value as a ``google.protobuf.Value``.
-
-    Raises ValueError for anything JSON cannot carry, NaN and infinities included (the
-    server would close the stream on a non-finite number).
-    """
-    value = struct_pb2.Value()
-    json_format.ParseDict(_jsonable(obj), value)
-    return value
-
-
-def _ints(obj: Any) -> Any:
-    # Struct numbers are doubles: give back integral ones as ints (`"steps": 3` → 3).
-    if isinstance(obj, float) and obj.is_integer() and abs(obj) < 2**53:
-        return int(obj)
-    if isinstance(obj, dict):
-        return {key: _ints(value) for key, value in obj.items()}
-    if isinstance(obj, list):
-        return [_ints(value) for value in obj]
-    return obj
-
-
-def from_value(message: Union[struct_pb2.Value, struct_pb2.Struct]) -> Any:
-    """A ``google.protobuf.Value`` or ``Struct`` as Python data; integral numbers as ints."""
-    return _ints(json_format.MessageToDict(message))
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskInfo:
-    """The task a handler runs, as assigned (a snapshot; the server's record moves on)."""
-
-    id: str
-    kind: str
-    #: ``StartTaskRequest.params`` as a dict; integral numbers are ints.
-    params: dict
-    description: str
-    labels: dict
-    parent_id: str
-    session_id: str
-    #: How many times the task has been started (1 on the first run).
-    attempt: int
-    #: The assigned ``reins.v1.Task`` message.
-    proto: tasks_pb2.Task = dataclasses.field(repr=False, compare=False)
-
-    @classmethod
-    def from_proto(cls, task: tasks_pb2.Task) -> "TaskInfo":
-        return cls(
-            id=task.id,
-            kind=task.kind,
-            params=from_value(task.params) if task.HasField("params") else {},
-            description=task.description,
-            labels=dict(task.labels),
-            parent_id=task.parent_id,
-            session_id=task.session_id,
-            attempt=task.attempt,
-            proto=task,
-        )
 
 
 class TaskContext:
@@ -145,17 +44,17 @@ class TaskContext:
     task was aborted) reports are silently dropped: nothing more is sent about the task.
     """
 
-    def __init__(self, worker: "Worker", task: tasks_pb2.Task) -> None:
+    def __init__(self, worker: Worker, task: tasks_pb2.Task) -> None:
         self.task = TaskInfo.from_proto(task)
         self._worker = worker
         self._cond = threading.Condition(threading.RLock())
         self._cancel_requested = False
         self._cancel_reason = ""
-        self._grace_deadline: Optional[datetime.datetime] = None
+        self._grace_deadline: datetime.datetime | None = None
         self._aborted = False
         self._abort_reason = ""
         self._asking = False
-        self._answer: Optional[str] = None
+        self._answer: str | None = None
         # An outcome was sent, or the task was aborted: send nothing more.
         self._ended = False
         self._abort_event = threading.Event()
@@ -175,7 +74,7 @@ class TaskContext:
             return self._cancel_reason or self._abort_reason
 
     @property
-    def grace_deadline(self) -> Optional[datetime.datetime]:
+    def grace_deadline(self) -> datetime.datetime | None:
         """When the server hard-cancels the task if it has not stopped (UTC), if known."""
         with self._cond:
             return self._grace_deadline
@@ -211,7 +110,7 @@ class TaskContext:
         if self._abort_event.wait(seconds):
             raise Aborted(self.abort_reason)
 
-    def wait_cancelled(self, timeout: Optional[float] = None) -> bool:
+    def wait_cancelled(self, timeout: float | None = None) -> bool:
         """Blocks until a cancel or an abort arrives (True) or ``timeout`` passes (False)."""
         return self._stop_event.wait(timeout)
 
@@ -244,7 +143,7 @@ class TaskContext:
         )
         return self.cancel_requested
 
-    def ask(self, question: str, timeout: Optional[float] = None) -> str:
+    def ask(self, question: str, timeout: float | None = None) -> str:
         """Asks a question and blocks until it is answered (``AnswerTask``).
 
         The task is WAITING_FOR_ANSWER meanwhile. Raises :class:`CancelRequested` if a
@@ -315,12 +214,12 @@ class TaskContext:
         try:
             result = handler(self)
         except Aborted:
-            outcome: Optional[tuple] = None
+            outcome: tuple[str, Any] | None = None
         except Cancelled as stop:
             outcome = ("cancel_ack", stop.result)
         except CancelRequested:
             outcome = ("cancel_ack", None)
-        except BaseException as err:  # noqa: BLE001 - any failure fails the task
+        except BaseException as err:
             if not self.aborted:
                 log.info("task %s failed", self.task.id, exc_info=True)
             outcome = ("fail", str(err) or type(err).__name__)
@@ -331,7 +230,7 @@ class TaskContext:
         finally:
             self._worker._forget(self)
 
-    def _finish(self, outcome: Optional[tuple]) -> None:
+    def _finish(self, outcome: tuple[str, Any] | None) -> None:
         with self._cond:
             if self._ended or outcome is None:
                 self._ended = True
@@ -345,11 +244,14 @@ class TaskContext:
                     )
                 else:
                     value = None if payload is None else to_value(payload)
-                    body = {"task_id": self.task.id, "result": value}
                     message = (
-                        workers_pb2.WorkerMessage(complete=workers_pb2.TaskComplete(**body))
+                        workers_pb2.WorkerMessage(
+                            complete=workers_pb2.TaskComplete(task_id=self.task.id, result=value)
+                        )
                         if kind == "complete"
-                        else workers_pb2.WorkerMessage(cancel_ack=workers_pb2.CancelAck(**body))
+                        else workers_pb2.WorkerMessage(
+                            cancel_ack=workers_pb2.CancelAck(task_id=self.task.id, result=value)
+                        )
                     )
             except ValueError as err:
                 message = workers_pb2.WorkerMessage(
@@ -361,72 +263,88 @@ class TaskContext:
             self._ended = True
 
 
-def _channel(server: Union[str, grpc.Channel], options: Iterable) -> grpc.Channel:
-    if not isinstance(server, str):
-        return server
-    if server.startswith("https://"):
-        return grpc.secure_channel(
-            server[len("https://") :], grpc.ssl_channel_credentials(), options=list(options)
-        )
-    return grpc.insecure_channel(server.removeprefix("http://"), options=list(options))
+def is_async_callable(obj: object) -> bool:
+    """True for ``async def`` functions (also behind ``functools.partial``), async
+    generator functions and objects whose ``__call__`` is one."""
+    call = getattr(obj, "__call__", None)  # noqa: B004 - the method, not callable()
+    return any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f) for f in (obj, call))
 
 
 class Worker:
-    """A worker process's connection to one Reins replica.
+    """A worker process's connection to one Reins replica; one thread per task.
 
-    ``server``: ``"host:port"`` (or ``"http://host:port"``, ``"https://host:port"``) or a
-    ``grpc.Channel``. ``name``: for logs and ``Task.worker``. ``kinds``: the task kinds
-    this worker runs (not built-in ones). ``max_concurrency``: tasks it runs at once (the
-    server assigns no more). ``handler(ctx)``: runs one task, each in its own thread; see
-    :class:`TaskContext` and the package docstring for how its outcome is reported.
-    ``trace(direction, message)``: optional, sees every message sent and received.
+    ``server``: ``"host:port"``, a URL (``http://…``, ``https://…`` for TLS) or a
+    ``grpc.Channel``. ``kinds``: the task kinds this worker runs (not built-in ones).
+    ``handler(ctx)``: a plain function that runs one task in its own thread; see
+    :class:`TaskContext` and the package docstring for how its outcome is reported (an
+    ``async def`` handler is a TypeError: use :class:`reins.aio.AsyncWorker`).
+    ``max_concurrency``: tasks it runs at once (the server assigns no more). ``name``: for
+    logs and ``Task.worker`` (default ``program@host:pid``). ``trace(direction,
+    message)``: optional, sees every message sent and received.
 
     :meth:`run` blocks while connected; :meth:`start` runs it in a background thread; use
     as a context manager to start, wait for the connection and stop::
 
-        with Worker("127.0.0.1:50051", "demo", ["demo"], 4, handler):
+        with Worker("127.0.0.1:50051", ["demo"], handler, max_concurrency=4):
             ...
 
-    A worker does not reconnect by itself: :meth:`run` returns (or raises) when the
-    stream ends; call it again to reconnect. :meth:`stop` is final.
+    A thread worker does not reconnect by itself: :meth:`run` returns (or raises) when the
+    stream ends; call it again to reconnect. :meth:`stop` is final. (The
+    :class:`~reins.aio.AsyncWorker` reconnects, drains on SIGTERM, and hard-cancels by
+    cancelling the handler.)
     """
 
     def __init__(
         self,
-        server: Union[str, grpc.Channel],
-        name: str,
+        server: str | grpc.Channel,
         kinds: Iterable[str],
-        max_concurrency: int = 1,
-        handler: Optional[Handler] = None,
+        handler: Handler,
         *,
-        trace: Optional[Trace] = None,
-        channel_options: Iterable = (),
+        max_concurrency: int = 1,
+        name: str | None = None,
+        trace: Trace | None = None,
+        channel_options: ChannelOptions = (),
     ) -> None:
-        if handler is None:
-            raise TypeError("a handler is required")
-        self.name = name
+        if not callable(handler):
+            raise TypeError(f"the handler must be a function, not {type(handler).__name__}")
+        if is_async_callable(handler):
+            raise TypeError(
+                "reins.Worker runs plain functions, one thread per task; "
+                "for an async def handler use reins.aio.AsyncWorker"
+            )
+        if isinstance(kinds, str):
+            raise TypeError("kinds is a list of task kinds, not one string")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
+        self.name = name or default_worker_name()
         self.kinds = list(kinds)
         self.max_concurrency = max_concurrency
         self.handler = handler
         self._trace = trace
         self._owns_channel = isinstance(server, str)
-        self._channel = _channel(server, channel_options)
-        self._stub = workers_pb2_grpc.WorkerServiceStub(self._channel)
+        self._channel = open_channel(server, channel_options) if isinstance(server, str) else server
+        self._connect: grpc.StreamStreamMultiCallable[
+            workers_pb2.WorkerMessage, workers_pb2.WorkerCommand
+        ] = self._channel.stream_stream(
+            WORKER_CONNECT,
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=workers_pb2.WorkerCommand.FromString,
+        )
         self._lock = threading.Lock()
         self._tasks: dict[str, TaskContext] = {}
-        self._outbox: Optional[queue.Queue] = None
-        self._call = None
+        self._outbox: queue.Queue[workers_pb2.WorkerMessage | None] | None = None
+        self._call: Any = None
         self._running = False
         self._stopping = False
         self._connected = threading.Event()
         self._finished = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         #: The id the server gave this connection (``welcome.worker_id``).
-        self.worker_id: Optional[str] = None
+        self.worker_id: str | None = None
         #: How often the server pings the connection (``welcome.heartbeat_interval``).
-        self.heartbeat_interval: Optional[datetime.timedelta] = None
+        self.heartbeat_interval: datetime.timedelta | None = None
         #: The error that ended a background :meth:`start`, if any.
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -435,7 +353,7 @@ class Worker:
         of the stream.
 
         Returns normally after :meth:`stop` or when the server closes the stream with OK;
-        raises ``grpc.RpcError`` when the stream fails (server unreachable or gone, a
+        raises :class:`reins.ReinsError` when the stream fails (server unreachable or gone, a
         refused ``hello`` such as a built-in kind: INVALID_ARGUMENT). Tasks still running
         then are aborted locally (:attr:`TaskContext.aborted`); the server treats them as
         lost (retried if attempts remain, else FAILED; CANCELLED if a cancel was pending).
@@ -446,9 +364,9 @@ class Worker:
             self._running = True
             self._connected.clear()
             self._finished.clear()
-            outbox: queue.Queue = queue.Queue()
+            outbox: queue.Queue[workers_pb2.WorkerMessage | None] = queue.Queue()
             self._outbox = outbox
-        error: Optional[grpc.RpcError] = None
+        error: ReinsError | None = None
         try:
             self._send(
                 workers_pb2.WorkerMessage(
@@ -462,12 +380,12 @@ class Worker:
             with self._lock:
                 if self._stopping:
                     return
-                self._call = self._stub.Connect(self._requests(outbox))
+                self._call = self._connect(self._requests(outbox))
             for command in self._call:
                 self._dispatch(command)
         except grpc.RpcError as err:
             if not self._stopping:
-                error = err
+                error = ReinsError.from_rpc_error(err)
         finally:
             with self._lock:
                 self._outbox = None
@@ -488,17 +406,19 @@ class Worker:
         def target() -> None:
             try:
                 self.run()
-            except BaseException as err:  # noqa: BLE001
+            except BaseException as err:
                 self.error = err
                 log.warning("worker %s stopped: %s", self.name, err)
 
         self._finished.clear()
         self.error = None
-        self._thread = threading.Thread(target=target, name=f"reins-worker-{self.name}", daemon=True)
+        self._thread = threading.Thread(
+            target=target, name=f"reins-worker-{self.name}", daemon=True
+        )
         self._thread.start()
         return self._thread
 
-    def wait_connected(self, timeout: Optional[float] = None) -> bool:
+    def wait_connected(self, timeout: float | None = None) -> bool:
         """Blocks until the server's ``welcome`` (True) or ``timeout`` (False).
 
         Raises the error that ended a :meth:`start` before the welcome; False if the stream
@@ -517,7 +437,7 @@ class Worker:
                 return False
             self._connected.wait(min(0.05, remaining) if remaining is not None else 0.05)
 
-    def stop(self, timeout: Optional[float] = 10.0) -> None:
+    def stop(self, timeout: float | None = 10.0) -> None:
         """Closes the stream and waits (up to ``timeout``) for :meth:`run` to return.
 
         Running tasks are aborted locally and lost to the server (see :meth:`run`).
@@ -536,7 +456,7 @@ class Worker:
         if self._owns_channel:
             self._channel.close()
 
-    def __enter__(self) -> "Worker":
+    def __enter__(self) -> Worker:
         self.start()
         if not self.wait_connected(30):
             self.stop()
@@ -554,7 +474,9 @@ class Worker:
 
     # -- the stream ---------------------------------------------------------------------
 
-    def _requests(self, outbox: queue.Queue) -> Iterator[workers_pb2.WorkerMessage]:
+    def _requests(
+        self, outbox: queue.Queue[workers_pb2.WorkerMessage | None]
+    ) -> Iterator[workers_pb2.WorkerMessage]:
         while True:
             message = outbox.get()
             if message is None:
@@ -573,7 +495,7 @@ class Worker:
         if self._trace is not None:
             try:
                 self._trace(direction, message)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("trace callback failed")
 
     def _forget(self, ctx: TaskContext) -> None:
@@ -591,13 +513,13 @@ class Worker:
             log.info("worker %s connected as %s", self.name, self.worker_id)
             self._connected.set()
         elif which == "assign":
-            ctx = TaskContext(self, command.assign.task)
+            assigned = TaskContext(self, command.assign.task)
             with self._lock:
-                self._tasks[ctx.task.id] = ctx
+                self._tasks[assigned.task.id] = assigned
             threading.Thread(
-                target=ctx._run,
+                target=assigned._run,
                 args=(self.handler,),
-                name=f"reins-task-{ctx.task.id}",
+                name=f"reins-task-{assigned.task.id}",
                 daemon=True,
             ).start()
         elif which == "cancel":
@@ -616,7 +538,7 @@ class Worker:
         else:
             log.warning("unknown command %r; ignored", which)
 
-    def _task(self, task_id: str) -> Optional[TaskContext]:
+    def _task(self, task_id: str) -> TaskContext | None:
         with self._lock:
             ctx = self._tasks.get(task_id)
         if ctx is None:
