@@ -213,6 +213,84 @@ pub async fn listing_filters_orders_and_pages_active_tasks(store: &dyn TaskStore
     );
 }
 
+/// Each filter finds exactly the active tasks it matches, however many other tasks there
+/// are, and forgets the ones that finished (the stores index kind, session and parent).
+pub async fn each_indexed_filter_finds_its_active_tasks_only(store: &dyn TaskStore) {
+    let unique = TaskId::now_v7();
+    let (kind, session) = (format!("kind-{unique}"), format!("session-{unique}"));
+    let parent = insert(store, sleep_task()).await;
+    let spec = |kind: &str, session: &str, parent: Option<TaskId>| NewTask {
+        kind: kind.to_owned(),
+        session_id: session.to_owned(),
+        parent_id: parent,
+        ..NewTask::default()
+    };
+    let of_kind = insert(store, new_task(spec(&kind, "", None))).await;
+    let in_session = insert(store, new_task(spec("sleep", &session, None))).await;
+    let child = insert(store, new_task(spec("sleep", "", Some(parent.id)))).await;
+    let all_three = insert(store, new_task(spec(&kind, &session, Some(parent.id)))).await;
+    let finished = insert(store, new_task(spec(&kind, &session, Some(parent.id)))).await;
+    complete_as_owner(store, &start(store, &finished).await).await;
+    for _ in 0..5 {
+        insert(store, sleep_task()).await;
+    }
+    let listed = |filter: ActiveFilter| async move {
+        store
+            .list_active(&filter, None, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|task| task.id)
+            .collect::<Vec<_>>()
+    };
+    let by_kind = ActiveFilter {
+        kind: Some(kind.clone()),
+        ..ActiveFilter::default()
+    };
+    let by_session = ActiveFilter {
+        session_id: Some(session.clone()),
+        ..ActiveFilter::default()
+    };
+    let by_parent = ActiveFilter {
+        parent_id: Some(parent.id),
+        ..ActiveFilter::default()
+    };
+    assert_eq!(listed(by_kind.clone()).await, [of_kind.id, all_three.id]);
+    assert_eq!(
+        listed(by_session.clone()).await,
+        [in_session.id, all_three.id]
+    );
+    assert_eq!(listed(by_parent.clone()).await, [child.id, all_three.id]);
+    let combined = ActiveFilter {
+        kind: Some(kind.clone()),
+        session_id: Some(session.clone()),
+        parent_id: Some(parent.id),
+        ..ActiveFilter::default()
+    };
+    assert_eq!(listed(combined).await, [all_three.id]);
+    let unknown = ActiveFilter {
+        kind: Some(format!("no-such-kind-{unique}")),
+        ..ActiveFilter::default()
+    };
+    assert!(listed(unknown).await.is_empty());
+    // Paging within an index.
+    let first = store.list_active(&by_kind, None, 1).await.unwrap();
+    assert_eq!(first.iter().map(|t| t.id).collect::<Vec<_>>(), [of_kind.id]);
+    let rest = store
+        .list_active(&by_kind, Some(of_kind.id), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|t| t.id).collect::<Vec<_>>(),
+        [all_three.id]
+    );
+    // A task that finishes leaves every index.
+    complete_as_owner(store, &start(store, &all_three).await).await;
+    assert_eq!(listed(by_kind).await, [of_kind.id]);
+    assert_eq!(listed(by_session).await, [in_session.id]);
+    assert_eq!(listed(by_parent).await, [child.id]);
+}
+
 pub async fn children_are_found_by_parent(store: &dyn TaskStore) {
     let parent = insert(store, sleep_task()).await;
     let child_spec = NewTask {
@@ -475,6 +553,7 @@ macro_rules! suite {
             compare_and_swap_needs_the_previous_version,
             a_terminal_record_is_never_replaced,
             listing_filters_orders_and_pages_active_tasks,
+            each_indexed_filter_finds_its_active_tasks_only,
             children_are_found_by_parent,
             the_pending_queue_is_oldest_first_and_forgets_started_tasks,
             subscribers_see_every_change_in_order_until_the_end,

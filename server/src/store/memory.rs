@@ -43,6 +43,10 @@ struct Inner {
     tasks: HashMap<TaskId, Entry>,
     /// Non-terminal task ids; UUIDv7 order is creation order.
     active: BTreeSet<TaskId>,
+    /// Non-terminal task ids by kind and by session, so that a ListActive filter reads only
+    /// the tasks it can match (the parent filter uses `children`).
+    active_by_kind: HashMap<String, BTreeSet<TaskId>>,
+    active_by_session: HashMap<String, BTreeSet<TaskId>>,
     pending: BTreeSet<TaskId>,
     children: HashMap<TaskId, Vec<TaskId>>,
     by_request_id: HashMap<String, TaskId>,
@@ -127,9 +131,80 @@ async fn sweep_retention(store: Weak<MemoryStore>) {
 }
 
 impl Inner {
+    fn activate(&mut self, task: &Task) {
+        self.active.insert(task.id);
+        self.active_by_kind
+            .entry(task.kind.clone())
+            .or_default()
+            .insert(task.id);
+        if !task.session_id.is_empty() {
+            self.active_by_session
+                .entry(task.session_id.clone())
+                .or_default()
+                .insert(task.id);
+        }
+    }
+
+    fn deactivate(&mut self, task: &Task) {
+        self.active.remove(&task.id);
+        for (index, key) in [
+            (&mut self.active_by_kind, &task.kind),
+            (&mut self.active_by_session, &task.session_id),
+        ] {
+            if let Some(ids) = index.get_mut(key) {
+                ids.remove(&task.id);
+                if ids.is_empty() {
+                    index.remove(key);
+                }
+            }
+        }
+    }
+
+    /// The ids a listing with `filter` must look at, after `after` in creation order: those
+    /// of the smallest index the filter names (kind, session, parent), or every active one.
+    fn candidates(
+        &self,
+        filter: &ActiveFilter,
+        after: Option<TaskId>,
+    ) -> Box<dyn Iterator<Item = TaskId> + '_> {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        // `None`: an index with no entry for the key, so nothing can match.
+        let mut smallest: Option<&BTreeSet<TaskId>> = Some(&self.active);
+        for (index, key) in [
+            (&self.active_by_kind, &filter.kind),
+            (&self.active_by_session, &filter.session_id),
+        ] {
+            if let Some(key) = key {
+                let ids = index.get(key);
+                if ids.map_or(0, BTreeSet::len) < smallest.map_or(usize::MAX, BTreeSet::len) {
+                    smallest = ids;
+                }
+            }
+        }
+        let smallest_len = smallest.map_or(0, BTreeSet::len);
+        if let Some(parent) = filter.parent_id {
+            let children = self.children.get(&parent).map_or(&[][..], Vec::as_slice);
+            if children.len() < smallest_len {
+                // Children are kept in the order they were created in, which two concurrent
+                // starts can swap; a parent's children are few, so sort them.
+                let mut ids: Vec<TaskId> = children
+                    .iter()
+                    .copied()
+                    .filter(|id| after.is_none_or(|after| *id > after))
+                    .collect();
+                ids.sort_unstable();
+                return Box::new(ids.into_iter());
+            }
+        }
+        match smallest {
+            Some(ids) => Box::new(ids.range((start, Bound::Unbounded)).copied()),
+            None => Box::new(std::iter::empty()),
+        }
+    }
+
     fn index(&mut self, task: &Task) {
         if task.state.is_terminal() {
-            self.active.remove(&task.id);
+            self.deactivate(task);
             self.finished
                 .push_back((task.finished_at.unwrap_or(task.updated_at), task.id));
         }
@@ -220,7 +295,7 @@ impl TaskRecords for MemoryStore {
         if let Some(parent) = task.parent_id {
             inner.children.entry(parent).or_default().push(task.id);
         }
-        inner.active.insert(task.id);
+        inner.activate(&task);
         if task.state == TaskState::Pending {
             inner.pending.insert(task.id);
         }
@@ -261,16 +336,11 @@ impl TaskRecords for MemoryStore {
         limit: usize,
     ) -> StoreResult<Vec<Task>> {
         let inner = self.lock();
-        let start = match after {
-            Some(after) => std::ops::Bound::Excluded(after),
-            None => std::ops::Bound::Unbounded,
-        };
         Ok(inner
-            .active
-            .range((start, std::ops::Bound::Unbounded))
-            .filter_map(|id| inner.tasks.get(id))
+            .candidates(filter, after)
+            .filter_map(|id| inner.tasks.get(&id))
             .map(|entry| &entry.task)
-            .filter(|task| filter.matches(task))
+            .filter(|task| !task.state.is_terminal() && filter.matches(task))
             .take(limit)
             .cloned()
             .collect())

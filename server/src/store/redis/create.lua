@@ -1,8 +1,9 @@
 -- Inserts a new task, unless its request_id already names a live task.
 -- KEYS: 1 task hash, 2 request_id key, 3 active zset, 4 pending zset,
---       5 children zset of the parent, 6 history list
+--       5 children zset of the parent, 6 history list, 7 active zset of the kind,
+--       8 active zset of the session
 -- ARGV: 1 task JSON, 2 id, 3 version, 4 state, 5 has request_id ('1'/'0'),
---       6 has parent ('1'/'0'), 7 task-key prefix
+--       6 has parent ('1'/'0'), 7 task-key prefix, 8 has session ('1'/'0')
 if ARGV[5] == '1' then
   local existing = redis.call('GET', KEYS[2])
   if existing then
@@ -16,6 +17,10 @@ end
 redis.call('HSET', KEYS[1], 'json', ARGV[1], 'version', ARGV[3], 'state', ARGV[4],
   'owner', '', 'attempt', '0', 'terminal', '0')
 redis.call('ZADD', KEYS[3], 0, ARGV[2])
+redis.call('ZADD', KEYS[7], 0, ARGV[2])
+if ARGV[8] == '1' then
+  redis.call('ZADD', KEYS[8], 0, ARGV[2])
+end
 if ARGV[4] == 'Pending' then
   redis.call('ZADD', KEYS[4], 0, ARGV[2])
 end

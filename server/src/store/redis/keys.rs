@@ -19,6 +19,12 @@ impl Keys {
     pub fn active(&self) -> String {
         format!("{}active", self.prefix)
     }
+    pub fn active_of_kind(&self, kind: &str) -> String {
+        format!("{}active-kind:{kind}", self.prefix)
+    }
+    pub fn active_of_session(&self, session: &str) -> String {
+        format!("{}active-session:{session}", self.prefix)
+    }
     pub fn pending(&self) -> String {
         format!("{}pending", self.prefix)
     }

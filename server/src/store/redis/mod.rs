@@ -142,6 +142,43 @@ impl RedisStore {
             .map_err(unavailable)
     }
 
+    /// The sorted set a listing with `filter` reads: the smallest of the indexes the filter
+    /// names (the active tasks of a kind or of a session, the children of a parent), or
+    /// every active task. One round trip.
+    async fn smallest_index(&self, filter: &ActiveFilter) -> StoreResult<String> {
+        let mut indexes = vec![self.keys.active()];
+        indexes.extend(
+            filter
+                .kind
+                .as_deref()
+                .map(|kind| self.keys.active_of_kind(kind)),
+        );
+        indexes.extend(
+            filter
+                .session_id
+                .as_deref()
+                .map(|session| self.keys.active_of_session(session)),
+        );
+        indexes.extend(filter.parent_id.map(|parent| self.keys.children(parent)));
+        if indexes.len() == 1 {
+            return Ok(indexes.remove(0));
+        }
+        let mut pipe = redis::pipe();
+        for index in &indexes {
+            pipe.zcard(index);
+        }
+        let sizes: Vec<u64> = pipe
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        // The smallest, an index rather than `active` on a tie; an empty index means that
+        // nothing can match.
+        let smallest = (0..indexes.len())
+            .min_by_key(|&i| (sizes[i], std::cmp::Reverse(i)))
+            .unwrap_or(0);
+        Ok(indexes.swap_remove(smallest))
+    }
+
     /// The records of `ids` that still exist, in the order given.
     async fn load(&self, ids: &[String]) -> StoreResult<Vec<Task>> {
         if ids.is_empty() {
@@ -174,6 +211,8 @@ impl TaskRecords for RedisStore {
             .key(self.keys.pending())
             .key(parent)
             .key(self.keys.history(task.id))
+            .key(self.keys.active_of_kind(&task.kind))
+            .key(self.keys.active_of_session(&task.session_id))
             .arg(encode(&task))
             .arg(task.id.to_string())
             .arg(task.version)
@@ -181,6 +220,7 @@ impl TaskRecords for RedisStore {
             .arg(flag(!task.request_id.is_empty()))
             .arg(flag(task.parent_id.is_some()))
             .arg(self.keys.task_prefix())
+            .arg(flag(!task.session_id.is_empty()))
             .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
@@ -210,6 +250,8 @@ impl TaskRecords for RedisStore {
             .key(self.keys.owners())
             .key(self.keys.request(&next.request_id))
             .key(self.keys.children(next.id))
+            .key(self.keys.active_of_kind(&next.kind))
+            .key(self.keys.active_of_session(&next.session_id))
             .arg(encode(next))
             .arg(next.version)
             .arg(state_name(next.state))
@@ -223,6 +265,7 @@ impl TaskRecords for RedisStore {
             .arg(self.keys.owner_channel(&next.owner))
             .arg(flag(!next.request_id.is_empty()))
             .arg(self.keys.owned(""))
+            .arg(flag(!next.session_id.is_empty()))
             .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
@@ -239,12 +282,11 @@ impl TaskRecords for RedisStore {
         after: Option<TaskId>,
         limit: usize,
     ) -> StoreResult<Vec<Task>> {
+        let index = self.smallest_index(filter).await?;
         let mut found = Vec::new();
         let mut after = after;
         while found.len() < limit {
-            let ids = self
-                .ids_after(self.keys.active(), after, LIST_BATCH)
-                .await?;
+            let ids = self.ids_after(index.clone(), after, LIST_BATCH).await?;
             let Some(last) = ids.last() else { break };
             after = TaskId::try_parse(last).ok();
             let exhausted = ids.len() < LIST_BATCH || after.is_none();

@@ -3,10 +3,11 @@
 -- stored state is not terminal, and the write comes from the same owner and attempt (or
 -- starts the next attempt of a PENDING task): a replica that lost a task cannot write to it.
 -- KEYS: 1 task hash, 2 pending zset, 3 active zset, 4 history list, 5 owned set of the owner,
---       6 owners set, 7 request_id key, 8 children zset of this task
+--       6 owners set, 7 request_id key, 8 children zset of this task,
+--       9 active zset of the task's kind, 10 active zset of its session
 -- ARGV: 1 task JSON, 2 new version, 3 state, 4 owner, 5 attempt, 6 terminal ('1'/'0'),
 --       7 id, 8 retention ms, 9 history length, 10 task channel, 11 owner channel,
---       12 has request_id ('1'/'0'), 13 owned-set key prefix
+--       12 has request_id ('1'/'0'), 13 owned-set key prefix, 14 has session ('1'/'0')
 local current = redis.call('HMGET', KEYS[1], 'version', 'terminal', 'owner', 'attempt', 'state')
 if not current[1] then
   return 'missing'
@@ -37,6 +38,10 @@ redis.call('RPUSH', KEYS[4], ARGV[1])
 redis.call('LTRIM', KEYS[4], -tonumber(ARGV[9]), -1)
 if ARGV[6] == '1' then
   redis.call('ZREM', KEYS[3], ARGV[7])
+  redis.call('ZREM', KEYS[9], ARGV[7])
+  if ARGV[14] == '1' then
+    redis.call('ZREM', KEYS[10], ARGV[7])
+  end
   if ARGV[4] ~= '' then
     redis.call('SREM', KEYS[5], ARGV[7])
   end

@@ -10,6 +10,7 @@ use reins_e2e::RedisServer;
 
 use super::*;
 use crate::store::{TaskStore, Update, conformance};
+use crate::task::NewTask;
 
 const RETENTION: Duration = Duration::from_secs(3600);
 
@@ -201,4 +202,61 @@ async fn an_outage_fails_calls_fast_and_the_store_recovers_by_itself() {
     .await
     .expect("the resubscribed channel delivers");
     assert_eq!(seen.version, next.version);
+}
+
+/// How many times Redis has run `command` since the last `CONFIG RESETSTAT`.
+async fn calls_of(server: &RedisServer, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut raw_connection(server).await)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_selective_filter_reads_only_the_tasks_it_can_match() {
+    let fixture = fixture();
+    for _ in 0..300 {
+        fixture
+            .create(conformance::new_task(NewTask {
+                kind: "bulk".into(),
+                ..NewTask::default()
+            }))
+            .await
+            .unwrap();
+    }
+    let rare = conformance::new_task(NewTask {
+        kind: "rare".into(),
+        session_id: "s-rare".into(),
+        ..NewTask::default()
+    });
+    fixture.create(rare.clone()).await.unwrap();
+    let by = |kind: Option<&str>, session: Option<&str>| ActiveFilter {
+        kind: kind.map(str::to_owned),
+        session_id: session.map(str::to_owned),
+        ..ActiveFilter::default()
+    };
+    for (filter, expected) in [
+        (by(Some("rare"), None), vec![rare.id]),
+        (by(None, Some("s-rare")), vec![rare.id]),
+        (by(Some("bulk"), Some("s-rare")), vec![]),
+        (by(Some("nothing"), None), vec![]),
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut raw_connection(&fixture.server).await)
+            .await
+            .unwrap();
+        let found = fixture.list_active(&filter, None, 100).await.unwrap();
+        assert_eq!(found.iter().map(|t| t.id).collect::<Vec<_>>(), expected);
+        let reads = calls_of(&fixture.server, "hget").await;
+        assert!(
+            reads <= 1,
+            "{filter:?} read {reads} records; it may match at most one"
+        );
+    }
 }
