@@ -53,6 +53,19 @@ fn rlimits(text: &str) -> Result<Rlimits, String> {
     Ok(rlimits)
 }
 
+/// A replica id: non-empty (an empty `REINS_REPLICA_ID=` would give tasks an empty owner,
+/// which the stores read as "nobody"), and safe inside key and channel names.
+fn replica_id(text: &str) -> Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if text.is_empty() || text.len() > 253 || !text.chars().all(allowed) {
+        return Err(
+            "must be 1 to 253 characters of A-Z a-z 0-9 . _ - (unset it to use the hostname)"
+                .to_owned(),
+        );
+    }
+    Ok(text.to_owned())
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -70,8 +83,10 @@ pub struct Config {
     #[arg(long, env = "REINS_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
 
-    /// This replica's id, recorded as the `owner` of the tasks it runs. Default: the hostname.
-    #[arg(long, env = "REINS_REPLICA_ID")]
+    /// This replica's id, recorded as the `owner` of the tasks it runs and part of its Redis
+    /// key and channel names: 1 to 253 characters of `A-Z a-z 0-9 . _ -` (a Kubernetes pod
+    /// name fits). Default: the hostname.
+    #[arg(long, env = "REINS_REPLICA_ID", value_parser = replica_id)]
     pub replica_id: Option<String>,
 
     /// Program the `exec` kind may run: a bare name (looked up on the server's PATH) or an
@@ -293,6 +308,19 @@ mod tests {
     #[test]
     fn durations_beyond_the_protobuf_range_are_refused() {
         assert!(Config::try_parse_from(["reinsd", "--default-grace", "20000years"]).is_err());
+    }
+
+    #[test]
+    fn replica_ids_must_be_non_empty_and_key_safe() {
+        for bad in ["", "a b", "a:b", "ä", &"x".repeat(254)] {
+            assert!(
+                Config::try_parse_from(["reinsd", "--replica-id", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
+        let config =
+            Config::try_parse_from(["reinsd", "--replica-id", "reins-7d9f-x2.z_1"]).unwrap();
+        assert_eq!(config.replica_id(), "reins-7d9f-x2.z_1");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! SIGTERM or SIGINT. The same binary, re-executed by the server, is the subreaper of one
 //! exec task (`executor::exec::subreaper`).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use clap::Parser;
 use reins_server::config::{Config, LogFormat};
@@ -49,8 +49,10 @@ async fn serve(config: Config) -> Result<(), reins_server::server::BoxError> {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal: log collectors store escape codes verbatim.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
