@@ -9,7 +9,7 @@ use reins_proto::v1::{
     ListActiveResponse, SoftCancelRequest, StartTaskRequest, Task, TaskEvent, WatchTaskRequest,
     task_service_client::TaskServiceClient,
 };
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{
     Status,
     transport::{Channel, Endpoint},
@@ -150,7 +150,9 @@ impl Client {
     }
 
     /// Streams the task as it is now (or, with `after_version`, the changes after that
-    /// version), then every change; the stream ends right after the terminal state.
+    /// version), then every change; the stream ends right after the terminal state. The
+    /// server's heartbeat events (which keep a quiet stream alive through proxies) are
+    /// skipped: every event is a new version.
     pub async fn watch(
         &self,
         task_id: impl Into<String>,
@@ -162,7 +164,16 @@ impl Client {
             cancel_on_disconnect: options.cancel_on_disconnect,
             after_version: options.after_version,
         };
-        Ok(self.raw().watch_task(request).await?.into_inner())
+        let events = self.raw().watch_task(request).await?.into_inner();
+        Ok(events.filter(|event| {
+            !matches!(
+                event,
+                Ok(TaskEvent {
+                    heartbeat: true,
+                    ..
+                })
+            )
+        }))
     }
 
     /// Answers the open question of a task in WAITING_FOR_ANSWER, which resumes it.

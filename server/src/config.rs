@@ -167,11 +167,22 @@ pub struct Config {
     #[arg(long, env = "REINS_MAX_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024)]
     pub max_message_size: usize,
 
+    /// How long a WatchTask stream may stay quiet before the server sends a heartbeat event
+    /// (the last version again, `heartbeat` set), so that proxies do not cut it for being
+    /// idle. `0s`: no heartbeats.
+    #[arg(long, env = "REINS_WATCH_HEARTBEAT", default_value = "15s", value_parser = duration)]
+    pub watch_heartbeat: Duration,
+
     #[arg(long, env = "REINS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
 impl Config {
+    /// The watch heartbeat period; `None` when turned off.
+    pub fn watch_heartbeat(&self) -> Option<Duration> {
+        (!self.watch_heartbeat.is_zero()).then_some(self.watch_heartbeat)
+    }
+
     pub fn replica_id(&self) -> String {
         self.replica_id
             .clone()

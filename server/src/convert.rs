@@ -88,5 +88,6 @@ pub fn event(task: &Task) -> pb::TaskEvent {
     pb::TaskEvent {
         task: Some(self::task(task)),
         time: Some(timestamp(task.updated_at)),
+        heartbeat: false,
     }
 }

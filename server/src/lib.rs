@@ -23,6 +23,8 @@ mod convert;
 mod engine;
 mod error;
 mod executor;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod port;
 pub mod server;
 mod store;

@@ -88,10 +88,13 @@ pub async fn run(
     }
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let task_service =
-        TaskServiceServer::new(TaskApi::new(Arc::clone(&engine), stop_streams.clone()))
-            .max_decoding_message_size(config.max_message_size)
-            .max_encoding_message_size(config.max_message_size);
+    let task_service = TaskServiceServer::new(TaskApi::new(
+        Arc::clone(&engine),
+        stop_streams.clone(),
+        config.watch_heartbeat(),
+    ))
+    .max_decoding_message_size(config.max_message_size)
+    .max_encoding_message_size(config.max_message_size);
 
     let serving = Server::builder()
         // Lost workers (and clients) are noticed by HTTP/2 keepalive pings.

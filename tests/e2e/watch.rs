@@ -253,3 +253,103 @@ async fn resuming_from_before_the_kept_history_is_out_of_range() {
     assert_eq!(status.code(), Code::OutOfRange);
     assert_eq!(reason(&status), "HISTORY_UNAVAILABLE");
 }
+
+/// A raw WatchTask call (no client-side filtering of heartbeats), with `grpc-timeout` set
+/// as a header only, so that only the server can enforce it.
+async fn raw_watch(
+    server: &Reinsd,
+    id: &str,
+    cancel_on_disconnect: bool,
+    grpc_timeout: Option<&str>,
+) -> tonic::Streaming<TaskEvent> {
+    let mut request = tonic::Request::new(reins_client::proto::WatchTaskRequest {
+        task_id: id.to_owned(),
+        cancel_on_disconnect,
+        after_version: 0,
+    });
+    if let Some(timeout) = grpc_timeout {
+        request
+            .metadata_mut()
+            .insert("grpc-timeout", timeout.parse().unwrap());
+    }
+    server
+        .client()
+        .await
+        .raw()
+        .watch_task(request)
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
+#[tokio::test]
+async fn a_quiet_watch_gets_heartbeats_that_repeat_the_last_version() {
+    let server = Reinsd::with_args(&["--watch-heartbeat", "200ms"]);
+    let client = server.client().await;
+    let task = client.start(asking("Which colour?")).await.unwrap();
+    let waiting = wait_state(&client, &task.id, TaskState::WaitingForAnswer).await;
+    let mut events = raw_watch(&server, &task.id, false, None).await;
+    let first = events.next().await.unwrap().unwrap();
+    assert!(!first.heartbeat);
+    assert_eq!(first.task.as_ref().unwrap().version, waiting.version);
+    for _ in 0..2 {
+        let beat = tokio::time::timeout(PATIENCE, events.next())
+            .await
+            .expect("a heartbeat while nothing changes")
+            .unwrap()
+            .unwrap();
+        assert!(beat.heartbeat, "{beat:?}");
+        assert_eq!(
+            beat.task, first.task,
+            "a heartbeat repeats the last version"
+        );
+    }
+    // The typed client skips heartbeats: every event it yields is a new version.
+    let mut typed = client
+        .watch(&task.id, WatchOptions::default())
+        .await
+        .unwrap();
+    let now = typed.next().await.unwrap().unwrap();
+    client.answer(&task.id, "blue").await.unwrap();
+    let next = typed.next().await.unwrap().unwrap();
+    assert_eq!(
+        next.task.unwrap().version,
+        now.task.unwrap().version + 1,
+        "no heartbeat in between"
+    );
+}
+
+#[tokio::test]
+async fn a_watch_ends_with_deadline_exceeded_at_the_clients_deadline() {
+    let server = Reinsd::start();
+    let client = server.client().await;
+    let plain = client.start(asking("plain?")).await.unwrap();
+    let tied_task = client.start(asking("tied?")).await.unwrap();
+    for task in [&plain, &tied_task] {
+        wait_state(&client, &task.id, TaskState::WaitingForAnswer).await;
+    }
+    let mut plain_events = raw_watch(&server, &plain.id, false, Some("1S")).await;
+    let mut tied_events = raw_watch(&server, &tied_task.id, true, Some("1S")).await;
+    for events in [&mut plain_events, &mut tied_events] {
+        let ended = tokio::time::timeout(PATIENCE, async {
+            loop {
+                match events.next().await {
+                    Some(Ok(_)) => continue,
+                    Some(Err(status)) => return status,
+                    None => panic!("the stream ended without a status"),
+                }
+            }
+        })
+        .await
+        .expect("the server ends the stream at the deadline");
+        assert_eq!(ended.code(), Code::DeadlineExceeded, "{ended:?}");
+    }
+    // A tied watch whose deadline passed counts as a watcher that hung up.
+    let cancelled = wait_state(&client, &tied_task.id, TaskState::Cancelled).await;
+    assert_eq!(cancelled.cancel.unwrap().reason, "watcher disconnected");
+    assert_eq!(
+        client.check(&plain.id).await.unwrap().state(),
+        TaskState::WaitingForAnswer,
+        "an untied watch's deadline cancels nothing"
+    );
+}

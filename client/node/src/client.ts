@@ -242,7 +242,8 @@ async function* iterateWatch(
   try {
     signal?.throwIfAborted();
     for await (const raw of call as AsyncIterable<TaskEvent__Output>) {
-      if (raw.task === null || raw.task === undefined) {
+      // Heartbeats only keep a quiet stream alive through proxies: not a new version.
+      if (raw.task === null || raw.task === undefined || raw.heartbeat) {
         continue;
       }
       const event: TaskEvent = { task: fromTask(raw.task), time: fromTimestamp(raw.time) };

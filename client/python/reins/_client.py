@@ -214,13 +214,14 @@ class Client:
     ) -> Iterator[tasks_pb2.TaskEvent]:
         """The task as it is now, then every change in version order; ends after the
         terminal state. Leaving the loop early closes the stream (and with
-        ``cancel_on_disconnect`` soft-cancels the task)."""
+        ``cancel_on_disconnect`` soft-cancels the task). The server's heartbeats (which
+        keep a quiet stream alive through proxies) are skipped."""
         request = tasks_pb2.WatchTaskRequest(
             task_id=task_id, after_version=after_version, cancel_on_disconnect=cancel_on_disconnect
         )
         call: Any = self._watch(request, timeout=timeout)  # a grpc.Call and an iterator
         try:
-            yield from call
+            yield from (event for event in call if not event.heartbeat)
         except grpc.RpcError as err:
             raise ReinsError.from_rpc_error(err) from None
         finally:

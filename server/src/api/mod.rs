@@ -1,7 +1,8 @@
 //! The gRPC layer: tonic services that validate requests, convert proto ⇄ domain and map
 //! domain errors to statuses. No business rule lives here.
 
-mod request;
+mod pacing;
+pub(crate) mod request;
 pub(crate) mod status;
 mod task_service;
 mod watch_stream;

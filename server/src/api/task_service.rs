@@ -2,12 +2,14 @@
 //! the answer back.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use reins_proto::v1 as pb;
 use reins_proto::v1::task_service_server::TaskService;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::pacing::{self, Events};
 use super::request;
 use super::watch_stream::WatchStream;
 use crate::convert;
@@ -18,11 +20,21 @@ pub(crate) struct TaskApi {
     engine: Arc<Engine>,
     /// Cancelled when the server shuts down: open watch streams end.
     shutdown: CancellationToken,
+    /// How long a watch may be quiet before a heartbeat event (`--watch-heartbeat`).
+    watch_heartbeat: Option<Duration>,
 }
 
 impl TaskApi {
-    pub fn new(engine: Arc<Engine>, shutdown: CancellationToken) -> TaskApi {
-        TaskApi { engine, shutdown }
+    pub fn new(
+        engine: Arc<Engine>,
+        shutdown: CancellationToken,
+        watch_heartbeat: Option<Duration>,
+    ) -> TaskApi {
+        TaskApi {
+            engine,
+            shutdown,
+            watch_heartbeat,
+        }
     }
 
     fn cancel_response(
@@ -94,23 +106,29 @@ impl TaskService for TaskApi {
         }))
     }
 
-    type WatchTaskStream = WatchStream;
+    type WatchTaskStream = Events;
 
     async fn watch_task(
         &self,
         request: Request<pb::WatchTaskRequest>,
-    ) -> Result<Response<WatchStream>, Status> {
+    ) -> Result<Response<Events>, Status> {
+        let deadline = pacing::client_deadline(request.metadata());
         let request = request.into_inner();
         let id = request::task_id("task_id", &request.task_id)?;
         // 0 is proto3's unset: start from the task as it is now.
         let after_version = (request.after_version != 0).then_some(request.after_version);
         let events = self.engine.watch(id, after_version).await?;
-        Ok(Response::new(WatchStream::new(
+        let watch = WatchStream::new(
             Box::pin(events),
             self.shutdown.clone(),
             Arc::clone(&self.engine),
             id,
             request.cancel_on_disconnect,
+        );
+        Ok(Response::new(pacing::paced(
+            Box::pin(watch),
+            self.watch_heartbeat,
+            deadline,
         )))
     }
 

@@ -224,7 +224,9 @@ class AsyncClient:
         call = self._watch(request, timeout=timeout)
         try:
             async for event in call:
-                yield event
+                # Heartbeats only keep a quiet stream alive through proxies.
+                if not event.heartbeat:
+                    yield event
         except grpc.RpcError as err:
             raise ReinsError.from_rpc_error(err) from None
         finally:
