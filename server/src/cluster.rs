@@ -1,7 +1,8 @@
 //! What a replica does for the cluster, in the background: it holds its lease, follows its
 //! control channel (the fast hint that a task it owns changed), re-reads its running tasks
 //! periodically (so a lost hint delays a cancel but never loses it), dispatches queued
-//! work when told, and settles the tasks of replicas whose lease lapsed.
+//! work when told, settles the tasks of replicas whose lease lapsed, and keeps the kinds
+//! its workers serve from expiring (`engine::kinds`).
 //!
 //! With the embedded store the same loops run; the lease never lapses and nobody is lost.
 //! Every loop runs on the replica's [`Background`], which stops and waits for them at
@@ -87,6 +88,13 @@ pub async fn start(
     background.spawn(every(lease_ttl / 3, {
         let replica = Arc::clone(&replica);
         move || Arc::clone(&replica).keep_lease()
+    }));
+    background.spawn(every(engine.refresh_worker_kinds_every(lease_ttl), {
+        let engine = Arc::clone(engine);
+        move || {
+            let engine = Arc::clone(&engine);
+            async move { engine.keep_worker_kinds().await }
+        }
     }));
     background.spawn(every(lease_ttl / 2, {
         let replica = Arc::clone(&replica);

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::engine::kinds::check_kind_name;
 use crate::executor::exec::{AllowedProgram, EnvName, EnvPolicy, ExecPolicy, Rlimits, SearchPath};
 use crate::task::MAX_DURATION;
 
@@ -44,6 +45,23 @@ fn all<T: Clone>(lists: &[CommaList<T>]) -> Vec<T> {
         .iter()
         .flat_map(|list| list.0.iter().cloned())
         .collect()
+}
+
+/// A `--worker-kind`: a name a worker's `hello` could use (`engine::kinds`), so that
+/// every kind StartTask accepts has the one shape.
+fn kind_name(text: &str) -> Result<String, String> {
+    check_kind_name(text)?;
+    Ok(text.to_owned())
+}
+
+/// `--worker-kind-ttl`: replicas refresh served kinds three times per TTL, so a TTL of
+/// milliseconds would have them write to the store all the time.
+fn worker_kind_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = duration(text)?;
+    if ttl < Duration::from_secs(1) {
+        return Err("must be at least 1s".to_owned());
+    }
+    Ok(ttl)
 }
 
 /// `--exec-rlimit`: parsed, and checked against the server's own hard limits.
@@ -123,14 +141,34 @@ pub struct Config {
 
     /// A task kind served by workers (WorkerService), accepted by StartTask even before a
     /// worker for it has connected; such tasks wait PENDING until one does. Repeatable.
-    /// Kinds served by a connected worker are accepted anyway.
+    /// Declared kinds never expire; kinds learned from workers are accepted too (see
+    /// --learn-worker-kinds).
     #[arg(
         long = "worker-kind",
         env = "REINS_WORKER_KINDS",
         value_name = "KIND",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = kind_name
     )]
     pub worker_kinds: Vec<String>,
+
+    /// Whether a worker's `hello` may name kinds that are not declared with --worker-kind,
+    /// making them valid for StartTask on every replica until --worker-kind-ttl after the
+    /// last worker serving them left. `false`: only built-in and declared kinds are valid,
+    /// and a hello naming another kind is refused (PERMISSION_DENIED, KIND_NOT_DECLARED).
+    #[arg(
+        long,
+        env = "REINS_LEARN_WORKER_KINDS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub learn_worker_kinds: bool,
+
+    /// How long a kind learned from workers stays valid after no worker on any replica
+    /// serves it any more. At least 1s.
+    #[arg(long, env = "REINS_WORKER_KIND_TTL", default_value = "10m", value_parser = worker_kind_ttl)]
+    pub worker_kind_ttl: Duration,
 
     /// Grace period of a soft cancel that does not name one, and of timeouts.
     #[arg(long, env = "REINS_DEFAULT_GRACE", default_value = "30s", value_parser = duration)]
@@ -224,7 +262,37 @@ mod tests {
         assert_eq!(config.redis_url, None);
         assert_eq!(config.redis_prefix, "reins:");
         assert_eq!(config.lease_ttl, Duration::from_secs(10));
+        assert!(config.worker_kinds.is_empty());
+        assert!(config.learn_worker_kinds);
+        assert_eq!(config.worker_kind_ttl, Duration::from_secs(600));
         assert!(!config.replica_id().is_empty());
+    }
+
+    #[test]
+    fn worker_kind_flags_take_a_bool_a_ttl_and_plain_kind_names() {
+        let config = Config::try_parse_from([
+            "reinsd",
+            "--learn-worker-kinds=false",
+            "--worker-kind-ttl",
+            "90s",
+            "--worker-kind",
+            "research,team/agent.v2",
+        ])
+        .unwrap();
+        assert!(!config.learn_worker_kinds);
+        assert_eq!(config.worker_kind_ttl, Duration::from_secs(90));
+        assert_eq!(config.worker_kinds, ["research", "team/agent.v2"]);
+        let config = Config::try_parse_from(["reinsd", "--learn-worker-kinds", "true"]).unwrap();
+        assert!(config.learn_worker_kinds);
+        for bad in [
+            &["--learn-worker-kinds", "maybe"][..],
+            &["--worker-kind-ttl", "500ms"],
+            &["--worker-kind", "has space"],
+            &["--worker-kind", &"x".repeat(129)],
+        ] {
+            let args = std::iter::once("reinsd").chain(bad.iter().copied());
+            assert!(Config::try_parse_from(args).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

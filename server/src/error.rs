@@ -51,6 +51,13 @@ pub enum Error {
     InvalidArgument(Vec<FieldViolation>),
     #[error("unknown task kind {}", Echo(.0))]
     KindUnknown(String),
+    /// A `hello` named a kind the operator did not declare, on a server that learns no
+    /// kinds from workers.
+    #[error(
+        "kind {} is not declared on this server (--worker-kind), and it learns no kinds from workers",
+        Echo(.0)
+    )]
+    KindNotDeclared(String),
     #[error("{0}")]
     ExecNotAllowed(String),
     #[error("task {0} not found")]

@@ -72,6 +72,8 @@ pub async fn run(
             default_grace: config.default_grace,
             max_concurrency: config.max_concurrency as usize,
             worker_kinds: config.worker_kinds.clone(),
+            learn_worker_kinds: config.learn_worker_kinds,
+            worker_kind_ttl: config.worker_kind_ttl,
         },
         &store,
         Kinds::builtin(config.exec_policy()),

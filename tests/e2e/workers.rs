@@ -12,7 +12,7 @@ use reins_client::proto::{
 use reins_client::{Client, StartTask};
 use reins_e2e::worker::{Next, hello, message};
 use reins_e2e::{
-    Cluster, FakeWorker, REPLICA_ID, Reinsd, bad_fields, json_of, reason, system_time,
+    Cluster, FakeWorker, REPLICA_ID, Reinsd, bad_fields, eventually, json_of, reason, system_time,
     wait_finished, wait_for, wait_state,
 };
 use serde_json::json;
@@ -182,6 +182,204 @@ async fn tasks_waiting_for_a_worker_do_not_hold_up_other_kinds() {
         "a task its worker has room for starts at once"
     );
     assert_eq!(translator.expect_assign().await.id, translate.id);
+}
+
+// ---- learned kinds ----
+
+/// The `--worker-kind-ttl` of the tests of learned kinds: short, but long against the
+/// few milliseconds a call takes.
+const KIND_TTL: Duration = Duration::from_secs(2);
+
+/// Whether StartTask accepts `kind` on `client`. Always the same `request_id`: a probe
+/// that is accepted returns the task of the first accepted probe instead of adding one.
+async fn accepts(client: &Client, kind: &str) -> bool {
+    let probe = StartTask::new(kind).request_id(format!("probe-{:.40}", kind));
+    match client.start(probe).await {
+        Ok(_) => true,
+        Err(status) if reason(&status) == "KIND_UNKNOWN" => false,
+        Err(status) => panic!("StartTask {kind}: {status:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_kind_learned_from_a_hello_expires_a_ttl_after_its_last_worker_left() {
+    let ttl = format!("{}s", KIND_TTL.as_secs());
+    let server = Reinsd::with_args(&["--worker-kind-ttl", &ttl]);
+    let client = server.client().await;
+    assert!(!accepts(&client, KIND).await, "not learned yet");
+
+    let connecting = std::time::Instant::now();
+    let mut worker = research_worker(&server, "w", 1).await;
+    let running = assigned(&client, &mut worker, research("running")).await;
+    let queued = client.start(research("queued")).await.unwrap();
+    assert_eq!(queued.state(), TaskState::Pending, "the worker is full");
+    worker.disconnect();
+    // Its task failing shows that the server saw the worker leave.
+    assert_eq!(
+        wait_finished(&client, &running.id).await.state(),
+        TaskState::Failed
+    );
+    assert!(
+        accepts(&client, KIND).await,
+        "still valid after the worker left: learned"
+    );
+
+    eventually("the learned kind to expire", || async {
+        (!accepts(&client, KIND).await).then_some(())
+    })
+    .await;
+    assert!(
+        connecting.elapsed() >= KIND_TTL - Duration::from_millis(10),
+        "expired {:?} after the hello, before the TTL",
+        connecting.elapsed()
+    );
+    assert_eq!(
+        client.check(&queued.id).await.unwrap().state(),
+        TaskState::Pending,
+        "a queued task of an expired kind stays queued"
+    );
+
+    let mut again = research_worker(&server, "again", 1).await;
+    assert_eq!(
+        again.expect_assign().await.id,
+        queued.id,
+        "and starts when a worker for its kind connects again"
+    );
+    assert!(accepts(&client, KIND).await, "learned again");
+}
+
+#[tokio::test]
+async fn on_a_cluster_a_learned_kind_stays_valid_while_served_and_expires_after_its_worker_left() {
+    let ttl = format!("{}s", KIND_TTL.as_secs());
+    let cluster = Cluster::start(2, &["--worker-kind-ttl", &ttl]);
+    let b = cluster.client(B).await;
+    let worker = FakeWorker::connect(&cluster.replica(A).url(), "on-a", &[KIND], 1).await;
+
+    // Asked on B, which has no worker: only A's refreshes keep the kind valid.
+    let serving = std::time::Instant::now();
+    while serving.elapsed() < KIND_TTL * 5 / 2 {
+        assert!(
+            accepts(&b, KIND).await,
+            "still served on A, {:?} after the hello",
+            serving.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let leaving = std::time::Instant::now();
+    worker.disconnect();
+    eventually("the learned kind to expire on B", || async {
+        (!accepts(&b, KIND).await).then_some(())
+    })
+    .await;
+    assert!(
+        leaving.elapsed() >= KIND_TTL / 3,
+        "expired {:?} after the worker left: at most a third of the TTL may have passed since A's last refresh",
+        leaving.elapsed()
+    );
+    assert!(
+        !accepts(&cluster.client(A).await, KIND).await,
+        "expired on A too"
+    );
+}
+
+#[tokio::test]
+async fn without_learning_only_declared_kinds_are_valid_and_a_hello_naming_another_is_refused() {
+    let server = Reinsd::with_args(&["--learn-worker-kinds=false", "--worker-kind", KIND]);
+    let client = server.client().await;
+    let queued = client.start(research("declared")).await.unwrap();
+    assert_eq!(queued.state(), TaskState::Pending);
+
+    for kinds in [&["translate"][..], &[KIND, "translate"][..]] {
+        let status = refusal(&server.url(), vec![hello("undeclared", kinds, 1)]).await;
+        assert_eq!(
+            (status.code(), reason(&status).as_str()),
+            (Code::PermissionDenied, "KIND_NOT_DECLARED"),
+            "kinds {kinds:?}: {status:?}"
+        );
+        assert!(status.message().contains("translate"), "{status:?}");
+    }
+    let status = client.start(StartTask::new("translate")).await.unwrap_err();
+    assert_eq!(
+        reason(&status),
+        "KIND_UNKNOWN",
+        "a refused hello teaches nothing"
+    );
+
+    let mut worker = research_worker(&server, "declared", 1).await;
+    assert_eq!(
+        worker.expect_assign().await.id,
+        queued.id,
+        "a declared kind is served"
+    );
+    worker.complete(&queued.id, json!({"done": true}));
+    assert_eq!(
+        wait_finished(&client, &queued.id).await.state(),
+        TaskState::Completed
+    );
+}
+
+#[tokio::test]
+async fn a_replica_that_does_not_learn_ignores_kinds_other_replicas_learned() {
+    let redis = reins_e2e::RedisServer::start();
+    let url = redis.url();
+    let learning = Reinsd::with_args(&["--redis-url", &url, "--replica-id", "a"]);
+    let declared_only = Reinsd::with_args(&[
+        "--redis-url",
+        &url,
+        "--replica-id",
+        "b",
+        "--learn-worker-kinds=false",
+    ]);
+    let _worker = FakeWorker::connect(&learning.url(), "on-a", &[KIND], 1).await;
+    assert!(
+        accepts(&learning.client().await, KIND).await,
+        "learned on a"
+    );
+    assert!(
+        !accepts(&declared_only.client().await, KIND).await,
+        "b accepts declared kinds only"
+    );
+}
+
+#[tokio::test]
+async fn a_hello_with_too_many_or_badly_named_kinds_is_invalid_argument() {
+    let server = Reinsd::start();
+    let client = server.client().await;
+    let many: Vec<String> = (0..65).map(|i| format!("many-{i}")).collect();
+    let long = "x".repeat(129);
+    let huge = "y".repeat(20_000);
+    let cases: [(&str, Vec<&str>); 5] = [
+        ("65 kinds", many.iter().map(String::as_str).collect()),
+        ("a 129-character kind", vec![KIND, &long]),
+        ("a 20 kB kind", vec![&huge]),
+        ("a space", vec!["has space"]),
+        ("an empty kind", vec![KIND, ""]),
+    ];
+    for (what, kinds) in &cases {
+        let status = refusal(&server.url(), vec![hello("bad", kinds, 1)]).await;
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert_eq!(bad_fields(&status), ["hello.kinds"], "{what}");
+        assert!(status.message().len() < 500, "{what}: {}", status.message());
+    }
+    for kind in ["many-0", KIND] {
+        let status = client.start(StartTask::new(kind)).await.unwrap_err();
+        assert_eq!(
+            reason(&status),
+            "KIND_UNKNOWN",
+            "{kind}: nothing was learned"
+        );
+    }
+
+    let most: Vec<String> = (0..64)
+        .map(|i| format!("{i:02}{}", "z".repeat(126)))
+        .collect();
+    let most: Vec<&str> = most.iter().map(String::as_str).collect();
+    let _worker = FakeWorker::connect(&server.url(), "at-the-limits", &most, 1).await;
+    assert!(
+        accepts(&client, most[63]).await,
+        "64 kinds of up to 128 characters"
+    );
 }
 
 // ---- handshake ----

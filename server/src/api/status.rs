@@ -15,6 +15,9 @@ fn code_and_reason(err: &Error) -> (Code, &'static str) {
     match err {
         Error::InvalidArgument(_) => (Code::InvalidArgument, "INVALID_ARGUMENT"),
         Error::KindUnknown(_) => (Code::InvalidArgument, "KIND_UNKNOWN"),
+        // Well-formed, refused by the operator's policy (as EXEC_NOT_ALLOWED): not the
+        // worker's mistake to fix by changing its message.
+        Error::KindNotDeclared(_) => (Code::PermissionDenied, "KIND_NOT_DECLARED"),
         Error::ExecNotAllowed(_) => (Code::PermissionDenied, "EXEC_NOT_ALLOWED"),
         Error::TaskNotFound(_) => (Code::NotFound, "TASK_NOT_FOUND"),
         Error::ParentNotFound(_) => (Code::NotFound, "PARENT_NOT_FOUND"),

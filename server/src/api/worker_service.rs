@@ -26,6 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::status;
 use crate::engine::Engine;
+use crate::engine::kinds::{MAX_KINDS_PER_HELLO, check_kind_name};
 use crate::error::Error;
 use crate::executor::remote::{Commands, Worker, WorkerEvent};
 use crate::task::TaskId;
@@ -51,7 +52,8 @@ fn protocol_violation(what: &str) -> Status {
 }
 
 /// The kinds and capacity a `hello` announces, checked for shape (which kinds a worker may
-/// serve is the engine's rule).
+/// serve is the engine's rule). A bounded list of bounded names: one hello cannot fill the
+/// kind table or the store.
 fn checked_hello(hello: &pb::WorkerHello) -> Result<(Vec<String>, usize), Error> {
     if hello.kinds.is_empty() {
         return Err(Error::invalid(
@@ -59,8 +61,21 @@ fn checked_hello(hello: &pb::WorkerHello) -> Result<(Vec<String>, usize), Error>
             "a worker serves at least one kind",
         ));
     }
-    if hello.kinds.iter().any(String::is_empty) {
-        return Err(Error::invalid("hello.kinds", "kinds must not be empty"));
+    if hello.kinds.len() > MAX_KINDS_PER_HELLO {
+        return Err(Error::invalid(
+            "hello.kinds",
+            format!(
+                "a worker serves at most {MAX_KINDS_PER_HELLO} kinds, not {}",
+                hello.kinds.len()
+            ),
+        ));
+    }
+    if let Some(problem) = hello
+        .kinds
+        .iter()
+        .find_map(|kind| check_kind_name(kind).err())
+    {
+        return Err(Error::invalid("hello.kinds", problem));
     }
     Ok((hello.kinds.clone(), hello.max_concurrency.max(1) as usize))
 }

@@ -2,7 +2,8 @@
 //!
 //! It turns commands into state-machine events, persists each change with one
 //! compare-and-set ([`transitions`]), and applies the rules that reach beyond one task:
-//! start and idempotency ([`start`]), subtree cancels ([`cancel`]), dispatch onto this
+//! start and idempotency ([`start`]), which kinds are valid and for how long ([`kinds`]),
+//! subtree cancels ([`cancel`]), dispatch onto this
 //! replica's supervisor and workers ([`dispatch`]), watches ([`watch`]) and graceful
 //! shutdown ([`drain`]).
 //!
@@ -14,6 +15,7 @@
 mod cancel;
 mod dispatch;
 mod drain;
+pub(crate) mod kinds;
 mod start;
 mod transitions;
 mod watch;
@@ -42,8 +44,14 @@ pub(crate) struct EngineConfig {
     pub replica_id: String,
     pub default_grace: Duration,
     pub max_concurrency: usize,
-    /// Kinds served by workers that StartTask accepts before any worker has connected.
+    /// Kinds served by workers that StartTask accepts before any worker has connected
+    /// (`--worker-kind`); they never expire.
     pub worker_kinds: Vec<String>,
+    /// Whether a `hello` may name kinds that are not declared, making them valid for
+    /// StartTask on every replica (see [`kinds`]).
+    pub learn_worker_kinds: bool,
+    /// How long a learned kind stays valid after the last worker serving it left.
+    pub worker_kind_ttl: Duration,
 }
 
 pub(crate) struct Engine {
@@ -191,8 +199,8 @@ impl Engine {
 
     /// Admits a worker that said `hello` with these kinds and capacity; it receives tasks
     /// once [`Engine::serve_worker`] is called (after its welcome is on its stream).
-    /// Built-in kinds cannot be served by workers; the kinds are remembered cluster-wide so
-    /// that any replica accepts their tasks.
+    /// Built-in kinds cannot be served by workers; the others are learned cluster-wide, so
+    /// that any replica accepts their tasks, or must be declared ([`kinds`]).
     pub async fn admit_worker(
         &self,
         name: String,
@@ -203,16 +211,7 @@ impl Engine {
         if self.is_draining() {
             return Err(Error::ShuttingDown);
         }
-        if let Some(builtin) = kinds
-            .iter()
-            .find(|kind| self.places.kinds.get(kind).is_ok())
-        {
-            return Err(Error::invalid(
-                "hello.kinds",
-                format!("{builtin:?} is a built-in kind"),
-            ));
-        }
-        self.worker_kinds.register_worker_kinds(&kinds).await?;
+        self.admit_worker_kinds(&kinds).await?;
         Ok(Arc::new(Worker::new(
             TaskId::now_v7().to_string(),
             name,

@@ -45,15 +45,13 @@ impl Engine {
     }
 
     /// A kind is valid if it is built in (then its params are checked), declared with
-    /// `--worker-kind`, or served by a worker connected to any replica now or before.
+    /// `--worker-kind`, or served by a worker on some replica now or within the TTL of
+    /// learned kinds ([`super::kinds`]).
     async fn check_kind(&self, spec: &NewTask) -> Result<()> {
         if let Ok(kind) = self.places.kinds.get(&spec.kind) {
             return kind.prepare(&spec.params).map(drop);
         }
-        if self.config.worker_kinds.contains(&spec.kind)
-            || self.places.workers.serves(&spec.kind)
-            || self.worker_kinds.is_worker_kind(&spec.kind).await?
-        {
+        if self.is_worker_kind(&spec.kind).await? {
             return Ok(());
         }
         Err(Error::KindUnknown(spec.kind.clone()))

@@ -8,7 +8,7 @@
 //! Dropping the job (hard cancel, escalation, lost lease) sends `abort`, stops routing the
 //! worker's messages about the task — they are ignored from then on — and frees the slot.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::future::BoxFuture;
@@ -144,6 +144,13 @@ impl WorkerPool {
         self.workers()
             .values()
             .any(|worker| worker.kinds.contains(kind))
+    }
+
+    /// Every kind some worker connected here serves, once each.
+    pub fn kinds(&self) -> Vec<String> {
+        let workers = self.workers();
+        let kinds: BTreeSet<&String> = workers.values().flat_map(|worker| &worker.kinds).collect();
+        kinds.into_iter().cloned().collect()
     }
 
     /// Whether any worker here has a free slot.

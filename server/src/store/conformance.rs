@@ -536,12 +536,76 @@ pub async fn a_replica_that_renews_its_lease_is_not_lost(store: &dyn TaskStore) 
 
 pub async fn worker_kinds_are_remembered(store: &dyn TaskStore) {
     let kind = format!("kind-{}", TaskId::now_v7());
-    assert!(!store.is_worker_kind(&kind).await.unwrap());
+    let long_ago = SystemTime::UNIX_EPOCH;
+    assert!(!store.is_worker_kind(&kind, long_ago).await.unwrap());
     store
-        .register_worker_kinds(std::slice::from_ref(&kind))
+        .mark_served(std::slice::from_ref(&kind), SystemTime::now())
         .await
         .unwrap();
-    assert!(store.is_worker_kind(&kind).await.unwrap());
+    assert!(store.is_worker_kind(&kind, long_ago).await.unwrap());
+}
+
+/// A learned kind is valid from the time a worker last served it until a TTL later; the
+/// test passes the times in (the store holds no clock), so no test waits out a TTL.
+pub async fn a_learned_kind_expires_when_no_worker_served_it_since(store: &dyn TaskStore) {
+    let served = format!("served-{}", TaskId::now_v7());
+    let left = format!("left-{}", TaskId::now_v7());
+    // Whole milliseconds: the resolution a store must keep.
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_000);
+    let ms = Duration::from_millis;
+    store
+        .mark_served(&[served.clone(), left.clone()], t0)
+        .await
+        .unwrap();
+    store
+        .mark_served(std::slice::from_ref(&served), t0 + ms(5_000))
+        .await
+        .unwrap();
+    // A replica whose clock is behind does not move a kind's time back.
+    store
+        .mark_served(std::slice::from_ref(&served), t0 + ms(1_000))
+        .await
+        .unwrap();
+
+    assert!(
+        store.is_worker_kind(&left, t0).await.unwrap(),
+        "served at t0"
+    );
+    assert!(
+        !store.is_worker_kind(&left, t0 + ms(1)).await.unwrap(),
+        "expired: refused before any cleanup ran"
+    );
+    assert!(
+        store.is_worker_kind(&served, t0 + ms(5_000)).await.unwrap(),
+        "refreshed at t0 + 5 s"
+    );
+    assert!(!store.is_worker_kind(&served, t0 + ms(5_001)).await.unwrap());
+
+    assert_eq!(
+        store.forget_worker_kinds(t0 + ms(2_000)).await.unwrap(),
+        1,
+        "only the kind nobody served since"
+    );
+    assert!(
+        !store
+            .is_worker_kind(&left, SystemTime::UNIX_EPOCH)
+            .await
+            .unwrap(),
+        "forgotten"
+    );
+    assert!(store.is_worker_kind(&served, t0).await.unwrap(), "kept");
+    assert_eq!(
+        store.forget_worker_kinds(t0 + ms(5_000)).await.unwrap(),
+        0,
+        "a kind served exactly at the cutoff stays"
+    );
+    // A kind that comes back is learned again.
+    store
+        .mark_served(std::slice::from_ref(&left), t0 + ms(9_000))
+        .await
+        .unwrap();
+    assert!(store.is_worker_kind(&left, t0 + ms(9_000)).await.unwrap());
+    store.mark_served(&[], t0).await.unwrap();
 }
 
 /// Declares one `#[tokio::test]` per conformance check, each on a store made by `$make`.
@@ -565,6 +629,7 @@ macro_rules! suite {
             owned_tasks_are_the_started_unfinished_ones_of_an_owner,
             a_replica_that_renews_its_lease_is_not_lost,
             worker_kinds_are_remembered,
+            a_learned_kind_expires_when_no_worker_served_it_since,
         );
     };
     (@tests $make:expr; $($check:ident),* $(,)?) => {

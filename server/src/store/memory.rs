@@ -10,7 +10,7 @@
 //! One process is the whole cluster here: its lease never lapses and it never loses an
 //! owner.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
@@ -54,7 +54,8 @@ struct Inner {
     finished: VecDeque<(SystemTime, TaskId)>,
     /// Control channels, by owner.
     owner_channels: HashMap<String, broadcast::Sender<Arc<Task>>>,
-    worker_kinds: HashSet<String>,
+    /// Learned kinds and when a worker last served each.
+    worker_kinds: HashMap<String, SystemTime>,
     queue: Option<broadcast::Sender<()>>,
 }
 
@@ -454,13 +455,30 @@ impl Membership for MemoryStore {
 
 #[async_trait]
 impl WorkerKinds for MemoryStore {
-    async fn register_worker_kinds(&self, kinds: &[String]) -> StoreResult<()> {
-        self.lock().worker_kinds.extend(kinds.iter().cloned());
+    async fn mark_served(&self, kinds: &[String], at: SystemTime) -> StoreResult<()> {
+        let mut inner = self.lock();
+        for kind in kinds {
+            let last_served = inner.worker_kinds.entry(kind.clone()).or_insert(at);
+            *last_served = (*last_served).max(at);
+        }
         Ok(())
     }
 
-    async fn is_worker_kind(&self, kind: &str) -> StoreResult<bool> {
-        Ok(self.lock().worker_kinds.contains(kind))
+    async fn is_worker_kind(&self, kind: &str, since: SystemTime) -> StoreResult<bool> {
+        Ok(self
+            .lock()
+            .worker_kinds
+            .get(kind)
+            .is_some_and(|&last_served| last_served >= since))
+    }
+
+    async fn forget_worker_kinds(&self, since: SystemTime) -> StoreResult<usize> {
+        let mut inner = self.lock();
+        let before = inner.worker_kinds.len();
+        inner
+            .worker_kinds
+            .retain(|_, &mut last_served| last_served >= since);
+        Ok(before - inner.worker_kinds.len())
     }
 }
 

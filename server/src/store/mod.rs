@@ -7,7 +7,7 @@
 //!   control channel), published after each write in version order;
 //! - [`TaskQueue`]: the dispatch queue of PENDING tasks and its wake-ups;
 //! - [`Membership`]: replica leases, and the replicas that lost theirs;
-//! - [`WorkerKinds`]: the kinds connected workers have served.
+//! - [`WorkerKinds`]: the kinds learned from workers, with when a worker last served each.
 //!
 //! The store decides nothing: the engine decides what a record becomes, the store keeps it
 //! only if the stored one is still the version it was derived from, is not terminal and
@@ -24,7 +24,7 @@ pub(crate) mod conformance;
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures_util::Stream;
@@ -172,13 +172,22 @@ pub trait Membership: Send + Sync + 'static {
     async fn lost_owners(&self) -> StoreResult<Vec<String>>;
 }
 
+/// Kinds learned from workers' `hello`s, shared by every replica, each with the time a
+/// worker last served it. A kind is valid only while a worker serves it somewhere, or
+/// served it recently: the engine decides how recently (`--worker-kind-ttl`) and passes
+/// the times in, so the store holds no clock and no policy.
 #[async_trait]
 pub trait WorkerKinds: Send + Sync + 'static {
-    /// Remembers kinds served by a connected worker, so any replica accepts them.
-    async fn register_worker_kinds(&self, kinds: &[String]) -> StoreResult<()>;
+    /// Workers serve `kinds` at `at`: each is learned if new, and its last-served time
+    /// moves forward to `at` — never back, as replicas' clocks differ a little.
+    async fn mark_served(&self, kinds: &[String], at: SystemTime) -> StoreResult<()>;
 
-    /// Whether a worker has ever served `kind` (on any replica).
-    async fn is_worker_kind(&self, kind: &str) -> StoreResult<bool>;
+    /// Whether a worker (on any replica) served `kind` at or after `since`. A kind last
+    /// served before `since` is refused whether or not it was forgotten yet.
+    async fn is_worker_kind(&self, kind: &str, since: SystemTime) -> StoreResult<bool>;
+
+    /// Forgets the kinds no worker served at or after `since`. Returns how many.
+    async fn forget_worker_kinds(&self, since: SystemTime) -> StoreResult<usize>;
 }
 
 /// A complete backend: every concern above. The conformance suite tests backends whole.

@@ -40,8 +40,10 @@ impl Keys {
     pub fn owners(&self) -> String {
         format!("{}owners", self.prefix)
     }
-    pub fn worker_kinds(&self) -> String {
-        format!("{}worker-kinds", self.prefix)
+    /// A sorted set, not the set `{p}worker-kinds` of earlier versions: a new name, so an
+    /// upgraded replica never meets a key of the old type.
+    pub fn learned_kinds(&self) -> String {
+        format!("{}learned-kinds", self.prefix)
     }
     pub fn lease(&self, replica: &str) -> String {
         format!("{}lease:{replica}", self.prefix)

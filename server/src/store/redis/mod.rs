@@ -14,7 +14,7 @@ mod fanout;
 mod keys;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -444,20 +444,54 @@ impl Membership for RedisStore {
     }
 }
 
+/// A learned kind's score in `{p}learned-kinds`: when a worker last served it, in ms since
+/// the Unix epoch (exact in a double for the next 285,000 years).
+fn served_score(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since_epoch| since_epoch.as_millis() as u64)
+}
+
+/// One sorted set, kind → last served: a refresh of every kind a replica's workers serve
+/// is one `ZADD`, a check one `ZSCORE`, and the cleanup one `ZREMRANGEBYSCORE`. (A key
+/// per kind with a TTL would cost a command per kind per refresh, and would fix the TTL
+/// when written rather than when read.)
 #[async_trait]
 impl WorkerKinds for RedisStore {
-    async fn register_worker_kinds(&self, kinds: &[String]) -> StoreResult<()> {
-        let _: () = self
-            .connection()
-            .sadd(self.keys.worker_kinds(), kinds)
+    async fn mark_served(&self, kinds: &[String], at: SystemTime) -> StoreResult<()> {
+        if kinds.is_empty() {
+            return Ok(());
+        }
+        let score = served_score(at);
+        let mut zadd = redis::cmd("ZADD");
+        // GT: a replica whose clock is behind never moves a kind's time back.
+        zadd.arg(self.keys.learned_kinds()).arg("GT");
+        for kind in kinds {
+            zadd.arg(score).arg(kind);
+        }
+        let _: () = zadd
+            .query_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
         Ok(())
     }
 
-    async fn is_worker_kind(&self, kind: &str) -> StoreResult<bool> {
+    async fn is_worker_kind(&self, kind: &str, since: SystemTime) -> StoreResult<bool> {
+        let last_served: Option<f64> = self
+            .connection()
+            .zscore(self.keys.learned_kinds(), kind)
+            .await
+            .map_err(unavailable)?;
+        Ok(last_served.is_some_and(|score| score >= served_score(since) as f64))
+    }
+
+    async fn forget_worker_kinds(&self, since: SystemTime) -> StoreResult<usize> {
+        // `(` makes the bound exclusive: a kind served exactly at `since` stays.
         self.connection()
-            .sismember(self.keys.worker_kinds(), kind)
+            .zrembyscore(
+                self.keys.learned_kinds(),
+                "-inf",
+                format!("({}", served_score(since)),
+            )
             .await
             .map_err(unavailable)
     }
