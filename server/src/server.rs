@@ -72,6 +72,7 @@ pub async fn run(
             default_grace: config.default_grace,
             max_concurrency: config.max_concurrency as usize,
             worker_kinds: config.worker_kinds.clone(),
+            limits: config.limits,
         },
         &store,
         Kinds::builtin(config.exec_policy()),
@@ -88,10 +89,13 @@ pub async fn run(
     }
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let task_service =
-        TaskServiceServer::new(TaskApi::new(Arc::clone(&engine), stop_streams.clone()))
-            .max_decoding_message_size(config.max_message_size)
-            .max_encoding_message_size(config.max_message_size);
+    let task_service = TaskServiceServer::new(TaskApi::new(
+        Arc::clone(&engine),
+        config.limits,
+        stop_streams.clone(),
+    ))
+    .max_decoding_message_size(config.max_message_size)
+    .max_encoding_message_size(config.max_message_size);
 
     let serving = Server::builder()
         // Lost workers (and clients) are noticed by HTTP/2 keepalive pings.
@@ -105,9 +109,13 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(task_service)
         .add_service(
-            WorkerServiceServer::new(WorkerApi::new(Arc::clone(&engine), stop_streams.clone()))
-                .max_decoding_message_size(config.max_message_size)
-                .max_encoding_message_size(config.max_message_size),
+            WorkerServiceServer::new(WorkerApi::new(
+                Arc::clone(&engine),
+                config.limits,
+                stop_streams.clone(),
+            ))
+            .max_decoding_message_size(config.max_message_size)
+            .max_encoding_message_size(config.max_message_size),
         )
         .serve_with_incoming_shutdown(
             // Small request/reply messages: Nagle's algorithm would hold them back ~40 ms

@@ -12,17 +12,24 @@ use super::request;
 use super::watch_stream::WatchStream;
 use crate::convert;
 use crate::engine::{CancelRequest, Engine};
+use crate::limits::Limits;
 use crate::task::Task;
 
 pub(crate) struct TaskApi {
     engine: Arc<Engine>,
+    /// What one request may put into a task.
+    limits: Limits,
     /// Cancelled when the server shuts down: open watch streams end.
     shutdown: CancellationToken,
 }
 
 impl TaskApi {
-    pub fn new(engine: Arc<Engine>, shutdown: CancellationToken) -> TaskApi {
-        TaskApi { engine, shutdown }
+    pub fn new(engine: Arc<Engine>, limits: Limits, shutdown: CancellationToken) -> TaskApi {
+        TaskApi {
+            engine,
+            limits,
+            shutdown,
+        }
     }
 
     fn cancel_response(
@@ -41,7 +48,7 @@ type TaskResult = Result<Response<pb::Task>, Status>;
 #[tonic::async_trait]
 impl TaskService for TaskApi {
     async fn start_task(&self, request: Request<pb::StartTaskRequest>) -> TaskResult {
-        let spec = request::new_task(request.into_inner())?;
+        let spec = request::new_task(request.into_inner(), &self.limits)?;
         let task = self.engine.start(spec).await?;
         Ok(Response::new(convert::task(&task)))
     }
@@ -59,6 +66,7 @@ impl TaskService for TaskApi {
         let id = request::task_id("task_id", &request.task_id)?;
         let grace = request::duration("grace_period", request.grace_period)?
             .unwrap_or(self.engine.default_grace());
+        self.limits.reason(&request.reason)?;
         let done = self
             .engine
             .cancel(id, CancelRequest::Soft { grace }, request.reason)
@@ -72,6 +80,7 @@ impl TaskService for TaskApi {
     ) -> Result<Response<pb::CancelResponse>, Status> {
         let request = request.into_inner();
         let id = request::task_id("task_id", &request.task_id)?;
+        self.limits.reason(&request.reason)?;
         let done = self
             .engine
             .cancel(id, CancelRequest::Hard, request.reason)
@@ -117,6 +126,7 @@ impl TaskService for TaskApi {
     async fn answer_task(&self, request: Request<pb::AnswerTaskRequest>) -> TaskResult {
         let request = request.into_inner();
         let id = request::task_id("task_id", &request.task_id)?;
+        self.limits.answer(&request.answer)?;
         Ok(Response::new(convert::task(
             &self.engine.answer(id, request.answer).await?,
         )))

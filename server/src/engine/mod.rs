@@ -32,6 +32,7 @@ use crate::background::Background;
 use crate::error::{Error, Result};
 use crate::executor::Kinds;
 use crate::executor::remote::{Commands, Worker, WorkerPool};
+use crate::limits::Limits;
 use crate::store::{ActiveFilter, Store, TaskFeeds, Update, WorkerKinds};
 use crate::supervisor::Supervisor;
 use crate::task::state_machine::Event;
@@ -44,6 +45,8 @@ pub(crate) struct EngineConfig {
     pub max_concurrency: usize,
     /// Kinds served by workers that StartTask accepts before any worker has connected.
     pub worker_kinds: Vec<String>,
+    /// What running code may report (checked on every report, see `Transitions`).
+    pub limits: Limits,
 }
 
 pub(crate) struct Engine {
@@ -76,6 +79,7 @@ impl Engine {
             Arc::clone(&store.records),
             Arc::clone(&store.queue),
             config.default_grace,
+            config.limits,
         ));
         // Freed places (a task ended, a worker connected) wake the dispatch loop.
         let wake_dispatch = Arc::new(Notify::new());
