@@ -80,15 +80,17 @@ pub struct Limits {
     pub max_reason_bytes: usize,
 }
 
-/// How many checkpoints a record holds and how many bytes they take at most; limited by
-/// `--max-checkpoints` and `--max-checkpoint-bytes` (measured like results).
+/// How many checkpoints a record holds and how many bytes they take at most (measured like
+/// results, with [`wire_len`]); the checkpoint limits of bounded task records
+/// (`--max-checkpoints`, `--max-checkpoint-bytes`).
 #[derive(Clone, Copy, Debug)]
 pub struct CheckpointBudget {
     pub count: usize,
     pub bytes: usize,
 }
 
-/// The checkpoint limits' defaults, until their flags are wired into the startup check.
+/// The checkpoint limits' defaults. `Config::check` uses them until the flags of bounded
+/// task records exist; then it passes their values.
 pub const CHECKPOINT_BUDGET: CheckpointBudget = CheckpointBudget {
     count: 1000,
     bytes: MIB,
