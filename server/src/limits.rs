@@ -14,7 +14,7 @@
 //! `api::worker_service`; and every report of a task's running code — built-in kinds and
 //! workers alike — in the engine's `TaskPort`, where a report over a limit is not stored:
 //! the task ends FAILED with an error naming the limit instead, and the code is stopped
-//! (a worker gets `abort` for that task; its stream and its other tasks go on).
+//! (a worker still running it gets `abort`; its stream and its other tasks go on).
 
 use crate::error::{Echo, Error, FieldViolation, Result};
 use crate::task::state_machine::Report;
