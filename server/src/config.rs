@@ -9,6 +9,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::engine::kinds::check_kind_name;
 use crate::executor::exec::{AllowedProgram, EnvName, EnvPolicy, ExecPolicy, Rlimits, SearchPath};
+use crate::limits::{CHECKPOINT_BUDGET, Limits};
 use crate::task::MAX_DURATION;
 
 /// A human duration (`500ms`, `3s`) no longer than the service's [`MAX_DURATION`].
@@ -213,6 +214,9 @@ pub struct Config {
 
     #[arg(long, env = "REINS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub limits: Limits,
 }
 
 impl Config {
@@ -225,6 +229,12 @@ impl Config {
         self.replica_id
             .clone()
             .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+    }
+
+    /// The checks that involve several flags; `reinsd` refuses to start when one fails.
+    pub fn check(&self) -> Result<(), String> {
+        self.limits
+            .check_fits(self.max_message_size, CHECKPOINT_BUDGET, &self.replica_id())
     }
 
     /// What `exec` tasks may run and with what, from the `exec` flags and the server's

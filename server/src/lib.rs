@@ -12,6 +12,7 @@
 //! - `cluster`: lease, control channel, queue wake-ups and reaper: one replica among many.
 //! - `background`: the owner of every background loop, waited for at shutdown.
 //! - `convert`: domain → protobuf, shared by the api and the remote executor.
+//! - `limits`: the limits that bound one client or worker, and the record-size arithmetic.
 //! - `api`: the gRPC services.
 //! - [`server`]: assembly, health, reflection and graceful shutdown.
 
@@ -25,6 +26,7 @@ mod error;
 mod executor;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod limits;
 mod port;
 pub mod server;
 mod store;

@@ -4,7 +4,7 @@
 
 use std::io::{IsTerminal, Write};
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use reins_server::config::{Config, LogFormat};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -19,6 +19,11 @@ fn main() -> std::process::ExitCode {
 #[tokio::main]
 async fn server_main() -> std::process::ExitCode {
     let config = Config::parse();
+    if let Err(why) = config.check() {
+        Config::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, why)
+            .exit();
+    }
     init_logging(config.log_format);
     match serve(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -74,6 +74,7 @@ pub async fn run(
             worker_kinds: config.worker_kinds.clone(),
             learn_worker_kinds: config.learn_worker_kinds,
             worker_kind_ttl: config.worker_kind_ttl,
+            limits: config.limits,
         },
         &store,
         Kinds::builtin(config.exec_policy()),
@@ -92,6 +93,7 @@ pub async fn run(
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let task_service = TaskServiceServer::new(TaskApi::new(
         Arc::clone(&engine),
+        config.limits,
         stop_streams.clone(),
         config.watch_heartbeat(),
     ))
@@ -110,9 +112,13 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(task_service)
         .add_service(
-            WorkerServiceServer::new(WorkerApi::new(Arc::clone(&engine), stop_streams.clone()))
-                .max_decoding_message_size(config.max_message_size)
-                .max_encoding_message_size(config.max_message_size),
+            WorkerServiceServer::new(WorkerApi::new(
+                Arc::clone(&engine),
+                config.limits,
+                stop_streams.clone(),
+            ))
+            .max_decoding_message_size(config.max_message_size)
+            .max_encoding_message_size(config.max_message_size),
         )
         .serve_with_incoming_shutdown(
             // Small request/reply messages: Nagle's algorithm would hold them back ~40 ms

@@ -6,6 +6,7 @@ mod cancel;
 mod cli;
 mod exec;
 mod faults;
+mod limits;
 mod list;
 mod questions;
 mod replicas;

@@ -1,6 +1,7 @@
 //! Requests → domain values, with the shape checks that belong to the wire format: ids are
-//! UUIDs, durations are non-negative, numbers are finite, page tokens are ours. (Domain →
-//! proto, shared with the remote executor, is `crate::convert`.)
+//! UUIDs, durations are non-negative, numbers are finite, page tokens are ours; and the
+//! size limits of `crate::limits`. (Domain → proto, shared with the remote executor, is
+//! `crate::convert`.)
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use reins_proto::json::struct_to_json;
 use reins_proto::v1 as pb;
 
 use crate::error::{Echo, Error, FieldViolation, Result};
+use crate::limits::Limits;
 use crate::store::ActiveFilter;
 use crate::task::{MAX_DURATION, NewTask, TaskId};
 
@@ -60,7 +62,7 @@ pub fn duration(field: &str, value: Option<prost_types::Duration>) -> Result<Opt
     }
 }
 
-pub fn new_task(request: pb::StartTaskRequest) -> Result<NewTask> {
+pub fn new_task(request: pb::StartTaskRequest, limits: &Limits) -> Result<NewTask> {
     let mut violations = Vec::new();
     if request.kind.is_empty() {
         violations.push(FieldViolation::new("kind", "required"));
@@ -87,10 +89,7 @@ pub fn new_task(request: pb::StartTaskRequest) -> Result<NewTask> {
         ));
     }
     collect(&mut violations, labels("labels", &request.labels));
-    if !violations.is_empty() {
-        return Err(Error::InvalidArgument(violations));
-    }
-    Ok(NewTask {
+    let spec = NewTask {
         kind: request.kind,
         description: request.description,
         params: params.unwrap_or_default(),
@@ -101,7 +100,12 @@ pub fn new_task(request: pb::StartTaskRequest) -> Result<NewTask> {
         timeout,
         request_id: request.request_id,
         max_attempts: request.max_attempts.max(1),
-    })
+    };
+    violations.extend(limits.new_task(&spec));
+    if !violations.is_empty() {
+        return Err(Error::InvalidArgument(violations));
+    }
+    Ok(spec)
 }
 
 /// Moves the field violations of `result` into `violations`, so that one reply names every
@@ -214,9 +218,17 @@ mod tests {
             labels: [(String::new(), "v".to_owned())].into(),
             ..Default::default()
         };
+        let limits = Limits {
+            max_description_bytes: 1,
+            ..crate::limits::tests::defaults()
+        };
+        let request = pb::StartTaskRequest {
+            description: "too long".into(),
+            ..request
+        };
         assert_eq!(
-            fields(new_task(request).unwrap_err()),
-            ["kind", "parent_id", "timeout", "labels"]
+            fields(new_task(request, &limits).unwrap_err()),
+            ["kind", "parent_id", "timeout", "labels", "description"]
         );
     }
 

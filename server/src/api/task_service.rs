@@ -14,10 +14,13 @@ use super::request;
 use super::watch_stream::WatchStream;
 use crate::convert;
 use crate::engine::{CancelRequest, Engine};
+use crate::limits::Limits;
 use crate::task::Task;
 
 pub(crate) struct TaskApi {
     engine: Arc<Engine>,
+    /// What one request may put into a task.
+    limits: Limits,
     /// Cancelled when the server shuts down: open watch streams end.
     shutdown: CancellationToken,
     /// How long a watch may be quiet before a heartbeat event (`--watch-heartbeat`).
@@ -27,11 +30,13 @@ pub(crate) struct TaskApi {
 impl TaskApi {
     pub fn new(
         engine: Arc<Engine>,
+        limits: Limits,
         shutdown: CancellationToken,
         watch_heartbeat: Option<Duration>,
     ) -> TaskApi {
         TaskApi {
             engine,
+            limits,
             shutdown,
             watch_heartbeat,
         }
@@ -53,7 +58,7 @@ type TaskResult = Result<Response<pb::Task>, Status>;
 #[tonic::async_trait]
 impl TaskService for TaskApi {
     async fn start_task(&self, request: Request<pb::StartTaskRequest>) -> TaskResult {
-        let spec = request::new_task(request.into_inner())?;
+        let spec = request::new_task(request.into_inner(), &self.limits)?;
         let task = self.engine.start(spec).await?;
         Ok(Response::new(convert::task(&task)))
     }
@@ -71,6 +76,7 @@ impl TaskService for TaskApi {
         let id = request::task_id("task_id", &request.task_id)?;
         let grace = request::duration("grace_period", request.grace_period)?
             .unwrap_or(self.engine.default_grace());
+        self.limits.reason(&request.reason)?;
         let done = self
             .engine
             .cancel(id, CancelRequest::Soft { grace }, request.reason)
@@ -84,6 +90,7 @@ impl TaskService for TaskApi {
     ) -> Result<Response<pb::CancelResponse>, Status> {
         let request = request.into_inner();
         let id = request::task_id("task_id", &request.task_id)?;
+        self.limits.reason(&request.reason)?;
         let done = self
             .engine
             .cancel(id, CancelRequest::Hard, request.reason)
@@ -135,6 +142,7 @@ impl TaskService for TaskApi {
     async fn answer_task(&self, request: Request<pb::AnswerTaskRequest>) -> TaskResult {
         let request = request.into_inner();
         let id = request::task_id("task_id", &request.task_id)?;
+        self.limits.answer(&request.answer)?;
         Ok(Response::new(convert::task(
             &self.engine.answer(id, request.answer).await?,
         )))

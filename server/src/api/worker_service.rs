@@ -29,6 +29,7 @@ use crate::engine::Engine;
 use crate::engine::kinds::{MAX_KINDS_PER_HELLO, check_kind_name};
 use crate::error::Error;
 use crate::executor::remote::{Commands, Worker, WorkerEvent};
+use crate::limits::Limits;
 use crate::task::TaskId;
 
 /// How often the server pings a connection (HTTP/2 keepalive), and how long it waits for
@@ -37,13 +38,20 @@ pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
 pub(crate) struct WorkerApi {
     engine: Arc<Engine>,
+    /// How long a worker's name and kinds may be. (What it reports about its tasks is
+    /// bounded where every report is: the engine's `TaskPort`.)
+    limits: Limits,
     /// Cancelled when the server shuts down: worker streams end.
     shutdown: CancellationToken,
 }
 
 impl WorkerApi {
-    pub fn new(engine: Arc<Engine>, shutdown: CancellationToken) -> WorkerApi {
-        WorkerApi { engine, shutdown }
+    pub fn new(engine: Arc<Engine>, limits: Limits, shutdown: CancellationToken) -> WorkerApi {
+        WorkerApi {
+            engine,
+            limits,
+            shutdown,
+        }
     }
 }
 
@@ -96,6 +104,7 @@ impl WorkerService for WorkerApi {
             _ => return Err(protocol_violation("the first message must be `hello`")),
         };
         let (kinds, max_concurrency) = checked_hello(&hello)?;
+        self.limits.hello(&hello.name, &kinds)?;
         let (commands, commands_rx): (Commands, _) = mpsc::unbounded_channel();
         let worker = self
             .engine

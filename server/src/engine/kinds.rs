@@ -170,6 +170,7 @@ mod tests {
             worker_kinds: Vec::new(),
             learn_worker_kinds: true,
             worker_kind_ttl: ttl,
+            limits: crate::limits::tests::defaults(),
         };
         let lease = Duration::from_secs(10);
         assert_eq!(

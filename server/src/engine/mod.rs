@@ -34,6 +34,7 @@ use crate::background::Background;
 use crate::error::{Error, Result};
 use crate::executor::Kinds;
 use crate::executor::remote::{Commands, Worker, WorkerPool};
+use crate::limits::Limits;
 use crate::store::{ActiveFilter, Store, TaskFeeds, Update, WorkerKinds};
 use crate::supervisor::Supervisor;
 use crate::task::state_machine::Event;
@@ -52,6 +53,8 @@ pub(crate) struct EngineConfig {
     pub learn_worker_kinds: bool,
     /// How long a learned kind stays valid after the last worker serving it left.
     pub worker_kind_ttl: Duration,
+    /// What running code may report (checked on every report, see `Transitions`).
+    pub limits: Limits,
 }
 
 pub(crate) struct Engine {
@@ -84,6 +87,7 @@ impl Engine {
             Arc::clone(&store.records),
             Arc::clone(&store.queue),
             config.default_grace,
+            config.limits,
         ));
         // Freed places (a task ended, a worker connected) wake the dispatch loop.
         let wake_dispatch = Arc::new(Notify::new());

@@ -1,7 +1,8 @@
 //! Every change of a task record: read it, decide with the pure state machine, store the
 //! result with one compare-and-set, and apply the consequences that reach beyond the task
 //! (a requeued task wakes the other replicas; a finished task releases its attached
-//! children). Also the [`TaskPort`] that running code reports through.
+//! children). Also the [`TaskPort`] that running code reports through, which refuses a
+//! report over a limit (`crate::limits`): the task fails naming the limit instead.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -10,6 +11,7 @@ use async_trait::async_trait;
 
 use crate::background::{store_backoff, wait};
 use crate::error::{Error, Result};
+use crate::limits::Limits;
 use crate::port::TaskPort;
 use crate::store::{StoreError, Swap, TaskQueue, TaskRecords};
 use crate::task::cancel;
@@ -56,6 +58,8 @@ pub(crate) struct Transitions {
     queue: Arc<dyn TaskQueue>,
     /// Grace period of the soft cancels the server itself makes (parent finished, timeout).
     default_grace: Duration,
+    /// What a report may carry.
+    limits: Limits,
 }
 
 impl Transitions {
@@ -63,11 +67,13 @@ impl Transitions {
         records: Arc<dyn TaskRecords>,
         queue: Arc<dyn TaskQueue>,
         default_grace: Duration,
+        limits: Limits,
     ) -> Transitions {
         Transitions {
             records,
             queue,
             default_grace,
+            limits,
         }
     }
 
@@ -202,9 +208,25 @@ impl TaskPort for Transitions {
     }
 
     async fn report(&self, id: TaskId, fence: &Fence, report: Report) -> Result<Task, Rejection> {
+        // A report over a limit is not stored: the task fails naming the limit, and the
+        // code is told that the task has ended.
+        let over_limit = self.limits.report_violation(&report);
+        let report = match &over_limit {
+            Some(error) => {
+                tracing::warn!(task = %id, %error, "a report over a limit; failing the task");
+                Report::Fail {
+                    error: error.clone(),
+                    result: None,
+                }
+            }
+            None => report,
+        };
         let mut backoff = store_backoff();
         loop {
             match self.report_once(id, fence, report.clone()).await {
+                Ok(task) if over_limit.is_some() => {
+                    return Err(Rejection::Terminal(task.state));
+                }
                 Ok(task) => return Ok(task),
                 Err(ReportError::Rejected(rejection)) => return Err(rejection),
                 Err(ReportError::Unavailable) => wait(&mut backoff).await,

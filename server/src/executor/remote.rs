@@ -305,11 +305,12 @@ impl Drop for RemoteJob {
             .record
             .as_ref()
             .and_then(|record| {
-                record
-                    .borrow()
-                    .cancel
-                    .as_ref()
-                    .map(|cancel| cancel.reason.clone())
+                // The cancel's reason, or why the task failed (a report over a limit).
+                let task = record.borrow();
+                match &task.cancel {
+                    Some(cancel) => Some(cancel.reason.clone()),
+                    None => (!task.error.is_empty()).then(|| task.error.clone()),
+                }
             })
             .unwrap_or_else(|| "the task ended elsewhere".to_owned());
         self.worker.send(Command::Abort(pb::AbortTask {

@@ -2,7 +2,9 @@
 //! commands) — `::progress:: 0.4 fetching pages` reports progress (a fraction, then an
 //! optional message), `::checkpoint:: {"pages": 12}` appends a partial result (JSON, or the
 //! raw text if it is not JSON), every other line is ordinary output — and the last lines of
-//! stdout and stderr kept for the result.
+//! stdout and stderr kept for the result. Progress messages and kept lines are cut to
+//! [`MAX_LINE_CHARS`], so an exec result (at most 40 lines of 4,000 bytes) and its progress
+//! message stay within the default limits (`crate::limits`).
 
 use std::collections::VecDeque;
 
@@ -31,9 +33,11 @@ pub fn parse_stdout_line(line: &str) -> StdoutLine {
         if let Ok(fraction) = number.parse::<f64>()
             && fraction.is_finite()
         {
+            // Cut like output lines, so a progress message stays within its limit
+            // (`--max-progress-message-bytes`, 4 KiB by default: 1000 characters fit).
             return StdoutLine::Progress {
                 fraction,
-                message: message.trim().to_owned(),
+                message: message.trim().chars().take(MAX_LINE_CHARS).collect(),
             };
         }
     } else if let Some(rest) = line.strip_prefix("::checkpoint::") {
@@ -103,6 +107,12 @@ mod tests {
             parse_stdout_line("::checkpoint:: rows 3"),
             StdoutLine::Checkpoint(json!("rows 3"))
         );
+        let long = format!("::progress:: 0.5 {}", "é".repeat(MAX_LINE_CHARS + 1));
+        let StdoutLine::Progress { message, .. } = parse_stdout_line(&long) else {
+            panic!("a progress line");
+        };
+        assert_eq!(message.chars().count(), MAX_LINE_CHARS);
+        assert!(message.len() <= 4096, "within the default progress limit");
         assert_eq!(
             parse_stdout_line("::progress:: soon"),
             StdoutLine::Output("::progress:: soon".into())
