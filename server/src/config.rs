@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::executor::exec::{AllowedProgram, EnvName, EnvPolicy, ExecPolicy, Rlimits, SearchPath};
-use crate::task::MAX_DURATION;
+use crate::task::{CheckpointLimits, MAX_DURATION};
 
 /// A human duration (`500ms`, `3s`) no longer than the service's [`MAX_DURATION`].
 fn duration(text: &str) -> Result<Duration, String> {
@@ -152,6 +152,17 @@ pub struct Config {
     #[arg(long, env = "REINS_MAX_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024)]
     pub max_message_size: usize,
 
+    /// Checkpoints a task keeps; past it the oldest are dropped (and counted in
+    /// `partial_results_dropped`).
+    #[arg(long, env = "REINS_MAX_CHECKPOINTS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_checkpoints: u32,
+
+    /// Total JSON bytes of a task's checkpoints; past it the oldest are dropped. A single
+    /// checkpoint larger than this is not kept (it is counted as dropped). With the other
+    /// limits of a record this keeps every task under the message size.
+    #[arg(long, env = "REINS_MAX_CHECKPOINT_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_checkpoint_bytes: u64,
+
     #[arg(long, env = "REINS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
@@ -161,6 +172,13 @@ impl Config {
         self.replica_id
             .clone()
             .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+    }
+
+    pub fn checkpoint_limits(&self) -> CheckpointLimits {
+        CheckpointLimits {
+            max_count: self.max_checkpoints as usize,
+            max_bytes: self.max_checkpoint_bytes,
+        }
     }
 
     /// What `exec` tasks may run and with what, from the `exec` flags and the server's
@@ -198,6 +216,7 @@ mod tests {
         assert_eq!(config.redis_url, None);
         assert_eq!(config.redis_prefix, "reins:");
         assert_eq!(config.lease_ttl, Duration::from_secs(10));
+        assert_eq!(config.checkpoint_limits(), CheckpointLimits::DEFAULT);
         assert!(!config.replica_id().is_empty());
     }
 

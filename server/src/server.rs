@@ -72,6 +72,7 @@ pub async fn run(
             default_grace: config.default_grace,
             max_concurrency: config.max_concurrency as usize,
             worker_kinds: config.worker_kinds.clone(),
+            checkpoint_limits: config.checkpoint_limits(),
         },
         &store,
         Kinds::builtin(config.exec_policy()),

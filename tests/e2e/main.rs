@@ -8,6 +8,7 @@ mod exec;
 mod faults;
 mod list;
 mod questions;
+mod records;
 mod replicas;
 mod server;
 mod start;

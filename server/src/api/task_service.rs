@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::request;
 use super::watch_stream::WatchStream;
-use crate::convert;
+use crate::convert::{self, View};
 use crate::engine::{CancelRequest, Engine};
 use crate::task::Task;
 
@@ -47,8 +47,11 @@ impl TaskService for TaskApi {
     }
 
     async fn check_task(&self, request: Request<pb::CheckTaskRequest>) -> TaskResult {
-        let id = request::task_id("task_id", &request.get_ref().task_id)?;
-        Ok(Response::new(convert::task(&self.engine.check(id).await?)))
+        let request = request.into_inner();
+        let id = request::task_id("task_id", &request.task_id)?;
+        let view = request::view("view", request.view, View::Full)?;
+        let task = self.engine.check(id).await?;
+        Ok(Response::new(convert::task_view(&task, view)))
     }
 
     async fn soft_cancel(
@@ -84,9 +87,15 @@ impl TaskService for TaskApi {
         request: Request<pb::ListActiveRequest>,
     ) -> Result<Response<pb::ListActiveResponse>, Status> {
         let (filter, after, page_size) = request::list_query(request.get_ref())?;
+        // BASIC unless asked: a page of FULL tasks could exceed the message size.
+        let view = request::view("view", request.get_ref().view, View::Basic)?;
         let page = self.engine.list_active(&filter, after, page_size).await?;
         Ok(Response::new(pb::ListActiveResponse {
-            tasks: page.tasks.iter().map(convert::task).collect(),
+            tasks: page
+                .tasks
+                .iter()
+                .map(|task| convert::task_view(task, view))
+                .collect(),
             next_page_token: page
                 .next_after
                 .map(request::encode_page_token)
@@ -102,6 +111,7 @@ impl TaskService for TaskApi {
     ) -> Result<Response<WatchStream>, Status> {
         let request = request.into_inner();
         let id = request::task_id("task_id", &request.task_id)?;
+        let view = request::view("view", request.view, View::Full)?;
         // 0 is proto3's unset: start from the task as it is now.
         let after_version = (request.after_version != 0).then_some(request.after_version);
         let events = self.engine.watch(id, after_version).await?;
@@ -111,6 +121,7 @@ impl TaskService for TaskApi {
             Arc::clone(&self.engine),
             id,
             request.cancel_on_disconnect,
+            view,
         )))
     }
 

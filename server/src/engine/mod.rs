@@ -35,7 +35,7 @@ use crate::executor::remote::{Commands, Worker, WorkerPool};
 use crate::store::{ActiveFilter, Store, TaskFeeds, Update, WorkerKinds};
 use crate::supervisor::Supervisor;
 use crate::task::state_machine::Event;
-use crate::task::{Task, TaskId};
+use crate::task::{CheckpointLimits, Task, TaskId};
 
 #[derive(Clone, Debug)]
 pub(crate) struct EngineConfig {
@@ -44,6 +44,8 @@ pub(crate) struct EngineConfig {
     pub max_concurrency: usize,
     /// Kinds served by workers that StartTask accepts before any worker has connected.
     pub worker_kinds: Vec<String>,
+    /// How many checkpoints, of how many bytes in all, a task keeps.
+    pub checkpoint_limits: CheckpointLimits,
 }
 
 pub(crate) struct Engine {
@@ -76,6 +78,7 @@ impl Engine {
             Arc::clone(&store.records),
             Arc::clone(&store.queue),
             config.default_grace,
+            config.checkpoint_limits,
         ));
         // Freed places (a task ended, a worker connected) wake the dispatch loop.
         let wake_dispatch = Arc::new(Notify::new());
