@@ -2,11 +2,14 @@
 //! `--max-checkpoints` / `--max-checkpoint-bytes` (the oldest dropped and counted), every
 //! read of a task fits in a message, and ListActive returns the BASIC view by default.
 
-use reins_client::proto::{ListActiveRequest, Task, TaskState, TaskView};
 use std::time::Duration;
 
+use reins_client::proto::{ListActiveRequest, Task, TaskState, TaskView};
 use reins_client::{Client, StartTask, WatchOptions};
-use reins_e2e::{Reinsd, eventually, json_of, on_redis, sleep_params, wait_finished, wait_state};
+use reins_e2e::{
+    FakeWorker, Reinsd, eventually, json_of, on_redis, sleep_params, wait_finished, wait_for,
+    wait_state,
+};
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 
@@ -220,4 +223,63 @@ async fn list_active_returns_the_basic_view_unless_asked_for_full() {
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     client.hard_cancel(&id, "done").await.unwrap();
+}
+
+/// A worker's `TaskProgress.partial_result` larger than `--max-checkpoint-bytes` is not
+/// kept (counted as dropped); the rest of the report applies and the task runs on.
+#[tokio::test]
+async fn a_workers_checkpoint_larger_than_the_budget_is_dropped_and_counted() {
+    let server = Reinsd::with_args(&[
+        "--max-checkpoint-bytes",
+        "1000",
+        "--worker-kind",
+        "research",
+    ]);
+    let client = server.client().await;
+    let mut worker = FakeWorker::connect(&server.url(), "w", &["research"], 1).await;
+    let task = client.start(StartTask::new("research")).await.unwrap();
+    assert_eq!(worker.expect_assign().await.id, task.id);
+
+    worker.checkpoint(&task.id, 0.25, json!({ "page": 1 }));
+    worker.checkpoint(&task.id, 0.5, json!({ "blob": "x".repeat(2000) }));
+    worker.checkpoint(&task.id, 0.75, json!({ "page": 3 }));
+    let seen = wait_for(&client, &task.id, "the third report", |task| {
+        task.progress.as_ref().is_some_and(|p| p.fraction == 0.75)
+    })
+    .await;
+    assert_eq!(seen.state(), TaskState::Running);
+    assert_eq!(
+        checkpoints(&seen),
+        [json!({ "page": 1 }), json!({ "page": 3 })]
+    );
+    assert_eq!(seen.partial_results_dropped, 1);
+
+    // Within the budget, the oldest make room for the newest.
+    for page in 4..=40 {
+        worker.checkpoint(
+            &task.id,
+            0.9,
+            json!({ "page": page, "text": "y".repeat(80) }),
+        );
+    }
+    let seen = wait_for(&client, &task.id, "page 40", |task| {
+        task.partial_results
+            .last()
+            .is_some_and(|last| json_of(Some(last))["page"] == json!(40))
+    })
+    .await;
+    let kept = checkpoints(&seen);
+    let bytes: usize = kept.iter().map(|value| value.to_string().len()).sum();
+    assert!(bytes <= 1000, "{bytes} bytes kept");
+    assert_eq!(
+        seen.partial_results_dropped + kept.len() as u64,
+        40,
+        "every report is kept or counted"
+    );
+    let pages: Vec<_> = kept.iter().map(|value| value["page"].clone()).collect();
+    let first = 41 - kept.len() as u64;
+    assert_eq!(
+        pages,
+        (first..=40).map(|page| json!(page)).collect::<Vec<_>>()
+    );
 }
