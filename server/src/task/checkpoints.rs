@@ -312,4 +312,39 @@ mod tests {
         assert_eq!(back, cp);
         assert_eq!(back.bytes(), cp.bytes());
     }
+
+    proptest::proptest! {
+        /// Against a plain vector: the same newest checkpoints and every report kept or
+        /// counted as dropped, whichever versions are appended to (forks included).
+        #[test]
+        fn behaves_like_a_vector_of_the_newest(
+            limits in (1usize..6, 1u64..60),
+            pushes in proptest::collection::vec((0usize..30, 0usize..4), 1..80),
+        ) {
+            let limits = CheckpointLimits { max_count: limits.0, max_bytes: limits.1 };
+            // (checkpoints, model, dropped, reported) of every version made so far.
+            let mut versions = vec![(Checkpoints::default(), Vec::<Json>::new(), 0u64, 0u64)];
+            for (i, (len, back)) in pushes.into_iter().enumerate() {
+                let from = versions.len().saturating_sub(1 + back);
+                let (mut cp, mut model, mut dropped, reported) = versions[from].clone();
+                let value = json!(format!("{i}{}", "x".repeat(len)));
+                dropped += cp.push(value.clone(), limits);
+                if json_size(&value) <= limits.max_bytes {
+                    model.push(value);
+                    while model.len() > limits.max_count
+                        || model.iter().map(json_size).sum::<u64>() > limits.max_bytes
+                    {
+                        model.remove(0);
+                    }
+                }
+                proptest::prop_assert_eq!(cp.to_vec(), model.clone());
+                proptest::prop_assert_eq!(cp.bytes(), model.iter().map(json_size).sum::<u64>());
+                proptest::prop_assert_eq!(dropped + cp.len() as u64, reported + 1);
+                versions.push((cp, model, dropped, reported + 1));
+            }
+            for (cp, model, _, _) in &versions {
+                proptest::prop_assert_eq!(&cp.to_vec(), model, "older versions are unchanged");
+            }
+        }
+    }
 }
