@@ -68,6 +68,9 @@ struct Log {
 #[derive(Clone, Default)]
 pub struct Checkpoints {
     log: Arc<Log>,
+    /// Position of the log's first entry among every checkpoint the task ever kept (the
+    /// Redis store keeps its checkpoint list by these positions).
+    base: u64,
     start: usize,
     end: usize,
 }
@@ -103,6 +106,12 @@ impl Checkpoints {
         self.values().iter().map(|v| Json::clone(v)).collect()
     }
 
+    /// How many checkpoints the task has kept so far, those dropped since included: the
+    /// position just past the newest.
+    pub fn end_position(&self) -> u64 {
+        self.base + self.end as u64
+    }
+
     /// Whether two versions share their checkpoint storage (no copy was made).
     pub fn shares_storage_with(&self, other: &Checkpoints) -> bool {
         Arc::ptr_eq(&self.log, &other.log)
@@ -118,7 +127,7 @@ impl Checkpoints {
         let mut entries = self.log.entries.lock().unwrap();
         if entries.len() != self.end {
             // Another version appended after ours: start a log of our own.
-            let fresh = Self::copy(&entries, self.start, self.end);
+            let fresh = self.copy(&entries, self.start, self.end);
             drop(entries);
             *self = fresh;
             return self.push(value, limits);
@@ -142,23 +151,24 @@ impl Checkpoints {
         let dead_bytes = Self::cumulative(&entries, self.start);
         let live_bytes = total(&entries, self.start, self.end);
         if self.start > 0 && (self.start >= self.end - self.start || dead_bytes >= live_bytes) {
-            let fresh = Self::copy(&entries, self.start, self.end);
+            let fresh = self.copy(&entries, self.start, self.end);
             drop(entries);
             *self = fresh;
         }
         dropped
     }
 
-    fn copy(entries: &[Entry], start: usize, end: usize) -> Checkpoints {
-        let base = Self::cumulative(entries, start);
+    fn copy(&self, entries: &[Entry], start: usize, end: usize) -> Checkpoints {
+        let first = Self::cumulative(entries, start);
         let entries = entries[start..end]
             .iter()
             .map(|e| Entry {
                 value: Arc::clone(&e.value),
-                cumulative: e.cumulative - base,
+                cumulative: e.cumulative - first,
             })
             .collect::<Vec<_>>();
         Checkpoints {
+            base: self.base + start as u64,
             start: 0,
             end: entries.len(),
             log: Arc::new(Log {
@@ -169,6 +179,14 @@ impl Checkpoints {
 
     /// Checkpoints as stored (already within the limits that applied when they were made).
     pub fn from_values(values: impl IntoIterator<Item = Json>) -> Checkpoints {
+        Checkpoints::from_values_at(None, values)
+    }
+
+    /// Stored checkpoints whose newest is just before `end_position` (`None`: their count).
+    pub fn from_values_at(
+        end_position: Option<u64>,
+        values: impl IntoIterator<Item = Json>,
+    ) -> Checkpoints {
         let mut cumulative = 0;
         let entries = values
             .into_iter()
@@ -180,7 +198,9 @@ impl Checkpoints {
                 }
             })
             .collect::<Vec<_>>();
+        let len = entries.len() as u64;
         Checkpoints {
+            base: end_position.unwrap_or(len).saturating_sub(len),
             start: 0,
             end: entries.len(),
             log: Arc::new(Log {
@@ -298,6 +318,13 @@ mod tests {
         }
         assert_eq!(steps(&cp), vec![json!(9997), json!(9998), json!(9999)]);
         assert_eq!(cp.bytes(), 12);
+        assert_eq!(cp.end_position(), 10_000, "positions survive compaction");
+        cp.push(json!("z".repeat(200)), LIMITS);
+        assert_eq!(
+            cp.end_position(),
+            10_000,
+            "a checkpoint not kept takes no position"
+        );
     }
 
     #[test]
