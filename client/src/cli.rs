@@ -163,6 +163,9 @@ pub struct ListArgs {
     /// Fetch every page instead of one.
     #[arg(long)]
     pub all: bool,
+    /// Return the whole tasks (params, partial results, result), not the BASIC view.
+    #[arg(long)]
+    pub full: bool,
 }
 
 impl ListArgs {
@@ -174,6 +177,11 @@ impl ListArgs {
             labels: self.labels.iter().cloned().collect(),
             page_size: self.page_size.unwrap_or_default(),
             page_token: self.page_token.clone().unwrap_or_default(),
+            view: if self.full {
+                reins_proto::v1::TaskView::Full as i32
+            } else {
+                reins_proto::v1::TaskView::Unspecified as i32
+            },
         }
     }
 }
@@ -195,6 +203,7 @@ impl WatchArgs {
         WatchOptions {
             cancel_on_disconnect: self.cancel_on_disconnect,
             after_version: self.after_version,
+            ..WatchOptions::default()
         }
     }
 }

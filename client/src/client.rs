@@ -6,8 +6,8 @@ use std::time::Duration;
 use futures_util::{TryStreamExt, stream};
 use reins_proto::v1::{
     AnswerTaskRequest, CancelResponse, CheckTaskRequest, HardCancelRequest, ListActiveRequest,
-    ListActiveResponse, SoftCancelRequest, StartTaskRequest, Task, TaskEvent, WatchTaskRequest,
-    task_service_client::TaskServiceClient,
+    ListActiveResponse, SoftCancelRequest, StartTaskRequest, Task, TaskEvent, TaskView,
+    WatchTaskRequest, task_service_client::TaskServiceClient,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{
@@ -70,10 +70,21 @@ impl Client {
         Ok(response.into_inner())
     }
 
-    /// Reads a task as it is now.
+    /// Reads a task as it is now (all of it).
     pub async fn check(&self, task_id: impl Into<String>) -> Result<Task, Status> {
+        self.check_view(task_id, TaskView::Full).await
+    }
+
+    /// Reads a task as it is now, in `view` (BASIC: without params, partial results and
+    /// result).
+    pub async fn check_view(
+        &self,
+        task_id: impl Into<String>,
+        view: TaskView,
+    ) -> Result<Task, Status> {
         let request = CheckTaskRequest {
             task_id: task_id.into(),
+            view: view as i32,
         };
         Ok(self.raw().check_task(request).await?.into_inner())
     }
@@ -163,6 +174,7 @@ impl Client {
             task_id: task_id.into(),
             cancel_on_disconnect: options.cancel_on_disconnect,
             after_version: options.after_version,
+            view: options.view as i32,
         };
         let events = self.raw().watch_task(request).await?.into_inner();
         Ok(events.filter(|event| {
@@ -198,6 +210,8 @@ pub struct WatchOptions {
     pub cancel_on_disconnect: bool,
     /// Resume a watch: replay only the changes after this version (0: from the current state).
     pub after_version: u64,
+    /// The view of the task in each event (unspecified: FULL).
+    pub view: TaskView,
 }
 
 /// A task to start: `StartTask::new(kind)` plus whichever optional settings it needs.

@@ -181,13 +181,18 @@ fn labels_text(task: &Task) -> String {
 }
 
 fn checkpoints_text(task: &Task) -> String {
-    match task.partial_results.last() {
+    let kept = match task.partial_results.last() {
         None => String::new(),
         Some(last) => format!(
             "{} (last: {})",
             task.partial_results.len(),
             show_value(last)
         ),
+    };
+    match task.partial_results_dropped {
+        0 => kept,
+        dropped if kept.is_empty() => format!("{dropped} dropped"),
+        dropped => format!("{kept}, {dropped} older dropped"),
     }
 }
 

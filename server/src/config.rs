@@ -9,8 +9,8 @@ use clap::{Parser, ValueEnum};
 
 use crate::engine::kinds::check_kind_name;
 use crate::executor::exec::{AllowedProgram, EnvName, EnvPolicy, ExecPolicy, Rlimits, SearchPath};
-use crate::limits::{CHECKPOINT_BUDGET, Limits};
-use crate::task::MAX_DURATION;
+use crate::limits::{CheckpointBudget, Limits};
+use crate::task::{CheckpointLimits, MAX_DURATION};
 
 /// A human duration (`500ms`, `3s`) no longer than the service's [`MAX_DURATION`].
 fn duration(text: &str) -> Result<Duration, String> {
@@ -206,6 +206,18 @@ pub struct Config {
     #[arg(long, env = "REINS_MAX_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024)]
     pub max_message_size: usize,
 
+    /// Checkpoints a task keeps; past it the oldest are dropped (and counted in
+    /// `partial_results_dropped`).
+    #[arg(long, env = "REINS_MAX_CHECKPOINTS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_checkpoints: u32,
+
+    /// Total bytes of a task's checkpoints (their protobuf encoding); past it the oldest are
+    /// dropped. A single
+    /// checkpoint larger than this is not kept (it is counted as dropped). With the other
+    /// limits of a record this keeps every task under the message size.
+    #[arg(long, env = "REINS_MAX_CHECKPOINT_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_checkpoint_bytes: u64,
+
     /// How long a WatchTask stream may stay quiet before the server sends a heartbeat event
     /// (the last version again, `heartbeat` set), so that proxies do not cut it for being
     /// idle. `0s`: no heartbeats.
@@ -233,8 +245,26 @@ impl Config {
 
     /// The checks that involve several flags; `reinsd` refuses to start when one fails.
     pub fn check(&self) -> Result<(), String> {
-        self.limits
-            .check_fits(self.max_message_size, CHECKPOINT_BUDGET, &self.replica_id())
+        self.limits.check_fits(
+            self.max_message_size,
+            self.checkpoint_budget(),
+            &self.replica_id(),
+        )
+    }
+
+    /// `--max-checkpoints` and `--max-checkpoint-bytes` for the record-size arithmetic.
+    fn checkpoint_budget(&self) -> CheckpointBudget {
+        CheckpointBudget {
+            count: self.max_checkpoints as usize,
+            bytes: usize::try_from(self.max_checkpoint_bytes).unwrap_or(usize::MAX),
+        }
+    }
+
+    pub fn checkpoint_limits(&self) -> CheckpointLimits {
+        CheckpointLimits {
+            max_count: self.max_checkpoints as usize,
+            max_bytes: self.max_checkpoint_bytes,
+        }
     }
 
     /// What `exec` tasks may run and with what, from the `exec` flags and the server's
@@ -275,6 +305,7 @@ mod tests {
         assert!(config.worker_kinds.is_empty());
         assert!(config.learn_worker_kinds);
         assert_eq!(config.worker_kind_ttl, Duration::from_secs(600));
+        assert_eq!(config.checkpoint_limits(), CheckpointLimits::DEFAULT);
         assert!(!config.replica_id().is_empty());
     }
 

@@ -14,13 +14,29 @@ fn timestamp(time: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(time)
 }
 
+/// How much of a task a read returns (AIP-157 views).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// Without `params`, `partial_results` and `result`: the bounded, small part of a task,
+    /// what `ListActive` returns unless asked for more.
+    Basic,
+    Full,
+}
+
+/// The whole task.
 pub fn task(task: &Task) -> pb::Task {
+    task_view(task, View::Full)
+}
+
+/// The task in `view`: BASIC leaves the large fields empty without converting them.
+pub fn task_view(task: &Task, view: View) -> pb::Task {
+    let full = view == View::Full;
     pb::Task {
         id: task.id.to_string(),
         kind: task.kind.clone(),
         description: task.description.clone(),
         state: state(task.state) as i32,
-        params: Some(json_to_struct(&task.params)),
+        params: full.then(|| json_to_struct(&task.params)),
         parent_id: task.parent_id.map(|id| id.to_string()).unwrap_or_default(),
         detached: task.detached,
         session_id: task.session_id.clone(),
@@ -33,8 +49,14 @@ pub fn task(task: &Task) -> pb::Task {
             fraction: task.progress.fraction,
             message: task.progress.message.clone(),
         }),
-        partial_results: task.partial_results.iter().map(json_to_value).collect(),
-        result: task.result.as_ref().map(json_to_value),
+        partial_results: if full {
+            let values = task.partial_results.values();
+            values.iter().map(|value| json_to_value(value)).collect()
+        } else {
+            Vec::new()
+        },
+        partial_results_dropped: task.partial_results_dropped,
+        result: task.result.as_ref().filter(|_| full).map(json_to_value),
         error: task.error.clone(),
         question: task.question.clone(),
         cancel: task.cancel.as_ref().map(cancel_info),
@@ -84,9 +106,9 @@ pub fn cancel_outcome(outcome: CancelOutcome) -> pb::CancelOutcome {
     }
 }
 
-pub fn event(task: &Task) -> pb::TaskEvent {
+pub fn event(task: &Task, view: View) -> pb::TaskEvent {
     pb::TaskEvent {
-        task: Some(self::task(task)),
+        task: Some(task_view(task, view)),
         time: Some(timestamp(task.updated_at)),
         heartbeat: false,
     }

@@ -89,8 +89,8 @@ pub struct CheckpointBudget {
     pub bytes: usize,
 }
 
-/// The checkpoint limits' defaults. `Config::check` uses them until the flags of bounded
-/// task records exist; then it passes their values.
+/// The defaults of `--max-checkpoints` and `--max-checkpoint-bytes`.
+#[cfg(test)]
 pub const CHECKPOINT_BUDGET: CheckpointBudget = CheckpointBudget {
     count: 1000,
     bytes: MIB,

@@ -75,6 +75,7 @@ pub async fn run(
             learn_worker_kinds: config.learn_worker_kinds,
             worker_kind_ttl: config.worker_kind_ttl,
             limits: config.limits,
+            checkpoint_limits: config.checkpoint_limits(),
         },
         &store,
         Kinds::builtin(config.exec_policy()),

@@ -530,6 +530,7 @@ async fn watch_task_refuses_bad_ids() {
         task_id: task_id.to_owned(),
         cancel_on_disconnect: false,
         after_version,
+        ..WatchTaskRequest::default()
     };
     let mut cases: Vec<_> = MALFORMED_IDS
         .iter()

@@ -9,6 +9,7 @@ mod faults;
 mod limits;
 mod list;
 mod questions;
+mod records;
 mod replicas;
 mod server;
 mod start;

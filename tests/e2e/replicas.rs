@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use reins_client::proto::{CancelMode, CancelOutcome, ListActiveRequest, Task, TaskState};
+use reins_client::proto::{
+    CancelMode, CancelOutcome, ListActiveRequest, Task, TaskState, TaskView,
+};
 use reins_client::{Client, StartTask, WatchOptions};
 use reins_e2e::{
     Cluster, Heartbeat, eventually, json_of, long_sleep, reason, resume_after, sleep_params,
@@ -94,7 +96,10 @@ async fn a_task_started_on_one_replica_is_seen_identically_from_every_replica() 
         let listed = cluster
             .client(i)
             .await
-            .list(ListActiveRequest::default())
+            .list(ListActiveRequest {
+                view: TaskView::Full as i32,
+                ..ListActiveRequest::default()
+            })
             .await
             .unwrap();
         assert_eq!(

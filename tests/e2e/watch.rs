@@ -265,7 +265,7 @@ async fn raw_watch(
     let mut request = tonic::Request::new(reins_client::proto::WatchTaskRequest {
         task_id: id.to_owned(),
         cancel_on_disconnect,
-        after_version: 0,
+        ..Default::default()
     });
     if let Some(timeout) = grpc_timeout {
         request

@@ -140,6 +140,17 @@ impl Reinsd {
         Pid::from_raw(self.child.id() as i32)
     }
 
+    /// The server's resident memory (`VmRSS` of /proc/<pid>/status), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read the server's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status")
+    }
+
     pub fn signal(&self, signal: Signal) {
         kill(self.pid(), signal).expect("signal reinsd");
     }

@@ -10,10 +10,25 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reins_proto::json::struct_to_json;
 use reins_proto::v1 as pb;
 
+use crate::convert::View;
 use crate::error::{Echo, Error, FieldViolation, Result};
 use crate::limits::Limits;
 use crate::store::ActiveFilter;
 use crate::task::{MAX_DURATION, NewTask, TaskId};
+
+/// The view a read asks for (`TaskView`); `default` when unspecified. Unknown values are
+/// INVALID_ARGUMENT rather than silently FULL, so a typo does not cost a huge reply.
+pub fn view(field: &str, raw: i32, default: View) -> Result<View> {
+    match pb::TaskView::try_from(raw) {
+        Ok(pb::TaskView::Unspecified) => Ok(default),
+        Ok(pb::TaskView::Basic) => Ok(View::Basic),
+        Ok(pb::TaskView::Full) => Ok(View::Full),
+        Err(_) => Err(Error::invalid(
+            field,
+            format!("must be TASK_VIEW_BASIC or TASK_VIEW_FULL, got {raw}"),
+        )),
+    }
+}
 
 /// Default and largest `ListActive` page sizes.
 pub const DEFAULT_PAGE_SIZE: usize = 100;

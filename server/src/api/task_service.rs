@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use super::pacing::{self, Events};
 use super::request;
 use super::watch_stream::WatchStream;
-use crate::convert;
+use crate::convert::{self, View};
 use crate::engine::{CancelRequest, Engine};
 use crate::limits::Limits;
 use crate::task::Task;
@@ -64,8 +64,11 @@ impl TaskService for TaskApi {
     }
 
     async fn check_task(&self, request: Request<pb::CheckTaskRequest>) -> TaskResult {
-        let id = request::task_id("task_id", &request.get_ref().task_id)?;
-        Ok(Response::new(convert::task(&self.engine.check(id).await?)))
+        let request = request.into_inner();
+        let id = request::task_id("task_id", &request.task_id)?;
+        let view = request::view("view", request.view, View::Full)?;
+        let task = self.engine.check(id).await?;
+        Ok(Response::new(convert::task_view(&task, view)))
     }
 
     async fn soft_cancel(
@@ -103,9 +106,15 @@ impl TaskService for TaskApi {
         request: Request<pb::ListActiveRequest>,
     ) -> Result<Response<pb::ListActiveResponse>, Status> {
         let (filter, after, page_size) = request::list_query(request.get_ref())?;
+        // BASIC unless asked: a page of FULL tasks could exceed the message size.
+        let view = request::view("view", request.get_ref().view, View::Basic)?;
         let page = self.engine.list_active(&filter, after, page_size).await?;
         Ok(Response::new(pb::ListActiveResponse {
-            tasks: page.tasks.iter().map(convert::task).collect(),
+            tasks: page
+                .tasks
+                .iter()
+                .map(|task| convert::task_view(task, view))
+                .collect(),
             next_page_token: page
                 .next_after
                 .map(request::encode_page_token)
@@ -122,6 +131,7 @@ impl TaskService for TaskApi {
         let deadline = pacing::client_deadline(request.metadata());
         let request = request.into_inner();
         let id = request::task_id("task_id", &request.task_id)?;
+        let view = request::view("view", request.view, View::Full)?;
         // 0 is proto3's unset: start from the task as it is now.
         let after_version = (request.after_version != 0).then_some(request.after_version);
         let events = self.engine.watch(id, after_version).await?;
@@ -131,6 +141,7 @@ impl TaskService for TaskApi {
             Arc::clone(&self.engine),
             id,
             request.cancel_on_disconnect,
+            view,
         );
         Ok(Response::new(pacing::paced(
             Box::pin(watch),

@@ -12,7 +12,7 @@ use reins_proto::v1 as pb;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
-use crate::convert;
+use crate::convert::{self, View};
 use crate::engine::{CancelRequest, Engine};
 use crate::task::{Task, TaskId};
 
@@ -30,6 +30,8 @@ pub(crate) struct WatchStream {
     phase: Phase,
     /// Armed until the task ends or the server ends the stream.
     cancel_on_disconnect: bool,
+    /// The view of the task in each event.
+    view: View,
 }
 
 enum Phase {
@@ -47,6 +49,7 @@ impl WatchStream {
         engine: Arc<Engine>,
         id: TaskId,
         cancel_on_disconnect: bool,
+        view: View,
     ) -> WatchStream {
         WatchStream {
             events,
@@ -56,6 +59,7 @@ impl WatchStream {
             last_version: 0,
             phase: Phase::Live,
             cancel_on_disconnect,
+            view,
         }
     }
 
@@ -66,7 +70,7 @@ impl WatchStream {
             self.cancel_on_disconnect = false;
             self.phase = Phase::Ended;
         }
-        Some(Ok(convert::event(&task)))
+        Some(Ok(convert::event(&task, self.view)))
     }
 }
 

@@ -171,6 +171,7 @@ mod tests {
             learn_worker_kinds: true,
             worker_kind_ttl: ttl,
             limits: crate::limits::tests::defaults(),
+            checkpoint_limits: crate::task::CheckpointLimits::DEFAULT,
         };
         let lease = Duration::from_secs(10);
         assert_eq!(

@@ -38,7 +38,7 @@ use crate::limits::Limits;
 use crate::store::{ActiveFilter, Store, TaskFeeds, Update, WorkerKinds};
 use crate::supervisor::Supervisor;
 use crate::task::state_machine::Event;
-use crate::task::{Task, TaskId};
+use crate::task::{CheckpointLimits, Task, TaskId};
 
 #[derive(Clone, Debug)]
 pub(crate) struct EngineConfig {
@@ -55,6 +55,8 @@ pub(crate) struct EngineConfig {
     pub worker_kind_ttl: Duration,
     /// What running code may report (checked on every report, see `Transitions`).
     pub limits: Limits,
+    /// How many checkpoints, of how many bytes in all, a task keeps.
+    pub checkpoint_limits: CheckpointLimits,
 }
 
 pub(crate) struct Engine {
@@ -88,6 +90,7 @@ impl Engine {
             Arc::clone(&store.queue),
             config.default_grace,
             config.limits,
+            config.checkpoint_limits,
         ));
         // Freed places (a task ended, a worker connected) wake the dispatch loop.
         let wake_dispatch = Arc::new(Notify::new());

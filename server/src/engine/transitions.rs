@@ -16,7 +16,7 @@ use crate::port::TaskPort;
 use crate::store::{StoreError, Swap, TaskQueue, TaskRecords};
 use crate::task::cancel;
 use crate::task::state_machine::{self, Event, Fence, Rejection, Report};
-use crate::task::{Task, TaskId, TaskState};
+use crate::task::{CheckpointLimits, Task, TaskId, TaskState};
 
 /// What a cancel call asks for.
 #[derive(Clone, Copy, Debug)]
@@ -60,6 +60,8 @@ pub(crate) struct Transitions {
     default_grace: Duration,
     /// What a report may carry.
     limits: Limits,
+    /// `--max-checkpoints` / `--max-checkpoint-bytes`, applied to every report.
+    checkpoint_limits: CheckpointLimits,
 }
 
 impl Transitions {
@@ -68,12 +70,14 @@ impl Transitions {
         queue: Arc<dyn TaskQueue>,
         default_grace: Duration,
         limits: Limits,
+        checkpoint_limits: CheckpointLimits,
     ) -> Transitions {
         Transitions {
             records,
             queue,
             default_grace,
             limits,
+            checkpoint_limits,
         }
     }
 
@@ -94,7 +98,12 @@ impl Transitions {
     pub async fn apply(&self, id: TaskId, event: Event) -> Result<Applied> {
         loop {
             let before = self.check(id).await?;
-            let after = match state_machine::apply(&before, &event, SystemTime::now()) {
+            let after = match state_machine::apply_within(
+                &before,
+                &event,
+                SystemTime::now(),
+                self.checkpoint_limits,
+            ) {
                 Ok(Some(after)) => after,
                 Ok(None) => return Ok(Applied::Unchanged(before)),
                 Err(rejection) => return Ok(Applied::Rejected(before, rejection)),

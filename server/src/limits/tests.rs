@@ -290,7 +290,8 @@ fn record_at(limits: &Limits, checkpoints: CheckpointBudget) -> Task {
     task.progress.fraction = 0.5;
     task.progress.message = "m".repeat(limits.max_progress_message_bytes);
     let each = checkpoints.bytes / checkpoints.count;
-    task.partial_results = vec![text_of_wire_len(each); checkpoints.count];
+    task.partial_results =
+        crate::task::Checkpoints::from_values(vec![text_of_wire_len(each); checkpoints.count]);
     task.result = Some(text_of_wire_len(limits.max_result_bytes));
     task.error = "e".repeat(limits.max_error_bytes);
     task.question = "q".repeat(limits.max_question_bytes);

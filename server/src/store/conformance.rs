@@ -9,8 +9,8 @@ use serde_json::json;
 
 use super::history::HISTORY_LEN;
 use super::{ActiveFilter, Created, Swap, TaskStore, Update};
-use crate::task::state_machine::{Event, Fence, Report, apply};
-use crate::task::{NewTask, Task, TaskId, TaskState};
+use crate::task::state_machine::{Event, Fence, Report, apply, apply_within};
+use crate::task::{CheckpointLimits, NewTask, Task, TaskId, TaskState};
 
 const OWNER: &str = "conformance";
 
@@ -455,6 +455,65 @@ pub async fn history_is_bounded_and_says_when_it_no_longer_reaches_back(store: &
     );
 }
 
+/// Reports `steps` checkpoints `{"step": i}` within `limits`, storing every version.
+pub async fn checkpoints_within(
+    store: &dyn TaskStore,
+    task: &Task,
+    steps: u64,
+    limits: CheckpointLimits,
+) -> Task {
+    let mut task = task.clone();
+    for step in 0..steps {
+        let fence = Fence {
+            owner: task.owner.clone(),
+            attempt: task.attempt,
+        };
+        let report = Report::Progress {
+            fraction: 0.0,
+            message: format!("step {step}"),
+            partial_result: Some(json!({ "step": step })),
+        };
+        let event = Event::Report { fence, report };
+        let next = apply_within(&task, &event, SystemTime::now(), limits)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            store.compare_and_swap(&next).await.unwrap(),
+            Swap::Swapped
+        ));
+        task = next;
+    }
+    task
+}
+
+pub async fn bounded_checkpoints_keep_the_newest_and_their_dropped_count(store: &dyn TaskStore) {
+    let limits = CheckpointLimits {
+        max_count: 4,
+        max_bytes: 1024,
+    };
+    let running = start(store, &insert(store, sleep_task()).await).await;
+    let task = checkpoints_within(store, &running, 30, limits).await;
+    let stored = store.get(task.id).await.unwrap().unwrap();
+    let newest: Vec<_> = (26..30).map(|step| json!({ "step": step })).collect();
+    assert_eq!(stored.partial_results, newest, "the newest, oldest first");
+    assert_eq!(stored.partial_results_dropped, 26);
+    assert_eq!(stored, task);
+    let history = store
+        .history(task.id, task.version - 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        history,
+        vec![task.clone()],
+        "history versions carry them too"
+    );
+    let done = complete_as_owner(store, &stored).await;
+    let finished = store.get(done.id).await.unwrap().unwrap();
+    assert_eq!(finished.partial_results, newest, "kept once finished");
+    assert_eq!(finished.partial_results_dropped, 26);
+}
+
 pub async fn the_owner_channel_carries_every_change_of_its_tasks_only(store: &dyn TaskStore) {
     let owner = format!("owner-{}", TaskId::now_v7());
     let mut control = store.subscribe_owner(&owner).await.unwrap();
@@ -630,6 +689,7 @@ macro_rules! suite {
             a_replica_that_renews_its_lease_is_not_lost,
             worker_kinds_are_remembered,
             a_learned_kind_expires_when_no_worker_served_it_since,
+            bounded_checkpoints_keep_the_newest_and_their_dropped_count,
         );
     };
     (@tests $make:expr; $($check:ident),* $(,)?) => {

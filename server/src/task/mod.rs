@@ -4,6 +4,7 @@
 //! [`state_machine`]; how cancels spread through a task tree by [`cancel`].
 
 pub mod cancel;
+pub mod checkpoints;
 pub mod state_machine;
 
 use std::collections::BTreeMap;
@@ -11,6 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+pub use checkpoints::{CheckpointLimits, Checkpoints};
 
 /// The longest duration the service accepts anywhere (a timeout, a grace period): the
 /// range of `google.protobuf.Duration`, 10,000 years. Deadlines computed from it never
@@ -119,7 +122,12 @@ pub struct Task {
     pub finished_at: Option<SystemTime>,
 
     pub progress: Progress,
-    pub partial_results: Vec<Json>,
+    /// The newest checkpoints, oldest first, within [`CheckpointLimits`].
+    pub partial_results: Checkpoints,
+    /// Checkpoints reported but no longer (or never) kept: the oldest, dropped to stay
+    /// within the limits, and any single one larger than the byte limit.
+    #[serde(default)]
+    pub partial_results_dropped: u64,
     pub result: Option<Json>,
     pub error: String,
     pub question: String,
@@ -172,7 +180,8 @@ impl Task {
             started_at: None,
             finished_at: None,
             progress: Progress::default(),
-            partial_results: Vec::new(),
+            partial_results: Checkpoints::default(),
+            partial_results_dropped: 0,
             result: None,
             error: String::new(),
             question: String::new(),

@@ -19,7 +19,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::{CancelInfo, CancelMode, Json, Task, TaskState};
+use super::{CancelInfo, CancelMode, CheckpointLimits, Json, Task, TaskState};
 
 /// Identifies the running code a report comes from. A report whose fence does not match the
 /// record (another replica or a later attempt owns the task) is refused.
@@ -32,7 +32,8 @@ pub struct Fence {
 /// What a task's running code tells the server.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Report {
-    /// Progress, and optionally a checkpoint appended to `partial_results`.
+    /// Progress, and optionally a checkpoint appended to `partial_results` (within the
+    /// [`CheckpointLimits`]: the oldest are dropped and counted, see `task::checkpoints`).
     Progress {
         fraction: f64,
         message: String,
@@ -122,11 +123,23 @@ pub fn owner_lost_error(owner: &str) -> String {
 /// Error text of a task that ran past its timeout.
 pub const DEADLINE_EXCEEDED: &str = "deadline exceeded";
 
-/// Applies `event` to `task` at time `now`.
+/// Applies `event` to `task` at time `now`, with the default [`CheckpointLimits`].
+#[cfg(test)]
+pub fn apply(task: &Task, event: &Event, now: SystemTime) -> Result<Option<Task>, Rejection> {
+    apply_within(task, event, now, CheckpointLimits::DEFAULT)
+}
+
+/// Applies `event` to `task` at time `now`; checkpoints are kept within `limits`.
 ///
 /// `Ok(Some(next))` is the changed record (version bumped); `Ok(None)` means the event is
-/// harmless and changes nothing (a repeated soft cancel, a late timeout).
-pub fn apply(task: &Task, event: &Event, now: SystemTime) -> Result<Option<Task>, Rejection> {
+/// harmless and changes nothing (a repeated soft cancel, a late timeout). Cloning the
+/// record is O(1) in its checkpoints (they are shared, see `task::checkpoints`).
+pub fn apply_within(
+    task: &Task,
+    event: &Event,
+    now: SystemTime,
+    limits: CheckpointLimits,
+) -> Result<Option<Task>, Rejection> {
     if task.state.is_terminal() {
         return Err(Rejection::Terminal(task.state));
     }
@@ -140,7 +153,7 @@ pub fn apply(task: &Task, event: &Event, now: SystemTime) -> Result<Option<Task>
             if fence.owner != task.owner || fence.attempt != task.attempt {
                 return Err(Rejection::Fenced);
             }
-            apply_report(&mut next, report, now)?
+            apply_report(&mut next, report, now, limits)?
         }
         Event::Answer { answer } => {
             if task.state != TaskState::WaitingForAnswer {
@@ -234,7 +247,12 @@ fn start(next: &mut Task, owner: &str, worker: &str, now: SystemTime) -> Result<
     Ok(true)
 }
 
-fn apply_report(next: &mut Task, report: &Report, now: SystemTime) -> Result<bool, Rejection> {
+fn apply_report(
+    next: &mut Task,
+    report: &Report,
+    now: SystemTime,
+    limits: CheckpointLimits,
+) -> Result<bool, Rejection> {
     match report {
         Report::Progress {
             fraction,
@@ -247,7 +265,7 @@ fn apply_report(next: &mut Task, report: &Report, now: SystemTime) -> Result<boo
             next.progress.fraction = fraction.clamp(0.0, 1.0);
             next.progress.message.clone_from(message);
             if let Some(partial) = partial_result {
-                next.partial_results.push(partial.clone());
+                next.partial_results_dropped += next.partial_results.push(partial.clone(), limits);
             }
         }
         Report::Ask { question } => {

@@ -34,6 +34,9 @@ impl Keys {
     pub fn history(&self, id: impl std::fmt::Display) -> String {
         format!("{}history:{id}", self.prefix)
     }
+    pub fn checkpoints(&self, id: impl std::fmt::Display) -> String {
+        format!("{}checkpoints:{id}", self.prefix)
+    }
     pub fn owned(&self, owner: &str) -> String {
         format!("{}owned:{owner}", self.prefix)
     }

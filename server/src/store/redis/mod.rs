@@ -29,7 +29,7 @@ use super::{
     TaskRecords, Updates, Wakeups, WorkerKinds,
 };
 use crate::background::Background;
-use crate::task::{Task, TaskId, TaskState};
+use crate::task::{Checkpoints, Task, TaskId, TaskState};
 
 /// How long a command may take before the call fails with UNAVAILABLE.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -60,6 +60,53 @@ fn decode(json: &str) -> StoreResult<Task> {
 
 fn encode(task: &Task) -> String {
     serde_json::to_string(task).expect("a task always serializes")
+}
+
+/// Where a stored record's checkpoints are: the key of the JSON field naming the window
+/// `[end - len, end)` of positions in `{p}checkpoints:{id}`.
+const WINDOW: &str = "checkpoints_window";
+
+/// The record as the hash and the history hold it: without its checkpoints (they live in
+/// their own list, see DATA_MODEL.md), with the window of positions they occupy, so a
+/// version costs the same whatever the number of checkpoints.
+fn encode_record(task: &Task) -> String {
+    let mut record = task.clone();
+    record.partial_results = Checkpoints::default();
+    let mut value = serde_json::to_value(&record).expect("a task always serializes");
+    let end = task.partial_results.end_position();
+    value[WINDOW] = serde_json::json!([end, task.partial_results.values().len()]);
+    value.to_string()
+}
+
+/// A record of the hash or the history, with its checkpoints taken from `list`, the
+/// newest entries of the checkpoint list, of which the last sits just before `list_end`.
+/// A record written before checkpoints had a list of their own keeps those in its JSON.
+fn decode_record(json: &str, list: &[String], list_end: u64) -> StoreResult<Task> {
+    let mut value: serde_json::Value = serde_json::from_str(json).map_err(StoreError::Corrupt)?;
+    let window = value
+        .as_object_mut()
+        .and_then(|fields| fields.remove(WINDOW));
+    let mut task: Task = serde_json::from_value(value).map_err(StoreError::Corrupt)?;
+    let Some(window) = window else {
+        return Ok(task);
+    };
+    let (end, len): (u64, u64) = serde_json::from_value(window).map_err(StoreError::Corrupt)?;
+    let list_start = list_end.saturating_sub(list.len() as u64);
+    let start = end.saturating_sub(len).max(list_start);
+    let end = end.min(list_end).max(start);
+    let values = list[(start - list_start) as usize..(end - list_start) as usize]
+        .iter()
+        .map(|entry| serde_json::from_str(entry).map_err(StoreError::Corrupt))
+        .collect::<StoreResult<Vec<_>>>()?;
+    task.partial_results = Checkpoints::from_values_at(Some(end), values);
+    Ok(task)
+}
+
+/// The position just past the newest entry of a record's checkpoint list: the end of the
+/// record's window (the list and the record are read together).
+fn window_end(json: &str) -> StoreResult<u64> {
+    let value: serde_json::Value = serde_json::from_str(json).map_err(StoreError::Corrupt)?;
+    Ok(value[WINDOW][0].as_u64().unwrap_or(0))
 }
 
 fn state_name(state: TaskState) -> String {
@@ -185,14 +232,20 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
+        pipe.atomic();
         for id in ids {
-            pipe.hget(self.keys.task(id), "json");
+            pipe.hget(self.keys.task(id), "json")
+                .lrange(self.keys.checkpoints(id), 0, -1);
         }
-        let found: Vec<Option<String>> = pipe
+        let found: Vec<(Option<String>, Vec<String>)> = pipe
             .query_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
-        found.iter().flatten().map(|json| decode(json)).collect()
+        found
+            .iter()
+            .filter_map(|(json, list)| json.as_deref().map(|json| (json, list)))
+            .map(|(json, list)| decode_record(json, list, window_end(json)?))
+            .collect()
     }
 }
 
@@ -213,7 +266,7 @@ impl TaskRecords for RedisStore {
             .key(self.keys.history(task.id))
             .key(self.keys.active_of_kind(&task.kind))
             .key(self.keys.active_of_session(&task.session_id))
-            .arg(encode(&task))
+            .arg(encode_record(&task))
             .arg(task.id.to_string())
             .arg(task.version)
             .arg(state_name(task.state))
@@ -225,18 +278,20 @@ impl TaskRecords for RedisStore {
             .await
             .map_err(unavailable)?;
         match reply.as_slice() {
-            [existing, json] if existing == "existing" => Ok(Created::Existing(decode(json)?)),
+            [existing, json] if existing == "existing" => {
+                let found = decode(json)?;
+                // Read again with its checkpoints.
+                Ok(Created::Existing(
+                    self.get(found.id).await?.unwrap_or(found),
+                ))
+            }
             _ => Ok(Created::New(task)),
         }
     }
 
     async fn get(&self, id: TaskId) -> StoreResult<Option<Task>> {
-        let json: Option<String> = self
-            .connection()
-            .hget(self.keys.task(id), "json")
-            .await
-            .map_err(unavailable)?;
-        json.as_deref().map(decode).transpose()
+        let id = id.to_string();
+        Ok(self.load(std::slice::from_ref(&id)).await?.pop())
     }
 
     async fn compare_and_swap(&self, next: &Task) -> StoreResult<Swap> {
@@ -250,9 +305,10 @@ impl TaskRecords for RedisStore {
             .key(self.keys.owners())
             .key(self.keys.request(&next.request_id))
             .key(self.keys.children(next.id))
+            .key(self.keys.checkpoints(next.id))
             .key(self.keys.active_of_kind(&next.kind))
             .key(self.keys.active_of_session(&next.session_id))
-            .arg(encode(next))
+            .arg(encode_record(next))
             .arg(next.version)
             .arg(state_name(next.state))
             .arg(&next.owner)
@@ -265,6 +321,16 @@ impl TaskRecords for RedisStore {
             .arg(self.keys.owner_channel(&next.owner))
             .arg(flag(!next.request_id.is_empty()))
             .arg(self.keys.owned(""))
+            .arg(encode(next))
+            .arg(next.partial_results.end_position())
+            .arg(next.partial_results.values().len() + HISTORY_LEN)
+            .arg(
+                next.partial_results
+                    .values()
+                    .last()
+                    .map(|newest| newest.to_string())
+                    .unwrap_or_default(),
+            )
             .arg(flag(!next.session_id.is_empty()))
             .invoke_async(&mut self.connection())
             .await
@@ -328,14 +394,18 @@ impl TaskRecords for RedisStore {
     }
 
     async fn history(&self, id: TaskId, after_version: u64) -> StoreResult<Option<Vec<Task>>> {
-        let entries: Vec<String> = self
-            .connection()
+        let (entries, current, list): (Vec<String>, Option<String>, Vec<String>) = redis::pipe()
+            .atomic()
             .lrange(self.keys.history(id), 0, -1)
+            .hget(self.keys.task(id), "json")
+            .lrange(self.keys.checkpoints(id), 0, -1)
+            .query_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
+        let list_end = current.as_deref().map(window_end).transpose()?.unwrap_or(0);
         let versions = entries
             .iter()
-            .map(|json| decode(json))
+            .map(|json| decode_record(json, &list, list_end))
             .collect::<StoreResult<Vec<Task>>>()?;
         Ok(history::versions_after(versions.iter(), after_version))
     }

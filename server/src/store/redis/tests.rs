@@ -112,6 +112,65 @@ async fn finished_tasks_expire_after_retention_with_their_history() {
     assert_eq!(ttl, -1, "an active task does not expire");
 }
 
+/// A version costs the same whatever the number of checkpoints: the hash and the history
+/// hold the record without them; they live in their own list, which expires with the task.
+#[tokio::test]
+async fn checkpoints_live_in_their_own_list_not_in_every_version() {
+    let fixture = fixture();
+    let store = &fixture.store;
+    let (active, _) = conformance::one_active_one_finished(&*fixture).await;
+    let running = fixture.get(active).await.unwrap().unwrap();
+    let limits = crate::task::CheckpointLimits {
+        max_count: 500,
+        max_bytes: 1 << 20,
+    };
+    let task = conformance::checkpoints_within(&*fixture, &running, 300, limits).await;
+    let mut redis = raw_connection(&fixture.server).await;
+    let json: String = redis.hget(store.keys.task(active), "json").await.unwrap();
+    assert!(
+        json.contains(r#""partial_results":[]"#),
+        "the record holds no checkpoint: {json}"
+    );
+    let history: Vec<String> = redis
+        .lrange(store.keys.history(active), 0, -1)
+        .await
+        .unwrap();
+    assert_eq!(history.len(), HISTORY_LEN);
+    assert!(
+        history
+            .iter()
+            .all(|entry| entry.contains(r#""partial_results":[]"#))
+    );
+    let longest = history.iter().map(String::len).max().unwrap();
+    assert!(longest < 2048, "a history entry of {longest} bytes");
+    let list: Vec<String> = redis
+        .lrange(store.keys.checkpoints(active), 0, -1)
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 300);
+
+    let read = fixture.get(active).await.unwrap().unwrap();
+    assert_eq!(read, task, "reads put them back");
+    let replay = fixture
+        .history(active, task.version - 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(replay.last(), Some(&task));
+    assert_eq!(
+        replay[0].partial_results.values().len(),
+        298,
+        "each version its own"
+    );
+
+    let done = conformance::complete_as_owner(&*fixture, &read).await;
+    let ttl: i64 = redis.pttl(store.keys.checkpoints(done.id)).await.unwrap();
+    assert!(
+        (1..=RETENTION.as_millis() as i64).contains(&ttl),
+        "ttl {ttl}"
+    );
+}
+
 #[tokio::test]
 async fn every_key_is_under_the_prefix() {
     let fixture = fixture_with(RedisServer::start(), "deployment-7:");

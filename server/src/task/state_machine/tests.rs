@@ -249,6 +249,97 @@ fn checkpoints_append_partial_results_and_clamp_progress() {
     assert_eq!(task.progress.message, "step 1");
 }
 
+const SMALL: CheckpointLimits = CheckpointLimits {
+    max_count: 3,
+    max_bytes: 64,
+};
+
+fn checkpoint(task: &Task, partial: Json) -> Task {
+    let event = report(Report::Progress {
+        fraction: 0.5,
+        message: "step".to_owned(),
+        partial_result: Some(partial),
+    });
+    apply_within(task, &event, t(5), SMALL).unwrap().unwrap()
+}
+
+#[test]
+fn checkpoints_beyond_the_count_drop_the_oldest_and_count_them() {
+    let mut task = running();
+    for i in 0..10 {
+        task = checkpoint(&task, json!(i));
+        assert!(task.partial_results.len() <= SMALL.max_count);
+    }
+    assert_eq!(task.partial_results, vec![json!(7), json!(8), json!(9)]);
+    assert_eq!(task.partial_results_dropped, 7);
+    assert_eq!(
+        task.version,
+        running().version + 10,
+        "every report is still a version"
+    );
+}
+
+#[test]
+fn checkpoints_beyond_the_bytes_drop_the_oldest() {
+    let mut task = running();
+    let thirty = json!("x".repeat(28));
+    for _ in 0..3 {
+        task = checkpoint(&task, thirty.clone());
+    }
+    assert_eq!(task.partial_results.len(), 2, "three would be 90 bytes");
+    assert_eq!(task.partial_results_dropped, 1);
+    assert!(task.partial_results.bytes() <= SMALL.max_bytes);
+}
+
+#[test]
+fn a_checkpoint_larger_than_the_budget_is_not_kept_but_its_progress_is() {
+    let task = checkpoint(&running(), json!(1));
+    let event = report(Report::Progress {
+        fraction: 0.9,
+        message: "huge".to_owned(),
+        partial_result: Some(json!("y".repeat(100))),
+    });
+    let next = apply_within(&task, &event, t(6), SMALL).unwrap().unwrap();
+    assert_eq!(next.partial_results, vec![json!(1)], "the others are kept");
+    assert_eq!(next.partial_results_dropped, 1);
+    assert_eq!(next.progress.message, "huge");
+    assert_eq!(next.version, task.version + 1);
+}
+
+#[test]
+fn every_event_keeps_the_bounded_checkpoints_and_the_dropped_count() {
+    for state in TaskState::ALL.into_iter().filter(|s| !s.is_terminal()) {
+        let mut task = task_in(state);
+        for i in 0..5 {
+            let mut next = task.clone();
+            next.partial_results_dropped += next.partial_results.push(json!(i), SMALL);
+            task = next;
+        }
+        for (name, event) in every_event() {
+            if let Ok(Some(next)) = apply_within(&task, &event, t(1000), SMALL) {
+                assert!(
+                    next.partial_results.len() <= SMALL.max_count,
+                    "{state:?} {name}"
+                );
+                assert!(
+                    next.partial_results.bytes() <= SMALL.max_bytes,
+                    "{state:?} {name}"
+                );
+                let added = (next.partial_results.len() + next.partial_results_dropped as usize)
+                    - (task.partial_results.len() + task.partial_results_dropped as usize);
+                assert!(added <= 1, "{state:?} {name}: at most the one reported");
+                if added == 0 {
+                    assert!(
+                        next.partial_results
+                            .shares_storage_with(&task.partial_results),
+                        "{state:?} {name}: a version without a checkpoint copies none"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn soft_cancel_records_the_request_and_stopping_ends_cancelled_with_partials() {
     let mut task = running();
@@ -540,6 +631,7 @@ proptest! {
             match apply(&task, &event, t(secs)) {
                 Ok(Some(next)) => {
                     prop_assert!(terminal.is_none(), "changed after {terminal:?}");
+                    prop_assert!(next.partial_results.len() <= CheckpointLimits::DEFAULT.max_count);
                     prop_assert_eq!(next.version, task.version + 1);
                     if next.state.is_terminal() {
                         terminal = Some(next.state);
