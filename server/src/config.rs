@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::executor::exec::{AllowedProgram, EnvName, EnvPolicy, ExecPolicy, Rlimits, SearchPath};
+use crate::listener::{self, ConnectionLimits};
 use crate::task::MAX_DURATION;
 
 /// A human duration (`500ms`, `3s`) no longer than the service's [`MAX_DURATION`].
@@ -17,6 +18,14 @@ fn duration(text: &str) -> Result<Duration, String> {
         return Err("must be at most 10,000 years".to_owned());
     }
     Ok(duration)
+}
+
+/// A [`duration`] that must not be zero.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match duration(text)? {
+        Duration::ZERO => Err("must be more than 0".to_owned()),
+        duration => Ok(duration),
+    }
 }
 
 /// The values of one occurrence of a list flag (`--allow-exec sh,date`, or its
@@ -152,6 +161,22 @@ pub struct Config {
     #[arg(long, env = "REINS_MAX_MESSAGE_SIZE", default_value_t = 4 * 1024 * 1024)]
     pub max_message_size: usize,
 
+    /// Connections held at once. At the limit a new connection takes the place of the
+    /// oldest one that has not sent its HTTP/2 preface yet, or is closed at once if all
+    /// have. Default: 4096, or half the open-files limit when that is lower.
+    #[arg(long, env = "REINS_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+
+    /// How long a new connection may take to send the HTTP/2 client preface before it is
+    /// closed.
+    #[arg(long, env = "REINS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub handshake_timeout: Duration,
+
+    /// How long a connection may stay open without a call in progress (a stream counts;
+    /// keepalive pings do not) before it is closed; `0s`: never.
+    #[arg(long, env = "REINS_IDLE_TIMEOUT", default_value = "5m", value_parser = duration)]
+    pub idle_timeout: Duration,
+
     #[arg(long, env = "REINS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
@@ -161,6 +186,18 @@ impl Config {
         self.replica_id
             .clone()
             .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+    }
+
+    /// The limits on connections, given the open-files limit in force.
+    pub fn connection_limits(&self, open_files: u64) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections.map_or_else(
+                || listener::default_max_connections(open_files),
+                |max| max as usize,
+            ),
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+        }
     }
 
     /// What `exec` tasks may run and with what, from the `exec` flags and the server's
@@ -199,6 +236,45 @@ mod tests {
         assert_eq!(config.redis_prefix, "reins:");
         assert_eq!(config.lease_ttl, Duration::from_secs(10));
         assert!(!config.replica_id().is_empty());
+        let limits = config.connection_limits(1_048_576);
+        assert_eq!(limits.max_connections, 4096);
+        assert_eq!(limits.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(limits.idle_timeout, Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn connection_limits_from_flags() {
+        let config = Config::try_parse_from([
+            "reinsd",
+            "--max-connections",
+            "10",
+            "--handshake-timeout",
+            "500ms",
+            "--idle-timeout",
+            "0s",
+        ])
+        .unwrap();
+        let limits = config.connection_limits(64);
+        assert_eq!(limits.max_connections, 10);
+        assert_eq!(limits.handshake_timeout, Duration::from_millis(500));
+        assert_eq!(limits.idle_timeout, None);
+        let default = Config::try_parse_from(["reinsd"]).unwrap();
+        assert_eq!(default.connection_limits(1024).max_connections, 512);
+    }
+
+    #[test]
+    fn bad_connection_limits_are_refused() {
+        for (flag, value, why) in [
+            ("--max-connections", "0", "0 is not in 1.."),
+            ("--max-connections", "many", "invalid digit"),
+            ("--handshake-timeout", "0s", "must be more than 0"),
+            ("--handshake-timeout", "10", "time unit needed"),
+            ("--idle-timeout", "soon", "expected number"),
+        ] {
+            let err = Config::try_parse_from(["reinsd", flag, value]).unwrap_err();
+            let message = err.to_string();
+            assert!(message.contains(flag) && message.contains(why), "{message}");
+        }
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! - `background`: the owner of every background loop, waited for at shutdown.
 //! - `convert`: domain → protobuf, shared by the api and the remote executor.
 //! - `api`: the gRPC services.
+//! - `listener`: the accept loop and the limits on connections; `open_files`: the
+//!   process's open-files limit, raised at start-up.
 //! - [`server`]: assembly, health, reflection and graceful shutdown.
 
 mod api;
@@ -23,6 +25,8 @@ mod convert;
 mod engine;
 mod error;
 mod executor;
+mod listener;
+mod open_files;
 mod port;
 pub mod server;
 mod store;

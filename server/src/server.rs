@@ -12,11 +12,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use reins_proto::v1::task_service_server::TaskServiceServer;
 use reins_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
@@ -28,6 +26,7 @@ use crate::cluster;
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::executor::Kinds;
+use crate::listener;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Store, TaskStore};
@@ -48,6 +47,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown_signal: impl Future<Output = ()>,
 ) -> Result<(), BoxError> {
+    let connection_limits = config.connection_limits(crate::open_files::raise_to_hard_limit());
+    tracing::info!(?connection_limits, "connections");
     let stop_serving = CancellationToken::new();
     let background = Background::new();
     let backend: Arc<dyn TaskStore> = match &config.redis_url {
@@ -97,6 +98,7 @@ pub async fn run(
         // Lost workers (and clients) are noticed by HTTP/2 keepalive pings.
         .http2_keepalive_interval(Some(HEARTBEAT))
         .http2_keepalive_timeout(Some(HEARTBEAT))
+        .layer(listener::CountCallsLayer)
         .layer(tower::util::MapResponseLayer::new(
             crate::api::status::client_mistakes,
         ))
@@ -110,13 +112,7 @@ pub async fn run(
                 .max_encoding_message_size(config.max_message_size),
         )
         .serve_with_incoming_shutdown(
-            // Small request/reply messages: Nagle's algorithm would hold them back ~40 ms
-            // (tonic applies its own nodelay setting only to listeners it binds itself).
-            TcpListenerStream::new(listener).inspect(|accepted| {
-                if let Ok(stream) = accepted {
-                    let _ = stream.set_nodelay(true);
-                }
-            }),
+            listener::incoming(listener, connection_limits),
             stop_serving.clone().cancelled_owned(),
         );
     let serving = tokio::spawn(serving);
