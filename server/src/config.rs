@@ -177,6 +177,26 @@ pub struct Config {
     #[arg(long, env = "REINS_IDLE_TIMEOUT", default_value = "5m", value_parser = duration)]
     pub idle_timeout: Duration,
 
+    /// How often the server pings each connection (HTTP/2 keepalive); workers are told it
+    /// as their heartbeat interval.
+    #[arg(long, env = "REINS_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = positive_duration)]
+    pub keepalive_interval: Duration,
+
+    /// How long the server waits for the answer to a ping before it drops the connection
+    /// (and a worker on it is lost).
+    #[arg(long, env = "REINS_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// Connections older than this get a GOAWAY: clients finish their calls and reconnect,
+    /// which spreads them over replicas behind a balancer. Unset: no limit.
+    #[arg(long, env = "REINS_MAX_CONNECTION_AGE", value_parser = positive_duration)]
+    pub max_connection_age: Option<Duration>,
+
+    /// After `--max-connection-age`, how long open calls (streams too) may go on before
+    /// the connection is closed. Unset: as long as they take.
+    #[arg(long, env = "REINS_MAX_CONNECTION_AGE_GRACE", value_parser = duration, requires = "max_connection_age")]
+    pub max_connection_age_grace: Option<Duration>,
+
     #[arg(long, env = "REINS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
@@ -197,6 +217,10 @@ impl Config {
             ),
             handshake_timeout: self.handshake_timeout,
             idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+            max_age_and_grace: self
+                .max_connection_age
+                .zip(self.max_connection_age_grace)
+                .map(|(age, grace)| age + grace),
         }
     }
 
@@ -240,6 +264,35 @@ mod tests {
         assert_eq!(limits.max_connections, 4096);
         assert_eq!(limits.handshake_timeout, Duration::from_secs(10));
         assert_eq!(limits.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(limits.max_age_and_grace, None);
+        assert_eq!(config.keepalive_interval, Duration::from_secs(10));
+        assert_eq!(config.keepalive_timeout, Duration::from_secs(10));
+        assert_eq!(config.max_connection_age, None);
+        assert_eq!(config.max_connection_age_grace, None);
+    }
+
+    #[test]
+    fn keepalive_and_connection_age_flags() {
+        let config = Config::try_parse_from([
+            "reinsd",
+            "--keepalive-interval",
+            "2s",
+            "--keepalive-timeout",
+            "500ms",
+            "--max-connection-age",
+            "30m",
+            "--max-connection-age-grace",
+            "1m",
+        ])
+        .unwrap();
+        assert_eq!(config.keepalive_interval, Duration::from_secs(2));
+        assert_eq!(config.keepalive_timeout, Duration::from_millis(500));
+        assert_eq!(config.max_connection_age, Some(Duration::from_secs(1800)));
+        let limits = config.connection_limits(1024);
+        assert_eq!(limits.max_age_and_grace, Some(Duration::from_secs(1860)));
+        // Without a grace, open calls take as long as they need.
+        let config = Config::try_parse_from(["reinsd", "--max-connection-age", "30m"]).unwrap();
+        assert_eq!(config.connection_limits(1024).max_age_and_grace, None);
     }
 
     #[test]
@@ -270,6 +323,10 @@ mod tests {
             ("--handshake-timeout", "0s", "must be more than 0"),
             ("--handshake-timeout", "10", "time unit needed"),
             ("--idle-timeout", "soon", "expected number"),
+            ("--keepalive-interval", "0s", "must be more than 0"),
+            ("--keepalive-timeout", "0ms", "must be more than 0"),
+            ("--max-connection-age", "0s", "must be more than 0"),
+            ("--max-connection-age-grace", "1m", "--max-connection-age"),
         ] {
             let err = Config::try_parse_from(["reinsd", flag, value]).unwrap_err();
             let message = err.to_string();

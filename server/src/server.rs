@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-use crate::api::worker_service::HEARTBEAT;
 use crate::api::{TaskApi, WorkerApi};
 use crate::background::Background;
 use crate::cluster;
@@ -94,10 +93,16 @@ pub async fn run(
             .max_decoding_message_size(config.max_message_size)
             .max_encoding_message_size(config.max_message_size);
 
-    let serving = Server::builder()
+    let mut server = Server::builder()
         // Lost workers (and clients) are noticed by HTTP/2 keepalive pings.
-        .http2_keepalive_interval(Some(HEARTBEAT))
-        .http2_keepalive_timeout(Some(HEARTBEAT))
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout));
+    if let Some(age) = config.max_connection_age {
+        // A GOAWAY at that age; the grace after it is enforced by `listener` (tonic's own
+        // grace replaces the GOAWAY with a hard close at age + grace).
+        server = server.max_connection_age(age);
+    }
+    let serving = server
         .layer(listener::CountCallsLayer)
         .layer(tower::util::MapResponseLayer::new(
             crate::api::status::client_mistakes,
@@ -107,9 +112,13 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(task_service)
         .add_service(
-            WorkerServiceServer::new(WorkerApi::new(Arc::clone(&engine), stop_streams.clone()))
-                .max_decoding_message_size(config.max_message_size)
-                .max_encoding_message_size(config.max_message_size),
+            WorkerServiceServer::new(WorkerApi::new(
+                Arc::clone(&engine),
+                stop_streams.clone(),
+                config.keepalive_interval,
+            ))
+            .max_decoding_message_size(config.max_message_size)
+            .max_encoding_message_size(config.max_message_size),
         )
         .serve_with_incoming_shutdown(
             listener::incoming(listener, connection_limits),

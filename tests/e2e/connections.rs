@@ -7,7 +7,7 @@ use std::time::Duration;
 use reins_client::proto::{ListActiveRequest, TaskState};
 use reins_client::{StartTask, WatchOptions};
 use reins_e2e::http2::{self, Http2Connection, PREFACE};
-use reins_e2e::{PATIENCE, Reinsd, eventually, long_sleep, sleep_params};
+use reins_e2e::{FakeWorker, PATIENCE, Reinsd, eventually, long_sleep, sleep_params};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
@@ -113,7 +113,7 @@ async fn beyond_max_connections_a_new_connection_is_closed_at_once() {
 #[tokio::test]
 async fn an_idle_connection_is_closed_but_one_with_an_open_watch_is_not() {
     let idle_timeout = Duration::from_secs(2);
-    let server = Reinsd::with_args(&["--idle-timeout", "2s"]);
+    let server = Reinsd::with_args(&["--idle-timeout", "2s", "--keepalive-interval", "300ms"]);
     let task = server
         .client()
         .await
@@ -130,7 +130,8 @@ async fn an_idle_connection_is_closed_but_one_with_an_open_watch_is_not() {
     // PINGs, the server's and its own, do not keep a connection without calls open.
     let start = Instant::now();
     let mut idle = Http2Connection::open(server.address()).await;
-    idle.ping_until_closed(Duration::from_millis(200)).await;
+    let goaway = idle.ping_until_closed(Duration::from_millis(200)).await;
+    assert!(!goaway, "an idle connection is closed without a GOAWAY");
     assert!(start.elapsed() >= idle_timeout, "closed early");
 
     // The watch, open for longer than that, still delivers.
@@ -150,4 +151,83 @@ async fn an_idle_connection_is_closed_but_one_with_an_open_watch_is_not() {
     .await
     .expect("the watch ends");
     assert_eq!(last.state(), TaskState::Cancelled);
+}
+
+#[tokio::test]
+async fn keepalive_flags_set_the_pings_and_the_workers_heartbeat() {
+    let server = Reinsd::with_args(&[
+        "--keepalive-interval",
+        "500ms",
+        "--keepalive-timeout",
+        "500ms",
+    ]);
+    let worker = FakeWorker::connect(&server.url(), "w", &["research"], 1).await;
+    let welcome = worker.welcome.as_ref().expect("welcome");
+    let heartbeat = welcome.heartbeat_interval.expect("a heartbeat interval");
+    assert_eq!(
+        Duration::try_from(heartbeat).unwrap(),
+        Duration::from_millis(500)
+    );
+
+    // A connection that does not answer the pings is dropped after interval + timeout.
+    let mut deaf = Http2Connection::open(server.address()).await;
+    let start = Instant::now();
+    deaf.ignore_until_closed().await;
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "closed early"
+    );
+}
+
+#[tokio::test]
+async fn past_max_connection_age_a_goaway_then_the_grace_then_the_end() {
+    let (age, grace) = (Duration::from_secs(1), Duration::from_secs(1));
+    let server = Reinsd::with_args(&[
+        "--max-connection-age",
+        "1s",
+        "--max-connection-age-grace",
+        "1s",
+    ]);
+    let task = server
+        .client()
+        .await
+        .start(long_sleep())
+        .await
+        .expect("start");
+    let watcher = server.client().await;
+    let start = Instant::now();
+    let mut events = watcher
+        .watch(&task.id, WatchOptions::default())
+        .await
+        .expect("watch");
+
+    // Without calls, the connection ends right after its GOAWAY.
+    let mut idle = Http2Connection::open(server.address()).await;
+    assert!(
+        idle.ping_until_closed(Duration::from_millis(200)).await,
+        "no GOAWAY"
+    );
+    assert!(start.elapsed() >= age);
+
+    // The watch goes on through the grace, then its connection is closed.
+    let ended = tokio::time::timeout(PATIENCE, async {
+        while let Some(event) = events.next().await {
+            if let Err(status) = event {
+                return status;
+            }
+        }
+        panic!("the watch ended without an error");
+    })
+    .await
+    .expect("the watch's connection closed");
+    assert!(
+        start.elapsed() >= age + grace,
+        "cut after {:?}: {ended:?}",
+        start.elapsed()
+    );
+    // The client reconnects for its next call.
+    eventually("a call on a new connection", || async {
+        watcher.list(ListActiveRequest::default()).await.ok()
+    })
+    .await;
 }

@@ -14,6 +14,7 @@ pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
 const ACK: u8 = 0x1;
 
 /// A TCP connection to `address` (`host:port`) that sends nothing.
@@ -100,9 +101,10 @@ impl Http2Connection {
     }
 
     /// Sends a PING every `every` and answers the server's, until the server closes the
-    /// connection. Panics after [`PATIENCE`].
-    pub async fn ping_until_closed(&mut self, every: Duration) {
+    /// connection; returns whether a GOAWAY came before the end. Panics after [`PATIENCE`].
+    pub async fn ping_until_closed(&mut self, every: Duration) -> bool {
         let start = Instant::now();
+        let mut goaway = false;
         let mut ticks = tokio::time::interval(every);
         loop {
             assert!(
@@ -112,14 +114,21 @@ impl Http2Connection {
             tokio::select! {
                 _ = ticks.tick() => {
                     if self.send_frame(PING, 0, b"still me").await.is_err() {
-                        return;
+                        return goaway;
                     }
                 }
-                frame = self.answer_next() => if frame.is_none() {
-                    return;
+                frame = self.answer_next() => match frame {
+                    Some(frame) => goaway |= frame.kind == GOAWAY,
+                    None => return goaway,
                 },
             }
         }
+    }
+
+    /// Answers nothing (not even PINGs) until the server closes the connection. Panics
+    /// after [`PATIENCE`].
+    pub async fn ignore_until_closed(&mut self) {
+        wait_closed(&mut self.stream, PATIENCE).await;
     }
 
     /// The next frame, after answering it if it is a PING or settings; `None` once the

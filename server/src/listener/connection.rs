@@ -1,6 +1,7 @@
 //! [`Connection`]: one accepted TCP connection as tonic reads and writes it, which closes
 //! itself when its time is up: no HTTP/2 preface within `--handshake-timeout`, no open call
-//! for `--idle-timeout`, or displaced by a newer connection at `--max-connections`.
+//! for `--idle-timeout`, past `--max-connection-age` and its grace, or displaced by a newer
+//! connection at `--max-connections`.
 //!
 //! The deadlines are kept where hyper reads: when a read finds nothing to read and the
 //! deadline has passed, the read fails (no preface) or ends the stream (idle), and hyper
@@ -87,6 +88,8 @@ pub struct Connection {
     phase: Phase,
     handshake_deadline: Instant,
     idle_timeout: Option<Duration>,
+    /// The end of `--max-connection-age` and its grace.
+    end_of_grace: Option<Instant>,
     /// The next deadline, re-armed when it changes.
     timer: Pin<Box<Sleep>>,
 }
@@ -101,24 +104,32 @@ pub struct ConnectionInfo {
 
 impl Connection {
     pub(super) fn new(stream: TcpStream, slot: Slot, limits: &ConnectionLimits) -> Connection {
-        let handshake_deadline = Instant::now() + limits.handshake_timeout;
+        let accepted = Instant::now();
+        let handshake_deadline = accepted + limits.handshake_timeout;
         Connection {
             stream,
             slot,
             phase: Phase::AwaitingPreface(PREFACE_LEN),
             handshake_deadline,
             idle_timeout: limits.idle_timeout,
+            end_of_grace: limits.max_age_and_grace.map(|lifetime| accepted + lifetime),
             timer: Box::pin(tokio::time::sleep_until(handshake_deadline)),
         }
     }
 
     /// When the connection is closed unless something happens first; `None`: not yet.
     fn deadline(&self) -> Option<Instant> {
-        match self.phase {
+        let of_phase = match self.phase {
             Phase::AwaitingPreface(_) => Some(self.handshake_deadline),
-            Phase::Serving => Some(self.slot.signals().idle_since()? + self.idle_timeout?),
-            Phase::Closed => None,
-        }
+            Phase::Serving => self
+                .slot
+                .signals()
+                .idle_since()
+                .zip(self.idle_timeout)
+                .map(|(since, timeout)| since + timeout),
+            Phase::Closed => return None,
+        };
+        of_phase.into_iter().chain(self.end_of_grace).min()
     }
 
     fn received(&mut self, bytes: usize) {
@@ -174,6 +185,13 @@ impl AsyncRead for Connection {
         ready!(this.timer.as_mut().poll(cx));
         let phase = this.phase;
         this.close();
+        if this.end_of_grace.is_some_and(|end| end <= deadline) {
+            tracing::debug!("closing a connection past --max-connection-age and its grace");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "past --max-connection-age and its grace",
+            )));
+        }
         if let Phase::AwaitingPreface(_) = phase {
             tracing::debug!("closing a connection that sent no HTTP/2 preface in time");
             return Poll::Ready(Err(io::Error::new(

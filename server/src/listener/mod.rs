@@ -11,6 +11,8 @@
 //! - **`--idle-timeout`** ([`connection`], [`calls`]): a connection without an open call for
 //!   that long is closed. A long WatchTask or worker stream is an open call; HTTP/2
 //!   keepalive PINGs are not calls, so they do not keep a connection alive.
+//! - **`--max-connection-age-grace`** ([`connection`]): tonic sends the GOAWAY at
+//!   `--max-connection-age`; the connection is closed when the grace after it is over too.
 //!
 //! Why not in tonic: tonic 0.14 and hyper have none of the three (hyper's only timeout is
 //! HTTP/1's header read). Serving the connections with hyper-util ourselves would let an
@@ -54,6 +56,9 @@ pub struct ConnectionLimits {
     pub handshake_timeout: Duration,
     /// `None`: idle connections stay open.
     pub idle_timeout: Option<Duration>,
+    /// `--max-connection-age` plus its grace: a connection is closed this long after it
+    /// was accepted, open calls or not (tonic sends the GOAWAY at the age). `None`: never.
+    pub max_age_and_grace: Option<Duration>,
 }
 
 /// `--max-connections` when it is not given: [`DEFAULT_MAX_CONNECTIONS`], or half the
