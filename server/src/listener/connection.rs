@@ -82,6 +82,7 @@ enum Phase {
     Closed,
 }
 
+/// An accepted connection, served by tonic, holding its place among `--max-connections`.
 pub struct Connection {
     stream: TcpStream,
     slot: Slot,

@@ -42,7 +42,7 @@ pub use self::connection::Connection;
 use self::slots::{Admission, Slots};
 
 /// The most connections held by default; lower when the open-files limit is low.
-pub const DEFAULT_MAX_CONNECTIONS: u64 = 4096;
+const DEFAULT_MAX_CONNECTIONS: u64 = 4096;
 /// At most one warning of each kind this often.
 const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// How long the loop waits after an accept error other than a failed connection (out of
