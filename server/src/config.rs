@@ -10,6 +10,7 @@ use clap::{Parser, ValueEnum};
 use crate::engine::kinds::check_kind_name;
 use crate::executor::exec::{AllowedProgram, EnvName, EnvPolicy, ExecPolicy, Rlimits, SearchPath};
 use crate::limits::{CheckpointBudget, Limits};
+use crate::listener::{self, ConnectionLimits};
 use crate::task::{CheckpointLimits, MAX_DURATION};
 
 /// A human duration (`500ms`, `3s`) no longer than the service's [`MAX_DURATION`].
@@ -19,6 +20,14 @@ fn duration(text: &str) -> Result<Duration, String> {
         return Err("must be at most 10,000 years".to_owned());
     }
     Ok(duration)
+}
+
+/// A [`duration`] that must not be zero.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match duration(text)? {
+        Duration::ZERO => Err("must be more than 0".to_owned()),
+        duration => Ok(duration),
+    }
 }
 
 /// The values of one occurrence of a list flag (`--allow-exec sh,date`, or its
@@ -224,6 +233,42 @@ pub struct Config {
     #[arg(long, env = "REINS_WATCH_HEARTBEAT", default_value = "15s", value_parser = duration)]
     pub watch_heartbeat: Duration,
 
+    /// Connections held at once. At the limit a new connection takes the place of the
+    /// oldest one that has not sent its HTTP/2 preface yet, or is closed at once if all
+    /// have. Default: 4096, or half the open-files limit when that is lower.
+    #[arg(long, env = "REINS_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+
+    /// How long a new connection may take to send the HTTP/2 client preface before it is
+    /// closed.
+    #[arg(long, env = "REINS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub handshake_timeout: Duration,
+
+    /// How long a connection may stay open without a call in progress (a stream counts;
+    /// keepalive pings do not) before it is closed; `0s`: never.
+    #[arg(long, env = "REINS_IDLE_TIMEOUT", default_value = "5m", value_parser = duration)]
+    pub idle_timeout: Duration,
+
+    /// How often the server pings each connection (HTTP/2 keepalive); workers are told it
+    /// as their heartbeat interval.
+    #[arg(long, env = "REINS_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = positive_duration)]
+    pub keepalive_interval: Duration,
+
+    /// How long the server waits for the answer to a ping before it drops the connection
+    /// (and a worker on it is lost).
+    #[arg(long, env = "REINS_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// Connections older than this get a GOAWAY: clients finish their calls and reconnect,
+    /// which spreads them over replicas behind a balancer. Unset: no limit.
+    #[arg(long, env = "REINS_MAX_CONNECTION_AGE", value_parser = positive_duration)]
+    pub max_connection_age: Option<Duration>,
+
+    /// After `--max-connection-age`, how long open calls (streams too) may go on before
+    /// the connection is closed. Unset: as long as they take.
+    #[arg(long, env = "REINS_MAX_CONNECTION_AGE_GRACE", value_parser = duration, requires = "max_connection_age")]
+    pub max_connection_age_grace: Option<Duration>,
+
     #[arg(long, env = "REINS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
@@ -267,6 +312,22 @@ impl Config {
         }
     }
 
+    /// The limits on connections, given the open-files limit in force.
+    pub fn connection_limits(&self, open_files: u64) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections.map_or_else(
+                || listener::default_max_connections(open_files),
+                |max| max as usize,
+            ),
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+            max_age_and_grace: self
+                .max_connection_age
+                .zip(self.max_connection_age_grace)
+                .map(|(age, grace)| age + grace),
+        }
+    }
+
     /// What `exec` tasks may run and with what, from the `exec` flags and the server's
     /// environment as it is now.
     pub fn exec_policy(&self) -> ExecPolicy {
@@ -307,6 +368,78 @@ mod tests {
         assert_eq!(config.worker_kind_ttl, Duration::from_secs(600));
         assert_eq!(config.checkpoint_limits(), CheckpointLimits::DEFAULT);
         assert!(!config.replica_id().is_empty());
+        let limits = config.connection_limits(1_048_576);
+        assert_eq!(limits.max_connections, 4096);
+        assert_eq!(limits.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(limits.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(limits.max_age_and_grace, None);
+        assert_eq!(config.keepalive_interval, Duration::from_secs(10));
+        assert_eq!(config.keepalive_timeout, Duration::from_secs(10));
+        assert_eq!(config.max_connection_age, None);
+        assert_eq!(config.max_connection_age_grace, None);
+    }
+
+    #[test]
+    fn keepalive_and_connection_age_flags() {
+        let config = Config::try_parse_from([
+            "reinsd",
+            "--keepalive-interval",
+            "2s",
+            "--keepalive-timeout",
+            "500ms",
+            "--max-connection-age",
+            "30m",
+            "--max-connection-age-grace",
+            "1m",
+        ])
+        .unwrap();
+        assert_eq!(config.keepalive_interval, Duration::from_secs(2));
+        assert_eq!(config.keepalive_timeout, Duration::from_millis(500));
+        assert_eq!(config.max_connection_age, Some(Duration::from_secs(1800)));
+        let limits = config.connection_limits(1024);
+        assert_eq!(limits.max_age_and_grace, Some(Duration::from_secs(1860)));
+        // Without a grace, open calls take as long as they need.
+        let config = Config::try_parse_from(["reinsd", "--max-connection-age", "30m"]).unwrap();
+        assert_eq!(config.connection_limits(1024).max_age_and_grace, None);
+    }
+
+    #[test]
+    fn connection_limits_from_flags() {
+        let config = Config::try_parse_from([
+            "reinsd",
+            "--max-connections",
+            "10",
+            "--handshake-timeout",
+            "500ms",
+            "--idle-timeout",
+            "0s",
+        ])
+        .unwrap();
+        let limits = config.connection_limits(64);
+        assert_eq!(limits.max_connections, 10);
+        assert_eq!(limits.handshake_timeout, Duration::from_millis(500));
+        assert_eq!(limits.idle_timeout, None);
+        let default = Config::try_parse_from(["reinsd"]).unwrap();
+        assert_eq!(default.connection_limits(1024).max_connections, 512);
+    }
+
+    #[test]
+    fn bad_connection_limits_are_refused() {
+        for (flag, value, why) in [
+            ("--max-connections", "0", "0 is not in 1.."),
+            ("--max-connections", "many", "invalid digit"),
+            ("--handshake-timeout", "0s", "must be more than 0"),
+            ("--handshake-timeout", "10", "time unit needed"),
+            ("--idle-timeout", "soon", "expected number"),
+            ("--keepalive-interval", "0s", "must be more than 0"),
+            ("--keepalive-timeout", "0ms", "must be more than 0"),
+            ("--max-connection-age", "0s", "must be more than 0"),
+            ("--max-connection-age-grace", "1m", "--max-connection-age"),
+        ] {
+            let err = Config::try_parse_from(["reinsd", flag, value]).unwrap_err();
+            let message = err.to_string();
+            assert!(message.contains(flag) && message.contains(why), "{message}");
+        }
     }
 
     #[test]

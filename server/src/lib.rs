@@ -14,6 +14,8 @@
 //! - `convert`: domain → protobuf, shared by the api and the remote executor.
 //! - `limits`: the limits that bound one client or worker, and the record-size arithmetic.
 //! - `api`: the gRPC services.
+//! - `listener`: the accept loop and the limits on connections; `open_files`: the
+//!   process's open-files limit, raised at start-up.
 //! - [`server`]: assembly, health, reflection and graceful shutdown.
 
 mod api;
@@ -27,6 +29,8 @@ mod executor;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod limits;
+mod listener;
+mod open_files;
 mod port;
 pub mod server;
 mod store;

@@ -12,22 +12,20 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use reins_proto::v1::task_service_server::TaskServiceServer;
 use reins_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-use crate::api::worker_service::HEARTBEAT;
 use crate::api::{TaskApi, WorkerApi};
 use crate::background::Background;
 use crate::cluster;
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::executor::Kinds;
+use crate::listener;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Store, TaskStore};
@@ -48,6 +46,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown_signal: impl Future<Output = ()>,
 ) -> Result<(), BoxError> {
+    let connection_limits = config.connection_limits(crate::open_files::raise_to_hard_limit());
+    tracing::info!(?connection_limits, "connections");
     let stop_serving = CancellationToken::new();
     let background = Background::new();
     let backend: Arc<dyn TaskStore> = match &config.redis_url {
@@ -101,10 +101,17 @@ pub async fn run(
     .max_decoding_message_size(config.max_message_size)
     .max_encoding_message_size(config.max_message_size);
 
-    let serving = Server::builder()
+    let mut server = Server::builder()
         // Lost workers (and clients) are noticed by HTTP/2 keepalive pings.
-        .http2_keepalive_interval(Some(HEARTBEAT))
-        .http2_keepalive_timeout(Some(HEARTBEAT))
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout));
+    if let Some(age) = config.max_connection_age {
+        // A GOAWAY at that age; the grace after it is enforced by `listener` (tonic's own
+        // grace replaces the GOAWAY with a hard close at age + grace).
+        server = server.max_connection_age(age);
+    }
+    let serving = server
+        .layer(listener::CountCallsLayer)
         .layer(tower::util::MapResponseLayer::new(
             crate::api::status::client_mistakes,
         ))
@@ -117,18 +124,13 @@ pub async fn run(
                 Arc::clone(&engine),
                 config.limits,
                 stop_streams.clone(),
+                config.keepalive_interval,
             ))
             .max_decoding_message_size(config.max_message_size)
             .max_encoding_message_size(config.max_message_size),
         )
         .serve_with_incoming_shutdown(
-            // Small request/reply messages: Nagle's algorithm would hold them back ~40 ms
-            // (tonic applies its own nodelay setting only to listeners it binds itself).
-            TcpListenerStream::new(listener).inspect(|accepted| {
-                if let Ok(stream) = accepted {
-                    let _ = stream.set_nodelay(true);
-                }
-            }),
+            listener::incoming(listener, connection_limits),
             stop_serving.clone().cancelled_owned(),
         );
     let serving = tokio::spawn(serving);

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+pub mod http2;
 pub mod raw;
 mod redis_server;
 pub mod worker;
@@ -81,6 +82,16 @@ impl Reinsd {
 
     /// A server with extra flags; a flag given here replaces the test default.
     pub fn with_args(args: &[&str]) -> Reinsd {
+        Reinsd::spawn(args, None)
+    }
+
+    /// A server with extra flags whose process starts with the open-files limits `soft`
+    /// and `hard` (as `ulimit -Sn`/`-Hn` set them).
+    pub fn with_open_files_limit(args: &[&str], soft: u64, hard: u64) -> Reinsd {
+        Reinsd::spawn(args, Some((soft, hard)))
+    }
+
+    fn spawn(args: &[&str], open_files: Option<(u64, u64)>) -> Reinsd {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("reinsd.log");
         let defaults = [
@@ -98,9 +109,22 @@ impl Reinsd {
                 command.args([flag, value]);
             }
         }
+        if let Some((soft, hard)) = open_files {
+            use nix::sys::resource::{Resource, setrlimit};
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec the closure makes one system call, nothing that
+            // allocates or takes a lock.
+            unsafe {
+                command.pre_exec(move || {
+                    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).map_err(std::io::Error::from)
+                });
+            }
+        }
         let mut child = command
             .args(args)
             .env("RUST_LOG", "info,reins_server=debug")
+            // Plain text, which tests can search.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"))
@@ -124,6 +148,11 @@ impl Reinsd {
             _dir: dir,
             _redis: redis,
         }
+    }
+
+    /// The address it serves on, `host:port`.
+    pub fn address(&self) -> &str {
+        &self.address
     }
 
     pub fn url(&self) -> String {

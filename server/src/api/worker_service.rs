@@ -6,7 +6,7 @@
 //! FAILED_PRECONDITION.
 //!
 //! A worker is lost when its stream ends or its connection stops answering the server's
-//! HTTP/2 keepalive pings ([`HEARTBEAT`]); its tasks are then retried, failed or
+//! HTTP/2 keepalive pings (`--keepalive-interval`, `--keepalive-timeout`); its tasks are then retried, failed or
 //! cancelled (see `task::state_machine`).
 //!
 //! Authentication will sit in front of both services alike (a later issue): workers and
@@ -32,10 +32,6 @@ use crate::executor::remote::{Commands, Worker, WorkerEvent};
 use crate::limits::Limits;
 use crate::task::TaskId;
 
-/// How often the server pings a connection (HTTP/2 keepalive), and how long it waits for
-/// the answer before it drops the connection, and with it the worker.
-pub const HEARTBEAT: Duration = Duration::from_secs(10);
-
 pub(crate) struct WorkerApi {
     engine: Arc<Engine>,
     /// How long a worker's name and kinds may be. (What it reports about its tasks is
@@ -43,14 +39,23 @@ pub(crate) struct WorkerApi {
     limits: Limits,
     /// Cancelled when the server shuts down: worker streams end.
     shutdown: CancellationToken,
+    /// How often the server pings each connection (`--keepalive-interval`), told to
+    /// workers in their `welcome`.
+    heartbeat: Duration,
 }
 
 impl WorkerApi {
-    pub fn new(engine: Arc<Engine>, limits: Limits, shutdown: CancellationToken) -> WorkerApi {
+    pub fn new(
+        engine: Arc<Engine>,
+        limits: Limits,
+        shutdown: CancellationToken,
+        heartbeat: Duration,
+    ) -> WorkerApi {
         WorkerApi {
             engine,
             limits,
             shutdown,
+            heartbeat,
         }
     }
 }
@@ -112,7 +117,7 @@ impl WorkerService for WorkerApi {
             .await?;
         let welcome = pb::WorkerWelcome {
             worker_id: worker.id.clone(),
-            heartbeat_interval: prost_types::Duration::try_from(HEARTBEAT).ok(),
+            heartbeat_interval: prost_types::Duration::try_from(self.heartbeat).ok(),
         };
         let _ = commands.send(Ok(pb::WorkerCommand {
             command: Some(pb::worker_command::Command::Welcome(welcome)),
