@@ -4,10 +4,8 @@
 //! `argv[0]` is found on the server's PATH, the environment is minimal, and the operator's
 //! rlimits apply.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -15,8 +13,8 @@ use nix::unistd::Pid;
 use reins_client::proto::{CancelMode, CancelOutcome, Task, TaskState};
 use reins_client::{Client, StartTask};
 use reins_e2e::{
-    Reinsd, bad_fields, eventually, json_of, process_alive, reason, reinsd_binary, system_time,
-    wait_finished, wait_for,
+    Reinsd, bad_fields, eventually, json_of, process_alive, reason, refused_at_startup,
+    system_time, wait_finished, wait_for,
 };
 use serde_json::{Value, json};
 use tonic::Code;
@@ -145,30 +143,6 @@ async fn escapers_in(dir: &Path) -> KillOnDrop {
         assert!(process_alive(pid), "process {pid} runs");
     }
     KillOnDrop(pids)
-}
-
-/// Starts `reinsd` with `args`, which must make it refuse to start; returns what it said.
-fn refused_at_startup(args: &[&str]) -> String {
-    let mut child = Command::new(reinsd_binary())
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start reinsd");
-    let mut first_line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut first_line)
-        .expect("read reinsd stdout");
-    if !first_line.is_empty() {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("reinsd {args:?} started: {first_line:?}");
-    }
-    let output = child.wait_with_output().expect("reinsd exits");
-    assert!(!output.status.success(), "{output:?}");
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// Writes an executable shell script `name` into `dir` that creates the file `ran` in
@@ -531,7 +505,7 @@ async fn loader_and_interpreter_variables_are_refused_naming_the_field() {
 
 #[tokio::test]
 async fn a_relative_allowlist_entry_stops_the_server_at_startup() {
-    let said = refused_at_startup(&["--allow-exec", "./run.sh"]);
+    let said = refused_at_startup(&["--allow-exec", "./run.sh"], &[]);
     assert!(
         said.contains("./run.sh") && said.contains("relative path"),
         "{said}"
@@ -635,8 +609,8 @@ async fn a_program_over_its_cpu_limit_is_killed_by_sigxcpu() {
 
 #[tokio::test]
 async fn a_bad_rlimit_stops_the_server_at_startup() {
-    let said = refused_at_startup(&["--exec-rlimit", "nofile=lots"]);
+    let said = refused_at_startup(&["--exec-rlimit", "nofile=lots"], &[]);
     assert!(said.contains("nofile=lots: not a whole number"), "{said}");
-    let said = refused_at_startup(&["--exec-rlimit", "nproc=10"]);
+    let said = refused_at_startup(&["--exec-rlimit", "nproc=10"], &[]);
     assert!(said.contains("unknown limit \"nproc\""), "{said}");
 }

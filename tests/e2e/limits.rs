@@ -3,14 +3,11 @@
 //! limit and its flag — a worker report over a limit failing only that task, and a
 //! configuration whose largest record cannot fit in one message refused at startup.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
 use prost::Message as _;
 use reins_client::proto::{StartTaskRequest, TaskState};
 use reins_client::{Client, StartTask};
 use reins_e2e::{
-    FakeWorker, Reinsd, asking, bad_fields, json_of, reason, reinsd_binary, wait_finished,
+    FakeWorker, Reinsd, asking, bad_fields, json_of, reason, refused_at_startup, wait_finished,
     wait_state,
 };
 use serde_json::json;
@@ -341,26 +338,7 @@ fn a_configuration_whose_largest_record_cannot_fit_is_refused_at_startup() {
         &["--max-result-bytes", "4194304"],
         &["--max-id-bytes", "8", "--replica-id", "replica-9"],
     ] {
-        let mut child = Command::new(reinsd_binary())
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run reinsd");
-        let mut first_line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut first_line)
-            .expect("read reinsd stdout");
-        if !first_line.is_empty() {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{args:?}: reinsd started: {first_line}");
-        }
-        let output = child.wait_with_output().expect("reinsd exits");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{args:?}: {stderr}");
+        let stderr = refused_at_startup(args, &[]);
         let expected = if args[0] == "--max-id-bytes" {
             "the replica id is 9 bytes; at most 8 (--max-id-bytes)"
         } else {

@@ -573,3 +573,29 @@ pub fn json_of(value: Option<&prost_types::Value>) -> serde_json::Value {
         reins_proto::json::value_to_json(value).expect("finite numbers")
     })
 }
+
+/// Starts `reinsd` with `args` and the environment variables `env`, which must make it
+/// refuse to start (it exits without listening); returns what it said on stderr.
+pub fn refused_at_startup(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut child = Command::new(reinsd_binary())
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start reinsd");
+    let mut first_line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first_line)
+        .expect("read reinsd stdout");
+    if !first_line.is_empty() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("reinsd {args:?} {env:?} started: {first_line:?}");
+    }
+    let output = child.wait_with_output().expect("reinsd exits");
+    assert!(!output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
