@@ -27,6 +27,9 @@ if [ ${#targets[@]} -eq 0 ]; then
   mapfile -t targets < <(cargo fuzz list --fuzz-dir tests/fuzz)
 fi
 
+echo "== cargo fuzz build"
+cargo fuzz build --fuzz-dir tests/fuzz --target-dir target/fuzz
+
 passed=0
 failed=0
 for target in "${targets[@]}"; do

@@ -34,6 +34,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== cargo clippy of the fuzz entry points (tests/fuzz.sh runs the fuzzers themselves)"
+cargo clippy -p reins-server --features fuzzing --lib --locked -- -D warnings
+
 echo "== build the binaries the end-to-end tests start"
 cargo build --workspace --bins --locked
 

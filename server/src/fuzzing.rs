@@ -6,16 +6,21 @@ use prost::Message;
 use reins_proto::json::{json_to_struct, struct_to_json, value_to_json};
 use reins_proto::v1 as pb;
 
+use clap::Parser;
+
 use crate::api::request;
+use crate::config::Config;
 use crate::executor::Kinds;
 use crate::task::JsonMap;
 
-/// The built-in kinds as a server with `--allow-exec sh` has them.
+/// The configuration of a server started with `--allow-exec sh` and default limits.
+fn config() -> Config {
+    Config::parse_from(["reinsd", "--allow-exec", "sh"])
+}
+
+/// The built-in kinds as such a server has them.
 fn kinds() -> Kinds {
-    use clap::Parser;
-    Kinds::builtin(
-        crate::config::Config::parse_from(["reinsd", "--allow-exec", "sh"]).exec_policy(),
-    )
+    Kinds::builtin(config().exec_policy())
 }
 
 /// A StartTaskRequest from the wire, validated as the api does, then its params checked by
@@ -24,7 +29,7 @@ pub fn start_request(bytes: &[u8]) {
     let Ok(request) = pb::StartTaskRequest::decode(bytes) else {
         return;
     };
-    let Ok(spec) = request::new_task(request) else {
+    let Ok(spec) = request::new_task(request, &config().limits) else {
         return;
     };
     let kinds = kinds();
