@@ -186,25 +186,38 @@ impl WorkerSlot {
         self.worker.label()
     }
 
-    /// The job that runs task `id` on this worker.
-    pub fn into_job(self, id: TaskId) -> Box<dyn Job> {
+    /// The job that runs task `id` on this worker, and the place it holds. The driver
+    /// keeps the place until it has recorded the job's outcome: the worker's stream ends
+    /// only once every place on it is given back, so a worker that half-closes right after
+    /// its last report finds that report recorded when its stream ends.
+    pub fn into_job(self, id: TaskId) -> (Box<dyn Job>, WorkerPlace) {
         let (events, events_rx) = mpsc::unbounded_channel();
         self.worker.attach(id, events);
-        Box::new(RemoteJob {
+        let job = Box::new(RemoteJob {
             id,
-            worker: self.worker,
-            _permit: self.permit,
+            worker: Arc::clone(&self.worker),
             events: events_rx,
             finished: false,
             record: None,
-        })
+        });
+        let place = WorkerPlace {
+            _worker: self.worker,
+            _permit: self.permit,
+        };
+        (job, place)
     }
+}
+
+/// A task's place on a worker, held by its driver; dropping it frees the place and, with
+/// the worker's last place, lets the worker's stream end.
+pub struct WorkerPlace {
+    _worker: Arc<Worker>,
+    _permit: OwnedSemaphorePermit,
 }
 
 pub struct RemoteJob {
     id: TaskId,
     worker: Arc<Worker>,
-    _permit: OwnedSemaphorePermit,
     events: mpsc::UnboundedReceiver<WorkerEvent>,
     /// The worker ended the task itself: no abort is owed.
     finished: bool,

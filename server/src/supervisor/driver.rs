@@ -20,7 +20,7 @@ use futures_util::FutureExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Slot, Supervisor};
+use super::{Held, Supervisor};
 use crate::executor::{Job, TaskContext};
 use crate::port::TaskPort;
 use crate::store::Update;
@@ -62,32 +62,33 @@ pub(super) async fn drive(
     port: Arc<dyn TaskPort>,
     started: Task,
     job: Box<dyn Job>,
-    slot: Option<Slot>,
+    place: Held,
     updates: mpsc::UnboundedReceiver<Update>,
     stopped: CancellationToken,
 ) {
     let _running = Running {
         supervisor,
         id: started.id,
-        slot,
+        place: Some(place),
         _stopped: stopped,
     };
     run(&port, started, job, updates).await;
 }
 
 /// While it lives, the task counts as running here; dropping it (even while unwinding from
-/// a bug) frees the slot, tells waiters that the code has stopped and that a place is free.
+/// a bug) frees the place, tells waiters that the code has stopped and that a place is free.
+/// It is dropped after the outcome is recorded.
 struct Running {
     supervisor: Arc<Supervisor>,
     id: TaskId,
-    slot: Option<Slot>,
+    place: Option<Held>,
     _stopped: CancellationToken,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        // The slot first: whoever is told that a place is free must find it free.
-        drop(self.slot.take());
+        // The place first: whoever is told that a place is free must find it free.
+        drop(self.place.take());
         self.supervisor.forget(self.id);
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::Job;
-use crate::executor::remote::WorkerSlot;
+use crate::executor::remote::{WorkerPlace, WorkerSlot};
 use crate::port::TaskPort;
 use crate::store::Update;
 use crate::task::{Task, TaskId};
@@ -25,6 +25,17 @@ use crate::task::{Task, TaskId};
 /// A reserved place for one running task; dropping it frees the place.
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
+}
+
+/// The place a running task holds, here or on a worker; its driver drops it once the
+/// task's outcome is recorded.
+#[expect(
+    dead_code,
+    reason = "held only to be dropped: dropping frees the place"
+)]
+enum Held {
+    Local(Slot),
+    Worker(WorkerPlace),
 }
 
 /// Where a task runs, with its place reserved: a built-in kind on one of this replica's
@@ -106,16 +117,19 @@ impl Supervisor {
                 stopped: stopped.clone(),
             },
         );
-        let (job, slot) = match placement {
-            Placement::Local(slot, job) => (job, Some(slot)),
-            Placement::Worker(worker) => (worker.into_job(task.id), None),
+        let (job, place) = match placement {
+            Placement::Local(slot, job) => (job, Held::Local(slot)),
+            Placement::Worker(worker) => {
+                let (job, place) = worker.into_job(task.id);
+                (job, Held::Worker(place))
+            }
         };
         tokio::spawn(driver::drive(
             Arc::clone(self),
             Arc::clone(&self.port),
             task,
             job,
-            slot,
+            place,
             updates_rx,
             stopped,
         ));
