@@ -56,6 +56,7 @@ pub fn task_view(task: &Task, view: View) -> pb::Task {
             Vec::new()
         },
         partial_results_dropped: task.partial_results_dropped,
+        trace_id: crate::telemetry::traces::trace_id(&task.trace_context).unwrap_or_default(),
         result: task.result.as_ref().filter(|_| full).map(json_to_value),
         error: task.error.clone(),
         question: task.question.clone(),

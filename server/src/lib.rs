@@ -17,6 +17,7 @@
 //! - `listener`: the accept loop and the limits on connections; `open_files`: the
 //!   process's open-files limit, raised at start-up.
 //! - [`server`]: assembly, health, reflection and graceful shutdown.
+//! - [`telemetry`]: traces (OpenTelemetry), set up by the binary.
 
 mod api;
 mod background;
@@ -36,6 +37,7 @@ pub mod server;
 mod store;
 mod supervisor;
 mod task;
+pub mod telemetry;
 
 /// The exec kind's per-task subreaper: `reinsd` re-executes itself in that mode
 /// (`executor/exec/subreaper.rs`), and `main` hands over to it before anything else.

@@ -6,9 +6,11 @@ use std::io::{IsTerminal, Write};
 
 use clap::{CommandFactory, Parser};
 use reins_server::config::{Config, LogFormat};
+use reins_server::telemetry::traces::Traces;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{EnvFilter, FilterExt, Targets, filter_fn};
+use tracing_subscriber::prelude::*;
 
 fn main() -> std::process::ExitCode {
     // First: a subreaper is a small synchronous process and must not start a runtime.
@@ -24,14 +26,17 @@ async fn server_main() -> std::process::ExitCode {
             .error(clap::error::ErrorKind::ArgumentConflict, why)
             .exit();
     }
-    init_logging(config.log_format);
-    match serve(config).await {
+    let traces = init_logging(config.log_format, &config.replica_id());
+    let code = match serve(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(%err, "reinsd failed");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // Exports the spans still queued; the exporter's channel needs the runtime running.
+    let _ = tokio::task::spawn_blocking(move || traces.shut_down()).await;
+    code
 }
 
 async fn serve(config: Config) -> Result<(), reins_server::server::BoxError> {
@@ -52,15 +57,30 @@ async fn serve(config: Config) -> Result<(), reins_server::server::BoxError> {
     reins_server::server::run(config, listener, shutdown).await
 }
 
-fn init_logging(format: LogFormat) {
+/// The log on stderr (`RUST_LOG`, default `info`; events only, so log lines look the same
+/// with traces on or off) and, when the environment asks for them, the traces of the
+/// server's spans (`telemetry::traces`), whatever `RUST_LOG` says.
+fn init_logging(format: LogFormat, replica_id: &str) -> Traces {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = filter.and(filter_fn(|metadata| metadata.is_event()));
     // Colours only for a person at a terminal: log collectors store escape codes verbatim.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    let log = match format {
+        LogFormat::Json => log.json().with_filter(filter).boxed(),
+        LogFormat::Text => log.with_filter(filter).boxed(),
+    };
+    let (traces, spans) = match Traces::from_env(replica_id) {
+        Ok(traces) => traces,
+        Err(err) => {
+            eprintln!("reinsd: traces are off: {err}");
+            (Traces::off(), None)
+        }
+    };
+    let spans = spans.map(|layer| {
+        layer.with_filter(Targets::new().with_target("reins_server", tracing::Level::INFO))
+    });
+    tracing_subscriber::registry().with(log).with(spans).init();
+    traces
 }

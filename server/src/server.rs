@@ -112,6 +112,9 @@ pub async fn run(
     }
     let serving = server
         .layer(listener::CountCallsLayer)
+        // Inside the call counter (which gives it the connection's addresses), outside the
+        // status mapping (so the span records the code the client gets).
+        .layer(crate::telemetry::traces::grpc::layer())
         .layer(tower::util::MapResponseLayer::new(
             crate::api::status::client_mistakes,
         ))

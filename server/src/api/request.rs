@@ -115,6 +115,7 @@ pub fn new_task(request: pb::StartTaskRequest, limits: &Limits) -> Result<NewTas
         timeout,
         request_id: request.request_id,
         max_attempts: request.max_attempts.max(1),
+        trace_context: Default::default(),
     };
     violations.extend(limits.new_task(&spec));
     if !violations.is_empty() {

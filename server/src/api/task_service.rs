@@ -16,6 +16,7 @@ use crate::convert::{self, View};
 use crate::engine::{CancelRequest, Engine};
 use crate::limits::Limits;
 use crate::task::Task;
+use crate::telemetry::traces::{self, grpc::record_task};
 
 pub(crate) struct TaskApi {
     engine: Arc<Engine>,
@@ -46,6 +47,7 @@ impl TaskApi {
         &self,
         (task, outcome): (Task, crate::task::cancel::CancelOutcome),
     ) -> pb::CancelResponse {
+        record_task(&task);
         pb::CancelResponse {
             task: Some(convert::task(&task)),
             outcome: convert::cancel_outcome(outcome) as i32,
@@ -58,8 +60,10 @@ type TaskResult = Result<Response<pb::Task>, Status>;
 #[tonic::async_trait]
 impl TaskService for TaskApi {
     async fn start_task(&self, request: Request<pb::StartTaskRequest>) -> TaskResult {
-        let spec = request::new_task(request.into_inner(), &self.limits)?;
+        let mut spec = request::new_task(request.into_inner(), &self.limits)?;
+        spec.trace_context = traces::current_context();
         let task = self.engine.start(spec).await?;
+        record_task(&task);
         Ok(Response::new(convert::task(&task)))
     }
 
@@ -68,6 +72,7 @@ impl TaskService for TaskApi {
         let id = request::task_id("task_id", &request.task_id)?;
         let view = request::view("view", request.view, View::Full)?;
         let task = self.engine.check(id).await?;
+        record_task(&task);
         Ok(Response::new(convert::task_view(&task, view)))
     }
 
@@ -154,8 +159,8 @@ impl TaskService for TaskApi {
         let request = request.into_inner();
         let id = request::task_id("task_id", &request.task_id)?;
         self.limits.answer(&request.answer)?;
-        Ok(Response::new(convert::task(
-            &self.engine.answer(id, request.answer).await?,
-        )))
+        let task = self.engine.answer(id, request.answer).await?;
+        record_task(&task);
+        Ok(Response::new(convert::task(&task)))
     }
 }

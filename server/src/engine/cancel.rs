@@ -7,7 +7,7 @@ use super::Engine;
 use super::transitions::{Applied, CancelRequest};
 use crate::error::Result;
 use crate::task::cancel::{self, CancelOutcome};
-use crate::task::{Task, TaskId};
+use crate::task::{CancelOrigin, Task, TaskId};
 
 /// How long a hard cancel waits for local code to stop before it returns anyway.
 const STOP_WAIT: Duration = Duration::from_secs(5);
@@ -29,17 +29,25 @@ impl Engine {
         // ancestor's mode and reason, so its end cannot release them as "parent finished".
         let mut descendants = self.active_descendants(id).await?;
         descendants.reverse();
+        let origin = CancelOrigin {
+            replica: self.replica_id().to_owned(),
+            trace_context: crate::telemetry::traces::current_context(),
+        };
         let descendant_reason = cancel::ancestor_cancelled_reason(id, &reason);
         for descendant in &descendants {
             if let Err(err) = self
                 .transitions
-                .cancel_one(descendant.id, request, descendant_reason.clone())
+                .cancel_one(descendant.id, request, descendant_reason.clone(), &origin)
                 .await
             {
                 tracing::warn!(task = %descendant.id, ancestor = %id, %err, "cancelling a descendant failed");
             }
         }
-        let (before, after) = match self.transitions.cancel_one(id, request, reason).await? {
+        let (before, after) = match self
+            .transitions
+            .cancel_one(id, request, reason, &origin)
+            .await?
+        {
             Applied::Changed { before, after } => (before, after),
             Applied::Unchanged(task) | Applied::Rejected(task, _) => (task.clone(), task),
         };

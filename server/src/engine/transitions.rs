@@ -16,7 +16,7 @@ use crate::port::TaskPort;
 use crate::store::{StoreError, Swap, TaskQueue, TaskRecords};
 use crate::task::cancel;
 use crate::task::state_machine::{self, Event, Fence, Rejection, Report};
-use crate::task::{CheckpointLimits, Task, TaskId, TaskState};
+use crate::task::{CancelOrigin, CheckpointLimits, Task, TaskId, TaskState};
 
 /// What a cancel call asks for.
 #[derive(Clone, Copy, Debug)]
@@ -96,6 +96,11 @@ impl Transitions {
     /// Reads, decides, compare-and-sets; again on a conflict. A change to a terminal state
     /// releases the task's attached children.
     pub async fn apply(&self, id: TaskId, event: Event) -> Result<Applied> {
+        self.apply_from(id, event, &CancelOrigin::default()).await
+    }
+
+    /// [`Transitions::apply`], recording `origin` on a cancel the event starts.
+    async fn apply_from(&self, id: TaskId, event: Event, origin: &CancelOrigin) -> Result<Applied> {
         loop {
             let before = self.check(id).await?;
             let after = match state_machine::apply_within(
@@ -104,7 +109,14 @@ impl Transitions {
                 SystemTime::now(),
                 self.checkpoint_limits,
             ) {
-                Ok(Some(after)) => after,
+                Ok(Some(mut after)) => {
+                    if before.cancel.is_none()
+                        && let Some(cancel) = after.cancel.as_mut()
+                    {
+                        cancel.origin.clone_from(origin);
+                    }
+                    after
+                }
                 Ok(None) => return Ok(Applied::Unchanged(before)),
                 Err(rejection) => return Ok(Applied::Rejected(before, rejection)),
             };
@@ -141,8 +153,9 @@ impl Transitions {
         id: TaskId,
         request: CancelRequest,
         reason: String,
+        origin: &CancelOrigin,
     ) -> Result<Applied> {
-        self.apply(id, request.event(reason)).await
+        self.apply_from(id, request.event(reason), origin).await
     }
 
     /// Soft-cancels the active attached children of a task that has finished.
@@ -162,7 +175,10 @@ impl Transitions {
             .filter(|child| cancel::released_when_parent_finishes(child))
         {
             let reason = cancel::parent_finished_reason(parent.id);
-            if let Err(err) = self.cancel_one(child.id, request, reason).await {
+            if let Err(err) = self
+                .cancel_one(child.id, request, reason, &CancelOrigin::default())
+                .await
+            {
                 tracing::warn!(task = %child.id, %err, "releasing a child failed");
             }
         }

@@ -238,6 +238,10 @@ impl RemoteJob {
         self.record = Some(ctx.record());
         self.worker.send(Command::Assign(pb::TaskAssignment {
             task: Some(convert::task(&task)),
+            // The context of the execution span (the driver's): the worker's parent.
+            trace_context: crate::telemetry::traces::current_context()
+                .into_iter()
+                .collect(),
         }));
         let mut cancel_sent = false;
         // The version that asked the worker's open question, if any.

@@ -254,6 +254,24 @@ proptest! {
 }
 
 /// A record with every field at its limit (structured values at their byte limits).
+/// The most W3C entries a record keeps (`telemetry::traces::MAX_TRACE_CONTEXT_BYTES`).
+fn largest_trace_context() -> std::collections::BTreeMap<String, String> {
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let left = crate::telemetry::traces::MAX_TRACE_CONTEXT_BYTES
+        - "traceparent".len()
+        - parent.len()
+        - "tracestate".len()
+        - "baggage".len();
+    [
+        ("traceparent", parent.to_owned()),
+        ("tracestate", "t".repeat(left / 2)),
+        ("baggage", "b".repeat(left - left / 2)),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value))
+    .collect()
+}
+
 fn record_at(limits: &Limits, checkpoints: CheckpointBudget) -> Task {
     let now = SystemTime::now();
     let id = |c: &str| c.repeat(limits.max_id_bytes);
@@ -278,6 +296,7 @@ fn record_at(limits: &Limits, checkpoints: CheckpointBudget) -> Task {
             timeout: Some(Duration::from_secs(u32::MAX.into())),
             request_id: id("r"),
             max_attempts: u32::MAX,
+            trace_context: largest_trace_context(),
         },
         now,
     );
@@ -306,6 +325,7 @@ fn record_at(limits: &Limits, checkpoints: CheckpointBudget) -> Task {
         grace_deadline: Some(now),
         escalated: true,
         deadline_exceeded: true,
+        origin: Default::default(),
     });
     task
 }
@@ -346,6 +366,7 @@ fn a_record_at_every_limit_fits_its_bound_in_every_message_that_carries_it() {
             let assign = pb::WorkerCommand {
                 command: Some(pb::worker_command::Command::Assign(pb::TaskAssignment {
                     task: Some(record),
+                    trace_context: largest_trace_context().into_iter().collect(),
                 })),
             }
             .encoded_len();

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{Held, Supervisor};
 use crate::executor::{Job, TaskContext};
@@ -26,6 +27,7 @@ use crate::port::TaskPort;
 use crate::store::Update;
 use crate::task::state_machine::{Fence, Report};
 use crate::task::{CancelMode, Task, TaskId};
+use crate::telemetry::traces::task as traces;
 
 /// Sleeps until `deadline`; never resolves without one.
 async fn until(deadline: Option<SystemTime>) {
@@ -72,7 +74,9 @@ pub(super) async fn drive(
         place: Some(place),
         _stopped: stopped,
     };
-    run(&port, started, job, updates).await;
+    // The span of the execution, child of the StartTask call's (`telemetry::traces::task`).
+    let span = traces::execution_span(&started);
+    run(&port, started, job, updates).instrument(span).await;
 }
 
 /// While it lives, the task counts as running here; dropping it (even while unwinding from
@@ -136,7 +140,9 @@ async fn run(
                     Ok(outcome) => outcome.into_report(),
                     Err(_) => Report::Fail { error: "the task's code panicked".to_owned(), result: None },
                 };
-                let _ = port.report(id, &fence, report).await;
+                if let Ok(recorded) = port.report(id, &fence, report).await {
+                    traces::record_changes(&latest, &recorded);
+                }
                 return;
             }
             Some(update) = updates.recv() => {
@@ -184,6 +190,7 @@ fn absorb(latest: &mut Task, fresh: Task, fence: &Fence, record: &watch::Sender<
     if fresh.version <= latest.version {
         return Next::Keep;
     }
+    traces::record_changes(latest, &fresh);
     // The job sees every newer version, the last one too (a remote job tells its worker
     // why it is aborted).
     record.send_replace(fresh.clone());

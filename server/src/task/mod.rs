@@ -81,6 +81,23 @@ pub struct CancelInfo {
     pub escalated: bool,
     /// The cancel came from the task's own timeout: it ends FAILED, not CANCELLED.
     pub deadline_exceeded: bool,
+    /// Where the cancel came from; empty for the server's own cancels.
+    #[serde(default, skip_serializing_if = "CancelOrigin::is_empty")]
+    pub origin: CancelOrigin,
+}
+
+/// Who asked for a cancel: the replica that took the call, and the call's trace context
+/// (W3C entries), which the span of the task's execution links to.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CancelOrigin {
+    pub replica: String,
+    pub trace_context: BTreeMap<String, String>,
+}
+
+impl CancelOrigin {
+    pub fn is_empty(&self) -> bool {
+        self.replica.is_empty() && self.trace_context.is_empty()
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -133,6 +150,10 @@ pub struct Task {
     pub question: String,
     pub answer: String,
     pub cancel: Option<CancelInfo>,
+    /// The W3C trace context (`traceparent`, `tracestate`, `baggage`) of the StartTask
+    /// call: the parent of the task's execution span, on whichever replica runs it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub trace_context: BTreeMap<String, String>,
 }
 
 /// What a client asks for when it starts a task (already validated for shape).
@@ -149,6 +170,8 @@ pub struct NewTask {
     pub request_id: String,
     /// At least 1.
     pub max_attempts: u32,
+    /// The trace context of the call that starts the task.
+    pub trace_context: BTreeMap<String, String>,
 }
 
 fn one() -> u32 {
@@ -187,6 +210,7 @@ impl Task {
             question: String::new(),
             answer: String::new(),
             cancel: None,
+            trace_context: spec.trace_context,
         }
     }
 

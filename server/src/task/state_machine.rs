@@ -19,7 +19,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::{CancelInfo, CancelMode, CheckpointLimits, Json, Task, TaskState};
+use super::{CancelInfo, CancelMode, CancelOrigin, CheckpointLimits, Json, Task, TaskState};
 
 /// Identifies the running code a report comes from. A report whose fence does not match the
 /// record (another replica or a later attempt owns the task) is refused.
@@ -175,6 +175,7 @@ pub fn apply_within(
                 grace_deadline: None,
                 escalated: false,
                 deadline_exceeded: false,
+                origin: CancelOrigin::default(),
             });
             finish_cancelled(&mut next, None, now);
             true
@@ -206,6 +207,7 @@ pub fn apply_within(
                     grace_deadline: Some(deadline(now, *grace)),
                     escalated: false,
                     deadline_exceeded: true,
+                    origin: CancelOrigin::default(),
                 });
                 true
             }
@@ -315,6 +317,7 @@ fn soft_cancel(next: &mut Task, reason: &str, grace_deadline: SystemTime, now: S
             grace_deadline: None,
             escalated: false,
             deadline_exceeded: false,
+            origin: CancelOrigin::default(),
         });
         finish_cancelled(next, None, now);
         return true;
@@ -335,6 +338,7 @@ fn soft_cancel(next: &mut Task, reason: &str, grace_deadline: SystemTime, now: S
                 grace_deadline: Some(grace_deadline),
                 escalated: false,
                 deadline_exceeded: false,
+                origin: CancelOrigin::default(),
             });
             true
         }

@@ -1,0 +1,6 @@
+//! Telemetry: what the server tells operators about itself, one concern per module.
+//!
+//! - [`traces`]: OpenTelemetry traces (OTLP/gRPC export, W3C Trace Context in and out, the
+//!   per-RPC server span, the span of a task's execution).
+
+pub mod traces;
