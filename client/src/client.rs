@@ -15,6 +15,7 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
+use crate::propagation::traced;
 use crate::{Error, duration, json};
 
 /// How long [`Client::connect`] (and each later reconnect) waits for a TCP connection;
@@ -66,7 +67,10 @@ impl Client {
 
     /// Starts a task (or returns the existing one when its request id was seen before).
     pub async fn start(&self, task: StartTask) -> Result<Task, Status> {
-        let response = self.raw().start_task(StartTaskRequest::from(task)).await?;
+        let response = self
+            .raw()
+            .start_task(traced(StartTaskRequest::from(task)))
+            .await?;
         Ok(response.into_inner())
     }
 
@@ -86,7 +90,7 @@ impl Client {
             task_id: task_id.into(),
             view: view as i32,
         };
-        Ok(self.raw().check_task(request).await?.into_inner())
+        Ok(self.raw().check_task(traced(request)).await?.into_inner())
     }
 
     /// Asks a task and its subtree to stop at the next checkpoint; the server hard-cancels
@@ -102,7 +106,7 @@ impl Client {
             reason: reason.into(),
             grace_period: grace.map(duration::to_proto),
         };
-        Ok(self.raw().soft_cancel(request).await?.into_inner())
+        Ok(self.raw().soft_cancel(traced(request)).await?.into_inner())
     }
 
     /// Stops a task and its subtree now.
@@ -115,12 +119,12 @@ impl Client {
             task_id: task_id.into(),
             reason: reason.into(),
         };
-        Ok(self.raw().hard_cancel(request).await?.into_inner())
+        Ok(self.raw().hard_cancel(traced(request)).await?.into_inner())
     }
 
     /// One page of active tasks matching `filter`.
     pub async fn list(&self, filter: ListActiveRequest) -> Result<ListActiveResponse, Status> {
-        Ok(self.raw().list_active(filter).await?.into_inner())
+        Ok(self.raw().list_active(traced(filter)).await?.into_inner())
     }
 
     /// Every active task matching `filter`, fetching page after page (starting at
@@ -176,7 +180,7 @@ impl Client {
             after_version: options.after_version,
             view: options.view as i32,
         };
-        let events = self.raw().watch_task(request).await?.into_inner();
+        let events = self.raw().watch_task(traced(request)).await?.into_inner();
         Ok(events.filter(|event| {
             !matches!(
                 event,
@@ -198,7 +202,7 @@ impl Client {
             task_id: task_id.into(),
             answer: answer.into(),
         };
-        Ok(self.raw().answer_task(request).await?.into_inner())
+        Ok(self.raw().answer_task(traced(request)).await?.into_inner())
     }
 }
 

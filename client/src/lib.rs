@@ -3,7 +3,8 @@
 //! [`Client`] wraps the generated tonic stub with one method per RPC and plain Rust types
 //! (`std::time::Duration`, `serde_json::Value`) where the protocol uses well-known types.
 //! [`json`] and [`duration`] hold those conversions, [`describe_status`] turns an RPC error
-//! into one readable line.
+//! into one readable line. Calls carry the caller's OpenTelemetry context
+//! ([`propagation`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), reins_client::Error> {
@@ -20,6 +21,7 @@
 mod client;
 pub mod duration;
 mod error;
+pub mod propagation;
 
 pub use client::{CONNECT_TIMEOUT, Client, StartTask, WatchOptions};
 pub use error::{Error, describe_status};

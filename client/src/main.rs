@@ -13,6 +13,8 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    // Calls join the trace of $TRACEPARENT, if the caller gives one.
+    let _trace = reins_client::propagation::join_environment_trace();
     match run::run(cli).await {
         Ok(code) => code,
         Err(err) if err.is_broken_pipe() => ExitCode::SUCCESS,

@@ -68,6 +68,7 @@ pub fn task_summary(task: &Task) -> String {
         task.result.as_ref().map(show_value).unwrap_or_default(),
     );
     optional("error", task.error.clone());
+    optional("trace", task.trace_id.clone());
     optional(
         "cancel",
         task.cancel.as_ref().map(cancel_text).unwrap_or_default(),

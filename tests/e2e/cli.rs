@@ -57,12 +57,19 @@ impl std::fmt::Debug for Run {
 
 /// Runs `reins --server <url> args…` with stdout piped (not a terminal), at most [`PATIENCE`].
 async fn reins_at(url: &str, args: &[&str]) -> Run {
+    reins_with_env(url, args, &[]).await
+}
+
+/// [`reins_at`] with extra environment variables.
+async fn reins_with_env(url: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut command = Command::new(reins_cli_binary());
     command
         .arg("--server")
         .arg(url)
         .args(args)
         .env_remove("REINS_SERVER")
+        .env_remove("TRACEPARENT")
+        .envs(env.iter().copied())
         .stdin(Stdio::null());
     let mut command = tokio::process::Command::from(command);
     command.kill_on_drop(true);
@@ -115,6 +122,57 @@ async fn start_with_json_prints_the_task_as_proto_json() {
         client.check(id).await.expect("the started task").kind,
         "sleep"
     );
+}
+
+/// With traces on (the collector need not be reachable: export failures cost a warning),
+/// `reins` joins the trace named by `$TRACEPARENT`, and the task it starts carries it.
+#[tokio::test]
+async fn start_joins_the_trace_of_traceparent_and_prints_its_trace_id() {
+    let server = Reinsd::with_env(
+        &[],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")],
+    );
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let run = reins_with_env(
+        &server.url(),
+        &[
+            "start",
+            "sleep",
+            "--params",
+            r#"{"steps":1,"step_ms":10}"#,
+            "--json",
+        ],
+        &[("TRACEPARENT", &traceparent)],
+    )
+    .await;
+    let task = run.assert_success().json();
+    assert_eq!(task["traceId"], trace_id, "{task}");
+
+    let run = reins_with_env(
+        &server.url(),
+        &["check", task["id"].as_str().expect("an id")],
+        &[],
+    )
+    .await;
+    assert_eq!(run.assert_success().row("trace"), trace_id);
+
+    // Without a caller's trace the server starts one of its own.
+    let task = reins(
+        &server,
+        &[
+            "start",
+            "sleep",
+            "--params",
+            r#"{"steps":1,"step_ms":10}"#,
+            "--json",
+        ],
+    )
+    .await
+    .assert_success()
+    .json();
+    let own = task["traceId"].as_str().expect("a trace id");
+    assert!(own.len() == 32 && own != trace_id, "{task}");
 }
 
 #[tokio::test]

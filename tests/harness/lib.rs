@@ -82,16 +82,21 @@ impl Reinsd {
 
     /// A server with extra flags; a flag given here replaces the test default.
     pub fn with_args(args: &[&str]) -> Reinsd {
-        Reinsd::spawn(args, None)
+        Reinsd::spawn(args, None, &[])
+    }
+
+    /// A server with extra flags and extra environment variables (e.g. `OTEL_*`).
+    pub fn with_env(args: &[&str], env: &[(&str, &str)]) -> Reinsd {
+        Reinsd::spawn(args, None, env)
     }
 
     /// A server with extra flags whose process starts with the open-files limits `soft`
     /// and `hard` (as `ulimit -Sn`/`-Hn` set them).
     pub fn with_open_files_limit(args: &[&str], soft: u64, hard: u64) -> Reinsd {
-        Reinsd::spawn(args, Some((soft, hard)))
+        Reinsd::spawn(args, Some((soft, hard)), &[])
     }
 
-    fn spawn(args: &[&str], open_files: Option<(u64, u64)>) -> Reinsd {
+    fn spawn(args: &[&str], open_files: Option<(u64, u64)>, env: &[(&str, &str)]) -> Reinsd {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("reinsd.log");
         let defaults = [
@@ -125,6 +130,7 @@ impl Reinsd {
             .env("RUST_LOG", "info,reins_server=debug")
             // Plain text, which tests can search.
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"))

@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -20,6 +20,7 @@ from ._calls import WORKER_CONNECT, TaskInfo, default_worker_name
 from ._client import ChannelOptions, open_channel
 from ._errors import Aborted, Cancelled, CancelRequested, ReinsError
 from ._proto import tasks_pb2, workers_pb2
+from ._tracing import handler_span
 from ._values import to_value
 
 log = logging.getLogger("reins.worker")
@@ -209,22 +210,28 @@ class TaskContext:
             self._answer = answer
             self._cond.notify_all()
 
-    def _run(self, handler: Handler) -> None:
-        """Runs the handler in this thread and sends its outcome."""
-        try:
-            result = handler(self)
-        except Aborted:
-            outcome: tuple[str, Any] | None = None
-        except Cancelled as stop:
-            outcome = ("cancel_ack", stop.result)
-        except CancelRequested:
-            outcome = ("cancel_ack", None)
-        except BaseException as err:
-            if not self.aborted:
-                log.info("task %s failed", self.task.id, exc_info=True)
-            outcome = ("fail", str(err) or type(err).__name__)
-        else:
-            outcome = ("cancel_ack" if self.cancel_requested else "complete", result)
+    def _run(self, handler: Handler, trace_context: Mapping[str, str]) -> None:
+        """Runs the handler in this thread (in its span, see ``_tracing``) and sends its
+        outcome."""
+        with handler_span(self.task, trace_context) as span:
+            try:
+                result = handler(self)
+            except Aborted:
+                outcome: tuple[str, Any] | None = None
+            except Cancelled as stop:
+                outcome = ("cancel_ack", stop.result)
+            except CancelRequested:
+                outcome = ("cancel_ack", None)
+            except BaseException as err:
+                if not self.aborted:
+                    log.info("task %s failed", self.task.id, exc_info=True)
+                outcome = ("fail", str(err) or type(err).__name__)
+            else:
+                outcome = ("cancel_ack" if self.cancel_requested else "complete", result)
+            if outcome is None:
+                span.outcome("aborted")
+            else:
+                span.outcome(outcome[0], str(outcome[1]) if outcome[0] == "fail" else "")
         try:
             self._finish(outcome)
         finally:
@@ -518,7 +525,7 @@ class Worker:
                 self._tasks[assigned.task.id] = assigned
             threading.Thread(
                 target=assigned._run,
-                args=(self.handler,),
+                args=(self.handler, dict(command.assign.trace_context)),
                 name=f"reins-task-{assigned.task.id}",
                 daemon=True,
             ).start()

@@ -134,11 +134,15 @@ class RedisServer:
 class Reinsd:
     """A running ``reinsd`` process; ``address`` is where it listens."""
 
-    def __init__(self, *args: str, replica_id: str = "test-replica") -> None:
+    def __init__(
+        self, *args: str, replica_id: str = "test-replica", env: dict[str, str] | None = None
+    ) -> None:
         self.dir = tempfile.TemporaryDirectory(prefix=f"reinsd-{replica_id}-")
         self.log_path = Path(self.dir.name) / "reinsd.log"
         self.replica_id = replica_id
         self.args = args
+        #: Extra environment variables of the process (e.g. ``OTEL_*``).
+        self.env = env or {}
         self._launch("127.0.0.1:0")
 
     def restart(self) -> None:
@@ -158,7 +162,7 @@ class Reinsd:
             "2s",
             *self.args,
         ]
-        env = dict(os.environ, RUST_LOG="info,reins_server=debug")
+        env = dict(os.environ, RUST_LOG="info,reins_server=debug", **self.env)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env
@@ -209,14 +213,17 @@ class Reinsd:
 
 
 class Cluster:
-    """Replicas ``a`` and ``b`` of one deployment on one Redis."""
+    """Replicas ``a`` and ``b`` of one deployment on one Redis (``env``: extra environment
+    variables of both)."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
         self.redis = RedisServer()
         self.replicas: list[Reinsd] = []
         try:
             for replica_id in ("a", "b"):
-                self.replicas.append(Reinsd("--redis-url", self.redis.url, replica_id=replica_id))
+                self.replicas.append(
+                    Reinsd("--redis-url", self.redis.url, replica_id=replica_id, env=env)
+                )
         except BaseException:
             self.stop()
             raise
@@ -338,3 +345,61 @@ async def serving(
     finally:
         await worker.close()
         await runner
+
+
+# -- OpenTelemetry -----------------------------------------------------------------------
+
+
+class OtlpReceiver:
+    """A real OTLP/gRPC trace receiver on a free loopback port: it implements
+    ``opentelemetry.proto.collector.trace.v1.TraceService/Export`` (the protocol's own
+    messages and service, from ``opentelemetry-proto``) and keeps every span it is sent,
+    with its resource's attributes."""
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        from opentelemetry.proto.collector.trace.v1 import (
+            trace_service_pb2,
+            trace_service_pb2_grpc,
+        )
+
+        receiver = self
+        self._lock = threading.Lock()
+        self._spans: list[tuple[dict[str, Any], Any]] = []
+
+        class Service(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request, context):  # the RPC's name
+                with receiver._lock:
+                    for resource_spans in request.resource_spans:
+                        resource = attributes(resource_spans.resource.attributes)
+                        for scope_spans in resource_spans.scope_spans:
+                            for span in scope_spans.spans:
+                                receiver._spans.append((resource, span))
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def spans(self) -> list[tuple[dict[str, Any], Any]]:
+        """``(resource attributes, Span message)`` of every span received so far."""
+        with self._lock:
+            return list(self._spans)
+
+    def stop(self) -> None:
+        self.server.stop(grace=None)
+
+
+def attributes(key_values: Any) -> dict[str, Any]:
+    """OTLP ``KeyValue``s as a dict of plain values."""
+    found: dict[str, Any] = {}
+    for kv in key_values:
+        which = kv.value.WhichOneof("value")
+        found[kv.key] = getattr(kv.value, which) if which else None
+    return found

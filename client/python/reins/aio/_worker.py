@@ -27,7 +27,7 @@ import inspect
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -37,6 +37,7 @@ from .._backoff import Backoff
 from .._calls import WORKER_CONNECT, TaskInfo, default_worker_name, parse_server
 from .._errors import Cancelled, CancelRequested, ReinsError
 from .._proto import tasks_pb2, workers_pb2
+from .._tracing import handler_span
 from .._values import to_value
 from .._worker import is_async_callable
 
@@ -206,8 +207,10 @@ class AsyncTaskContext:
 class _Job:
     """One assigned task: its context and, once started, the handler's asyncio task."""
 
-    def __init__(self, ctx: AsyncTaskContext) -> None:
+    def __init__(self, ctx: AsyncTaskContext, trace_context: Mapping[str, str]) -> None:
         self.ctx = ctx
+        #: The assignment's W3C Trace Context: the parent of the handler's span.
+        self.trace_context = trace_context
         self.runner: asyncio.Task[None] | None = None
 
 
@@ -497,7 +500,7 @@ class AsyncWorker:
             log.info("worker %s connected as %s", self.name, self.worker_id)
             self._connected.set()
         elif which == "assign":
-            self._assign(command.assign.task)
+            self._assign(command.assign.task, dict(command.assign.trace_context))
         elif which == "cancel":
             job = self._job(command.cancel.task_id)
             if job is not None:
@@ -519,8 +522,8 @@ class AsyncWorker:
             log.warning("command about task %s, which this worker does not run; ignored", task_id)
         return job
 
-    def _assign(self, task: tasks_pb2.Task) -> None:
-        job = _Job(AsyncTaskContext(self, task))
+    def _assign(self, task: tasks_pb2.Task, trace_context: Mapping[str, str]) -> None:
+        job = _Job(AsyncTaskContext(self, task), trace_context)
         self._jobs[task.id] = job
         if self._draining:
             # Shutting down: not started; handed back (requeued) when the stream closes.
@@ -540,24 +543,28 @@ class AsyncWorker:
     async def _run_job(self, job: _Job) -> None:
         ctx = job.ctx
         outcome: workers_pb2.WorkerMessage | None
-        try:
-            result = await self.handler(ctx)
-        except asyncio.CancelledError:
-            if not ctx.aborted:  # cancelled by someone else than this worker
-                self._forget(job)
-                await self._finish(ctx, _fail(ctx, "the handler was cancelled"))
-            raise
-        except Cancelled as stop:
-            outcome = _outcome(ctx, "cancel_ack", stop.result)
-        except CancelRequested:
-            outcome = _outcome(ctx, "cancel_ack", None)
-        except Exception as err:
-            if not ctx.aborted:
-                log.info("task %s failed", ctx.task.id, exc_info=True)
-            outcome = _fail(ctx, str(err) or type(err).__name__)
-        else:
-            kind = "cancel_ack" if ctx.cancel_requested.is_set() else "complete"
-            outcome = _outcome(ctx, kind, result)
+        with handler_span(ctx.task, job.trace_context) as span:
+            try:
+                result = await self.handler(ctx)
+            except asyncio.CancelledError:
+                span.outcome("aborted" if ctx.aborted else "fail", "the handler was cancelled")
+                if not ctx.aborted:  # cancelled by someone else than this worker
+                    self._forget(job)
+                    await self._finish(ctx, _fail(ctx, "the handler was cancelled"))
+                raise
+            except Cancelled as stop:
+                outcome = _outcome(ctx, "cancel_ack", stop.result)
+            except CancelRequested:
+                outcome = _outcome(ctx, "cancel_ack", None)
+            except Exception as err:
+                if not ctx.aborted:
+                    log.info("task %s failed", ctx.task.id, exc_info=True)
+                outcome = _fail(ctx, str(err) or type(err).__name__)
+            else:
+                kind = "cancel_ack" if ctx.cancel_requested.is_set() else "complete"
+                outcome = _outcome(ctx, kind, result)
+            which = outcome.WhichOneof("message") or ""
+            span.outcome(which, outcome.fail.error if which == "fail" else "")
         self._forget(job)
         await self._finish(ctx, outcome)
 
