@@ -5,8 +5,17 @@
 #   client/bench/run.sh                       # Redis store: replicas a, b (and c, see below)
 #   client/bench/run.sh --memory              # embedded store: one replica, no Redis
 #   client/bench/run.sh -- --scenario lifecycle --duration 10s   # more reins-bench flags
+#   client/bench/run.sh -- --help             # reins-bench's own flags
 #   client/bench/run.sh --bin-dir DIR         # binaries already built in DIR (no cargo build),
 #                                             # e.g. to compare two builds in one sitting
+#   client/bench/run.sh --traces 0            # traces exported, none sampled (the overhead of
+#   client/bench/run.sh --traces 100          # having them on), or every one sampled
+#
+# --traces off|0|100 (default off): with 0 or 100, an OTLP/gRPC sink (otlp_sink.py, in a venv
+# at target/bench-venv with grpcio and opentelemetry-proto) counts and drops the spans, and
+# the replicas export to it (OTEL_EXPORTER_OTLP_ENDPOINT) with the sampler
+# parentbased_traceidratio at 0 or parentbased_always_on. reins-bench sends no trace
+# context, so every call is a root: 0 samples nothing, 100 everything.
 #
 # The Redis cluster, all on 127.0.0.1 and free ports, state in a temporary directory:
 #   - redis-server --save "" --appendonly no (its own port, never the shared 6379);
@@ -25,10 +34,13 @@ cd "$(dirname "$0")/../.."
 
 store=redis
 bin=
+traces=off
 bench_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --memory) store=memory; shift ;;
+    --traces) traces=$2; shift 2 ;;
+    -h|--help) sed -n '2,/^set -euo/{/^set -euo/d; s/^# \{0,1\}//; p}' "$0"; exit 0 ;;
     --bin-dir) bin=$(cd "$2" && pwd); shift 2 ;;
     --) shift; bench_args+=("$@"); break ;;
     *) bench_args+=("$1"); shift ;;
@@ -99,6 +111,33 @@ start_redis() {
   fail "redis-server did not start"
 }
 
+case "$traces" in
+  off) ;;
+  0) export OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0 ;;
+  100) export OTEL_TRACES_SAMPLER=parentbased_always_on ;;
+  *) echo "run.sh: --traces takes off, 0 or 100" >&2; exit 2 ;;
+esac
+if [ "$traces" != off ]; then
+  venv=target/bench-venv
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/python" -m pip install --disable-pip-version-check -q \
+    "grpcio>=1.85.1" "protobuf>=7.35.1,<8" "opentelemetry-proto==1.45.2"
+  "$venv/bin/python" client/bench/otlp_sink.py >"$work/sink.out" 2>"$work/sink.log" &
+  sink=$!
+  children+=("$sink")
+  for _ in $(seq 200); do
+    sink_port=$(sed -n 's/^otlp sink listening on //p' "$work/sink.out")
+    [ -n "$sink_port" ] && break
+    kill -0 "$sink" 2>/dev/null || fail "the OTLP sink exited"
+    sleep 0.05
+  done
+  [ -n "$sink_port" ] || fail "the OTLP sink did not start"
+  export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sink_port"
+  echo "== traces: exported to the sink on port $sink_port, sampler $OTEL_TRACES_SAMPLER ${OTEL_TRACES_SAMPLER_ARG:-}" >&2
+fi
+
 declare -A url pid
 python_dir=$(dirname "$(python3 -c 'import sys; print(sys.executable)')")
 # start_reinsd NAME [reinsd flags…]: replica NAME on a free port (reinsd prints it).
@@ -142,4 +181,14 @@ status=0
 for name in "${!pid[@]}"; do
   kill -0 "${pid[$name]}" 2>/dev/null || fail "reinsd $name died during the run"
 done
+if [ "$traces" != off ]; then
+  # The replicas flush their spans as they stop, then the sink says how many it got.
+  for name in "${!pid[@]}"; do kill -TERM "${pid[$name]}" 2>/dev/null || true; done
+  for name in "${!pid[@]}"; do
+    for _ in $(seq 100); do kill -0 "${pid[$name]}" 2>/dev/null || break; sleep 0.1; done
+  done
+  kill -TERM "$sink" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$sink" 2>/dev/null || break; sleep 0.1; done
+  cat "$work/sink.log" >&2
+fi
 exit "$status"
