@@ -16,6 +16,8 @@
 //! - `api`: the gRPC services.
 //! - `listener`: the accept loop and the limits on connections; `open_files`: the
 //!   process's open-files limit, raised at start-up.
+//! - `telemetry`: what the process tells operators (Prometheus metrics, `telemetry::metrics`);
+//!   `readiness`: whether this replica can serve now (gRPC health and `/readyz`).
 //! - [`server`]: assembly, health, reflection and graceful shutdown.
 
 mod api;
@@ -32,10 +34,12 @@ mod limits;
 mod listener;
 mod open_files;
 mod port;
+mod readiness;
 pub mod server;
 mod store;
 mod supervisor;
 mod task;
+mod telemetry;
 
 /// The exec kind's per-task subreaper: `reinsd` re-executes itself in that mode
 /// (`executor/exec/subreaper.rs`), and `main` hands over to it before anything else.
