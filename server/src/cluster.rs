@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::background::{Background, store_backoff, wait};
 use crate::engine::Engine;
 use crate::store::{Membership, Store, TaskFeeds, TaskQueue};
+use crate::telemetry::metrics::metrics;
 
 /// How often a replica re-reads the records of the tasks it runs.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
@@ -209,6 +210,9 @@ impl Replica {
         {
             match self.engine.settle_lost_owner(owner).await {
                 Ok(settled) => {
+                    if settled > 0 {
+                        metrics().replica_lost();
+                    }
                     tracing::warn!(%owner, settled, "replica lost its lease; its tasks are settled")
                 }
                 Err(err) => {

@@ -269,6 +269,12 @@ pub struct Config {
     #[arg(long, env = "REINS_MAX_CONNECTION_AGE_GRACE", value_parser = duration, requires = "max_connection_age")]
     pub max_connection_age_grace: Option<Duration>,
 
+    /// Address to serve Prometheus metrics on (`GET /metrics`), with `GET /healthz`
+    /// (liveness) and `GET /readyz` (readiness, as gRPC health), e.g. `0.0.0.0:9464`.
+    /// Unset: no metrics endpoint.
+    #[arg(long, env = "REINS_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     #[arg(long, env = "REINS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 

@@ -16,6 +16,8 @@
 //! - `api`: the gRPC services.
 //! - `listener`: the accept loop and the limits on connections; `open_files`: the
 //!   process's open-files limit, raised at start-up.
+//! - `telemetry`: what the process tells operators (Prometheus metrics, `telemetry::metrics`);
+//!   `readiness`: whether this replica can serve now (gRPC health and `/readyz`).
 //! - [`server`]: assembly, health, reflection and graceful shutdown.
 //! - [`telemetry`]: traces (OpenTelemetry), set up by the binary.
 
@@ -33,6 +35,7 @@ mod limits;
 mod listener;
 mod open_files;
 mod port;
+mod readiness;
 pub mod server;
 mod store;
 mod supervisor;

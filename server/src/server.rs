@@ -17,7 +17,6 @@ use reins_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
-use tonic_health::ServingStatus;
 
 use crate::api::{TaskApi, WorkerApi};
 use crate::background::Background;
@@ -26,9 +25,11 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::executor::Kinds;
 use crate::listener;
+use crate::readiness::Readiness;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Store, TaskStore};
+use crate::telemetry::metrics::{self, GrpcMetricsLayer, MeteredStore};
 
 /// How long tasks still running at the end of the shutdown grace get to stop after their
 /// soft cancel, before escalation.
@@ -40,6 +41,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const TASK_SERVICE: &str = "reins.v1.TaskService";
 const WORKER_SERVICE: &str = "reins.v1.WorkerService";
+/// The names gRPC health answers for, all with the one readiness (`readiness.rs`).
+const HEALTH_SERVICES: &[&str] = &["", TASK_SERVICE, WORKER_SERVICE];
 
 pub async fn run(
     config: Config,
@@ -48,6 +51,14 @@ pub async fn run(
 ) -> Result<(), BoxError> {
     let connection_limits = config.connection_limits(crate::open_files::raise_to_hard_limit());
     tracing::info!(?connection_limits, "connections");
+    let metrics_listener = match config.metrics_listen {
+        Some(address) => {
+            let listener = TcpListener::bind(address).await?;
+            tracing::info!(address = %listener.local_addr()?, "metrics, /healthz and /readyz served");
+            Some(listener)
+        }
+        None => None,
+    };
     let stop_serving = CancellationToken::new();
     let background = Background::new();
     let backend: Arc<dyn TaskStore> = match &config.redis_url {
@@ -65,7 +76,10 @@ pub async fn run(
             MemoryStore::start(config.retention, &background)
         }
     };
-    let store = Store::new(backend);
+    // Every store request is measured, and tells readiness whether the store answers.
+    let backend = MeteredStore::new(backend);
+    let readiness = Arc::new(Readiness::new(backend.health()));
+    let store = Store::new(Arc::new(backend));
     let engine = Engine::new(
         EngineConfig {
             replica_id: config.replica_id(),
@@ -85,10 +99,23 @@ pub async fn run(
     let stop_streams = CancellationToken::new();
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    for service in ["", TASK_SERVICE, WORKER_SERVICE] {
-        health
-            .set_service_status(service, ServingStatus::Serving)
-            .await;
+    readiness.tell(&health, HEALTH_SERVICES).await;
+    background.spawn(Arc::clone(&readiness).report(health.clone(), HEALTH_SERVICES));
+    let stop_metrics = CancellationToken::new();
+    if let Some(listener) = metrics_listener {
+        let sources = metrics::http::Sources {
+            readiness: Arc::clone(&readiness),
+            queue: Arc::clone(&store.queue),
+            workers: Arc::new({
+                let engine = Arc::clone(&engine);
+                move || engine.worker_occupancy()
+            }),
+        };
+        tokio::spawn(metrics::http::serve(
+            listener,
+            sources,
+            stop_metrics.clone(),
+        ));
     }
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -111,6 +138,7 @@ pub async fn run(
         server = server.max_connection_age(age);
     }
     let serving = server
+        .layer(GrpcMetricsLayer::for_services(DESCRIPTOR_SETS))
         .layer(listener::CountCallsLayer)
         // Inside the call counter (which gives it the connection's addresses), outside the
         // status mapping (so the span records the code the client gets).
@@ -140,11 +168,8 @@ pub async fn run(
 
     shutdown_signal.await;
     tracing::info!(grace = ?config.shutdown_grace, "shutting down");
-    for service in ["", TASK_SERVICE, WORKER_SERVICE] {
-        health
-            .set_service_status(service, ServingStatus::NotServing)
-            .await;
-    }
+    readiness.drain();
+    readiness.tell(&health, HEALTH_SERVICES).await;
     engine
         .drain(config.shutdown_grace, SHUTDOWN_SOFT_WINDOW)
         .await;
@@ -161,17 +186,28 @@ pub async fn run(
         Ok(Err(join)) => return Err(join.into()),
         Err(_) => tracing::warn!("connections still open after the drain; exiting anyway"),
     }
+    // Last: /readyz said "not ready" to the end.
+    stop_metrics.cancel();
     tracing::info!("stopped");
     Ok(())
 }
 
+/// The services served, for reflection and for the gRPC metrics' method table.
+const DESCRIPTOR_SETS: &[&[u8]] = &[
+    reins_proto::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    // Both reflection versions, so that either one lists both.
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
+
 fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(reins_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        // Both reflection versions, so that either one lists both.
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+    DESCRIPTOR_SETS
+        .iter()
+        .fold(
+            tonic_reflection::server::Builder::configure(),
+            |builder, set| builder.register_encoded_file_descriptor_set(set),
+        )
         // google.rpc error details, so that grpcurl and friends can decode them.
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }

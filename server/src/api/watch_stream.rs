@@ -15,6 +15,7 @@ use tonic::Status;
 use crate::convert::{self, View};
 use crate::engine::{CancelRequest, Engine};
 use crate::task::{Task, TaskId};
+use crate::telemetry::metrics::{Tracked, metrics};
 
 /// A watch: the task's versions as events until its terminal one. When the server shuts
 /// down it first sends the versions it has not sent yet (read from the task's history, as
@@ -32,6 +33,8 @@ pub(crate) struct WatchStream {
     cancel_on_disconnect: bool,
     /// The view of the task in each event.
     view: View,
+    /// Counts the stream in `reins_watchers` while it is open.
+    _counted: Tracked,
 }
 
 enum Phase {
@@ -60,6 +63,7 @@ impl WatchStream {
             phase: Phase::Live,
             cancel_on_disconnect,
             view,
+            _counted: metrics().watching(),
         }
     }
 

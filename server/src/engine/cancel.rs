@@ -7,7 +7,8 @@ use super::Engine;
 use super::transitions::{Applied, CancelRequest};
 use crate::error::Result;
 use crate::task::cancel::{self, CancelOutcome};
-use crate::task::{CancelOrigin, Task, TaskId};
+use crate::task::{CancelMode, CancelOrigin, Task, TaskId};
+use crate::telemetry::metrics::metrics;
 
 /// How long a hard cancel waits for local code to stop before it returns anyway.
 const STOP_WAIT: Duration = Duration::from_secs(5);
@@ -16,6 +17,21 @@ impl Engine {
     /// Cancels a task and all its active descendants in the same mode. A hard cancel returns
     /// once the task is CANCELLED and its local code has stopped.
     pub async fn cancel(
+        &self,
+        id: TaskId,
+        request: CancelRequest,
+        reason: String,
+    ) -> Result<(Task, CancelOutcome)> {
+        let answered = self.cancel_subtree(id, request, reason).await?;
+        let mode = match request {
+            CancelRequest::Soft { .. } => CancelMode::Soft,
+            CancelRequest::Hard => CancelMode::Hard,
+        };
+        metrics().cancel_called(mode, answered.1);
+        Ok(answered)
+    }
+
+    async fn cancel_subtree(
         &self,
         id: TaskId,
         request: CancelRequest,

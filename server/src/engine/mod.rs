@@ -39,6 +39,7 @@ use crate::store::{ActiveFilter, Store, TaskFeeds, Update, WorkerKinds};
 use crate::supervisor::Supervisor;
 use crate::task::state_machine::Event;
 use crate::task::{CheckpointLimits, Task, TaskId};
+use crate::telemetry::metrics::{WorkerKindOccupancy, metrics};
 
 #[derive(Clone, Debug)]
 pub(crate) struct EngineConfig {
@@ -181,6 +182,7 @@ impl Engine {
             };
             if let Applied::Changed { after, .. } = self.transitions.apply(task.id, event).await? {
                 tracing::warn!(task = %task.id, %owner, state = ?after.state, "settled a task of a lost replica");
+                metrics().settled_by_reaper(after.state);
                 settled += 1;
             }
         }
@@ -233,6 +235,11 @@ impl Engine {
         self.places.workers.add(Arc::clone(worker));
         // New capacity: start queued tasks of its kinds.
         self.dispatcher.wake();
+    }
+
+    /// The workers connected here, per kind they serve (for `reins_worker_slots`).
+    pub fn worker_occupancy(&self) -> Vec<WorkerKindOccupancy> {
+        self.places.workers.occupancy()
     }
 
     /// The worker's stream ended: the jobs it was running learn that it is lost.

@@ -17,6 +17,7 @@ use crate::store::{StoreError, Swap, TaskQueue, TaskRecords};
 use crate::task::cancel;
 use crate::task::state_machine::{self, Event, Fence, Rejection, Report};
 use crate::task::{CancelOrigin, CheckpointLimits, Task, TaskId, TaskState};
+use crate::telemetry::metrics::metrics;
 
 /// What a cancel call asks for.
 #[derive(Clone, Copy, Debug)]
@@ -122,6 +123,7 @@ impl Transitions {
             };
             match self.records.compare_and_swap(&after).await? {
                 Swap::Swapped => {
+                    metrics().task_changed(&before, &after);
                     if after.state == TaskState::Pending && before.state != TaskState::Pending {
                         // A lost run went back to the queue: any replica with room may take it.
                         if let Err(err) = self.queue.announce_queued().await {
@@ -139,6 +141,7 @@ impl Transitions {
                     // store refused this one outright (fencing): then nothing moved.
                     if self.check(id).await?.version == before.version {
                         tracing::warn!(task = %id, "the store refused a change nothing raced with");
+                        metrics().fenced_write();
                         return Ok(Applied::Rejected(before, Rejection::Fenced));
                     }
                 }

@@ -8,7 +8,7 @@
 //! Dropping the job (hard cancel, escalation, lost lease) sends `abort`, stops routing the
 //! worker's messages about the task — they are ignored from then on — and frees the slot.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::future::BoxFuture;
@@ -20,6 +20,7 @@ use tonic::Status;
 use super::{Interrupted, Job, Outcome, TaskContext};
 use crate::convert;
 use crate::task::{Json, Task, TaskId};
+use crate::telemetry::metrics::WorkerKindOccupancy;
 
 /// What a worker says about one of its tasks.
 #[derive(Debug)]
@@ -44,6 +45,8 @@ pub struct Worker {
     pub name: String,
     kinds: HashSet<String>,
     slots: Arc<Semaphore>,
+    /// How many tasks it runs at once (its slots, used or free).
+    capacity: usize,
     commands: Commands,
     /// Where this worker's messages about each of its tasks go; `None` once the worker is
     /// gone, so a job attached after that learns at once that its worker is lost.
@@ -63,6 +66,7 @@ impl Worker {
             name,
             kinds,
             slots: Arc::new(Semaphore::new(max_concurrency)),
+            capacity: max_concurrency,
             commands,
             tasks: Mutex::new(Some(HashMap::new())),
         }
@@ -151,6 +155,26 @@ impl WorkerPool {
         let workers = self.workers();
         let kinds: BTreeSet<&String> = workers.values().flat_map(|worker| &worker.kinds).collect();
         kinds.into_iter().cloned().collect()
+    }
+
+    /// Per kind served here: how many workers serve it and their used and free slots (a
+    /// worker serving two kinds counts for both), in kind order.
+    pub fn occupancy(&self) -> Vec<WorkerKindOccupancy> {
+        let mut kinds: BTreeMap<&str, WorkerKindOccupancy> = BTreeMap::new();
+        let workers = self.workers();
+        for worker in workers.values() {
+            let free = worker.slots.available_permits().min(worker.capacity);
+            for kind in &worker.kinds {
+                let occupancy = kinds.entry(kind).or_insert_with(|| WorkerKindOccupancy {
+                    kind: kind.clone(),
+                    ..WorkerKindOccupancy::default()
+                });
+                occupancy.workers += 1;
+                occupancy.used += worker.capacity - free;
+                occupancy.free += free;
+            }
+        }
+        kinds.into_values().collect()
     }
 
     /// Whether any worker here has a free slot.

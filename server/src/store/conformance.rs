@@ -318,6 +318,7 @@ pub async fn children_are_found_by_parent(store: &dyn TaskStore) {
 
 pub async fn the_pending_queue_is_oldest_first_and_forgets_started_tasks(store: &dyn TaskStore) {
     // Other tests share the store: look only at the tasks made here.
+    let depth_before = store.queue_depth().await.unwrap();
     let ours: Vec<Task> = {
         let mut tasks = Vec::new();
         for _ in 0..3 {
@@ -326,6 +327,11 @@ pub async fn the_pending_queue_is_oldest_first_and_forgets_started_tasks(store: 
         tasks
     };
     start(store, &ours[0]).await;
+    assert_eq!(
+        store.queue_depth().await.unwrap(),
+        depth_before + 2,
+        "the depth counts the pending tasks only"
+    );
     let queue: Vec<TaskId> = store
         .oldest_pending(None, 10_000)
         .await

@@ -435,6 +435,10 @@ impl TaskQueue for MemoryStore {
         }
         Ok(())
     }
+
+    async fn queue_depth(&self) -> StoreResult<u64> {
+        Ok(self.lock().pending.len() as u64)
+    }
 }
 
 /// One process is the whole cluster: its lease never lapses and nobody is ever lost.

@@ -158,6 +158,9 @@ pub trait TaskQueue: Send + Sync + 'static {
 
     /// Tells every replica that a task waits PENDING that its creator could not start.
     async fn announce_queued(&self) -> StoreResult<()>;
+
+    /// How many tasks wait PENDING, cluster-wide: one cheap read (`reins_queue_depth`).
+    async fn queue_depth(&self) -> StoreResult<u64>;
 }
 
 #[async_trait]

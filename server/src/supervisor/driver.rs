@@ -26,7 +26,8 @@ use crate::executor::{Job, TaskContext};
 use crate::port::TaskPort;
 use crate::store::Update;
 use crate::task::state_machine::{Fence, Report};
-use crate::task::{CancelMode, Task, TaskId};
+use crate::task::{CancelInfo, CancelMode, Task, TaskId};
+use crate::telemetry::metrics::{Tracked, metrics};
 use crate::telemetry::traces::task as traces;
 
 /// Sleeps until `deadline`; never resolves without one.
@@ -73,10 +74,36 @@ pub(super) async fn drive(
         id: started.id,
         place: Some(place),
         _stopped: stopped,
+        _counted: metrics().running(&started.kind),
     };
+    let kind = started.kind.clone();
     // The span of the execution, child of the StartTask call's (`telemetry::traces::task`).
     let span = traces::execution_span(&started);
-    run(&port, started, job, updates).instrument(span).await;
+    // When `run` returns, the job's future has returned or been dropped: the code stopped.
+    let ended = run(&port, started, job, updates).instrument(span).await;
+    if let Some(cancel) = ended.cancel {
+        let at = ended.returned_at.unwrap_or_else(SystemTime::now);
+        metrics().code_stopped(&kind, &cancel, at);
+    }
+}
+
+/// How the code of a task ended, for `reins_cancel_stop_seconds`.
+#[derive(Default)]
+struct Ended {
+    /// The cancel in the last version shown to the job, if any.
+    cancel: Option<CancelInfo>,
+    /// When the job's future returned; `None` if it was dropped instead (it stopped when
+    /// `run` returned).
+    returned_at: Option<SystemTime>,
+}
+
+impl Ended {
+    fn after(record: &watch::Sender<Task>, returned_at: Option<SystemTime>) -> Ended {
+        Ended {
+            cancel: record.borrow().cancel.clone(),
+            returned_at,
+        }
+    }
 }
 
 /// While it lives, the task counts as running here; dropping it (even while unwinding from
@@ -87,6 +114,8 @@ struct Running {
     id: TaskId,
     place: Option<Held>,
     _stopped: CancellationToken,
+    /// Counts the task in `reins_tasks_running` while it runs here.
+    _counted: Tracked,
 }
 
 impl Drop for Running {
@@ -102,7 +131,7 @@ async fn run(
     started: Task,
     job: Box<dyn Job>,
     mut updates: mpsc::UnboundedReceiver<Update>,
-) {
+) -> Ended {
     let id = started.id;
     let fence = Fence {
         owner: started.owner.clone(),
@@ -112,7 +141,7 @@ async fn run(
     // registration is the starting point.
     let mut latest = match port.read(id).await {
         Ok(Some(current)) if current.state.is_terminal() || current.attempt != fence.attempt => {
-            return;
+            return Ended::default();
         }
         Ok(Some(current)) => current,
         _ => started,
@@ -136,6 +165,7 @@ async fn run(
         }
         tokio::select! {
             outcome = &mut work => {
+                let returned_at = SystemTime::now();
                 let report = match outcome {
                     Ok(outcome) => outcome.into_report(),
                     Err(_) => Report::Fail { error: "the task's code panicked".to_owned(), result: None },
@@ -143,32 +173,32 @@ async fn run(
                 if let Ok(recorded) = port.report(id, &fence, report).await {
                     traces::record_changes(&latest, &recorded);
                 }
-                return;
+                return Ended::after(&record, Some(returned_at));
             }
             Some(update) = updates.recv() => {
                 let fresh = match update {
                     Update::Changed(task) => Task::clone(&task),
                     Update::Lagged => match port.read(id).await {
                         Ok(Some(task)) => task,
-                        Ok(None) => return,
+                        Ok(None) => return Ended::after(&record, None),
                         // The store is unreachable: the next nudge tries again.
                         Err(_) => continue,
                     },
                 };
                 if absorb(&mut latest, fresh, &fence, &record) == Next::Stop {
-                    return;
+                    return Ended::after(&record, None);
                 }
             }
             () = until(grace_deadline(&latest)) => {
                 let escalated = port.escalate(id).await;
                 if settle(&mut latest, escalated, &fence, &record).await == Next::Stop {
-                    return;
+                    return Ended::after(&record, None);
                 }
             }
             () = until(timeout_deadline(&latest)) => {
                 let timed_out = port.time_out(id).await;
                 if settle(&mut latest, timed_out, &fence, &record).await == Next::Stop {
-                    return;
+                    return Ended::after(&record, None);
                 }
             }
         }

@@ -451,6 +451,13 @@ impl TaskQueue for RedisStore {
             .map_err(unavailable)?;
         Ok(())
     }
+
+    async fn queue_depth(&self) -> StoreResult<u64> {
+        self.connection()
+            .zcard(self.keys.pending())
+            .await
+            .map_err(unavailable)
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,427 @@
+//! Prometheus metrics of one `reinsd` process: every metric, the registry that holds them,
+//! and the few functions through which the place where an event happens records it.
+//!
+//! - gRPC server metrics with the go-grpc-prometheus names come from a tower layer
+//!   ([`GrpcMetricsLayer`], `grpc.rs`) around every service;
+//! - the store's requests, errors and latency from a decorator around the backend
+//!   ([`MeteredStore`], `store.rs`);
+//! - task metrics from the one place each event happens: a change of a record
+//!   ([`Metrics::task_changed`], called by the engine's transitions after every stored
+//!   change), a cancel call ([`Metrics::cancel_called`]), the code of a cancelled task
+//!   stopping ([`Metrics::code_stopped`], called by the task's driver), a task running
+//!   here ([`Metrics::running`]) and a watch open ([`Metrics::watching`]);
+//! - values that live elsewhere (the cluster-wide queue depth, the workers connected here)
+//!   are read when Prometheus scrapes, at most once per scrape (`http.rs`).
+//!
+//! One registry per process ([`metrics`]), like the process's log: the metrics describe
+//! the process, and the components that record them need no handle passed down. Labels
+//! are bounded sets only (kind, state, mode, outcome, store operation, gRPC method and
+//! code), never task ids. Recording is a few atomic operations under a read lock; the
+//! benchmark runs with metrics on.
+//!
+//! Served by `reinsd --metrics-listen ADDR` (`http.rs`) with `/healthz` and `/readyz`.
+
+mod grpc;
+pub mod http;
+mod store;
+
+use std::sync::LazyLock;
+use std::time::SystemTime;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+pub(crate) use grpc::GrpcMetricsLayer;
+pub(crate) use store::{MeteredStore, StoreHealth};
+
+use crate::task::cancel::CancelOutcome;
+use crate::task::{CancelInfo, CancelMode, Task, TaskState};
+
+/// Bucket bounds (seconds) of `reins_cancel_stop_seconds`: a 1-2-5 series from 0.1 ms, so
+/// that the 0.1–5 ms a local stop takes is resolved, up to the 5 minutes a soft cancel's
+/// grace may last before its escalation.
+const STOP_BUCKETS: [f64; 20] = [
+    0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+    10.0, 30.0, 60.0, 120.0, 300.0,
+];
+/// Bucket bounds (seconds) of the queue histograms: from a dispatch on the same replica
+/// (under a millisecond) to a task that waited an hour for a worker.
+const QUEUE_BUCKETS: [f64; 19] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+    300.0, 900.0, 3600.0,
+];
+/// Bucket bounds (seconds) of `reins_store_request_seconds`: Redis answers in well under a
+/// millisecond on a LAN; a command times out after 2 s.
+const STORE_BUCKETS: [f64; 14] = [
+    0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+];
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn histograms<L: Clone + std::hash::Hash + Eq>(make: fn() -> Histogram) -> Histograms<L> {
+    Family::new_with_constructor(make)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindStateLabels {
+    kind: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CancelLabels {
+    mode: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StopLabels {
+    mode: &'static str,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+/// The `state` label of a task state.
+fn state_label(state: TaskState) -> &'static str {
+    match state {
+        TaskState::Pending => "pending",
+        TaskState::Running => "running",
+        TaskState::WaitingForAnswer => "waiting_for_answer",
+        TaskState::Completed => "completed",
+        TaskState::Failed => "failed",
+        TaskState::Cancelled => "cancelled",
+    }
+}
+
+fn mode_label(mode: CancelMode) -> &'static str {
+    match mode {
+        CancelMode::Soft => "soft",
+        CancelMode::Hard => "hard",
+    }
+}
+
+fn outcome_label(outcome: CancelOutcome) -> &'static str {
+    match outcome {
+        CancelOutcome::Cancelled => "cancelled",
+        CancelOutcome::Requested => "requested",
+        CancelOutcome::AlreadyCancelled => "already_cancelled",
+        CancelOutcome::AlreadyFinished => "already_finished",
+    }
+}
+
+/// Seconds from `from` to `to`; 0 if the clocks of two replicas put `to` first.
+fn seconds_between(from: SystemTime, to: SystemTime) -> f64 {
+    to.duration_since(from).unwrap_or_default().as_secs_f64()
+}
+
+/// Every metric of the process, and the registry that encodes them.
+pub(crate) struct Metrics {
+    registry: Registry,
+    grpc: grpc::GrpcMetrics,
+    store: store::StoreMetrics,
+    tasks_started: Family<KindLabel, Counter>,
+    tasks_finished: Family<KindStateLabels, Counter>,
+    cancels: Family<CancelLabels, Counter>,
+    cancel_escalations: Family<KindLabel, Counter>,
+    cancel_stop: Histograms<StopLabels>,
+    dispatch: Histograms<KindLabel>,
+    queue_wait: Histogram,
+    tasks_running: Family<KindLabel, Gauge>,
+    queue_depth: Gauge,
+    watchers: Gauge,
+    workers_connected: Family<KindLabel, Gauge>,
+    worker_slots: Family<KindStateLabels, Gauge>,
+    replicas_lost: Counter,
+    settled_by_reaper: Family<StateLabel, Counter>,
+    fenced_writes: Counter,
+}
+
+/// The metrics of this process.
+pub(crate) fn metrics() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let grpc = grpc::GrpcMetrics::register(&mut registry);
+        let store = store::StoreMetrics::register(&mut registry);
+        let mut metrics = Metrics {
+            registry,
+            grpc,
+            store,
+            tasks_started: Family::default(),
+            tasks_finished: Family::default(),
+            cancels: Family::default(),
+            cancel_escalations: Family::default(),
+            cancel_stop: histograms(|| Histogram::new(STOP_BUCKETS)),
+            dispatch: histograms(|| Histogram::new(QUEUE_BUCKETS)),
+            queue_wait: Histogram::new(QUEUE_BUCKETS),
+            tasks_running: Family::default(),
+            queue_depth: Gauge::default(),
+            watchers: Gauge::default(),
+            workers_connected: Family::default(),
+            worker_slots: Family::default(),
+            replicas_lost: Counter::default(),
+            settled_by_reaper: Family::default(),
+            fenced_writes: Counter::default(),
+        };
+        metrics.register_task_metrics();
+        metrics
+    }
+
+    fn register_task_metrics(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "reins_tasks_started",
+            "Tasks started on this replica (each attempt), by kind",
+            self.tasks_started.clone(),
+        );
+        r.register(
+            "reins_tasks_finished",
+            "Tasks this replica moved to a terminal state, by kind and state",
+            self.tasks_finished.clone(),
+        );
+        r.register(
+            "reins_cancels",
+            "Cancel calls answered by this replica, by mode and outcome",
+            self.cancels.clone(),
+        );
+        r.register(
+            "reins_cancel_escalations",
+            "Soft cancels this replica escalated to hard at the end of their grace, by kind",
+            self.cancel_escalations.clone(),
+        );
+        r.register(
+            "reins_cancel_stop_seconds",
+            "From the moment a cancel was recorded to the moment this replica confirmed the task's code stopped",
+            self.cancel_stop.clone(),
+        );
+        r.register(
+            "reins_dispatch_seconds",
+            "From a task's creation to its first start, by kind",
+            self.dispatch.clone(),
+        );
+        r.register(
+            "reins_queue_wait_seconds",
+            "How long each start waited PENDING (since creation, or since a requeue)",
+            self.queue_wait.clone(),
+        );
+        r.register(
+            "reins_tasks_running",
+            "Tasks whose code runs on this replica or on its workers, by kind",
+            self.tasks_running.clone(),
+        );
+        r.register(
+            "reins_queue_depth",
+            "PENDING tasks in the cluster-wide queue, read at each scrape",
+            self.queue_depth.clone(),
+        );
+        r.register(
+            "reins_watchers",
+            "Open WatchTask streams on this replica",
+            self.watchers.clone(),
+        );
+        r.register(
+            "reins_workers_connected",
+            "Workers connected to this replica, by kind served (a worker counts once per kind)",
+            self.workers_connected.clone(),
+        );
+        r.register(
+            "reins_worker_slots",
+            "Slots of the workers connected here, used or free, by kind served",
+            self.worker_slots.clone(),
+        );
+        r.register(
+            "reins_replicas_lost",
+            "Replicas whose lapsed lease this replica noticed and whose tasks it settled",
+            self.replicas_lost.clone(),
+        );
+        r.register(
+            "reins_tasks_settled_by_reaper",
+            "Tasks of lost replicas (or of this replica's previous life) settled here, by resulting state",
+            self.settled_by_reaper.clone(),
+        );
+        r.register(
+            "reins_fenced_writes",
+            "Writes the store refused because another owner or attempt holds the task",
+            self.fenced_writes.clone(),
+        );
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        r.register(
+            "reins_build_info",
+            "The version of reinsd; always 1",
+            build_info,
+        );
+    }
+
+    /// Records a change of a task that this replica stored: a start (with how long the
+    /// task waited), an escalation, a terminal state.
+    pub fn task_changed(&self, before: &Task, after: &Task) {
+        let now = after.updated_at;
+        if after.state.is_started() && before.state == TaskState::Pending {
+            let kind = KindLabel {
+                kind: after.kind.clone(),
+            };
+            self.tasks_started.get_or_create(&kind).inc();
+            self.queue_wait
+                .observe(seconds_between(before.updated_at, now));
+            if after.attempt == 1 {
+                self.dispatch
+                    .get_or_create(&kind)
+                    .observe(seconds_between(after.created_at, now));
+            }
+        }
+        let escalated = |task: &Task| task.cancel.as_ref().is_some_and(|c| c.escalated);
+        if escalated(after) && !escalated(before) {
+            self.cancel_escalations
+                .get_or_create(&KindLabel {
+                    kind: after.kind.clone(),
+                })
+                .inc();
+        }
+        if after.state.is_terminal() && !before.state.is_terminal() {
+            self.tasks_finished
+                .get_or_create(&KindStateLabels {
+                    kind: after.kind.clone(),
+                    state: state_label(after.state),
+                })
+                .inc();
+        }
+    }
+
+    /// A cancel call (SoftCancel or HardCancel) answered with `outcome`.
+    pub fn cancel_called(&self, mode: CancelMode, outcome: CancelOutcome) {
+        self.cancels
+            .get_or_create(&CancelLabels {
+                mode: mode_label(mode),
+                outcome: outcome_label(outcome),
+            })
+            .inc();
+    }
+
+    /// The code of a task of `kind` that was asked to stop by `cancel` stopped at
+    /// `stopped_at` (it returned, or its future was dropped: process killed, worker told to
+    /// abort). The cancel's time is the recording replica's clock.
+    pub fn code_stopped(&self, kind: &str, cancel: &CancelInfo, stopped_at: SystemTime) {
+        self.cancel_stop
+            .get_or_create(&StopLabels {
+                mode: mode_label(cancel.mode),
+                kind: kind.to_owned(),
+            })
+            .observe(seconds_between(cancel.requested_at, stopped_at));
+    }
+
+    /// Counts a task of `kind` as running here while the guard lives.
+    pub fn running(&self, kind: &str) -> Tracked {
+        let gauge = self.tasks_running.get_or_create_owned(&KindLabel {
+            kind: kind.to_owned(),
+        });
+        Tracked::new(gauge)
+    }
+
+    /// Counts an open watch while the guard lives.
+    pub fn watching(&self) -> Tracked {
+        Tracked::new(self.watchers.clone())
+    }
+
+    /// This replica settled the tasks of a replica whose lease lapsed.
+    pub fn replica_lost(&self) {
+        self.replicas_lost.inc();
+    }
+
+    /// A task of a lost replica was settled here and ended in `state`.
+    pub fn settled_by_reaper(&self, state: TaskState) {
+        self.settled_by_reaper
+            .get_or_create(&StateLabel {
+                state: state_label(state),
+            })
+            .inc();
+    }
+
+    /// The store refused a write because another owner or attempt holds the task.
+    pub fn fenced_write(&self) {
+        self.fenced_writes.inc();
+    }
+
+    /// The queue depth read for a scrape.
+    fn set_queue_depth(&self, depth: u64) {
+        self.queue_depth
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// The workers connected here as they are at a scrape: per kind, how many workers
+    /// serve it and their used and free slots.
+    fn set_workers(&self, kinds: &[WorkerKindOccupancy]) {
+        // Kinds no worker serves any more disappear instead of staying at their last value.
+        self.workers_connected.clear();
+        self.worker_slots.clear();
+        for occupancy in kinds {
+            let kind = || occupancy.kind.clone();
+            self.workers_connected
+                .get_or_create(&KindLabel { kind: kind() })
+                .set(occupancy.workers as i64);
+            for (state, slots) in [("used", occupancy.used), ("free", occupancy.free)] {
+                self.worker_slots
+                    .get_or_create(&KindStateLabels {
+                        kind: kind(),
+                        state,
+                    })
+                    .set(slots as i64);
+            }
+        }
+    }
+}
+
+/// How the workers connected here serve one kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct WorkerKindOccupancy {
+    pub kind: String,
+    pub workers: usize,
+    pub used: usize,
+    pub free: usize,
+}
+
+/// A gauge raised by one while this guard lives (a running task, an open watch); dropping
+/// it (also while unwinding) lowers it again.
+pub(crate) struct Tracked(Gauge);
+
+impl Tracked {
+    fn new(gauge: Gauge) -> Tracked {
+        gauge.inc();
+        Tracked(gauge)
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests;
