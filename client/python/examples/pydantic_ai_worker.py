@@ -21,7 +21,8 @@ What Reins sees of a run:
   comes out of the model stream being read: the stream is closed at once, and no more
   tokens are consumed.
 
-Params (all optional): ``topic``, ``searches`` (default 3), ``report_words`` (default 40)
+Params (all optional): ``topic`` (or ``description``, as reins.pydantic_ai's delegation
+tools give it), ``searches`` (default 3), ``report_words`` (default 40)
 and ``token_ms`` (the delay per streamed word, default 10). The result: ``{"topic",
 "report", "findings", "usage", "cancelled"}``.
 
@@ -239,7 +240,8 @@ async def research(
 ) -> dict[str, Any]:
     """Runs the agent node by node, so that Reins sees each response and tool call and a
     soft cancel takes effect between them."""
-    topic = str(ctx.task.params.get("topic", "anything"))
+    params = ctx.task.params
+    topic = str(params.get("topic") or params.get("description") or "anything")
     findings: list[str] = []
     report: list[str] = []
     totals = RunUsage()

@@ -39,6 +39,7 @@ from .._errors import Cancelled, CancelRequested, ReinsError
 from .._proto import tasks_pb2, workers_pb2
 from .._values import to_value
 from .._worker import is_async_callable
+from ._current import _enter
 
 log = logging.getLogger("reins.aio.worker")
 
@@ -540,6 +541,7 @@ class AsyncWorker:
     async def _run_job(self, job: _Job) -> None:
         ctx = job.ctx
         outcome: workers_pb2.WorkerMessage | None
+        _enter(ctx)  # this asyncio task's own context: reins.aio.current_task_context()
         try:
             result = await self.handler(ctx)
         except asyncio.CancelledError:
