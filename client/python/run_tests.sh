@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tests of the Python package `reins` (clients, thread and asyncio workers), its examples
 # and grpcurl against real reinsd replicas on a real redis-server. Works from any directory
-# on a machine with only python3 (3.10+) and pip:
+# on a machine with python3 (3.10+) and pip, and Node 20+ with npm for the polyglot test:
 #
 #   1. a virtual environment (client/python/.venv, git-ignored; $REINS_PYTHON_VENV
 #      overrides) with the package installed from this directory, `[test]` and
@@ -9,7 +9,9 @@
 #      pip builds it, and the build hook (setup.py) compiles the stubs from ../../proto
 #      into the package;
 #   2. ruff format --check, ruff check, mypy --strict on the installed package;
-#   3. pytest (tests/), against the installed package, never the source tree. One test
+#   3. the Node SDK built (../node: npm ci, npm run build), whose example worker
+#      tests/test_polyglot.py runs next to Python workers;
+#   4. pytest (tests/), against the installed package, never the source tree. One test
 #      builds the package in fresh venvs (pip install, python -m build, the wheel).
 #
 # Assumes the binaries are built: `cargo build --bins` in the repository (REINSD_BIN
@@ -56,6 +58,13 @@ sources=(reins tests examples setup.py)
 echo "== mypy --strict (the installed package, stubs included; the pydantic-ai example)"
 (cd "$venv" && "$venv/bin/mypy" --config-file "$here/pyproject.toml" -p reins)
 (cd "$venv" && "$venv/bin/mypy" --config-file "$here/pyproject.toml" "$here/examples/pydantic_ai_worker.py")
+
+echo "== the Node SDK and its example worker, for tests/test_polyglot.py (npm ci, build)"
+if ! command -v npm >/dev/null 2>&1; then
+  echo "run_tests.sh: npm is missing: the polyglot test runs a Node worker (Node 20+, npm)" >&2
+  exit 1
+fi
+(cd "$repo/client/node" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && npm run build --silent)
 
 echo "== pytest"
 status=0
