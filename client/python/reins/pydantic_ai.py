@@ -38,7 +38,8 @@ whose wait is cancelled (the parent's run was) is soft-cancelled.
 Every task it starts carries the label ``reins.delegation=<Delegation.id>``;
 ``list_active_tasks`` lists those (under the parent, when there is one). Errors from Reins
 (an unknown task id, a finished task…) come back to the model as ``"Error: …"`` text; an
-unknown ``subagent_type`` or ``mode`` asks the model to retry (``ModelRetry``).
+unknown ``subagent_type`` asks the model to retry (``ModelRetry``), as pydantic-ai does
+for arguments its schema refuses (a ``mode`` other than ``async`` or ``sync``).
 
 Needs the ``pydantic-ai`` extra: ``pip install 'reins[pydantic-ai]'``.
 """
@@ -121,9 +122,10 @@ class Delegation(FunctionToolset[Any]):
         self.add_function(
             self.task,
             description=(
-                "Starts a subagent on a task. mode='async' returns its ID at once (check it "
-                "with check_task); mode='sync' waits for it to finish and returns its final "
-                f"status.\nSubagent types:\n{types}"
+                "Starts a subagent on a task: `description` says what it should do, "
+                "`subagent_type` which subagent does it. mode='async' returns its ID at once "
+                "(check it with check_task); mode='sync' waits for it to finish and returns "
+                f"its final status.\nSubagent types:\n{types}"
             ),
         )
         for tool in (
@@ -159,8 +161,6 @@ class Delegation(FunctionToolset[Any]):
             raise ModelRetry(
                 f"unknown subagent_type {subagent_type!r}; one of: {', '.join(self.subagents)}"
             )
-        if mode not in ("async", "sync"):
-            raise ModelRetry(f"mode is 'async' or 'sync', not {mode!r}")
         spec = self.subagents[subagent_type]
         try:
             started = await self.client.start(
@@ -200,7 +200,7 @@ class Delegation(FunctionToolset[Any]):
             response = await self.client.soft_cancel(task_id, reason or "cancelled by the parent")
         except ReinsError as err:
             return _error(err)
-        return _cancel_outcome(task_id, response, "Cancellation requested for task")
+        return _cancel_outcome(task_id, response)
 
     async def hard_cancel_task(self, task_id: str, reason: str = "") -> str:
         """Stops a subagent task (and its subtasks) immediately, without cleanup: use it when
@@ -210,7 +210,7 @@ class Delegation(FunctionToolset[Any]):
             response = await self.client.hard_cancel(task_id, reason or "cancelled by the parent")
         except ReinsError as err:
             return _error(err)
-        return _cancel_outcome(task_id, response, "Cancellation requested for task")
+        return _cancel_outcome(task_id, response)
 
     async def list_active_tasks(self) -> str:
         """Lists the subagent tasks that have not finished, with their IDs and statuses."""
@@ -284,10 +284,10 @@ def _status_line(task: tasks_pb2.Task) -> str:
     return text
 
 
-def _cancel_outcome(task_id: str, response: tasks_pb2.CancelResponse, requested: str) -> str:
+def _cancel_outcome(task_id: str, response: tasks_pb2.CancelResponse) -> str:
     outcome = response.outcome
     if outcome == tasks_pb2.CANCEL_OUTCOME_REQUESTED:
-        return f"{requested} {task_id}"
+        return f"Cancellation requested for task {task_id}"
     if outcome == tasks_pb2.CANCEL_OUTCOME_CANCELLED:
         return f"Task {task_id} cancelled immediately"
     if outcome == tasks_pb2.CANCEL_OUTCOME_ALREADY_CANCELLED:

@@ -253,12 +253,14 @@ def test_outside_a_worker_sync_mode_waits_for_a_top_level_subagent(cluster, kind
                     (yield ("check_task", {"task_id": "01a231e1-0000-7000-8000-000000000000"}))
                 )
                 replies.append((yield ("task", {**sync, "subagent_type": "poet"})))
+                replies.append((yield ("task", {**sync, "mode": "later"})))
                 yield "done"
 
             researcher = Subagent(researcher_kind, params={"searches": 1, "report_words": 5})
             delegation = Delegation(b, {"researcher": researcher})
             assert current_task_context() is None
-            agent = Agent(ScriptedModel(script).model(), toolsets=[delegation])
+            # Two refused calls of `task` in one run: more than pydantic-ai's default 1 retry.
+            agent = Agent(ScriptedModel(script).model(), toolsets=[delegation], retries=2)
             result = await agent.run("Research tidal power")
             assert result.output == "done"
 
@@ -272,6 +274,8 @@ def test_outside_a_worker_sync_mode_waits_for_a_top_level_subagent(cluster, kind
             assert replies[1].startswith("Error: NOT_FOUND (TASK_NOT_FOUND): "), replies[1]
             # An unknown subagent type goes back to the model as a retry prompt.
             assert "unknown subagent_type 'poet'; one of: researcher" in replies[2], replies[2]
+            # So is a mode the tool's schema does not have (pydantic-ai validates it).
+            assert "'async' or 'sync'" in replies[3], replies[3]
             # sync waited for the end: nothing of it is still active.
             assert [task async for task in b.list(kind=researcher_kind)] == []
 
