@@ -32,8 +32,10 @@ The tools, as the model sees them (what they return is text for the model):
 Reins task itself), every subagent task is started as a *child* of the handler's task
 (:func:`reins.aio.current_task_context`), in its session: cancelling the parent — a soft
 cancel, a hard cancel, a budget — cancels the subagents with it, on whichever worker they
-run. Elsewhere pass ``parent_id`` (or the subagents are top-level tasks). A ``sync`` task
-whose wait is cancelled (the parent's run was) is soft-cancelled.
+run. Elsewhere pass ``parent_id``; without one the subagents are top-level tasks, and when
+the agent's run is cancelled (its asyncio task is: the user pressed Stop; Python 3.11+) the
+toolset soft-cancels every active task it started, since no parent task does it for them.
+A ``sync`` task whose wait is cancelled is soft-cancelled either way.
 
 Every task it starts carries the label ``reins.delegation=<Delegation.id>``;
 ``list_active_tasks`` lists those (under the parent, when there is one). Errors from Reins
@@ -152,6 +154,21 @@ class Delegation(FunctionToolset[Any]):
         ctx = current_task_context()
         return ctx.task.session_id if ctx is not None else ""
 
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        """pydantic-ai leaves the toolset at the end of each run; a cancelled run with no
+        parent task soft-cancels the tasks this toolset started (the server does it for
+        children of a parent task, atomically and on every replica).
+
+        "Cancelled" is read from the asyncio task running the agent, whose cancellation
+        is pending while the run unwinds (``Task.cancelling()``, Python 3.11+): pydantic-ai
+        leaves a toolset without the exception that ended the run.
+        """
+        task = asyncio.current_task()
+        cancelling = getattr(task, "cancelling", None)
+        if callable(cancelling) and cancelling() > 0 and not self.parent_id():
+            await asyncio.shield(self._cancel_started())
+        return await super().__aexit__(*exc_info)
+
     # -- the tools ----------------------------------------------------------------------
 
     async def task(
@@ -179,7 +196,9 @@ class Delegation(FunctionToolset[Any]):
             done = await self.client.wait(started.id)
         except asyncio.CancelledError:
             # The parent's run was cancelled while it waited: the subagent is not wanted.
-            await asyncio.shield(self._soft_cancel_quietly(started.id))
+            await asyncio.shield(
+                self._soft_cancel_quietly(started.id, "the parent stopped waiting")
+            )
             raise
         except ReinsError as err:
             return _error(err)
@@ -259,11 +278,22 @@ class Delegation(FunctionToolset[Any]):
         names = [name for name, spec in self.subagents.items() if spec.kind == task.kind]
         return names[0] if names else task.kind
 
-    async def _soft_cancel_quietly(self, task_id: str) -> None:
+    async def _soft_cancel_quietly(self, task_id: str, reason: str) -> None:
         try:
-            await self.client.soft_cancel(task_id, "the parent stopped waiting")
+            await self.client.soft_cancel(task_id, reason)
         except ReinsError:
             pass  # finished or gone meanwhile: nothing to stop
+
+    async def _cancel_started(self) -> None:
+        try:
+            active = [
+                task.id
+                async for task in self.client.list(labels={DELEGATION_LABEL: self.delegation_id})
+            ]
+        except ReinsError:
+            return  # Reins unreachable: nothing this run can do about it
+        reason = "the parent agent's run was cancelled"
+        await asyncio.gather(*(self._soft_cancel_quietly(task_id, reason) for task_id in active))
 
 
 def _status_line(task: tasks_pb2.Task) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import re
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -278,5 +279,40 @@ def test_outside_a_worker_sync_mode_waits_for_a_top_level_subagent(cluster, kind
             assert "'async' or 'sync'" in replies[3], replies[3]
             # sync waited for the end: nothing of it is still active.
             assert [task async for task in b.list(kind=researcher_kind)] == []
+
+    run_async(scenario)
+
+
+def test_outside_a_worker_a_cancelled_run_soft_cancels_the_subagents_it_started(cluster, kind):
+    researcher_kind = f"{kind}-researcher"
+    ids: list[str] = []
+
+    async def scenario() -> None:
+        async with (
+            AsyncClient(cluster.b.address) as b,
+            serving(cluster.a.address, [researcher_kind], make_handler(sources=StallingSources())),
+        ):
+
+            async def script() -> AsyncGenerator[Step, str]:
+                reply = yield ("task", {"description": "wave power", "subagent_type": "r"})
+                ids.append(started_id(reply))
+                await asyncio.Event().wait()  # the model thinks until the run is cancelled
+                yield "never"
+
+            delegation = Delegation(b, {"r": researcher_kind})
+            agent = Agent(ScriptedModel(script).model(), toolsets=[delegation])
+            run = asyncio.ensure_future(agent.run("Research wave power"))
+            await eventually(lambda: len(ids) == 1, "delegating")
+            await until_async(b, ids[0], lambda t: len(t.partial_results) >= 1, "searching")
+            run.cancel()  # the user pressed Stop
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+
+            child = await done_async(b, ids[0])
+            assert child.state == CANCELLED, child
+            assert child.parent_id == ""
+            assert child.cancel.reason == "the parent agent's run was cancelled"
+            report = from_value(child.result)["report"]
+            assert report.startswith("Research was cancelled. Partial findings:"), report
 
     run_async(scenario)
