@@ -174,6 +174,13 @@ class Delegation(FunctionToolset[Any]):
     async def task(
         self, description: str, subagent_type: str, mode: Literal["async", "sync"] = "async"
     ) -> str:
+        """Starts a subagent (the model sees the description given in ``__init__``).
+
+        Args:
+            description: What the subagent should do.
+            subagent_type: Which subagent does it.
+            mode: 'async' returns the task's ID at once; 'sync' waits for its end.
+        """
         if subagent_type not in self.subagents:
             raise ModelRetry(
                 f"unknown subagent_type {subagent_type!r}; one of: {', '.join(self.subagents)}"
@@ -206,7 +213,11 @@ class Delegation(FunctionToolset[Any]):
 
     async def check_task(self, task_id: str) -> str:
         """Tells a subagent task's status: running (with progress), waiting for an answer,
-        completed with its result, failed, or cancelled with its partial results."""
+        completed with its result, failed, or cancelled with its partial results.
+
+        Args:
+            task_id: The ID the task tool returned.
+        """
         try:
             return self.describe(await self.client.check(task_id))
         except ReinsError as err:
@@ -214,7 +225,12 @@ class Delegation(FunctionToolset[Any]):
 
     async def soft_cancel_task(self, task_id: str, reason: str = "") -> str:
         """Asks a subagent task (and its subtasks) to stop gracefully: it stops at its next
-        checkpoint and returns its partial results. Check it afterwards with check_task."""
+        checkpoint and returns its partial results. Check it afterwards with check_task.
+
+        Args:
+            task_id: The ID the task tool returned.
+            reason: Why, for the subagent and the record.
+        """
         try:
             response = await self.client.soft_cancel(task_id, reason or "cancelled by the parent")
         except ReinsError as err:
@@ -224,7 +240,12 @@ class Delegation(FunctionToolset[Any]):
     async def hard_cancel_task(self, task_id: str, reason: str = "") -> str:
         """Stops a subagent task (and its subtasks) immediately, without cleanup: use it when
         a soft cancel did not work or there is no time. Partial results already reported
-        are kept."""
+        are kept.
+
+        Args:
+            task_id: The ID the task tool returned.
+            reason: Why, for the record.
+        """
         try:
             response = await self.client.hard_cancel(task_id, reason or "cancelled by the parent")
         except ReinsError as err:
@@ -244,7 +265,12 @@ class Delegation(FunctionToolset[Any]):
         return "Active tasks:\n" + "\n".join(lines) if lines else "No active tasks"
 
     async def answer_subagent(self, task_id: str, answer: str) -> str:
-        """Answers the question a subagent task is waiting on (see check_task)."""
+        """Answers the question a subagent task is waiting on (see check_task).
+
+        Args:
+            task_id: The ID of the waiting task.
+            answer: The answer to its question.
+        """
         try:
             await self.client.answer(task_id, answer)
         except ReinsError as err:
