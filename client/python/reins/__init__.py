@@ -5,6 +5,8 @@
 - :class:`reins.aio.AsyncWorker`: runs tasks of your kinds as ``async def`` handlers, many
   per process; a hard cancel cancels the handler's asyncio task.
 - :class:`reins.Worker`: the same with plain functions, one thread per task.
+- :mod:`reins.pydantic_ai` (extra ``reins[pydantic-ai]``): delegation tools for a
+  pydantic-ai agent whose subagents are Reins tasks.
 
 A worker::
 

@@ -506,6 +506,9 @@ def test_a_draining_worker_starts_no_new_task_and_hands_it_back(cluster, kind):
             assert await worker.wait_connected(PATIENCE)
             running = await b.start(kind, max_attempts=2)
             await until_async(b, running.id, lambda t: t.worker.startswith("first/"), "running")
+            # The record names the worker before the assignment reaches it: a drain that
+            # starts in between hands `running` back instead of waiting for it.
+            await eventually(lambda: ("first", running.id) in started, "started by its handler")
             closing = asyncio.ensure_future(worker.close())  # drains: waits for `running`
             await eventually(lambda: worker._draining, "draining")
             late = await b.start(kind, max_attempts=2)  # a free slot: assigned, not started

@@ -22,6 +22,7 @@
 from .._calls import TaskInfo
 from .._errors import Cancelled, CancelRequested, ReinsError
 from ._client import AsyncClient
+from ._current import current_task_context
 from ._worker import AsyncHandler, AsyncTaskContext, AsyncWorker
 
 __all__ = [
@@ -33,4 +34,5 @@ __all__ = [
     "Cancelled",
     "ReinsError",
     "TaskInfo",
+    "current_task_context",
 ]

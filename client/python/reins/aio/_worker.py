@@ -40,6 +40,7 @@ from .._proto import tasks_pb2, workers_pb2
 from .._tracing import handler_span
 from .._values import to_value
 from .._worker import is_async_callable
+from ._current import _enter
 
 log = logging.getLogger("reins.aio.worker")
 
@@ -543,6 +544,7 @@ class AsyncWorker:
     async def _run_job(self, job: _Job) -> None:
         ctx = job.ctx
         outcome: workers_pb2.WorkerMessage | None
+        _enter(ctx)  # this asyncio task's own context: reins.aio.current_task_context()
         with handler_span(ctx.task, job.trace_context) as span:
             try:
                 result = await self.handler(ctx)
