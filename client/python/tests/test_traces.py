@@ -255,3 +255,25 @@ def test_the_async_worker_handler_joins_the_trace(
     ]
     assert span.parent is not None
     assert format(span.parent.span_id, "016x") == hex_id(run.span_id)
+
+
+def test_an_error_answer_records_its_code_and_is_not_a_server_failure(
+    traced: Cluster, receiver: OtlpReceiver, channels
+) -> None:
+    missing = "01900000-0000-7000-8000-000000000000"
+    with pytest.raises(grpc.RpcError) as raised:
+        channels(traced.b.address).CheckTask(tasks_pb2.CheckTaskRequest(task_id=missing))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+    def checks(spans):
+        return [
+            span
+            for resource, span in spans
+            if span.name == "reins.v1.TaskService/CheckTask"
+            and resource.get("service.instance.id") == "b"
+            and attributes(span.attributes).get("rpc.grpc.status_code") == 5
+        ]
+
+    [span] = checks(spans_until(receiver, checks, "CheckTask span with NOT_FOUND"))
+    # NOT_FOUND is the client's business: the span's status stays unset (not ERROR).
+    assert span.status.code == 0
