@@ -30,7 +30,7 @@ from harness import (
     serving,
     watch_until,
 )
-from reins import Cancelled, TaskContext
+from reins import Cancelled, Client, TaskContext
 from reins.aio import AsyncTaskContext
 from reins.proto import tasks_pb2, tasks_pb2_grpc
 
@@ -68,7 +68,8 @@ def traced(receiver: OtlpReceiver) -> Iterator[Cluster]:
 
 
 def metadata() -> list[tuple[str, str]]:
-    """The current context as gRPC metadata (what gRPC instrumentation would send)."""
+    """The current context as gRPC metadata (what gRPC instrumentation would send), for
+    calls made with the generated stubs."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return list(carrier.items())
@@ -115,12 +116,11 @@ def test_one_trace_from_the_client_through_both_replicas_the_worker_and_the_canc
     workers(traced.a.address, [kind], handler)  # the worker is on a: a runs the task
     b = channels(traced.b.address)
     tracer = trace.get_tracer("pytest")
-    with tracer.start_as_current_span("client operation") as client_span:
-        task = b.StartTask(tasks_pb2.StartTaskRequest(kind=kind), metadata=metadata())
+    # reins.Client sends the current context with each call.
+    with Client(traced.b.address) as client, tracer.start_as_current_span("client") as client_span:
+        task = client.start(kind)
         assert running.wait(PATIENCE), "the worker never ran the task"
-        b.SoftCancel(
-            tasks_pb2.SoftCancelRequest(task_id=task.id, reason="enough"), metadata=metadata()
-        )
+        client.soft_cancel(task.id, "enough")
     done = watch_until(b, task.id, lambda t: t.state == tasks_pb2.TASK_STATE_CANCELLED, "cancelled")
     assert done.owner == "a"
 
