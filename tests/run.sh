@@ -46,7 +46,9 @@ cargo test --workspace --locked
 echo "== end-to-end tests again, every server on Redis"
 REINS_E2E_STORE=redis cargo test --locked -p reins-e2e --test e2e
 
-echo "== Python worker library, examples and grpcurl against real replicas on Redis"
+# Includes the OpenTelemetry end-to-end test (tests/test_traces.py): its packages
+# (opentelemetry-api/-sdk/-proto) come with the package's [test] extra into the venv.
+echo "== Python worker library, examples, grpcurl and traces (an OTLP receiver) against real replicas on Redis"
 client/python/run_tests.sh
 
 echo "== Node SDK (client/node) against real replicas on Redis"

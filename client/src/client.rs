@@ -22,6 +22,14 @@ use crate::{Error, duration, json};
 /// without a limit a silently dropped SYN blocks for the OS default of minutes.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How many streams this client cancelled (a watch dropped before its end, a call given
+/// up) HTTP/2 remembers, so that the server's frames still in flight on them are ignored.
+/// h2 remembers only 10 by default and counts a frame on a forgotten one as the server's
+/// error: after 1,024 of them it closes the whole connection with ENHANCE_YOUR_CALM,
+/// failing every call on it. A client dropping watches of finished tasks at a high rate
+/// (the benchmark's 128 in flight) got there within seconds.
+const RESET_STREAMS_REMEMBERED: usize = 4096;
+
 /// A connection to a Reins server.
 ///
 /// Cloning is cheap: clones share one HTTP/2 channel, so clone freely to make calls from
@@ -46,6 +54,7 @@ impl Client {
             .map_err(|err| Error::InvalidUrl(format!("`{given}`: {err}")))?;
         let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
+            .http2_max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
             .connect()
             .await
             .map_err(Error::Connect)?;

@@ -19,6 +19,7 @@ from ._calls import (
 )
 from ._errors import ReinsError
 from ._proto import tasks_pb2
+from ._tracing import trace_metadata
 
 _T = TypeVar("_T")
 ChannelOptions = Sequence[tuple[str, Any]]
@@ -94,7 +95,7 @@ class Client:
 
     def _call(self, method: grpc.UnaryUnaryMultiCallable[Any, _T], request: Any) -> _T:
         try:
-            return method(request, timeout=self.timeout)
+            return method(request, timeout=self.timeout, metadata=trace_metadata())
         except grpc.RpcError as err:
             raise ReinsError.from_rpc_error(err) from None
 
@@ -219,7 +220,9 @@ class Client:
         request = tasks_pb2.WatchTaskRequest(
             task_id=task_id, after_version=after_version, cancel_on_disconnect=cancel_on_disconnect
         )
-        call: Any = self._watch(request, timeout=timeout)  # a grpc.Call and an iterator
+        call: Any = self._watch(
+            request, timeout=timeout, metadata=trace_metadata()
+        )  # a grpc.Call and an iterator
         try:
             yield from (event for event in call if not event.heartbeat)
         except grpc.RpcError as err:

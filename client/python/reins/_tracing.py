@@ -1,4 +1,5 @@
-"""The handler's span, when OpenTelemetry is there (``pip install 'reins[otel]'``).
+"""Traces, when OpenTelemetry is there (``pip install 'reins[otel]'``): the handler's span,
+and the caller's context on every client call.
 
 A task's assignment carries the W3C Trace Context of its execution on the server
 (``TaskAssignment.trace_context``); the worker runs the handler inside a span that is a
@@ -6,6 +7,11 @@ child of it, so the handler's own spans (and those of the libraries it calls) la
 task's trace. Without ``opentelemetry-api`` installed, or without a tracer provider set up
 by the application, this costs nothing and records nothing. The worker's stream itself
 gets no span (it lives as long as the worker).
+
+Clients (:class:`reins.Client`, :class:`reins.aio.AsyncClient`) send the current context
+with each call (:func:`trace_metadata`, through the application's propagator: W3C
+``traceparent``/``tracestate`` and ``baggage`` by default), so the task they start belongs
+to the caller's trace.
 """
 
 from __future__ import annotations
@@ -64,3 +70,12 @@ def handler_span(task: TaskInfo, trace_context: Mapping[str, str]) -> Iterator[H
         set_status_on_exception=False,
     ) as span:
         yield HandlerSpan(span)
+
+
+def trace_metadata() -> tuple[tuple[str, str], ...]:
+    """The current context as gRPC metadata; empty without OpenTelemetry or a span."""
+    if trace is None:
+        return ()
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return tuple(carrier.items())

@@ -30,7 +30,7 @@ from harness import (
     serving,
     watch_until,
 )
-from reins import Cancelled, TaskContext
+from reins import Cancelled, Client, TaskContext
 from reins.aio import AsyncTaskContext
 from reins.proto import tasks_pb2, tasks_pb2_grpc
 
@@ -68,7 +68,8 @@ def traced(receiver: OtlpReceiver) -> Iterator[Cluster]:
 
 
 def metadata() -> list[tuple[str, str]]:
-    """The current context as gRPC metadata (what gRPC instrumentation would send)."""
+    """The current context as gRPC metadata (what gRPC instrumentation would send), for
+    calls made with the generated stubs."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return list(carrier.items())
@@ -115,12 +116,11 @@ def test_one_trace_from_the_client_through_both_replicas_the_worker_and_the_canc
     workers(traced.a.address, [kind], handler)  # the worker is on a: a runs the task
     b = channels(traced.b.address)
     tracer = trace.get_tracer("pytest")
-    with tracer.start_as_current_span("client operation") as client_span:
-        task = b.StartTask(tasks_pb2.StartTaskRequest(kind=kind), metadata=metadata())
+    # reins.Client sends the current context with each call.
+    with Client(traced.b.address) as client, tracer.start_as_current_span("client") as client_span:
+        task = client.start(kind)
         assert running.wait(PATIENCE), "the worker never ran the task"
-        b.SoftCancel(
-            tasks_pb2.SoftCancelRequest(task_id=task.id, reason="enough"), metadata=metadata()
-        )
+        client.soft_cancel(task.id, "enough")
     done = watch_until(b, task.id, lambda t: t.state == tasks_pb2.TASK_STATE_CANCELLED, "cancelled")
     assert done.owner == "a"
 
@@ -255,3 +255,25 @@ def test_the_async_worker_handler_joins_the_trace(
     ]
     assert span.parent is not None
     assert format(span.parent.span_id, "016x") == hex_id(run.span_id)
+
+
+def test_an_error_answer_records_its_code_and_is_not_a_server_failure(
+    traced: Cluster, receiver: OtlpReceiver, channels
+) -> None:
+    missing = "01900000-0000-7000-8000-000000000000"
+    with pytest.raises(grpc.RpcError) as raised:
+        channels(traced.b.address).CheckTask(tasks_pb2.CheckTaskRequest(task_id=missing))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+    def checks(spans):
+        return [
+            span
+            for resource, span in spans
+            if span.name == "reins.v1.TaskService/CheckTask"
+            and resource.get("service.instance.id") == "b"
+            and attributes(span.attributes).get("rpc.grpc.status_code") == 5
+        ]
+
+    [span] = checks(spans_until(receiver, checks, "CheckTask span with NOT_FOUND"))
+    # NOT_FOUND is the client's business: the span's status stays unset (not ERROR).
+    assert span.status.code == 0

@@ -19,6 +19,7 @@ from .._calls import (
 )
 from .._errors import ReinsError
 from .._proto import tasks_pb2
+from .._tracing import trace_metadata
 
 _T = TypeVar("_T")
 ChannelOptions = Sequence[tuple[str, Any]]
@@ -93,7 +94,7 @@ class AsyncClient:
 
     async def _call(self, method: grpc.aio.UnaryUnaryMultiCallable[Any, _T], request: Any) -> _T:
         try:
-            response: _T = await method(request, timeout=self.timeout)
+            response: _T = await method(request, timeout=self.timeout, metadata=trace_metadata())
             return response
         except grpc.RpcError as err:
             raise ReinsError.from_rpc_error(err) from None
@@ -221,7 +222,7 @@ class AsyncClient:
         request = tasks_pb2.WatchTaskRequest(
             task_id=task_id, after_version=after_version, cancel_on_disconnect=cancel_on_disconnect
         )
-        call = self._watch(request, timeout=timeout)
+        call = self._watch(request, timeout=timeout, metadata=trace_metadata())
         try:
             async for event in call:
                 # Heartbeats only keep a quiet stream alive through proxies.

@@ -12,7 +12,7 @@
 //! Spans are exported in batches from the SDK's own thread: an RPC only appends to a
 //! bounded queue (spans beyond it are dropped), so a slow or unreachable collector never
 //! holds a call; a failing export is logged as a warning at most once a minute
-//! ([`quiet::Quiet`]). [`Traces::shut_down`] flushes what is queued.
+//! ([`quiet::Quiet`]). [`Traces::shut_down`] flushes what is queued (at most 3 s).
 //!
 //! The context travels as W3C Trace Context (`traceparent`, `tracestate`) and `baggage`:
 //! read from each call's metadata ([`grpc`]), kept on the task record as a string map
@@ -44,6 +44,9 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
+
+/// How long a stopping server waits for its last spans to be exported.
+const FLUSH_AT_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The installed tracer provider, flushed and stopped by [`Traces::shut_down`].
 pub struct Traces {
@@ -107,10 +110,11 @@ impl Traces {
         ))
     }
 
-    /// Exports what is still queued and stops the exporter.
+    /// Exports what is still queued and stops the exporter, waiting at most
+    /// [`FLUSH_AT_SHUTDOWN`] for an unresponsive collector.
     pub fn shut_down(self) {
         if let Some(provider) = self.provider
-            && let Err(err) = provider.shutdown()
+            && let Err(err) = provider.shutdown_with_timeout(FLUSH_AT_SHUTDOWN)
         {
             tracing::warn!(%err, "traces not flushed at shutdown");
         }
