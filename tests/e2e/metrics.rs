@@ -347,3 +347,44 @@ async fn readiness_follows_a_redis_outage_and_liveness_does_not() {
         "the outage is counted: {depth}"
     );
 }
+
+/// The value of the sample `series` (name and labels, as exposed) in a scrape.
+fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test]
+async fn worker_gauges_follow_connected_workers_and_their_slots() {
+    let (server, metrics) = replica(&[]).await;
+    let mut worker = FakeWorker::connect(&server.url(), "metrics", &["render"], 2).await;
+    let client = server.client().await;
+    client
+        .start(reins_client::StartTask::new("render"))
+        .await
+        .expect("start a worker task");
+    worker.expect_assign().await;
+    let exposition = scrape(&metrics).await;
+    for (series, expected) in [
+        (r#"reins_workers_connected{kind="render"}"#, 1.0),
+        (r#"reins_worker_slots{kind="render",state="used"}"#, 1.0),
+        (r#"reins_worker_slots{kind="render",state="free"}"#, 1.0),
+        (r#"reins_tasks_running{kind="render"}"#, 1.0),
+    ] {
+        assert_eq!(
+            sample(&exposition, series),
+            Some(expected),
+            "{series}: {exposition}"
+        );
+    }
+    drop(worker);
+    eventually("the worker's series to go", || async {
+        let exposition = scrape(&metrics).await;
+        let gone = sample(&exposition, r#"reins_workers_connected{kind="render"}"#).is_none()
+            && sample(&exposition, r#"reins_tasks_running{kind="render"}"#) == Some(0.0);
+        gone.then_some(())
+    })
+    .await;
+}
