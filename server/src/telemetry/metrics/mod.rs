@@ -265,7 +265,7 @@ impl Metrics {
         );
         r.register(
             "reins_cancels",
-            "Cancel calls answered by this replica, by mode and outcome",
+            "Cancels asked of this replica (cancel calls, a watch's cancel_on_disconnect, the shutdown drain), by mode and outcome",
             self.cancels.clone(),
         );
         r.register(
@@ -377,7 +377,8 @@ impl Metrics {
         }
     }
 
-    /// A cancel call (SoftCancel or HardCancel) answered with `outcome`.
+    /// A cancel (a SoftCancel or HardCancel call, a watch's `cancel_on_disconnect`, the
+    /// shutdown drain) that ended with `outcome`.
     pub fn cancel_called(&self, mode: CancelMode, outcome: CancelOutcome) {
         self.cancels
             .get_or_create(&CancelLabels {
