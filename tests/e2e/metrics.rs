@@ -388,3 +388,74 @@ async fn worker_gauges_follow_connected_workers_and_their_slots() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn grpc_metrics_count_unary_calls_and_streams_with_their_codes() {
+    let (server, metrics) = replica(&[]).await;
+    let client = server.client().await;
+    let task = start_sleep(&client, 3, 10).await;
+    // A watch from the first version to the terminal one: a server stream, one message in.
+    let mut events = client
+        .watch(&task.id, reins_client::WatchOptions::default())
+        .await
+        .expect("watch");
+    let mut received = 0;
+    while let Some(event) = tokio_stream::StreamExt::next(&mut events).await {
+        event.expect("watch event");
+        received += 1;
+    }
+    let nowhere = "01890000-0000-7000-8000-000000000000";
+    let missing = client.check(nowhere).await.expect_err("no such task");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let method = |name: &str, kind: &str| {
+        format!(r#"grpc_service="reins.v1.TaskService",grpc_method="{name}",grpc_type="{kind}""#)
+    };
+    let watch = method("WatchTask", "server_stream");
+    let expected = [
+        (format!("grpc_server_started_total{{{watch}}}"), 1.0),
+        (format!("grpc_server_msg_received_total{{{watch}}}"), 1.0),
+        (
+            format!("grpc_server_msg_sent_total{{{watch}}}"),
+            received as f64,
+        ),
+        (
+            format!(r#"grpc_server_handled_total{{{watch},grpc_code="OK"}}"#),
+            1.0,
+        ),
+        (
+            format!(
+                r#"grpc_server_handled_total{{{},grpc_code="OK"}}"#,
+                method("StartTask", "unary")
+            ),
+            1.0,
+        ),
+        (
+            format!(
+                r#"grpc_server_handled_total{{{},grpc_code="NotFound"}}"#,
+                method("CheckTask", "unary")
+            ),
+            1.0,
+        ),
+        (
+            format!(
+                "grpc_server_handling_seconds_count{{{}}}",
+                method("CheckTask", "unary")
+            ),
+            1.0,
+        ),
+    ];
+    // The watch is handled when its trailers go out, which may follow the last event.
+    let (handled_watch, _) = &expected[3];
+    eventually("the watch to be handled", || async {
+        sample(&scrape(&metrics).await, handled_watch).map(drop)
+    })
+    .await;
+    let exposition = scrape(&metrics).await;
+    for (series, value) in &expected {
+        assert_eq!(sample(&exposition, series), Some(*value), "{series}");
+    }
+    assert!(
+        received >= 2,
+        "the watch saw the task's versions: {received}"
+    );
+}
