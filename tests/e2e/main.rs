@@ -9,6 +9,7 @@ mod exec;
 mod faults;
 mod limits;
 mod list;
+mod metrics;
 mod questions;
 mod records;
 mod replicas;

@@ -18,11 +18,12 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 pub mod http2;
+pub mod prometheus;
 pub mod raw;
 mod redis_server;
 pub mod worker;
 
-pub use redis_server::RedisServer;
+pub use redis_server::{RedisServer, free_port};
 pub use worker::FakeWorker;
 
 use nix::sys::signal::{Signal, kill};

@@ -24,7 +24,8 @@ fn redis_server_binary() -> PathBuf {
         .map_or_else(|| PathBuf::from("redis-server"), PathBuf::from)
 }
 
-fn free_port() -> u16 {
+/// A loopback port free now (another process may take it before the caller binds it).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")

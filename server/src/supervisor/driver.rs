@@ -88,7 +88,6 @@ pub(super) async fn drive(
 }
 
 /// How the code of a task ended, for `reins_cancel_stop_seconds`.
-#[derive(Default)]
 struct Ended {
     /// The cancel in the last version shown to the job, if any.
     cancel: Option<CancelInfo>,
@@ -141,7 +140,11 @@ async fn run(
     // registration is the starting point.
     let mut latest = match port.read(id).await {
         Ok(Some(current)) if current.state.is_terminal() || current.attempt != fence.attempt => {
-            return Ended::default();
+            // Cancelled before its code began: it stopped now, as it never runs.
+            return Ended {
+                cancel: current.cancel,
+                returned_at: None,
+            };
         }
         Ok(Some(current)) => current,
         _ => started,

@@ -37,8 +37,17 @@ pub(crate) struct Sources {
     pub workers: Arc<dyn Fn() -> Vec<WorkerKindOccupancy> + Send + Sync>,
 }
 
-/// Serves the endpoints on `listener` until `stop` is cancelled.
-pub(crate) async fn serve(
+/// Serves the endpoints on `listener` until `stop` is cancelled (the end of shutdown, so
+/// `/readyz` says "not ready" while the replica drains).
+pub(crate) fn spawn(listener: TcpListener, sources: Sources, stop: CancellationToken) {
+    tokio::spawn(async move {
+        if let Err(err) = serve(listener, sources, stop).await {
+            tracing::error!(%err, "the metrics endpoint stopped");
+        }
+    });
+}
+
+async fn serve(
     listener: TcpListener,
     sources: Sources,
     stop: CancellationToken,

@@ -16,7 +16,10 @@
 //! One registry per process ([`metrics`]), like the process's log: the metrics describe
 //! the process, and the components that record them need no handle passed down. Labels
 //! are bounded sets only (kind, state, mode, outcome, store operation, gRPC method and
-//! code), never task ids. Recording is a few atomic operations under a read lock; the
+//! code), never task ids. Series are created at 0 before their first event where the
+//! label values are known (cancel modes and outcomes, store operations, and every series
+//! of a kind when this replica first starts a task of it): a counter that appears at 1
+//! would hide its first event from `rate()` and `increase()`. Recording is a few atomic operations under a read lock; the
 //! benchmark runs with metrics on.
 //!
 //! Served by `reinsd --metrics-listen ADDR` (`http.rs`) with `/healthz` and `/readyz`.
@@ -25,7 +28,8 @@ mod grpc;
 pub mod http;
 mod store;
 
-use std::sync::LazyLock;
+use std::collections::HashSet;
+use std::sync::{LazyLock, RwLock};
 use std::time::SystemTime;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -152,6 +156,8 @@ pub(crate) struct Metrics {
     replicas_lost: Counter,
     settled_by_reaper: Family<StateLabel, Counter>,
     fenced_writes: Counter,
+    /// The kinds whose series exist (see the module doc).
+    known_kinds: RwLock<HashSet<String>>,
 }
 
 /// The metrics of this process.
@@ -184,9 +190,65 @@ impl Metrics {
             replicas_lost: Counter::default(),
             settled_by_reaper: Family::default(),
             fenced_writes: Counter::default(),
+            known_kinds: RwLock::default(),
         };
         metrics.register_task_metrics();
+        for mode in [CancelMode::Soft, CancelMode::Hard] {
+            for outcome in [
+                CancelOutcome::Cancelled,
+                CancelOutcome::Requested,
+                CancelOutcome::AlreadyCancelled,
+                CancelOutcome::AlreadyFinished,
+            ] {
+                drop(metrics.cancels.get_or_create(&CancelLabels {
+                    mode: mode_label(mode),
+                    outcome: outcome_label(outcome),
+                }));
+            }
+        }
+        // What settling a lost run can make of it (`state_machine::lose`).
+        for state in [TaskState::Pending, TaskState::Failed, TaskState::Cancelled] {
+            drop(metrics.settled_by_reaper.get_or_create(&StateLabel {
+                state: state_label(state),
+            }));
+        }
         metrics
+    }
+
+    /// Creates the series of `kind` at 0 the first time this replica starts a task of it.
+    fn know_kind(&self, kind: &str) {
+        let known = |kinds: &HashSet<String>| kinds.contains(kind);
+        if known(&self.known_kinds.read().unwrap_or_else(|p| p.into_inner())) {
+            return;
+        }
+        if !self
+            .known_kinds
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(kind.to_owned())
+        {
+            return;
+        }
+        let label = KindLabel {
+            kind: kind.to_owned(),
+        };
+        drop(self.dispatch.get_or_create(&label));
+        drop(self.cancel_escalations.get_or_create(&label));
+        for state in TaskState::ALL
+            .into_iter()
+            .filter(|state| state.is_terminal())
+        {
+            drop(self.tasks_finished.get_or_create(&KindStateLabels {
+                kind: kind.to_owned(),
+                state: state_label(state),
+            }));
+        }
+        for mode in [CancelMode::Soft, CancelMode::Hard] {
+            drop(self.cancel_stop.get_or_create(&StopLabels {
+                mode: mode_label(mode),
+                kind: kind.to_owned(),
+            }));
+        }
     }
 
     fn register_task_metrics(&mut self) {
@@ -203,7 +265,7 @@ impl Metrics {
         );
         r.register(
             "reins_cancels",
-            "Cancel calls answered by this replica, by mode and outcome",
+            "Cancels asked of this replica (cancel calls, a watch's cancel_on_disconnect, the shutdown drain), by mode and outcome",
             self.cancels.clone(),
         );
         r.register(
@@ -284,6 +346,7 @@ impl Metrics {
     pub fn task_changed(&self, before: &Task, after: &Task) {
         let now = after.updated_at;
         if after.state.is_started() && before.state == TaskState::Pending {
+            self.know_kind(&after.kind);
             let kind = KindLabel {
                 kind: after.kind.clone(),
             };
@@ -314,7 +377,8 @@ impl Metrics {
         }
     }
 
-    /// A cancel call (SoftCancel or HardCancel) answered with `outcome`.
+    /// A cancel (a SoftCancel or HardCancel call, a watch's `cancel_on_disconnect`, the
+    /// shutdown drain) that ended with `outcome`.
     pub fn cancel_called(&self, mode: CancelMode, outcome: CancelOutcome) {
         self.cancels
             .get_or_create(&CancelLabels {
@@ -328,9 +392,16 @@ impl Metrics {
     /// `stopped_at` (it returned, or its future was dropped: process killed, worker told to
     /// abort). The cancel's time is the recording replica's clock.
     pub fn code_stopped(&self, kind: &str, cancel: &CancelInfo, stopped_at: SystemTime) {
+        // An escalated soft cancel is timed, and labelled, as the soft cancel that was
+        // asked for: the hard stops stay the stops of hard cancels.
+        let mode = if cancel.escalated {
+            CancelMode::Soft
+        } else {
+            cancel.mode
+        };
         self.cancel_stop
             .get_or_create(&StopLabels {
-                mode: mode_label(cancel.mode),
+                mode: mode_label(mode),
                 kind: kind.to_owned(),
             })
             .observe(seconds_between(cancel.requested_at, stopped_at));

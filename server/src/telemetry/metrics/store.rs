@@ -3,7 +3,8 @@
 //! `reins_store_request_seconds{op}`), counts the failed ones by kind
 //! (`reins_store_errors_total{op,kind}`, kind `unavailable` or `corrupt`), and keeps the
 //! [`StoreHealth`] that readiness reads: since when every request has found the store
-//! unreachable.
+//! unreachable. Only answers that needed the store clear that: a subscription may be
+//! served by the replica's own fan-out, and marking no kinds served touches nothing.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,30 @@ use crate::store::{
     TaskRecords, TaskStore, Updates, Wakeups, WorkerKinds,
 };
 use crate::task::{Task, TaskId};
+
+/// Every operation, as labelled: the store's trait methods.
+const OPS: [&str; 19] = [
+    "create",
+    "get",
+    "compare_and_swap",
+    "list_active",
+    "children",
+    "owned_by",
+    "history",
+    "subscribe",
+    "subscribe_owner",
+    "oldest_pending",
+    "subscribe_queue",
+    "announce_queued",
+    "queue_depth",
+    "renew_lease",
+    "release_lease",
+    "lost_owners",
+    "mark_served",
+    "is_worker_kind",
+    "forget_worker_kinds",
+];
+const ERROR_KINDS: [&str; 2] = ["unavailable", "corrupt"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabel {
@@ -62,19 +87,29 @@ impl StoreMetrics {
             "How long requests to the task store took, by operation",
             metrics.seconds.clone(),
         );
+        // Every series at 0 from the start, so that the first error shows in `rate()`.
+        for op in OPS {
+            drop(metrics.requests.get_or_create(&OpLabel { op }));
+            drop(metrics.seconds.get_or_create(&OpLabel { op }));
+            for kind in ERROR_KINDS {
+                drop(metrics.errors.get_or_create(&ErrorLabels { op, kind }));
+            }
+        }
         metrics
     }
 
     fn record(&self, op: &'static str, took: Duration, error: Option<&StoreError>) {
+        debug_assert!(OPS.contains(&op), "{op} is missing from OPS");
         let label = OpLabel { op };
         self.requests.get_or_create(&label).inc();
         self.seconds
             .get_or_create(&label)
             .observe(took.as_secs_f64());
         if let Some(error) = error {
+            let [unavailable, corrupt] = ERROR_KINDS;
             let kind = match error {
-                StoreError::Unavailable(_) => "unavailable",
-                StoreError::Corrupt(_) => "corrupt",
+                StoreError::Unavailable(_) => unavailable,
+                StoreError::Corrupt(_) => corrupt,
             };
             self.errors.get_or_create(&ErrorLabels { op, kind }).inc();
         }
@@ -128,17 +163,33 @@ impl MeteredStore {
         Arc::clone(&self.health)
     }
 
+    /// Measures a request whose success shows that the store answered.
     async fn measure<T>(
         &self,
         op: &'static str,
+        request: impl Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        self.measure_as(op, true, request).await
+    }
+
+    /// Measures a request; `answered`: whether its success shows that the store answered.
+    async fn measure_as<T>(
+        &self,
+        op: &'static str,
+        answered: bool,
         request: impl Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
         let start = Instant::now();
         let result = request.await;
         let error = result.as_ref().err();
         metrics().store.record(op, start.elapsed(), error);
-        self.health
-            .note(!matches!(error, Some(StoreError::Unavailable(_))));
+        match error {
+            Some(StoreError::Unavailable(_)) => self.health.note(false),
+            // A corrupt record was read: the store answered.
+            Some(StoreError::Corrupt(_)) => self.health.note(true),
+            None if answered => self.health.note(true),
+            None => {}
+        }
         result
     }
 }
@@ -185,11 +236,12 @@ impl TaskRecords for MeteredStore {
 #[async_trait]
 impl TaskFeeds for MeteredStore {
     async fn subscribe(&self, id: TaskId) -> StoreResult<Updates> {
-        self.measure("subscribe", self.inner.subscribe(id)).await
+        self.measure_as("subscribe", false, self.inner.subscribe(id))
+            .await
     }
 
     async fn subscribe_owner(&self, owner: &str) -> StoreResult<Updates> {
-        self.measure("subscribe_owner", self.inner.subscribe_owner(owner))
+        self.measure_as("subscribe_owner", false, self.inner.subscribe_owner(owner))
             .await
     }
 }
@@ -202,7 +254,7 @@ impl TaskQueue for MeteredStore {
     }
 
     async fn subscribe_queue(&self) -> StoreResult<Wakeups> {
-        self.measure("subscribe_queue", self.inner.subscribe_queue())
+        self.measure_as("subscribe_queue", false, self.inner.subscribe_queue())
             .await
     }
 
@@ -236,7 +288,8 @@ impl Membership for MeteredStore {
 #[async_trait]
 impl WorkerKinds for MeteredStore {
     async fn mark_served(&self, kinds: &[String], at: SystemTime) -> StoreResult<()> {
-        self.measure("mark_served", self.inner.mark_served(kinds, at))
+        let answered = !kinds.is_empty();
+        self.measure_as("mark_served", answered, self.inner.mark_served(kinds, at))
             .await
     }
 
