@@ -306,6 +306,13 @@ impl StartTask {
         self.request.max_attempts = max_attempts;
         self
     }
+
+    /// A limit of the task's budget: the server soft-cancels the task and its subtree once
+    /// their usage of `dimension` reaches `limit`.
+    pub fn budget(mut self, dimension: impl Into<String>, limit: f64) -> StartTask {
+        self.request.budget.insert(dimension.into(), limit);
+        self
+    }
 }
 
 impl From<StartTask> for StartTaskRequest {
@@ -335,7 +342,8 @@ mod tests {
                 .label("b", "2")
                 .timeout(Duration::from_millis(1500))
                 .request_id("req-1")
-                .max_attempts(3),
+                .max_attempts(3)
+                .budget("output_tokens", 10000.0),
         );
         let expected = StartTaskRequest {
             kind: "exec".into(),
@@ -351,6 +359,7 @@ mod tests {
             }),
             request_id: "req-1".into(),
             max_attempts: 3,
+            budget: HashMap::from([("output_tokens".into(), 10000.0)]),
         };
         assert_eq!(request, expected);
     }

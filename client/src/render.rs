@@ -322,6 +322,7 @@ mod tests {
                 }),
                 escalated: true,
                 deadline_exceeded: false,
+                ..CancelInfo::default()
             }),
             ..running_task()
         };

@@ -2,6 +2,7 @@
 //! processes. One module per area; the harness is the `reins_e2e` library.
 
 mod bad_input;
+mod budgets;
 mod cancel;
 mod cli;
 mod connections;

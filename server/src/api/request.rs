@@ -14,7 +14,7 @@ use crate::convert::View;
 use crate::error::{Echo, Error, FieldViolation, Result};
 use crate::limits::Limits;
 use crate::store::ActiveFilter;
-use crate::task::{MAX_DURATION, NewTask, TaskId};
+use crate::task::{MAX_DURATION, NewTask, TaskId, Usage, budget};
 
 /// The view a read asks for (`TaskView`); `default` when unspecified. Unknown values are
 /// INVALID_ARGUMENT rather than silently FULL, so a typo does not cost a huge reply.
@@ -104,6 +104,17 @@ pub fn new_task(request: pb::StartTaskRequest, limits: &Limits) -> Result<NewTas
         ));
     }
     collect(&mut violations, labels("labels", &request.labels));
+    let budget: Usage = request.budget.into_iter().collect();
+    violations.extend(
+        budget::budget_problems(&budget)
+            .into_iter()
+            .map(|(dimension, why)| match dimension {
+                Some(dimension) => {
+                    FieldViolation::new("budget", format!("{}: {why}", Echo(&dimension)))
+                }
+                None => FieldViolation::new("budget", why),
+            }),
+    );
     let spec = NewTask {
         kind: request.kind,
         description: request.description,
@@ -115,6 +126,8 @@ pub fn new_task(request: pb::StartTaskRequest, limits: &Limits) -> Result<NewTas
         timeout,
         request_id: request.request_id,
         max_attempts: request.max_attempts.max(1),
+        budget,
+        ancestors: Vec::new(),
     };
     violations.extend(limits.new_task(&spec));
     if !violations.is_empty() {

@@ -23,6 +23,8 @@ fn code_and_reason(err: &Error) -> (Code, &'static str) {
         Error::ParentNotFound(_) => (Code::NotFound, "PARENT_NOT_FOUND"),
         Error::ParentFinished(_) => (Code::FailedPrecondition, "PARENT_FINISHED"),
         Error::TaskNotWaiting { .. } => (Code::FailedPrecondition, "TASK_NOT_WAITING"),
+        Error::TreeTooDeep { .. } => (Code::FailedPrecondition, "TREE_TOO_DEEP"),
+        Error::BudgetExhausted { .. } => (Code::FailedPrecondition, "BUDGET_EXHAUSTED"),
         Error::RequestIdConflict { .. } => (Code::AlreadyExists, "REQUEST_ID_CONFLICT"),
         Error::HistoryUnavailable { .. } => (Code::OutOfRange, "HISTORY_UNAVAILABLE"),
         Error::VersionAhead { .. } => (Code::OutOfRange, "VERSION_AHEAD"),

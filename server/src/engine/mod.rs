@@ -12,6 +12,7 @@
 //! signal a soft cancel, deliver an answer). The engine never reaches into a running job,
 //! and running code reaches back only through the narrow [`crate::port::TaskPort`].
 
+mod budget;
 mod cancel;
 mod dispatch;
 mod drain;

@@ -27,7 +27,8 @@ use super::{
     Update, Updates, Wakeups, WorkerKinds,
 };
 use crate::background::Background;
-use crate::task::{Task, TaskId, TaskState};
+use crate::task::budget::{self, Spending};
+use crate::task::{Task, TaskId, TaskState, Usage};
 
 /// How many unread changes a slow subscriber may fall behind before it sees
 /// [`Update::Lagged`].
@@ -217,6 +218,31 @@ impl Inner {
         }
     }
 
+    /// The compare-and-set of every change; `increment` is added to the stored subtree
+    /// usage, which descendants move without a new version (`next` may carry an older one).
+    fn swap(&mut self, next: &Task, increment: &Usage) -> Swap {
+        let Some(entry) = self.tasks.get_mut(&next.id) else {
+            return Swap::Missing;
+        };
+        if entry.task.state.is_terminal()
+            || entry.task.version + 1 != next.version
+            || !entry.task.fences_allow(next)
+        {
+            return Swap::Conflict;
+        }
+        let mut next = next.clone();
+        next.subtree_usage = entry.task.subtree_usage.clone();
+        let _ = budget::add(&mut next.subtree_usage, increment);
+        let version = entry.replace(&next);
+        self.index(&next);
+        if let Some(control) = self.owner_channels.get(&next.owner)
+            && control.send(version).is_err()
+        {
+            self.owner_channels.remove(&next.owner);
+        }
+        Swap::Swapped
+    }
+
     fn forget(&mut self, id: TaskId) {
         let Some(entry) = self.tasks.remove(&id) else {
             return;
@@ -235,6 +261,13 @@ impl Inner {
             }
         }
     }
+}
+
+/// The spending of `task`, whose subtree's usage was `before` a report; `None` without a
+/// budget.
+fn spending(task: &Task, before: Usage) -> Option<Spending> {
+    (!task.budget.is_empty())
+        .then(|| Spending::new(task.id, &task.budget, &before, &task.subtree_usage))
 }
 
 impl Entry {
@@ -310,24 +343,49 @@ impl TaskRecords for MemoryStore {
     }
 
     async fn compare_and_swap(&self, next: &Task) -> StoreResult<Swap> {
+        Ok(self.lock().swap(next, &Usage::new()))
+    }
+
+    async fn swap_spending(
+        &self,
+        next: &Task,
+        increment: &Usage,
+    ) -> StoreResult<(Swap, Vec<Spending>)> {
         let mut inner = self.lock();
-        let Some(entry) = inner.tasks.get_mut(&next.id) else {
-            return Ok(Swap::Missing);
-        };
-        if entry.task.state.is_terminal()
-            || entry.task.version + 1 != next.version
-            || !entry.task.fences_allow(next)
-        {
-            return Ok(Swap::Conflict);
+        let before = inner
+            .tasks
+            .get(&next.id)
+            .map(|entry| entry.task.subtree_usage.clone())
+            .unwrap_or_default();
+        let swap = inner.swap(next, increment);
+        if !matches!(swap, Swap::Swapped) {
+            return Ok((swap, Vec::new()));
         }
-        let version = entry.replace(next);
-        inner.index(next);
-        if let Some(control) = inner.owner_channels.get(&next.owner)
-            && control.send(version).is_err()
-        {
-            inner.owner_channels.remove(&next.owner);
+        let mut chain: Vec<Spending> = inner
+            .tasks
+            .get(&next.id)
+            .and_then(|entry| spending(&entry.task, before))
+            .into_iter()
+            .collect();
+        for id in &next.ancestors {
+            // An ancestor gone past its retention (a detached child outlives it) is skipped.
+            let Some(entry) = inner.tasks.get_mut(id) else {
+                continue;
+            };
+            let before = entry.task.subtree_usage.clone();
+            let _ = budget::add(&mut entry.task.subtree_usage, increment);
+            chain.extend(spending(&entry.task, before));
         }
-        Ok(Swap::Swapped)
+        Ok((swap, chain))
+    }
+
+    async fn spending(&self, ids: &[TaskId]) -> StoreResult<Vec<Spending>> {
+        let inner = self.lock();
+        Ok(ids
+            .iter()
+            .filter_map(|id| inner.tasks.get(id))
+            .filter_map(|entry| spending(&entry.task, entry.task.subtree_usage.clone()))
+            .collect())
     }
 
     async fn list_active(

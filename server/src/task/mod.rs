@@ -3,6 +3,7 @@
 //! Everything here is plain data. How a record may change is decided by
 //! [`state_machine`]; how cancels spread through a task tree by [`cancel`].
 
+pub mod budget;
 pub mod cancel;
 pub mod checkpoints;
 pub mod state_machine;
@@ -13,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use budget::Usage;
 pub use checkpoints::{CheckpointLimits, Checkpoints};
 
 /// The longest duration the service accepts anywhere (a timeout, a grace period): the
@@ -81,6 +83,10 @@ pub struct CancelInfo {
     pub escalated: bool,
     /// The cancel came from the task's own timeout: it ends FAILED, not CANCELLED.
     pub deadline_exceeded: bool,
+    /// The server cancelled the task because its subtree reached this dimension's limit
+    /// of its budget; empty otherwise.
+    #[serde(default)]
+    pub budget_exhausted: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -133,6 +139,27 @@ pub struct Task {
     pub question: String,
     pub answer: String,
     pub cancel: Option<CancelInfo>,
+
+    /// Limits per usage dimension over the task's whole subtree (see [`budget`]).
+    #[serde(default)]
+    pub budget: Usage,
+    /// What the task itself reported spending.
+    #[serde(default)]
+    pub usage: Usage,
+    /// What the task and every descendant (detached ones included) reported spending. The
+    /// store keeps it beside the record: descendants add to it without a new version.
+    #[serde(default)]
+    pub subtree_usage: Usage,
+    /// The task's ancestors, nearest first (at most [`budget::MAX_DEPTH`] − 1): where its
+    /// usage is rolled up.
+    #[serde(default)]
+    pub ancestors: Vec<TaskId>,
+    /// When the open question is answered for the task (`timed_out`) if nobody has.
+    #[serde(default)]
+    pub question_deadline: Option<SystemTime>,
+    /// The last question was not answered in time: the task resumed without an answer.
+    #[serde(default)]
+    pub answer_timed_out: bool,
 }
 
 /// What a client asks for when it starts a task (already validated for shape).
@@ -149,6 +176,9 @@ pub struct NewTask {
     pub request_id: String,
     /// At least 1.
     pub max_attempts: u32,
+    pub budget: Usage,
+    /// Set by the engine from the parent: the parent, then its ancestors.
+    pub ancestors: Vec<TaskId>,
 }
 
 fn one() -> u32 {
@@ -187,6 +217,12 @@ impl Task {
             question: String::new(),
             answer: String::new(),
             cancel: None,
+            usage: budget::zero_usage(&spec.budget),
+            subtree_usage: budget::zero_usage(&spec.budget),
+            budget: spec.budget,
+            ancestors: spec.ancestors,
+            question_deadline: None,
+            answer_timed_out: false,
         }
     }
 
