@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use futures_util::{TryStreamExt, stream};
 use reins_proto::v1::{
-    AnswerTaskRequest, CancelResponse, CheckTaskRequest, HardCancelRequest, ListActiveRequest,
-    ListActiveResponse, SoftCancelRequest, StartTaskRequest, Task, TaskEvent, TaskView,
-    WatchTaskRequest, task_service_client::TaskServiceClient,
+    AnswerTaskRequest, CancelResponse, CancelTasksRequest, CancelTasksResponse, CheckTaskRequest,
+    HardCancelRequest, ListActiveRequest, ListActiveResponse, SoftCancelRequest, StartTaskRequest,
+    Task, TaskEvent, TaskView, WatchTaskRequest, task_service_client::TaskServiceClient,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{
@@ -116,6 +116,15 @@ impl Client {
             reason: reason.into(),
         };
         Ok(self.raw().hard_cancel(request).await?.into_inner())
+    }
+
+    /// Cancels every active task matching the request's filters (at least one), each with
+    /// its subtree; with `dry_run` only counts them. See [`CancelTasksRequest`].
+    pub async fn cancel_tasks(
+        &self,
+        request: CancelTasksRequest,
+    ) -> Result<CancelTasksResponse, Status> {
+        Ok(self.raw().cancel_tasks(request).await?.into_inner())
     }
 
     /// One page of active tasks matching `filter`.

@@ -75,6 +75,11 @@ pub enum Error {
     TreeTooDeep { parent: TaskId },
     #[error("cannot start a task under {ancestor}: its {reason}")]
     BudgetExhausted { ancestor: TaskId, reason: String },
+    #[error(
+        "session {} was cancelled (CancelTasks) and takes no new task for a while",
+        Echo(.0)
+    )]
+    SessionCancelled(String),
     #[error("task {id} is {state:?}, not waiting for an answer")]
     TaskNotWaiting { id: TaskId, state: TaskState },
     #[error(

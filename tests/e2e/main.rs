@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod budgets;
+mod bulk_cancel;
 mod cancel;
 mod cli;
 mod connections;

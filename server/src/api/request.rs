@@ -198,6 +198,73 @@ pub fn list_query(
     Ok((filter, after, page_size))
 }
 
+/// What a CancelTasks request asks for.
+pub struct BulkCancelQuery {
+    pub filter: ActiveFilter,
+    /// A soft cancel's grace is `None` when the request leaves it to the server.
+    pub mode: pb::CancelMode,
+    pub grace: Option<Duration>,
+    pub dry_run: bool,
+}
+
+/// A CancelTasks request: at least one filter; a known mode (unspecified: soft); a grace
+/// period only for soft cancels.
+pub fn bulk_cancel(request: &pb::CancelTasksRequest) -> Result<BulkCancelQuery> {
+    let mut violations = Vec::new();
+    collect(&mut violations, labels("labels", &request.labels));
+    let parent_id = collect(
+        &mut violations,
+        optional_task_id("parent_id", &request.parent_id),
+    )
+    .flatten();
+    let filter = ActiveFilter {
+        kind: non_empty(&request.kind),
+        session_id: non_empty(&request.session_id),
+        parent_id,
+        labels: request.labels.clone().into_iter().collect(),
+    };
+    if filter == ActiveFilter::default() && request.parent_id.is_empty() {
+        violations.push(FieldViolation::new(
+            "kind",
+            "at least one filter is required (kind, session_id, parent_id or labels); to cancel everything, cancel by kind",
+        ));
+    }
+    let mode = match pb::CancelMode::try_from(request.mode) {
+        Ok(pb::CancelMode::Unspecified) => pb::CancelMode::Soft,
+        Ok(mode) => mode,
+        Err(_) => {
+            violations.push(FieldViolation::new(
+                "mode",
+                format!(
+                    "must be CANCEL_MODE_SOFT or CANCEL_MODE_HARD, got {}",
+                    request.mode
+                ),
+            ));
+            pb::CancelMode::Soft
+        }
+    };
+    let grace = collect(
+        &mut violations,
+        duration("grace_period", request.grace_period),
+    )
+    .flatten();
+    if grace.is_some() && mode == pb::CancelMode::Hard {
+        violations.push(FieldViolation::new(
+            "grace_period",
+            "a hard cancel has no grace period",
+        ));
+    }
+    if !violations.is_empty() {
+        return Err(Error::InvalidArgument(violations));
+    }
+    Ok(BulkCancelQuery {
+        filter,
+        mode,
+        grace,
+        dry_run: request.dry_run,
+    })
+}
+
 fn non_empty(text: &str) -> Option<String> {
     (!text.is_empty()).then(|| text.to_owned())
 }

@@ -23,6 +23,7 @@ fn code_and_reason(err: &Error) -> (Code, &'static str) {
         Error::ParentNotFound(_) => (Code::NotFound, "PARENT_NOT_FOUND"),
         Error::ParentFinished(_) => (Code::FailedPrecondition, "PARENT_FINISHED"),
         Error::TaskNotWaiting { .. } => (Code::FailedPrecondition, "TASK_NOT_WAITING"),
+        Error::SessionCancelled(_) => (Code::FailedPrecondition, "SESSION_CANCELLED"),
         Error::TreeTooDeep { .. } => (Code::FailedPrecondition, "TREE_TOO_DEEP"),
         Error::BudgetExhausted { .. } => (Code::FailedPrecondition, "BUDGET_EXHAUSTED"),
         Error::RequestIdConflict { .. } => (Code::AlreadyExists, "REQUEST_ID_CONFLICT"),

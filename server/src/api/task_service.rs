@@ -150,6 +150,34 @@ impl TaskService for TaskApi {
         )))
     }
 
+    async fn cancel_tasks(
+        &self,
+        request: Request<pb::CancelTasksRequest>,
+    ) -> Result<Response<pb::CancelTasksResponse>, Status> {
+        let request = request.into_inner();
+        let query = request::bulk_cancel(&request)?;
+        self.limits.reason(&request.reason)?;
+        let mode = match query.mode {
+            pb::CancelMode::Hard => CancelRequest::Hard,
+            _ => CancelRequest::Soft {
+                grace: query.grace.unwrap_or(self.engine.default_grace()),
+            },
+        };
+        let done = self
+            .engine
+            .cancel_tasks(&query.filter, mode, request.reason, query.dry_run)
+            .await?;
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(Response::new(pb::CancelTasksResponse {
+            matched: count(done.matched),
+            cancelled: count(done.cancelled),
+            requested: count(done.requested),
+            already_finished: count(done.already_finished),
+            truncated: done.matched > done.task_ids.len(),
+            task_ids: done.task_ids.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
     async fn answer_task(&self, request: Request<pb::AnswerTaskRequest>) -> TaskResult {
         let request = request.into_inner();
         let id = request::task_id("task_id", &request.task_id)?;

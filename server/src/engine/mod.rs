@@ -13,6 +13,7 @@
 //! and running code reaches back only through the narrow [`crate::port::TaskPort`].
 
 mod budget;
+pub(crate) mod bulk_cancel;
 mod cancel;
 mod dispatch;
 mod drain;
@@ -58,6 +59,8 @@ pub(crate) struct EngineConfig {
     pub limits: Limits,
     /// How many checkpoints, of how many bytes in all, a task keeps.
     pub checkpoint_limits: CheckpointLimits,
+    /// How long a session cancelled by CancelTasks refuses new tasks.
+    pub cancelled_session_ttl: Duration,
 }
 
 pub(crate) struct Engine {

@@ -40,6 +40,7 @@ impl Engine {
                 Ok(task)
             }
             Created::Existing(existing) if existing.matches_request(&spec) => Ok(existing),
+            Created::SessionCancelled => Err(Error::SessionCancelled(spec.session_id)),
             Created::Existing(existing) => Err(Error::RequestIdConflict {
                 request_id: spec.request_id,
                 existing: existing.id,

@@ -30,6 +30,7 @@ async fn insert(store: &dyn TaskStore, task: Task) -> Task {
     match store.create(task).await.unwrap() {
         Created::New(task) => task,
         Created::Existing(task) => panic!("unexpected existing task {}", task.id),
+        Created::SessionCancelled => panic!("unexpected cancelled session"),
     }
 }
 
@@ -100,7 +101,7 @@ pub async fn a_known_request_id_returns_the_existing_task(store: &dyn TaskStore)
     let first = insert(store, new_task(spec.clone())).await;
     match store.create(new_task(spec)).await.unwrap() {
         Created::Existing(existing) => assert_eq!(existing.id, first.id),
-        Created::New(task) => panic!("a second task {} was created", task.id),
+        other => panic!("expected the existing task, got {other:?}"),
     }
 }
 
@@ -821,6 +822,45 @@ pub async fn a_usage_counts_at_most_sixteen_dimensions(store: &dyn TaskStore) {
     assert_eq!(store.get(child.id).await.unwrap().unwrap().usage.len(), 16);
 }
 
+pub async fn a_cancelled_session_takes_no_new_task_until_its_mark_expires(store: &dyn TaskStore) {
+    let in_session = |session: &str, request_id: &str| {
+        new_task(NewTask {
+            kind: "sleep".into(),
+            session_id: session.into(),
+            request_id: request_id.into(),
+            ..NewTask::default()
+        })
+    };
+    let first = insert(store, in_session("stopped", "req-1")).await;
+    store
+        .cancel_session("stopped", Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.create(in_session("stopped", "")).await.unwrap(),
+        Created::SessionCancelled
+    ));
+    // A retried start still gets the task it created before.
+    match store.create(in_session("stopped", "req-1")).await.unwrap() {
+        Created::Existing(existing) => assert_eq!(existing.id, first.id),
+        other => panic!("expected the existing task, got {other:?}"),
+    }
+    insert(store, in_session("another", "")).await;
+    insert(store, sleep_task()).await;
+    // Once the mark has expired the session takes tasks again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while matches!(
+        store.create(in_session("stopped", "")).await.unwrap(),
+        Created::SessionCancelled
+    ) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mark never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 macro_rules! suite {
     ($make:expr) => {
         $crate::store::conformance::suite!(@tests $make;
@@ -847,6 +887,7 @@ macro_rules! suite {
             a_refused_swap_adds_no_usage,
             concurrent_reports_of_many_children_never_lose_an_increment,
             a_usage_counts_at_most_sixteen_dimensions,
+            a_cancelled_session_takes_no_new_task_until_its_mark_expires,
         );
     };
     (@tests $make:expr; $($check:ident),* $(,)?) => {

@@ -57,6 +57,8 @@ struct Inner {
     owner_channels: HashMap<String, broadcast::Sender<Arc<Task>>>,
     /// Learned kinds and when a worker last served each.
     worker_kinds: HashMap<String, SystemTime>,
+    /// Sessions marked cancelled, until when.
+    cancelled_sessions: HashMap<String, SystemTime>,
     queue: Option<broadcast::Sender<()>>,
 }
 
@@ -323,6 +325,14 @@ impl TaskRecords for MemoryStore {
         {
             return Ok(Created::Existing(entry.task.clone()));
         }
+        if !task.session_id.is_empty()
+            && let Some(&until) = inner.cancelled_sessions.get(&task.session_id)
+        {
+            if until > SystemTime::now() {
+                return Ok(Created::SessionCancelled);
+            }
+            inner.cancelled_sessions.remove(&task.session_id);
+        }
         if !task.request_id.is_empty() {
             inner.by_request_id.insert(task.request_id.clone(), task.id);
         }
@@ -336,6 +346,17 @@ impl TaskRecords for MemoryStore {
         inner.index(&task);
         inner.tasks.insert(task.id, Entry::new(task.clone()));
         Ok(Created::New(task))
+    }
+
+    async fn cancel_session(&self, session: &str, ttl: Duration) -> StoreResult<()> {
+        let now = SystemTime::now();
+        let mut inner = self.lock();
+        // Expired marks are dropped here too, so they cannot pile up.
+        inner.cancelled_sessions.retain(|_, until| *until > now);
+        inner
+            .cancelled_sessions
+            .insert(session.to_owned(), now + ttl);
+        Ok(())
     }
 
     async fn get(&self, id: TaskId) -> StoreResult<Option<Task>> {

@@ -52,6 +52,9 @@ pub enum Created {
     New(Task),
     /// A task with the same `request_id` already exists; nothing was written.
     Existing(Task),
+    /// The task's session is marked cancelled ([`TaskRecords::cancel_session`]); nothing
+    /// was written.
+    SessionCancelled,
 }
 
 /// Result of [`TaskRecords::compare_and_swap`].
@@ -105,8 +108,13 @@ pub enum Update {
 #[async_trait]
 pub trait TaskRecords: Send + Sync + 'static {
     /// Inserts a new task, unless its non-empty `request_id` is already known, in which
-    /// case the existing task is returned and nothing is written.
+    /// case the existing task is returned and nothing is written, or its session is
+    /// marked cancelled.
     async fn create(&self, task: Task) -> StoreResult<Created>;
+
+    /// Marks `session` cancelled for `ttl`: [`TaskRecords::create`] refuses its new tasks
+    /// until then (a repeated mark extends it).
+    async fn cancel_session(&self, session: &str, ttl: Duration) -> StoreResult<()>;
 
     async fn get(&self, id: TaskId) -> StoreResult<Option<Task>>;
 

@@ -1,7 +1,7 @@
 -- Inserts a new task, unless its request_id already names a live task.
 -- KEYS: 1 task hash, 2 request_id key, 3 active zset, 4 pending zset,
 --       5 children zset of the parent, 6 history list, 7 active zset of the kind,
---       8 active zset of the session
+--       8 active zset of the session, 9 the session's cancelled mark
 -- ARGV: 1 task JSON, 2 id, 3 version, 4 state, 5 has request_id ('1'/'0'),
 --       6 has parent ('1'/'0'), 7 task-key prefix, 8 has session ('1'/'0'),
 --       9 the budget as a JSON object ('' if none): read by swap.lua's usage roll-up
@@ -13,6 +13,12 @@ if ARGV[5] == '1' then
       return {'existing', json}
     end
   end
+end
+-- A session marked cancelled takes no new task (a retried request above still gets its own).
+if ARGV[8] == '1' and redis.call('EXISTS', KEYS[9]) == 1 then
+  return {'session-cancelled'}
+end
+if ARGV[5] == '1' then
   redis.call('SET', KEYS[2], ARGV[2])
 end
 redis.call('HSET', KEYS[1], 'json', ARGV[1], 'version', ARGV[3], 'state', ARGV[4],

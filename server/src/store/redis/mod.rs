@@ -373,6 +373,7 @@ impl TaskRecords for RedisStore {
             .key(self.keys.history(task.id))
             .key(self.keys.active_of_kind(&task.kind))
             .key(self.keys.active_of_session(&task.session_id))
+            .key(self.keys.cancelled_session(&task.session_id))
             .arg(encode_record(&task))
             .arg(task.id.to_string())
             .arg(task.version)
@@ -393,8 +394,21 @@ impl TaskRecords for RedisStore {
                     self.get(found.id).await?.unwrap_or(found),
                 ))
             }
+            [refused] if refused == "session-cancelled" => Ok(Created::SessionCancelled),
             _ => Ok(Created::New(task)),
         }
+    }
+
+    async fn cancel_session(&self, session: &str, ttl: Duration) -> StoreResult<()> {
+        let _: () = redis::cmd("SET")
+            .arg(self.keys.cancelled_session(session))
+            .arg("1")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn get(&self, id: TaskId) -> StoreResult<Option<Task>> {
