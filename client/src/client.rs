@@ -6,8 +6,9 @@ use std::time::Duration;
 use futures_util::{TryStreamExt, stream};
 use reins_proto::v1::{
     AnswerTaskRequest, CancelResponse, CancelTasksRequest, CancelTasksResponse, CheckTaskRequest,
-    HardCancelRequest, ListActiveRequest, ListActiveResponse, SoftCancelRequest, StartTaskRequest,
-    Task, TaskEvent, TaskView, WatchTaskRequest, task_service_client::TaskServiceClient,
+    HardCancelRequest, ListActiveRequest, ListActiveResponse, RunTaskRequest, SoftCancelRequest,
+    StartTaskRequest, Task, TaskEvent, TaskView, WatchTaskRequest,
+    task_service_client::TaskServiceClient,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{
@@ -186,15 +187,25 @@ impl Client {
             view: options.view as i32,
         };
         let events = self.raw().watch_task(request).await?.into_inner();
-        Ok(events.filter(|event| {
-            !matches!(
-                event,
-                Ok(TaskEvent {
-                    heartbeat: true,
-                    ..
-                })
-            )
-        }))
+        Ok(without_heartbeats(events))
+    }
+
+    /// Starts the task and streams it like [`Client::watch`] until its terminal event.
+    /// Dropping the stream before then soft-cancels the task ("caller disconnected"),
+    /// unless `continue_on_disconnect`; with a request id, a second `run` re-attaches to
+    /// the same task and the task is cancelled only when the last tied call leaves.
+    pub async fn run(
+        &self,
+        task: StartTask,
+        continue_on_disconnect: bool,
+    ) -> Result<impl Stream<Item = Result<TaskEvent, Status>> + Unpin + Send + 'static, Status>
+    {
+        let request = RunTaskRequest {
+            task: Some(task.into()),
+            continue_on_disconnect,
+        };
+        let events = self.raw().run_task(request).await?.into_inner();
+        Ok(without_heartbeats(events))
     }
 
     /// Answers the open question of a task in WAITING_FOR_ANSWER, which resumes it.
@@ -209,6 +220,21 @@ impl Client {
         };
         Ok(self.raw().answer_task(request).await?.into_inner())
     }
+}
+
+/// Events without the server's heartbeats: every event is a new version.
+fn without_heartbeats(
+    events: impl Stream<Item = Result<TaskEvent, Status>> + Unpin + Send + 'static,
+) -> impl Stream<Item = Result<TaskEvent, Status>> + Unpin + Send + 'static {
+    events.filter(|event| {
+        !matches!(
+            event,
+            Ok(TaskEvent {
+                heartbeat: true,
+                ..
+            })
+        )
+    })
 }
 
 /// How to watch a task; the default watches from the current state and leaves the task

@@ -14,6 +14,7 @@ mod list;
 mod questions;
 mod records;
 mod replicas;
+mod run;
 mod server;
 mod start;
 mod watch;

@@ -136,6 +136,19 @@ pub fn new_task(request: pb::StartTaskRequest, limits: &Limits) -> Result<NewTas
     Ok(spec)
 }
 
+/// Names the fields of a message nested in the request's field `parent` (`task.kind`).
+pub fn nested(parent: &'static str) -> impl Fn(Error) -> Error {
+    move |err| match err {
+        Error::InvalidArgument(violations) => Error::InvalidArgument(
+            violations
+                .into_iter()
+                .map(|v| FieldViolation::new(format!("{parent}.{}", v.field), v.description))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 /// Moves the field violations of `result` into `violations`, so that one reply names every
 /// bad field.
 fn collect<T>(violations: &mut Vec<FieldViolation>, result: Result<T>) -> Option<T> {
