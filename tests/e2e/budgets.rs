@@ -227,3 +227,91 @@ async fn a_parents_budget_stops_a_tree_spending_in_grandchildren_on_another_repl
     assert_eq!(root.cancel.unwrap().budget_exhausted, "tokens");
     assert_eq!(root.subtree_usage["tokens"], 100.0);
 }
+
+#[tokio::test]
+async fn a_tree_deeper_than_32_levels_is_refused() {
+    let server = Reinsd::start();
+    let client = server.client().await;
+    let root = client.start(long_sleep()).await.unwrap();
+    let mut parent = root.id.clone();
+    for _ in 1..32 {
+        parent = client.start(long_sleep().parent(&parent)).await.unwrap().id;
+    }
+    let status = client
+        .start(long_sleep().parent(&parent))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::FailedPrecondition, "TREE_TOO_DEEP")
+    );
+    client.hard_cancel(&root.id, "done").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_bad_question_timeout_from_a_worker_ends_its_stream() {
+    let server = Reinsd::start();
+    let client = server.client().await;
+    let mut worker = FakeWorker::connect(&server.url(), "w", &[KIND], 1).await;
+    let task = client.start(StartTask::new(KIND)).await.unwrap();
+    worker.expect_assign().await;
+    worker.send(reins_e2e::worker::message(
+        reins_client::proto::worker_message::Message::Ask(reins_client::proto::TaskAsk {
+            task_id: task.id.clone(),
+            question: "?".into(),
+            timeout: Some(prost_types::Duration {
+                seconds: -1,
+                nanos: 0,
+            }),
+        }),
+    ));
+    let status = worker.closed().await.expect("an error status");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("ask.timeout"),
+        "{}",
+        status.message()
+    );
+}
+
+/// The same over two replicas: half the children run on a worker of each.
+#[tokio::test]
+async fn usage_of_children_on_two_replicas_is_never_lost() {
+    let cluster = Cluster::start(2, &[]);
+    let clients = [cluster.client(0).await, cluster.client(1).await];
+    let mut workers = [
+        FakeWorker::connect(&cluster.replica(0).url(), "on-a", &[KIND], 25).await,
+        FakeWorker::connect(&cluster.replica(1).url(), "on-b", &[KIND], 25).await,
+    ];
+    let root = clients[0]
+        .start(long_sleep().budget("tokens", 1e9))
+        .await
+        .unwrap();
+    let mut children: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    for (i, worker) in workers.iter_mut().enumerate() {
+        for _ in 0..25 {
+            clients[i]
+                .start(StartTask::new(KIND).parent(&root.id))
+                .await
+                .unwrap();
+            children[i].push(worker.expect_assign().await.id);
+        }
+    }
+    for _ in 0..4 {
+        for (i, worker) in workers.iter().enumerate() {
+            for child in &children[i] {
+                worker.spend(child, &[("tokens", 0.5)]);
+            }
+        }
+    }
+    for worker in &mut workers {
+        let mut acks = 0;
+        while acks < 100 {
+            if let Command::UsageAck(_) = worker.next().await {
+                acks += 1;
+            }
+        }
+    }
+    assert_eq!(subtree(&clients[1], &root.id, "tokens").await, 100.0);
+    clients[0].hard_cancel(&root.id, "done").await.unwrap();
+}
