@@ -23,11 +23,14 @@ impl Transitions {
                 tracing::info!(task = %spending.task, reason = %exhausted.reason(), "budget exhausted; cancelling the subtree");
                 self.stop(spending.task, exhausted).await;
                 acted = true;
-            } else if let Some(exhausted) = spending.exhausted_before() {
-                tracing::info!(task = %reporter.id, ancestor = %spending.task, "spending under an exhausted budget; cancelling the task");
-                self.stop(reporter.id, exhausted).await;
-                acted = true;
             }
+        }
+        // Spending under a budget exhausted before (which a subtree cancel will not reach
+        // again): the reporter stops, once, whichever ancestor it was.
+        if let Some(exhausted) = spent.iter().find_map(Spending::exhausted_before) {
+            tracing::info!(task = %reporter.id, "spending under an exhausted budget; cancelling the task");
+            self.stop(reporter.id, exhausted).await;
+            acted = true;
         }
         if !acted {
             return reporter;
