@@ -3,15 +3,27 @@
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-use reins_client::{StartTask, WatchOptions, json, proto::ListActiveRequest};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use reins_client::{
+    StartTask, WatchOptions, json,
+    proto::{CancelMode, CancelTasksRequest, ListActiveRequest},
+};
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
   0    success
   1    the server rejected the request, could not be reached, or a watch broke off
   2    invalid arguments (including --params that is not a JSON object)
-  130  `watch` interrupted with Ctrl-C";
+  130  `watch` or `run` interrupted with Ctrl-C";
+
+const RUN_HELP: &str = "\
+Start a task and follow it until it finishes, like `start` then `watch`, through RunTask: \
+if this command goes away (killed, connection lost) the server soft-cancels the task, \
+unless --continue-on-disconnect.
+
+Ctrl-C soft-cancels the task and keeps showing its progress until it stops; a second \
+Ctrl-C hard-cancels it. Exits 0 if the task COMPLETED, 1 if it FAILED or was CANCELLED \
+(or the stream broke off), 130 if it was interrupted with Ctrl-C.";
 
 const WATCH_HELP: &str = "\
 Follow a task until it reaches a terminal state (COMPLETED, FAILED or CANCELLED).
@@ -50,12 +62,15 @@ pub struct Cli {
 pub enum Command {
     /// Start a task and print it.
     Start(StartArgs),
+    #[command(about = "Start a task and follow it; Ctrl-C stops it", long_about = RUN_HELP)]
+    Run(RunArgs),
     /// Show a task, active or finished.
     Check {
         /// Task id.
         id: String,
     },
-    /// Cancel a task and its subtree: at its next checkpoint, or right away with --hard.
+    /// Cancel a task and its subtree (or every task of a session, label or kind): at the
+    /// next checkpoint, or right away with --hard.
     Cancel(CancelArgs),
     /// List active (not yet finished) tasks, oldest first.
     List(ListArgs),
@@ -96,6 +111,19 @@ pub struct StartArgs {
     /// Idempotency key: starting again with the same key returns the first task.
     #[arg(long, value_name = "ID")]
     pub request_id: Option<String>,
+    /// A limit of the task's budget, repeatable: the server stops the task and its
+    /// subtree once they have spent it, e.g. `--budget output_tokens=10000`.
+    #[arg(long = "budget", value_name = "DIMENSION=LIMIT", value_parser = parse_budget)]
+    pub budget: Vec<(String, f64)>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub start: StartArgs,
+    /// Let the task run on if this command goes away before it finishes.
+    #[arg(long)]
+    pub continue_on_disconnect: bool,
 }
 
 impl StartArgs {
@@ -120,6 +148,9 @@ impl StartArgs {
         if let Some(request_id) = self.request_id {
             task = task.request_id(request_id);
         }
+        for (dimension, limit) in self.budget {
+            task = task.budget(dimension, limit);
+        }
         self.labels
             .into_iter()
             .fold(task, |task, (key, value)| task.label(key, value))
@@ -127,9 +158,23 @@ impl StartArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").required(true).multiple(true).args(["id", "session", "labels", "kind"])))]
 pub struct CancelArgs {
     /// Task id.
-    pub id: String,
+    #[arg(conflicts_with_all = ["session", "labels", "kind", "dry_run"])]
+    pub id: Option<String>,
+    /// Every active task of this session (which then refuses new tasks for a while).
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+    /// Every active task with this label, repeatable (all must match).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Every active task of this kind.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only count the tasks that would be cancelled.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Stop the task now instead of at its next checkpoint.
     #[arg(long)]
     pub hard: bool,
@@ -140,6 +185,26 @@ pub struct CancelArgs {
     /// Why the task is cancelled, recorded on the task.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
+}
+
+impl CancelArgs {
+    /// The CancelTasks request of a cancel by filter.
+    pub fn bulk(&self) -> CancelTasksRequest {
+        CancelTasksRequest {
+            kind: self.kind.clone().unwrap_or_default(),
+            session_id: self.session.clone().unwrap_or_default(),
+            labels: self.labels.iter().cloned().collect(),
+            mode: if self.hard {
+                CancelMode::Hard
+            } else {
+                CancelMode::Soft
+            } as i32,
+            reason: self.reason.clone().unwrap_or_default(),
+            grace_period: self.grace.map(reins_client::duration::to_proto),
+            dry_run: self.dry_run,
+            ..CancelTasksRequest::default()
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +282,17 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
         return Err(format!("the label key is empty in `{text}`"));
     }
     Ok((key.to_owned(), value.to_owned()))
+}
+
+/// Parses `DIMENSION=LIMIT` with a number as the limit (the server checks the rest).
+fn parse_budget(text: &str) -> Result<(String, f64), String> {
+    let (dimension, limit) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected DIMENSION=LIMIT, got `{text}`"))?;
+    let limit: f64 = limit
+        .parse()
+        .map_err(|_| format!("the limit of `{dimension}` is not a number: `{limit}`"))?;
+    Ok((dimension.to_owned(), limit))
 }
 
 /// Parses a JSON object; anything else is rejected here so the error is a usage error.
@@ -327,6 +403,79 @@ mod tests {
     fn grace_conflicts_with_hard() {
         let err = parse_error(&["cancel", "t1", "--hard", "--grace", "3s"]);
         assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn budgets_are_dimension_equals_number() {
+        let Command::Start(args) = parse(&[
+            "start",
+            "sleep",
+            "--budget",
+            "output_tokens=10000",
+            "--budget",
+            "cost_usd=0.5",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("expected the start command");
+        };
+        assert_eq!(
+            args.budget,
+            [("output_tokens".into(), 10000.0), ("cost_usd".into(), 0.5)]
+        );
+        let err = parse_error(&["start", "sleep", "--budget", "tokens=many"]);
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn cancel_takes_an_id_or_filters() {
+        let Command::Cancel(args) = parse(&[
+            "cancel",
+            "--session",
+            "s1",
+            "--label",
+            "a=1",
+            "--hard",
+            "--dry-run",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("expected the cancel command");
+        };
+        assert_eq!(args.id, None);
+        let request = args.bulk();
+        assert_eq!(request.session_id, "s1");
+        assert_eq!(request.labels["a"], "1");
+        assert_eq!(request.mode, CancelMode::Hard as i32);
+        assert!(request.dry_run);
+        assert_eq!(
+            parse_error(&["cancel"]).kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            parse_error(&["cancel", "t1", "--session", "s"]).kind(),
+            ErrorKind::ArgumentConflict
+        );
+    }
+
+    #[test]
+    fn run_takes_the_start_arguments() {
+        let Command::Run(args) = parse(&[
+            "run",
+            "sleep",
+            "--params",
+            r#"{"steps": 1, "step_ms": 1}"#,
+            "--continue-on-disconnect",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("expected the run command");
+        };
+        assert!(args.continue_on_disconnect);
+        assert_eq!(args.start.kind, "sleep");
     }
 
     #[test]

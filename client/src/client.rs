@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use futures_util::{TryStreamExt, stream};
 use reins_proto::v1::{
-    AnswerTaskRequest, CancelResponse, CheckTaskRequest, HardCancelRequest, ListActiveRequest,
-    ListActiveResponse, SoftCancelRequest, StartTaskRequest, Task, TaskEvent, TaskView,
-    WatchTaskRequest, task_service_client::TaskServiceClient,
+    AnswerTaskRequest, CancelResponse, CancelTasksRequest, CancelTasksResponse, CheckTaskRequest,
+    HardCancelRequest, ListActiveRequest, ListActiveResponse, RunTaskRequest, SoftCancelRequest,
+    StartTaskRequest, Task, TaskEvent, TaskView, WatchTaskRequest,
+    task_service_client::TaskServiceClient,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{
@@ -131,6 +132,15 @@ impl Client {
         Ok(self.raw().hard_cancel(traced(request)).await?.into_inner())
     }
 
+    /// Cancels every active task matching the request's filters (at least one), each with
+    /// its subtree; with `dry_run` only counts them. See [`CancelTasksRequest`].
+    pub async fn cancel_tasks(
+        &self,
+        request: CancelTasksRequest,
+    ) -> Result<CancelTasksResponse, Status> {
+        Ok(self.raw().cancel_tasks(traced(request)).await?.into_inner())
+    }
+
     /// One page of active tasks matching `filter`.
     pub async fn list(&self, filter: ListActiveRequest) -> Result<ListActiveResponse, Status> {
         Ok(self.raw().list_active(traced(filter)).await?.into_inner())
@@ -190,15 +200,25 @@ impl Client {
             view: options.view as i32,
         };
         let events = self.raw().watch_task(traced(request)).await?.into_inner();
-        Ok(events.filter(|event| {
-            !matches!(
-                event,
-                Ok(TaskEvent {
-                    heartbeat: true,
-                    ..
-                })
-            )
-        }))
+        Ok(without_heartbeats(events))
+    }
+
+    /// Starts the task and streams it like [`Client::watch`] until its terminal event.
+    /// Dropping the stream before then soft-cancels the task ("caller disconnected"),
+    /// unless `continue_on_disconnect`; with a request id, a second `run` re-attaches to
+    /// the same task and the task is cancelled only when the last tied call leaves.
+    pub async fn run(
+        &self,
+        task: StartTask,
+        continue_on_disconnect: bool,
+    ) -> Result<impl Stream<Item = Result<TaskEvent, Status>> + Unpin + Send + 'static, Status>
+    {
+        let request = RunTaskRequest {
+            task: Some(task.into()),
+            continue_on_disconnect,
+        };
+        let events = self.raw().run_task(traced(request)).await?.into_inner();
+        Ok(without_heartbeats(events))
     }
 
     /// Answers the open question of a task in WAITING_FOR_ANSWER, which resumes it.
@@ -213,6 +233,21 @@ impl Client {
         };
         Ok(self.raw().answer_task(traced(request)).await?.into_inner())
     }
+}
+
+/// Events without the server's heartbeats: every event is a new version.
+fn without_heartbeats(
+    events: impl Stream<Item = Result<TaskEvent, Status>> + Unpin + Send + 'static,
+) -> impl Stream<Item = Result<TaskEvent, Status>> + Unpin + Send + 'static {
+    events.filter(|event| {
+        !matches!(
+            event,
+            Ok(TaskEvent {
+                heartbeat: true,
+                ..
+            })
+        )
+    })
 }
 
 /// How to watch a task; the default watches from the current state and leaves the task
@@ -319,6 +354,13 @@ impl StartTask {
         self.request.max_attempts = max_attempts;
         self
     }
+
+    /// A limit of the task's budget: the server soft-cancels the task and its subtree once
+    /// their usage of `dimension` reaches `limit`.
+    pub fn budget(mut self, dimension: impl Into<String>, limit: f64) -> StartTask {
+        self.request.budget.insert(dimension.into(), limit);
+        self
+    }
 }
 
 impl From<StartTask> for StartTaskRequest {
@@ -348,7 +390,8 @@ mod tests {
                 .label("b", "2")
                 .timeout(Duration::from_millis(1500))
                 .request_id("req-1")
-                .max_attempts(3),
+                .max_attempts(3)
+                .budget("output_tokens", 10000.0),
         );
         let expected = StartTaskRequest {
             kind: "exec".into(),
@@ -364,6 +407,7 @@ mod tests {
             }),
             request_id: "req-1".into(),
             max_attempts: 3,
+            budget: HashMap::from([("output_tokens".into(), 10000.0)]),
         };
         assert_eq!(request, expected);
     }

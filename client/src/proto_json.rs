@@ -6,7 +6,9 @@
 use std::sync::LazyLock;
 
 use prost_reflect::{DescriptorPool, DynamicMessage};
-use reins_client::proto::{CancelResponse, ListActiveResponse, Task, TaskEvent};
+use reins_client::proto::{
+    CancelResponse, CancelTasksResponse, ListActiveResponse, Task, TaskEvent,
+};
 
 static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
     DescriptorPool::decode(reins_proto::FILE_DESCRIPTOR_SET)
@@ -28,6 +30,10 @@ impl ProtoMessage for TaskEvent {
 
 impl ProtoMessage for CancelResponse {
     const FULL_NAME: &'static str = "reins.v1.CancelResponse";
+}
+
+impl ProtoMessage for CancelTasksResponse {
+    const FULL_NAME: &'static str = "reins.v1.CancelTasksResponse";
 }
 
 impl ProtoMessage for ListActiveResponse {

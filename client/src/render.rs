@@ -4,7 +4,9 @@ use std::time::SystemTime;
 
 use reins_client::{
     duration, json,
-    proto::{CancelInfo, CancelMode, CancelOutcome, CancelResponse, Task, TaskState},
+    proto::{
+        CancelInfo, CancelMode, CancelOutcome, CancelResponse, CancelTasksResponse, Task, TaskState,
+    },
 };
 
 /// The state without its `TASK_STATE_` prefix, e.g. `RUNNING`; values this client does not
@@ -60,6 +62,7 @@ pub fn task_summary(task: &Task) -> String {
             .map(|timeout| humantime::format_duration(timeout).to_string())
             .unwrap_or_default(),
     );
+    optional("usage", usage_text(task));
     optional("question", task.question.clone());
     optional("answer", task.answer.clone());
     optional("checkpoints", checkpoints_text(task));
@@ -100,6 +103,52 @@ pub fn task_summary(task: &Task) -> String {
         .map(|(label, value)| format!("{:<width$}{value}", format!("{label}:")))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Usage against the budget: each budgeted dimension as `subtree used / limit`, then any
+/// other dimension the subtree spent, e.g. `output_tokens 9500 / 10000, steps 3`.
+fn usage_text(task: &Task) -> String {
+    let mut dimensions: Vec<&String> = task
+        .budget
+        .keys()
+        .chain(task.subtree_usage.keys())
+        .collect();
+    dimensions.sort();
+    dimensions.dedup();
+    dimensions
+        .into_iter()
+        .map(|dimension| {
+            let used = task.subtree_usage.get(dimension).copied().unwrap_or(0.0);
+            match task.budget.get(dimension) {
+                Some(limit) => format!("{dimension} {used} / {limit}"),
+                None => format!("{dimension} {used}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The counts of a bulk cancel, then the ids it matched.
+pub fn bulk_cancel_summary(response: &CancelTasksResponse, dry_run: bool) -> String {
+    let mut lines = vec![if dry_run {
+        format!(
+            "{} tasks match (dry run: nothing cancelled)",
+            response.matched
+        )
+    } else {
+        format!(
+            "{} matched: {} cancelled, {} asked to stop, {} already finished",
+            response.matched, response.cancelled, response.requested, response.already_finished
+        )
+    }];
+    lines.extend(response.task_ids.iter().cloned());
+    if response.truncated {
+        lines.push(format!(
+            "… and {} more",
+            response.matched as usize - response.task_ids.len()
+        ));
+    }
+    lines.join("\n")
 }
 
 /// The outcome of a cancel in words, followed by the task as it is after the cancel.
@@ -323,6 +372,7 @@ mod tests {
                 }),
                 escalated: true,
                 deadline_exceeded: false,
+                ..CancelInfo::default()
             }),
             ..running_task()
         };
@@ -355,6 +405,44 @@ mod tests {
             state_name(TaskState::WaitingForAnswer.into()),
             "WAITING_FOR_ANSWER"
         );
+    }
+
+    #[test]
+    fn usage_shows_against_the_budget() {
+        let task = Task {
+            budget: [("output_tokens".to_owned(), 10000.0)].into(),
+            subtree_usage: [
+                ("output_tokens".to_owned(), 9500.0),
+                ("steps".to_owned(), 3.0),
+            ]
+            .into(),
+            ..running_task()
+        };
+        let summary = task_summary(&task);
+        let usage = summary.lines().find(|line| line.starts_with("usage:"));
+        assert_eq!(
+            usage.map(|line| line.trim_start_matches("usage:").trim()),
+            Some("output_tokens 9500 / 10000, steps 3"),
+            "{summary}"
+        );
+        assert!(!task_summary(&running_task()).contains("usage"));
+    }
+
+    #[test]
+    fn bulk_cancel_summary_counts_and_lists() {
+        let response = CancelTasksResponse {
+            matched: 3,
+            cancelled: 1,
+            requested: 1,
+            already_finished: 1,
+            task_ids: vec!["a".into(), "b".into()],
+            truncated: true,
+        };
+        assert_eq!(
+            bulk_cancel_summary(&response, false),
+            "3 matched: 1 cancelled, 1 asked to stop, 1 already finished\na\nb\n… and 1 more"
+        );
+        assert!(bulk_cancel_summary(&response, true).starts_with("3 tasks match (dry run"));
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub enum CliError {
     Output(#[from] io::Error),
     #[error("the watch of task {0} ended before the task finished")]
     WatchEndedEarly(String),
+    #[error("the run ended before the task finished")]
+    RunEndedEarly,
 }
 
 impl CliError {
@@ -53,15 +55,24 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             print(json, &task, render::task_summary)?;
         }
         Command::Check { id } => print(json, &client.check(id).await?, render::task_summary)?,
-        Command::Cancel(args) => {
-            let reason = args.reason.unwrap_or_default();
-            let response = if args.hard {
-                client.hard_cancel(args.id, reason).await?
-            } else {
-                client.soft_cancel(args.id, reason, args.grace).await?
-            };
-            print(json, &response, render::cancel_summary)?;
-        }
+        Command::Run(args) => return watch::run(&client, args, json).await,
+        Command::Cancel(args) => match args.id.clone() {
+            Some(id) => {
+                let reason = args.reason.unwrap_or_default();
+                let response = if args.hard {
+                    client.hard_cancel(id, reason).await?
+                } else {
+                    client.soft_cancel(id, reason, args.grace).await?
+                };
+                print(json, &response, render::cancel_summary)?;
+            }
+            None => {
+                let response = client.cancel_tasks(args.bulk()).await?;
+                print(json, &response, |response| {
+                    render::bulk_cancel_summary(response, args.dry_run)
+                })?;
+            }
+        },
         Command::List(args) => list(&client, &args, json).await?,
         Command::Watch(args) => return watch::watch(&client, &args, json).await,
         Command::Answer { id, text } => {

@@ -1,5 +1,7 @@
-//! `reins watch`: follows a task's event stream and shows it as a live progress bar on a
-//! terminal, as one line per event otherwise, or as one JSON `TaskEvent` per line.
+//! `reins watch` and `reins run`: follow a task's event stream and show it as a live
+//! progress bar on a terminal, as one line per event otherwise, or as one JSON `TaskEvent`
+//! per line. On Ctrl-C, `watch` stops following; `run` soft-cancels the task and follows
+//! it until it stops, and a second Ctrl-C hard-cancels it.
 
 use std::{
     io::{self, IsTerminal, Write},
@@ -12,9 +14,14 @@ use reins_client::{
     Client,
     proto::{Task, TaskEvent, TaskState},
 };
-use tokio_stream::StreamExt;
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
 
-use crate::{cli::WatchArgs, proto_json, render, run::CliError};
+use crate::{
+    cli::{RunArgs, WatchArgs},
+    proto_json, render,
+    run::CliError,
+};
 
 /// The conventional exit status after SIGINT (128 + 2).
 const INTERRUPTED: u8 = 130;
@@ -61,6 +68,14 @@ impl WatchOutput {
         Ok(())
     }
 
+    /// A line for the user (on stderr, above the bar), not part of the task's output.
+    fn note(&self, text: &str) {
+        match self {
+            WatchOutput::Bar(bar) => bar.suspend(|| eprintln!("{text}")),
+            _ => eprintln!("{text}"),
+        }
+    }
+
     /// Leaves the bar where it stopped, so the error printed after it has context.
     fn abandon(&self) {
         if let WatchOutput::Bar(bar) = self {
@@ -70,19 +85,64 @@ impl WatchOutput {
 }
 
 pub async fn watch(client: &Client, args: &WatchArgs, json: bool) -> Result<ExitCode, CliError> {
-    let mut events = client.watch(&args.id, args.options()).await?;
+    let events = client.watch(&args.id, args.options()).await?;
+    match follow(events, json, None).await? {
+        Followed::Interrupted => Ok(ExitCode::from(INTERRUPTED)),
+        Followed::Finished(_) => Ok(ExitCode::SUCCESS),
+        Followed::EndedEarly => Err(CliError::WatchEndedEarly(args.id.clone())),
+    }
+}
+
+pub async fn run(client: &Client, args: RunArgs, json: bool) -> Result<ExitCode, CliError> {
+    let events = client
+        .run(args.start.into_start_task(), args.continue_on_disconnect)
+        .await?;
+    match follow(events, json, Some(client)).await? {
+        Followed::Interrupted => Ok(ExitCode::from(INTERRUPTED)),
+        Followed::Finished(TaskState::Completed) => Ok(ExitCode::SUCCESS),
+        Followed::Finished(_) => Ok(ExitCode::FAILURE),
+        Followed::EndedEarly => Err(CliError::RunEndedEarly),
+    }
+}
+
+/// How following a task ended.
+enum Followed {
+    /// The stream reached the task's terminal version, in this state.
+    Finished(TaskState),
+    /// Ctrl-C (for `run`: the task stopped after it).
+    Interrupted,
+    EndedEarly,
+}
+
+/// Shows `events` until the task finishes. On Ctrl-C: without a `stopper`, stops at once;
+/// with one, soft-cancels the task through it and goes on until the task stops, and a
+/// second Ctrl-C hard-cancels it.
+async fn follow(
+    mut events: impl Stream<Item = Result<TaskEvent, Status>> + Unpin,
+    json: bool,
+    stopper: Option<&Client>,
+) -> Result<Followed, CliError> {
     let output = WatchOutput::new(json);
-    // Created once, before the loop, so a Ctrl-C between two events is not lost.
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
-    let mut last_task = None;
+    // Created before the loop, so a Ctrl-C between two events is not lost.
+    let mut interrupted = Box::pin(tokio::signal::ctrl_c());
+    let mut interrupts = 0;
+    let mut last_task: Option<Task> = None;
     loop {
         let next = tokio::select! {
             next = events.next() => next,
             _ = &mut interrupted => {
-                output.abandon();
-                eprintln!("interrupted");
-                return Ok(ExitCode::from(INTERRUPTED));
+                interrupts += 1;
+                let (Some(client), Some(task)) = (stopper, &last_task) else {
+                    output.abandon();
+                    eprintln!("interrupted");
+                    return Ok(Followed::Interrupted);
+                };
+                interrupted = Box::pin(tokio::signal::ctrl_c());
+                if let Err(err) = stop(client, &task.id, interrupts, &output).await {
+                    output.abandon();
+                    return Err(err);
+                }
+                continue;
             }
         };
         match next {
@@ -103,13 +163,35 @@ pub async fn watch(client: &Client, args: &WatchArgs, json: bool) -> Result<Exit
     match last_task {
         Some(task) if task.state().is_terminal() => {
             output.finish(&task)?;
-            Ok(ExitCode::SUCCESS)
+            Ok(if interrupts > 0 {
+                Followed::Interrupted
+            } else {
+                Followed::Finished(task.state())
+            })
         }
         _ => {
             output.abandon();
-            Err(CliError::WatchEndedEarly(args.id.clone()))
+            Ok(Followed::EndedEarly)
         }
     }
+}
+
+/// The first Ctrl-C of a run soft-cancels its task, the next ones hard-cancel it.
+async fn stop(
+    client: &Client,
+    id: &str,
+    interrupts: usize,
+    output: &WatchOutput,
+) -> Result<(), CliError> {
+    const REASON: &str = "interrupted (Ctrl-C)";
+    if interrupts == 1 {
+        output.note("soft-cancelling the task; Ctrl-C again to stop it now");
+        client.soft_cancel(id, REASON, None).await?;
+    } else {
+        output.note("hard-cancelling the task");
+        client.hard_cancel(id, REASON).await?;
+    }
+    Ok(())
 }
 
 fn new_bar() -> ProgressBar {

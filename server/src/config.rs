@@ -184,6 +184,11 @@ pub struct Config {
     #[arg(long, env = "REINS_DEFAULT_GRACE", default_value = "30s", value_parser = duration)]
     pub default_grace: Duration,
 
+    /// How long a session cancelled by CancelTasks (filtering by the session alone)
+    /// refuses new tasks with SESSION_CANCELLED.
+    #[arg(long, env = "REINS_CANCELLED_SESSION_TTL", default_value = "10m", value_parser = duration)]
+    pub cancelled_session_ttl: Duration,
+
     /// How long finished tasks stay readable.
     #[arg(long, env = "REINS_RETENTION", default_value = "24h", value_parser = duration)]
     pub retention: Duration,

@@ -8,7 +8,7 @@ use reins_proto::json::{json_to_struct, json_to_value};
 use reins_proto::v1 as pb;
 
 use crate::task::cancel::CancelOutcome;
-use crate::task::{CancelInfo, CancelMode, Task, TaskState};
+use crate::task::{CancelInfo, CancelMode, Task, TaskState, Usage};
 
 fn timestamp(time: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(time)
@@ -70,7 +70,17 @@ pub fn task_view(task: &Task, view: View) -> pb::Task {
         attempt: task.attempt,
         max_attempts: task.max_attempts,
         worker: task.worker.clone(),
+        usage: usage(&task.usage),
+        subtree_usage: usage(&task.subtree_usage),
+        budget: usage(&task.budget),
+        answer_timed_out: task.answer_timed_out,
+        question_deadline: task.question_deadline.map(timestamp),
     }
+}
+
+/// Amounts per dimension as a protobuf map.
+pub fn usage(usage: &Usage) -> std::collections::HashMap<String, f64> {
+    usage.iter().map(|(k, v)| (k.clone(), *v)).collect()
 }
 
 fn cancel_info(cancel: &CancelInfo) -> pb::CancelInfo {
@@ -84,6 +94,7 @@ fn cancel_info(cancel: &CancelInfo) -> pb::CancelInfo {
         grace_deadline: cancel.grace_deadline.map(timestamp),
         escalated: cancel.escalated,
         deadline_exceeded: cancel.deadline_exceeded,
+        budget_exhausted: cancel.budget_exhausted.clone(),
     }
 }
 

@@ -68,6 +68,18 @@ pub enum Error {
         "parent task {0} has already finished; start the child detached or under an active parent"
     )]
     ParentFinished(TaskId),
+    #[error(
+        "parent task {parent} is at the deepest level a task tree may have ({max} levels)",
+        max = crate::task::budget::MAX_DEPTH
+    )]
+    TreeTooDeep { parent: TaskId },
+    #[error("cannot start a task under {ancestor}: its {reason}")]
+    BudgetExhausted { ancestor: TaskId, reason: String },
+    #[error(
+        "session {} was cancelled (CancelTasks) and takes no new task for a while",
+        Echo(.0)
+    )]
+    SessionCancelled(String),
     #[error("task {id} is {state:?}, not waiting for an answer")]
     TaskNotWaiting { id: TaskId, state: TaskState },
     #[error(

@@ -18,7 +18,7 @@
 
 use crate::error::{Echo, Error, FieldViolation, Result};
 use crate::task::state_machine::Report;
-use crate::task::{Json, JsonMap, NewTask};
+use crate::task::{Json, JsonMap, NewTask, budget};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -239,7 +239,7 @@ impl Limits {
                 self.max_progress_message_bytes,
                 "--max-progress-message-bytes",
             ),
-            Report::Ask { question } => report_over(
+            Report::Ask { question, .. } => report_over(
                 "the task's question",
                 question.len(),
                 self.max_question_bytes,
@@ -279,6 +279,9 @@ impl Limits {
             + text(self.max_reason_bytes)
             + checkpoints.bytes
             + checkpoints.count * ELEMENT_OVERHEAD
+            // budget, usage and subtree_usage: at most 16 dimensions each (a name, a double).
+            + 3 * budget::MAX_DIMENSIONS
+                * (text(budget::MAX_DIMENSION_CHARS) + 9 + ELEMENT_OVERHEAD)
             + RECORD_OVERHEAD
     }
 

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use crate::store::StoreError;
 use crate::task::state_machine::{Fence, Rejection, Report};
-use crate::task::{Task, TaskId};
+use crate::task::{Task, TaskId, Usage};
 
 #[async_trait]
 pub(crate) trait TaskPort: Send + Sync + 'static {
@@ -29,4 +29,13 @@ pub(crate) trait TaskPort: Send + Sync + 'static {
     /// The task ran past its timeout. Returns the record after the attempt, `None` if the
     /// store could not be reached.
     async fn time_out(&self, id: TaskId) -> Option<Task>;
+
+    /// The open question's deadline passed: the task resumes without an answer. Returns
+    /// the record after the attempt, `None` if the store could not be reached.
+    async fn answer_time_out(&self, id: TaskId) -> Option<Task>;
+
+    /// What is left to spend under the budgets of `task` and its ancestors: per
+    /// dimension, the tightest remaining amount (empty if none has a budget, or the store
+    /// could not be reached).
+    async fn budget_remaining(&self, task: &Task) -> Usage;
 }

@@ -90,6 +90,7 @@ pub async fn run(
             worker_kind_ttl: config.worker_kind_ttl,
             limits: config.limits,
             checkpoint_limits: config.checkpoint_limits(),
+            cancelled_session_ttl: config.cancelled_session_ttl,
         },
         &store,
         Kinds::builtin(config.exec_policy()),

@@ -287,6 +287,43 @@ async fn start_task_refuses_bad_requests_naming_each_bad_field() {
             invalid(&["params"]),
         ),
         (
+            "a zero budget",
+            StartTaskRequest {
+                budget: HashMap::from([("output_tokens".into(), 0.0)]),
+                ..good()
+            },
+            invalid(&["budget"]),
+        ),
+        (
+            "a NaN budget",
+            StartTaskRequest {
+                budget: HashMap::from([("cost_usd".into(), f64::NAN)]),
+                ..good()
+            },
+            invalid(&["budget"]),
+        ),
+        (
+            "a budget dimension that is not a name",
+            StartTaskRequest {
+                budget: HashMap::from([("Output-Tokens".into(), 1.0)]),
+                ..good()
+            },
+            invalid(&["budget"]),
+        ),
+        (
+            "a budget of more than 16 dimensions",
+            StartTaskRequest {
+                budget: (0..17).map(|i| (format!("d{i}"), 1.0)).collect(),
+                ..good()
+            },
+            invalid(&["budget"]),
+        ),
+        (
+            "a sleep ask_timeout_ms without a question",
+            sleep_request(json!({"steps": 1, "step_ms": 1, "ask_timeout_ms": 10})),
+            invalid(&["params.ask_timeout_ms"]),
+        ),
+        (
             "several bad fields in one reply",
             StartTaskRequest {
                 kind: String::new(),

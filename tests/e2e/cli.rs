@@ -366,3 +366,196 @@ async fn an_unreachable_server_is_reported() {
     assert!(run.stderr.contains("cannot reach server"), "{run:?}");
     assert!(run.stderr.contains(&url), "{run:?}");
 }
+
+#[tokio::test]
+async fn budgets_show_in_check_and_bulk_cancel_prints_its_counts() {
+    let server = Reinsd::start();
+    let client = server.client().await;
+    let run = reins(
+        &server,
+        &[
+            "start",
+            "sleep",
+            "--params",
+            r#"{"steps":50,"step_ms":10}"#,
+            "--budget",
+            "steps=2",
+            "--json",
+        ],
+    )
+    .await;
+    let id = run.assert_success().json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_finished(&client, &id).await;
+    let check = reins(&server, &["check", &id]).await;
+    assert_eq!(check.assert_success().row("usage"), "steps 2 / 2");
+
+    for _ in 0..3 {
+        client
+            .start(
+                StartTask::new("sleep")
+                    .params(sleep_params(1000, 50))
+                    .session("cli"),
+            )
+            .await
+            .unwrap();
+    }
+    let dry = reins(&server, &["cancel", "--session", "cli", "--dry-run"]).await;
+    assert!(
+        dry.assert_success()
+            .stdout
+            .starts_with("3 tasks match (dry run"),
+        "{dry:?}"
+    );
+    let done = reins(&server, &["cancel", "--session", "cli", "--hard"]).await;
+    assert!(
+        done.assert_success()
+            .stdout
+            .starts_with("3 matched: 3 cancelled, 0 asked to stop, 0 already finished"),
+        "{done:?}"
+    );
+    let json = reins(&server, &["cancel", "--kind", "sleep", "--json"]).await;
+    assert_eq!(
+        json.assert_success().json()["matched"],
+        Value::Null,
+        "0 is omitted"
+    );
+}
+
+#[tokio::test]
+async fn run_exits_with_the_tasks_outcome() {
+    let server = Reinsd::start();
+    let done = reins(
+        &server,
+        &["run", "sleep", "--params", r#"{"steps":2,"step_ms":10}"#],
+    )
+    .await;
+    assert!(
+        done.assert_success().stdout.contains("COMPLETED"),
+        "{done:?}"
+    );
+    let stopped = reins(
+        &server,
+        &[
+            "run",
+            "sleep",
+            "--params",
+            r#"{"steps":50,"step_ms":10}"#,
+            "--budget",
+            "steps=1",
+        ],
+    )
+    .await;
+    assert_eq!(stopped.status.code(), Some(1), "{stopped:?}");
+    assert!(stopped.stdout.contains("CANCELLED"), "{stopped:?}");
+}
+
+/// `reins run` with a long task, once it has printed the task's first version; returns
+/// the process and the task id.
+async fn running_cli(server: &Reinsd, params: &str) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut command = tokio::process::Command::new(reins_cli_binary());
+    command
+        .args([
+            "--server",
+            &server.url(),
+            "run",
+            "sleep",
+            "--params",
+            params,
+        ])
+        .env_remove("REINS_SERVER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("start reins run");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let client = server.client().await;
+    let first = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("a first line")
+        .unwrap()
+        .expect("reins run printed a line");
+    assert!(
+        first.contains("RUNNING") || first.contains("PENDING"),
+        "{first}"
+    );
+    // The line names no id: find the task, the only active one.
+    let active = client
+        .list(reins_client::proto::ListActiveRequest::default())
+        .await
+        .unwrap();
+    let id = active.tasks[0].id.clone();
+    // Keep reading, so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, id)
+}
+
+fn signal(child: &tokio::process::Child, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(child.id().expect("running") as i32);
+    nix::sys::signal::kill(pid, signal).expect("signal reins");
+}
+
+#[tokio::test]
+async fn killing_reins_run_soft_cancels_its_task() {
+    let server = Reinsd::start();
+    let client = server.client().await;
+    let (mut child, id) = running_cli(&server, r#"{"steps":10000,"step_ms":50}"#).await;
+    signal(&child, nix::sys::signal::Signal::SIGKILL);
+    child.wait().await.unwrap();
+    let done = wait_finished(&client, &id).await;
+    assert_eq!(done.state(), TaskState::Cancelled);
+    assert_eq!(done.cancel.unwrap().reason, "caller disconnected");
+}
+
+#[tokio::test]
+async fn ctrl_c_soft_cancels_and_a_second_one_hard_cancels() {
+    use nix::sys::signal::Signal::SIGINT;
+    let server = Reinsd::start();
+    let client = server.client().await;
+    // Stops at once when asked: one Ctrl-C is enough, and reins waits for the end.
+    let (mut child, id) = running_cli(&server, r#"{"steps":10000,"step_ms":50}"#).await;
+    signal(&child, SIGINT);
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(130));
+    let done = client.check(&id).await.unwrap();
+    assert_eq!(
+        done.state(),
+        TaskState::Cancelled,
+        "stopped before reins exited"
+    );
+    assert_eq!(done.cancel.unwrap().reason, "interrupted (Ctrl-C)");
+
+    // Ignores soft cancels: reins keeps following until the second Ctrl-C hard-cancels it.
+    let (mut child, id) = running_cli(
+        &server,
+        r#"{"steps":10000,"step_ms":50,"ignore_soft_cancel":true}"#,
+    )
+    .await;
+    signal(&child, SIGINT);
+    reins_e2e::eventually("the soft cancel", || async {
+        client.check(&id).await.unwrap().cancel
+    })
+    .await;
+    assert!(child.try_wait().unwrap().is_none(), "still following");
+    signal(&child, SIGINT);
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(130));
+    let done = client.check(&id).await.unwrap();
+    assert_eq!(done.state(), TaskState::Cancelled);
+    let cancel = done.cancel.unwrap();
+    assert_eq!(cancel.mode(), reins_client::proto::CancelMode::Hard);
+    assert!(
+        !cancel.escalated,
+        "hard-cancelled by the second Ctrl-C, not by the grace"
+    );
+}

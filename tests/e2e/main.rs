@@ -2,6 +2,8 @@
 //! processes. One module per area; the harness is the `reins_e2e` library.
 
 mod bad_input;
+mod budgets;
+mod bulk_cancel;
 mod cancel;
 mod cli;
 mod connections;
@@ -13,6 +15,7 @@ mod metrics;
 mod questions;
 mod records;
 mod replicas;
+mod run;
 mod server;
 mod start;
 mod watch;

@@ -900,3 +900,20 @@ async fn messages_about_unknown_tasks_or_another_workers_task_are_ignored() {
         "the meddler's stream is still open"
     );
 }
+
+#[tokio::test]
+async fn a_workers_question_with_a_timeout_resumes_it_unanswered() {
+    let server = Reinsd::start();
+    let client = server.client().await;
+    let mut worker = research_worker(&server, "w", 1).await;
+    let task = assigned(&client, &mut worker, research("deadlines")).await;
+    worker.ask_within(&task.id, "which source?", Some(Duration::from_millis(200)));
+    let answer = worker.expect_answer().await;
+    assert!(answer.timed_out);
+    assert!(answer.answer.is_empty());
+    let task = client.check(&task.id).await.unwrap();
+    assert_eq!(task.state(), TaskState::Running);
+    assert!(task.answer_timed_out);
+    let status = client.answer(&task.id, "late").await.unwrap_err();
+    assert_eq!(reason(&status), "TASK_NOT_WAITING");
+}

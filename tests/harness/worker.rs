@@ -9,8 +9,8 @@ use reins_proto::v1::worker_command::Command;
 use reins_proto::v1::worker_message::Message;
 use reins_proto::v1::worker_service_client::WorkerServiceClient;
 use reins_proto::v1::{
-    AbortTask, CancelAck, CancelRequest, Task, TaskAnswer, TaskAsk, TaskComplete, TaskFail,
-    TaskProgress, WorkerCommand, WorkerHello, WorkerMessage, WorkerWelcome,
+    AbortTask, CancelAck, CancelRequest, Task, TaskAnswer, TaskAsk, TaskAssignment, TaskComplete,
+    TaskFail, TaskProgress, UsageAck, WorkerCommand, WorkerHello, WorkerMessage, WorkerWelcome,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -130,8 +130,16 @@ impl FakeWorker {
     }
 
     pub async fn expect_assign(&mut self) -> Task {
+        self.expect_assignment()
+            .await
+            .task
+            .expect("the assignment's task")
+    }
+
+    /// The whole next assignment (with `budget_remaining`).
+    pub async fn expect_assignment(&mut self) -> TaskAssignment {
         match self.next().await {
-            Command::Assign(assignment) => assignment.task.expect("the assignment's task"),
+            Command::Assign(assignment) => assignment,
             other => panic!("worker {}: expected `assign`, got {other:?}", self.name),
         }
     }
@@ -192,7 +200,24 @@ impl FakeWorker {
             fraction,
             message: text.to_owned(),
             partial_result: None,
+            ..TaskProgress::default()
         })));
+    }
+
+    /// Progress that spent `usage` (increments).
+    pub fn spend(&self, task_id: &str, usage: &[(&str, f64)]) {
+        self.send(message(Message::Progress(TaskProgress {
+            task_id: task_id.to_owned(),
+            usage: usage.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+            ..TaskProgress::default()
+        })));
+    }
+
+    pub async fn expect_usage_ack(&mut self) -> UsageAck {
+        match self.next().await {
+            Command::UsageAck(ack) => ack,
+            other => panic!("worker {}: expected `usage_ack`, got {other:?}", self.name),
+        }
     }
 
     /// Progress with a checkpoint (appended to `partial_results`).
@@ -202,13 +227,20 @@ impl FakeWorker {
             fraction,
             message: String::new(),
             partial_result: Some(json_to_value(&partial)),
+            ..TaskProgress::default()
         })));
     }
 
     pub fn ask(&self, task_id: &str, question: &str) {
+        self.ask_within(task_id, question, None);
+    }
+
+    /// A question that times out unanswered after `timeout`.
+    pub fn ask_within(&self, task_id: &str, question: &str, timeout: Option<Duration>) {
         self.send(message(Message::Ask(TaskAsk {
             task_id: task_id.to_owned(),
             question: question.to_owned(),
+            timeout: timeout.map(|t| prost_types::Duration::try_from(t).expect("a short timeout")),
         })));
     }
 

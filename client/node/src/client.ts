@@ -1,10 +1,12 @@
-// The TaskService client: start, check, cancel, list, watch and answer tasks.
+// The TaskService client: start, run, check, cancel (one task or in bulk), list, watch and
+// answer tasks.
 import * as grpc from "@grpc/grpc-js";
 
 import { parseServer, type ConnectionOptions } from "./address.js";
 import { fromTask, fromTimestamp, toDuration, toStruct } from "./convert.js";
 import { toReinsError } from "./errors.js";
 import type { CancelResponse__Output } from "./gen/reins/v1/CancelResponse.js";
+import type { CancelTasksResponse__Output } from "./gen/reins/v1/CancelTasksResponse.js";
 import type { ListActiveResponse__Output } from "./gen/reins/v1/ListActiveResponse.js";
 import type { Task__Output } from "./gen/reins/v1/Task.js";
 import type { TaskEvent__Output } from "./gen/reins/v1/TaskEvent.js";
@@ -36,6 +38,45 @@ export interface StartOptions extends CallOptions {
   requestId?: string;
   /** How many times the task may be started (a lost worker or replica requeues it). */
   maxAttempts?: number;
+  /**
+   * Limits per usage dimension over the task's whole subtree, e.g.
+   * `{ output_tokens: 10000, cost_usd: 0.5 }`: the server soft-cancels the subtree once it
+   * has spent one of them.
+   */
+  budget?: Record<string, number>;
+}
+
+export interface RunOptions extends StartOptions {
+  /** Let the task run on when this call ends early (by default that soft-cancels it). */
+  continueOnDisconnect?: boolean;
+}
+
+export interface CancelTasksOptions extends CallOptions {
+  /** Filters (at least one); every one given must match. */
+  kind?: string;
+  sessionId?: string;
+  parentId?: string;
+  labels?: Record<string, string>;
+  /** Hard-cancel instead of asking the tasks to stop at their next checkpoint. */
+  hard?: boolean;
+  reason?: string;
+  /** Soft only: how long each task may take to stop; unset: the server's default. */
+  graceMs?: number;
+  /** Only count (and list) what would be cancelled. */
+  dryRun?: boolean;
+}
+
+export interface CancelTasksResult {
+  /** Active tasks matching when the call started. */
+  matched: number;
+  cancelled: number;
+  /** Asked to stop (soft-cancelled while running). */
+  requested: number;
+  alreadyFinished: number;
+  /** The first 1000 matched ids, in creation order. */
+  taskIds: string[];
+  /** More than 1000 matched. */
+  truncated: boolean;
 }
 
 export interface SoftCancelOptions extends CallOptions {
@@ -106,19 +147,51 @@ export class Client {
 
   /** Starts a task (RUNNING, or PENDING while no capacity or worker is free). */
   async start(kind: string, options: StartOptions = {}): Promise<Task> {
-    const request = {
-      kind,
-      description: options.description ?? "",
-      params: options.params === undefined ? null : toStruct(options.params),
-      parentId: options.parentId ?? "",
-      detached: options.detached ?? false,
-      sessionId: options.sessionId ?? "",
-      labels: options.labels ?? {},
-      timeout: options.timeoutMs === undefined ? null : toDuration(options.timeoutMs, "timeoutMs"),
-      requestId: options.requestId ?? "",
-      maxAttempts: options.maxAttempts ?? 0,
-    };
+    const request = startRequest(kind, options);
     return this.unary<Task__Output>(options, (o, cb) => this.stub.StartTask(request, o, cb)).then(fromTask);
+  }
+
+  /**
+   * Starts a task and streams it like `watch` until its terminal event (RunTask). Leaving
+   * the loop early (or losing the connection) soft-cancels the task ("caller
+   * disconnected") unless `continueOnDisconnect`; with a `requestId` a second `run`
+   * re-attaches, and the task is cancelled only when the last of them leaves.
+   */
+  run(kind: string, options: RunOptions = {}): AsyncGenerator<TaskEvent, void, undefined> {
+    const call = this.stub.RunTask({
+      task: startRequest(kind, options),
+      continueOnDisconnect: options.continueOnDisconnect ?? false,
+    });
+    return iterateWatch(call, options.signal);
+  }
+
+  /**
+   * Cancels every active task matching the filters (at least one), each with its subtree
+   * (CancelTasks); `dryRun` only counts. By `sessionId` alone, the session also refuses
+   * new tasks for a while (`SESSION_CANCELLED`).
+   */
+  async cancelTasks(options: CancelTasksOptions): Promise<CancelTasksResult> {
+    const request = {
+      kind: options.kind ?? "",
+      sessionId: options.sessionId ?? "",
+      parentId: options.parentId ?? "",
+      labels: options.labels ?? {},
+      mode: options.hard === true ? ("CANCEL_MODE_HARD" as const) : ("CANCEL_MODE_SOFT" as const),
+      reason: options.reason ?? "",
+      gracePeriod: options.graceMs === undefined ? null : toDuration(options.graceMs, "graceMs"),
+      dryRun: options.dryRun ?? false,
+    };
+    const response = await this.unary<CancelTasksResponse__Output>(options, (o, cb) =>
+      this.stub.CancelTasks(request, o, cb),
+    );
+    return {
+      matched: response.matched,
+      cancelled: response.cancelled,
+      requested: response.requested,
+      alreadyFinished: response.alreadyFinished,
+      taskIds: [...response.taskIds],
+      truncated: response.truncated,
+    };
   }
 
   /** Reads a task, active or finished. */
@@ -220,6 +293,23 @@ export class Client {
       signal?.addEventListener("abort", onAbort, { once: true });
     });
   }
+}
+
+/** The one place a StartTaskRequest is built (start and run). */
+function startRequest(kind: string, options: StartOptions) {
+  return {
+    kind,
+    description: options.description ?? "",
+    params: options.params === undefined ? null : toStruct(options.params),
+    parentId: options.parentId ?? "",
+    detached: options.detached ?? false,
+    sessionId: options.sessionId ?? "",
+    labels: options.labels ?? {},
+    timeout: options.timeoutMs === undefined ? null : toDuration(options.timeoutMs, "timeoutMs"),
+    requestId: options.requestId ?? "",
+    maxAttempts: options.maxAttempts ?? 0,
+    budget: options.budget ?? {},
+  };
 }
 
 function fromCancelResponse(response: CancelResponse__Output): CancelResult {

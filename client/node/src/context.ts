@@ -1,5 +1,5 @@
 // What a handler sees of its task (TaskContext) and the errors that end a task on request.
-import { toValue } from "./convert.js";
+import { toDuration, toValue } from "./convert.js";
 import type { WorkerMessage } from "./gen/reins/v1/WorkerMessage.js";
 import type { JsonObject, Task } from "./types.js";
 
@@ -50,6 +50,20 @@ export interface TaskInfo {
   maxAttempts: number;
   /** The whole record as assigned. */
   record: Task;
+  /**
+   * What is left to spend, per dimension: the tightest remaining amount over the budgets
+   * of the task and its ancestors, as of the assignment or the last acknowledged usage
+   * report (`{}`: no budget applies). Shrink a model's `max_tokens` to it.
+   */
+  budgetRemaining: Record<string, number>;
+}
+
+/** The question asked with `answerWithinMs` was not answered in time: the task runs on. */
+export class AnswerTimedOut extends Error {
+  constructor(readonly question: string) {
+    super(`nobody answered ${JSON.stringify(question.slice(0, 80))} in time`);
+    this.name = "AnswerTimedOut";
+  }
 }
 
 /** Where a context sends its reports: the stream its task was assigned on. */
@@ -65,6 +79,16 @@ export type Outcome =
   | { type: "fail"; error: string }
   | { type: "none" };
 
+/** Usage increments: finite and non-negative (the server ends the stream otherwise). */
+function checkedUsage(usage: Record<string, number> | undefined): Record<string, number> {
+  for (const [dimension, amount] of Object.entries(usage ?? {})) {
+    if (!Number.isFinite(amount) || amount < 0) {
+      throw new RangeError(`usage.${dimension}: expected a finite number >= 0, got ${amount}`);
+    }
+  }
+  return usage ?? {};
+}
+
 function checkFraction(fraction: number): void {
   if (!Number.isFinite(fraction) || fraction < 0 || fraction > 1) {
     throw new RangeError(`fraction: expected a number from 0 to 1, got ${fraction}`);
@@ -72,6 +96,7 @@ function checkFraction(fraction: number): void {
 }
 
 interface OpenQuestion {
+  text: string;
   resolve: (answer: string) => void;
   reject: (err: Error) => void;
   timer: NodeJS.Timeout | undefined;
@@ -103,8 +128,10 @@ export class TaskContext {
   constructor(
     record: Task,
     private readonly outbox: Outbox,
+    budgetRemaining: Record<string, number> = {},
   ) {
     this.task = {
+      budgetRemaining,
       id: record.id,
       kind: record.kind,
       description: record.description,
@@ -161,11 +188,16 @@ export class TaskContext {
     }
   }
 
-  /** Reports progress: `fraction` from 0 to 1 and a short message. */
-  progress(fraction: number, message = ""): void {
+  /**
+   * Reports progress: `fraction` from 0 to 1 and a short message; `usage`: what was spent
+   * since the last report (e.g. `{ output_tokens: 120 }`), counted against the budgets of
+   * the task and its ancestors. The server soft-cancels the task when a budget is
+   * exhausted; `task.budgetRemaining` follows each report.
+   */
+  progress(fraction: number, message = "", options: { usage?: Record<string, number> } = {}): void {
     checkFraction(fraction);
     this.lastFraction = fraction;
-    this.send({ progress: { taskId: this.task.id, fraction, message } });
+    this.send({ progress: { taskId: this.task.id, fraction, message, usage: checkedUsage(options.usage) } });
   }
 
   /**
@@ -174,11 +206,17 @@ export class TaskContext {
    * Returns `cancelRequested`: a checkpoint is where a task honours a soft cancel —
    * `if (ctx.checkpoint(part)) throw new Cancelled(done)`. TypeError if `partial` is not JSON.
    */
-  checkpoint(partial: unknown, fraction: number = this.lastFraction, message = ""): boolean {
+  checkpoint(
+    partial: unknown,
+    fraction: number = this.lastFraction,
+    message = "",
+    options: { usage?: Record<string, number> } = {},
+  ): boolean {
     checkFraction(fraction);
     const partialResult = toValue(partial);
     this.lastFraction = fraction;
-    this.send({ progress: { taskId: this.task.id, fraction, message, partialResult } });
+    const usage = checkedUsage(options.usage);
+    this.send({ progress: { taskId: this.task.id, fraction, message, partialResult, usage } });
     return this.cancelRequested;
   }
 
@@ -186,9 +224,10 @@ export class TaskContext {
    * Asks a question and resolves with the answer (AnswerTask, through any replica); the
    * task is WAITING_FOR_ANSWER meanwhile. Rejects with `CancelRequested` when a soft cancel
    * comes first (or had come), `Aborted` on an abort, and an Error after `timeoutMs` (the
-   * question stays open on the server). One question at a time.
+   * question stays open on the server). With `answerWithinMs` the server resumes the task
+   * unanswered after that long: `AnswerTimedOut`. One question at a time.
    */
-  ask(question: string, options: { timeoutMs?: number } = {}): Promise<string> {
+  ask(question: string, options: { timeoutMs?: number; answerWithinMs?: number } = {}): Promise<string> {
     try {
       this.throwIfCancelled();
     } catch (err) {
@@ -198,7 +237,7 @@ export class TaskContext {
       return Promise.reject(new Error("a question is open already: one at a time"));
     }
     return new Promise<string>((resolve, reject) => {
-      const open: OpenQuestion = { resolve, reject, timer: undefined };
+      const open: OpenQuestion = { text: question, resolve, reject, timer: undefined };
       if (options.timeoutMs !== undefined) {
         open.timer = setTimeout(() => {
           if (this.question === open) {
@@ -208,7 +247,9 @@ export class TaskContext {
         }, options.timeoutMs);
       }
       this.question = open;
-      this.send({ ask: { taskId: this.task.id, question } });
+      const timeout =
+        options.answerWithinMs === undefined ? null : toDuration(options.answerWithinMs, "answerWithinMs");
+      this.send({ ask: { taskId: this.task.id, question, timeout } });
     });
   }
 
@@ -255,8 +296,8 @@ export class TaskContext {
     this.settleQuestion(new Aborted(reason));
   }
 
-  /** @internal The answer to the open question. */
-  _answer(answer: string): void {
+  /** @internal The answer to the open question (or its timeout on the server). */
+  _answer(answer: string, timedOut = false): void {
     const open = this.question;
     if (open === undefined) {
       this.outbox.warn(`task ${this.task.id}: an answer nobody asked for; ignored`);
@@ -264,7 +305,16 @@ export class TaskContext {
     }
     this.question = undefined;
     clearTimeout(open.timer);
-    open.resolve(answer);
+    if (timedOut) {
+      open.reject(new AnswerTimedOut(open.text));
+    } else {
+      open.resolve(answer);
+    }
+  }
+
+  /** @internal A usage report was recorded: what is left of the budgets now. */
+  _usageAck(budgetRemaining: Record<string, number>): void {
+    this.task.budgetRemaining = budgetRemaining;
   }
 
   /** @internal Sends the handler's outcome, once; nothing after an abort. */

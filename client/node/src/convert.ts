@@ -152,6 +152,7 @@ function fromCancel(cancel: CancelInfo__Output | null | undefined): CancelInfo |
     graceDeadline: fromTimestamp(cancel.graceDeadline),
     escalated: cancel.escalated,
     deadlineExceeded: cancel.deadlineExceeded,
+    budgetExhausted: cancel.budgetExhausted,
   };
 }
 
@@ -184,5 +185,9 @@ export function fromTask(task: Task__Output): Task {
     attempt: task.attempt,
     maxAttempts: task.maxAttempts,
     worker: task.worker,
+    budget: { ...task.budget },
+    usage: { ...task.usage },
+    subtreeUsage: { ...task.subtreeUsage },
+    answerTimedOut: task.answerTimedOut,
   };
 }

@@ -3,9 +3,12 @@ export { Client } from "./client.js";
 export type {
   CallOptions,
   CancelResult,
+  CancelTasksOptions,
+  CancelTasksResult,
   ClientOptions,
   HardCancelOptions,
   ListOptions,
+  RunOptions,
   SoftCancelOptions,
   StartOptions,
   TaskPage,
@@ -13,7 +16,7 @@ export type {
 } from "./client.js";
 export { Worker } from "./worker.js";
 export type { Handler, TraceEntry, WorkerEvents, WorkerOptions } from "./worker.js";
-export { Aborted, CancelRequested, Cancelled, TaskContext } from "./context.js";
+export { Aborted, AnswerTimedOut, CancelRequested, Cancelled, TaskContext } from "./context.js";
 export type { TaskInfo } from "./context.js";
 export { ReinsError } from "./errors.js";
 export type { FieldViolation, StatusName } from "./errors.js";

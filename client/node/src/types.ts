@@ -43,6 +43,8 @@ export interface CancelInfo {
   escalated: boolean;
   /** The cancel came from the task's own timeout (the task ends FAILED). */
   deadlineExceeded: boolean;
+  /** The server cancelled the task: its subtree reached this dimension's budget limit. */
+  budgetExhausted: string;
 }
 
 /** A task record (reins.v1.Task) as plain data; empty strings where the proto has none. */
@@ -83,6 +85,14 @@ export interface Task {
   maxAttempts: number;
   /** `<name>/<worker_id>` of the worker running it; empty for built-in kinds. */
   worker: string;
+  /** Limits per usage dimension over the task's subtree (`StartOptions.budget`). */
+  budget: Record<string, number>;
+  /** What the task itself reported spending. */
+  usage: Record<string, number>;
+  /** What the task and all its descendants reported spending (read fresh by `check`). */
+  subtreeUsage: Record<string, number>;
+  /** The last question was not answered in time: the task resumed without an answer. */
+  answerTimedOut: boolean;
 }
 
 /** One WatchTask message: the task after a change. */

@@ -22,7 +22,7 @@ export type Handler = (ctx: TaskContext) => unknown;
 /** One message on the stream, for `trace`: which one, about which task. */
 export interface TraceEntry {
   direction: "send" | "recv";
-  /** `hello`, `progress`, `ask`, `complete`, `fail`, `cancelAck` / `welcome`, `assign`, `cancel`, `abort`, `answer`. */
+  /** `hello`, `progress`, `ask`, `complete`, `fail`, `cancelAck` / `welcome`, `assign`, `cancel`, `abort`, `answer`, `usageAck`. */
   type: string;
   /** `""` for hello and welcome. */
   taskId: string;
@@ -384,7 +384,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
         if (this.handlers.size >= this.maxConcurrency) {
           this._warn(`task ${record.id} assigned beyond maxConcurrency ${this.maxConcurrency}; running it anyway`);
         }
-        const ctx = new TaskContext(fromTask(record), session);
+        const ctx = new TaskContext(fromTask(record), session, { ...(command.assign?.budgetRemaining ?? {}) });
         session.tasks.set(record.id, ctx);
         const running = this.runHandler(ctx).finally(() => {
           this.handlers.delete(ctx);
@@ -409,7 +409,10 @@ export class Worker extends EventEmitter<WorkerEvents> {
         return;
       }
       case "answer":
-        this.taskOf(session, command.answer?.taskId)?._answer(command.answer?.answer ?? "");
+        this.taskOf(session, command.answer?.taskId)?._answer(command.answer?.answer ?? "", command.answer?.timedOut ?? false);
+        return;
+      case "usageAck":
+        this.taskOf(session, command.usageAck?.taskId)?._usageAck({ ...(command.usageAck?.budgetRemaining ?? {}) });
         return;
       default:
         this._warn(`an unknown command ${JSON.stringify(command.command ?? null)}; ignored`);

@@ -39,8 +39,11 @@ worker process::
     progress {task_id, fraction, message} →                         (RUNNING; version + 1)
     progress {… , partial_result}         →                         (a checkpoint: appended
                                                                      to Task.partial_results)
-    ask {task_id, question}               →                         (WAITING_FOR_ANSWER)
-                                          ←  answer {task_id, answer}  (after AnswerTask)
+    progress {… , usage}                  →                         (spent since the last
+                                          ←  usage_ack {budget_remaining}  report; budgets)
+    ask {task_id, question, timeout}      →                         (WAITING_FOR_ANSWER)
+                                          ←  answer {task_id, answer, timed_out}
+                                                            (after AnswerTask, or the timeout)
                                           ←  cancel {task_id, reason, grace_deadline}
                                                             (soft: stop at the next checkpoint)
     cancel_ack {task_id, result}          →                 (CANCELLED, partial results kept)
@@ -89,7 +92,7 @@ the package is built).
 from ._backoff import Backoff
 from ._calls import TaskInfo
 from ._client import Client
-from ._errors import Aborted, Cancelled, CancelRequested, ReinsError
+from ._errors import Aborted, AnswerTimedOut, Cancelled, CancelRequested, ReinsError
 from ._values import from_value, to_value
 from ._worker import Handler, TaskContext, Worker
 
@@ -97,6 +100,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "Aborted",
+    "AnswerTimedOut",
     "Backoff",
     "CancelRequested",
     "Cancelled",

@@ -82,6 +82,7 @@ def start_request(
     timeout: Seconds | None = None,
     request_id: str = "",
     max_attempts: int = 0,
+    budget: Mapping[str, float] | None = None,
 ) -> tasks_pb2.StartTaskRequest:
     """The one place a ``StartTaskRequest`` is built (both clients call it)."""
     request = tasks_pb2.StartTaskRequest(
@@ -93,6 +94,7 @@ def start_request(
         labels=dict(labels or {}),
         request_id=request_id,
         max_attempts=max_attempts,
+        budget=dict(budget or {}),
     )
     if params is not None:
         request.params.CopyFrom(to_struct(dict(params)))
@@ -105,6 +107,31 @@ def soft_cancel_request(
     task_id: str, reason: str = "", grace: Seconds | None = None
 ) -> tasks_pb2.SoftCancelRequest:
     request = tasks_pb2.SoftCancelRequest(task_id=task_id, reason=reason)
+    if grace is not None:
+        request.grace_period.CopyFrom(duration(grace))
+    return request
+
+
+def cancel_tasks_request(
+    *,
+    kind: str = "",
+    session_id: str = "",
+    parent_id: str = "",
+    labels: Mapping[str, str] | None = None,
+    hard: bool = False,
+    reason: str = "",
+    grace: Seconds | None = None,
+    dry_run: bool = False,
+) -> tasks_pb2.CancelTasksRequest:
+    request = tasks_pb2.CancelTasksRequest(
+        kind=kind,
+        session_id=session_id,
+        parent_id=parent_id,
+        labels=dict(labels or {}),
+        mode=tasks_pb2.CANCEL_MODE_HARD if hard else tasks_pb2.CANCEL_MODE_SOFT,
+        reason=reason,
+        dry_run=dry_run,
+    )
     if grace is not None:
         request.grace_period.CopyFrom(duration(grace))
     return request
@@ -156,9 +183,17 @@ class TaskInfo:
     max_attempts: int
     #: The assigned ``reins.v1.Task`` message.
     proto: tasks_pb2.Task = dataclasses.field(repr=False, compare=False)
+    #: The task's own budget (``StartTaskRequest.budget``).
+    budget: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: What is left to spend, per dimension: the tightest remaining amount over the
+    #: budgets of the task and its ancestors, as of the assignment or the last
+    #: acknowledged usage report (empty: no budget applies).
+    budget_remaining: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def from_proto(cls, task: tasks_pb2.Task) -> TaskInfo:
+    def from_proto(
+        cls, task: tasks_pb2.Task, budget_remaining: Mapping[str, float] | None = None
+    ) -> TaskInfo:
         params = from_value(task.params) if task.HasField("params") else {}
         return cls(
             id=task.id,
@@ -171,4 +206,6 @@ class TaskInfo:
             attempt=task.attempt,
             max_attempts=task.max_attempts,
             proto=task,
+            budget=dict(task.budget),
+            budget_remaining=dict(budget_remaining or {}),
         )

@@ -12,6 +12,7 @@ from ._calls import (
     TASK_SERVICE,
     TERMINAL_STATES,
     Seconds,
+    cancel_tasks_request,
     list_request,
     parse_server,
     soft_cancel_request,
@@ -92,6 +93,16 @@ class Client:
                 response_deserializer=ser.TaskEvent.FromString,
             )
         )
+        self._run: grpc.UnaryStreamMultiCallable[ser.RunTaskRequest, ser.TaskEvent] = (
+            ch.unary_stream(
+                TASK_SERVICE + "RunTask",
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=ser.TaskEvent.FromString,
+            )
+        )
+        self._cancel_tasks: grpc.UnaryUnaryMultiCallable[
+            ser.CancelTasksRequest, ser.CancelTasksResponse
+        ] = unary("CancelTasks", ser.CancelTasksResponse)
 
     def _call(self, method: grpc.UnaryUnaryMultiCallable[Any, _T], request: Any) -> _T:
         try:
@@ -114,12 +125,14 @@ class Client:
         timeout: Seconds | None = None,
         request_id: str = "",
         max_attempts: int = 0,
+        budget: Mapping[str, float] | None = None,
     ) -> tasks_pb2.Task:
         """Starts a task (``StartTask``); returns it RUNNING, or PENDING when queued.
 
         ``params`` is a JSON object; ``timeout`` its maximum running time; ``request_id``
         makes the call idempotent; ``max_attempts`` how often it may be started when its
-        worker is lost (0 means 1).
+        worker is lost (0 means 1); ``budget`` limits per usage dimension over the task's
+        subtree (e.g. ``{"output_tokens": 10000}``), enforced by the server.
         """
         return self._call(
             self._start,
@@ -134,6 +147,63 @@ class Client:
                 timeout=timeout,
                 request_id=request_id,
                 max_attempts=max_attempts,
+                budget=budget,
+            ),
+        )
+
+    def run(
+        self,
+        kind: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        continue_on_disconnect: bool = False,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> Iterator[tasks_pb2.TaskEvent]:
+        """Starts a task and streams it until it ends (``RunTask``): the events of
+        :meth:`watch`. Leaving the loop early (or losing the connection, or ``timeout``
+        passing) soft-cancels the task ("caller disconnected") unless
+        ``continue_on_disconnect``. ``options`` are those of :meth:`start`; with a
+        ``request_id`` a second ``run`` re-attaches, and the task is cancelled only when
+        the last of them leaves."""
+        request = tasks_pb2.RunTaskRequest(
+            task=start_request(kind, params, **options),
+            continue_on_disconnect=continue_on_disconnect,
+        )
+        call: Any = self._run(request, timeout=timeout)  # a grpc.Call and an iterator
+        try:
+            yield from (event for event in call if not event.heartbeat)
+        except grpc.RpcError as err:
+            raise ReinsError.from_rpc_error(err) from None
+        finally:
+            call.cancel()
+
+    def cancel_tasks(
+        self,
+        *,
+        kind: str = "",
+        session_id: str = "",
+        parent_id: str = "",
+        labels: Mapping[str, str] | None = None,
+        hard: bool = False,
+        reason: str = "",
+        grace: Seconds | None = None,
+        dry_run: bool = False,
+    ) -> tasks_pb2.CancelTasksResponse:
+        """Cancels every active task matching the filters (at least one), each with its
+        subtree (``CancelTasks``); ``dry_run`` only counts. By ``session_id`` alone, the
+        session also refuses new tasks for a while (``SESSION_CANCELLED``)."""
+        return self._call(
+            self._cancel_tasks,
+            cancel_tasks_request(
+                kind=kind,
+                session_id=session_id,
+                parent_id=parent_id,
+                labels=labels,
+                hard=hard,
+                reason=reason,
+                grace=grace,
+                dry_run=dry_run,
             ),
         )
 

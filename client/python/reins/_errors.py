@@ -1,4 +1,5 @@
-"""The exceptions of the package: one for failed calls, three for stopping a task."""
+"""The exceptions of the package: one for failed calls, three for stopping a task, one for
+a question nobody answered in time."""
 
 from __future__ import annotations
 
@@ -136,3 +137,13 @@ class Cancelled(Exception):
     def __init__(self, result: Any = None) -> None:
         super().__init__("the task stopped on request")
         self.result = result
+
+
+class AnswerTimedOut(TimeoutError):
+    """The question asked with ``answer_within`` was not answered in time: the server
+    resumed the task without an answer (``Task.answer_timed_out``). The task runs on;
+    AnswerTask for that question is refused from now on."""
+
+    def __init__(self, question: str) -> None:
+        super().__init__(f"nobody answered {question!r} in time")
+        self.question = question

@@ -5,6 +5,7 @@ See the package docstring (``help(reins)``) for the protocol.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import inspect
 import logging
@@ -16,9 +17,9 @@ from typing import Any
 
 import grpc
 
-from ._calls import WORKER_CONNECT, TaskInfo, default_worker_name
+from ._calls import WORKER_CONNECT, Seconds, TaskInfo, default_worker_name, duration
 from ._client import ChannelOptions, open_channel
-from ._errors import Aborted, Cancelled, CancelRequested, ReinsError
+from ._errors import Aborted, AnswerTimedOut, Cancelled, CancelRequested, ReinsError
 from ._proto import tasks_pb2, workers_pb2
 from ._tracing import handler_span
 from ._values import to_value
@@ -45,8 +46,15 @@ class TaskContext:
     task was aborted) reports are silently dropped: nothing more is sent about the task.
     """
 
-    def __init__(self, worker: Worker, task: tasks_pb2.Task) -> None:
-        self.task = TaskInfo.from_proto(task)
+    def __init__(
+        self,
+        worker: Worker,
+        task: tasks_pb2.Task,
+        budget_remaining: Mapping[str, float] | None = None,
+    ) -> None:
+        #: The task as assigned; ``task.budget_remaining`` is refreshed after every
+        #: acknowledged usage report.
+        self.task = TaskInfo.from_proto(task, budget_remaining)
         self._worker = worker
         self._cond = threading.Condition(threading.RLock())
         self._cancel_requested = False
@@ -56,6 +64,7 @@ class TaskContext:
         self._abort_reason = ""
         self._asking = False
         self._answer: str | None = None
+        self._answer_timed_out = False
         # An outcome was sent, or the task was aborted: send nothing more.
         self._ended = False
         self._abort_event = threading.Event()
@@ -117,15 +126,27 @@ class TaskContext:
 
     # -- what the handler reports -----------------------------------------------------
 
-    def progress(self, fraction: float, message: str = "") -> None:
-        """Reports progress: ``fraction`` from 0.0 to 1.0 and a short message."""
+    def progress(
+        self, fraction: float, message: str = "", *, usage: Mapping[str, float] | None = None
+    ) -> None:
+        """Reports progress: ``fraction`` from 0.0 to 1.0 and a short message; ``usage``:
+        what was spent since the last report (e.g. ``{"output_tokens": 120}``), counted
+        against the budgets of the task and its ancestors. The server stops the task
+        (a soft cancel) when a budget is exhausted; ``task.budget_remaining`` follows."""
         self._send(
             progress=workers_pb2.TaskProgress(
-                task_id=self.task.id, fraction=fraction, message=message
+                task_id=self.task.id, fraction=fraction, message=message, usage=dict(usage or {})
             )
         )
 
-    def checkpoint(self, partial_result: Any, fraction: float, message: str = "") -> bool:
+    def checkpoint(
+        self,
+        partial_result: Any,
+        fraction: float,
+        message: str = "",
+        *,
+        usage: Mapping[str, float] | None = None,
+    ) -> bool:
         """Reports progress with a partial result, appended to ``Task.partial_results``.
 
         Partial results are kept even if the task is cancelled later. ``partial_result``
@@ -140,17 +161,21 @@ class TaskContext:
                 fraction=fraction,
                 message=message,
                 partial_result=value,
+                usage=dict(usage or {}),
             )
         )
         return self.cancel_requested
 
-    def ask(self, question: str, timeout: float | None = None) -> str:
+    def ask(
+        self, question: str, timeout: float | None = None, *, answer_within: Seconds | None = None
+    ) -> str:
         """Asks a question and blocks until it is answered (``AnswerTask``).
 
         The task is WAITING_FOR_ANSWER meanwhile. Raises :class:`CancelRequested` if a
         soft cancel arrives first (or had arrived already), :class:`Aborted` on an abort,
         and TimeoutError after ``timeout`` seconds (the question stays open on the
-        server). One question at a time.
+        server). With ``answer_within``, the server resumes the task unanswered after that
+        long: :class:`AnswerTimedOut` (the task runs on). One question at a time.
         """
         with self._cond:
             self.raise_if_cancelled()
@@ -158,12 +183,18 @@ class TaskContext:
                 raise RuntimeError("a question is open already: one at a time")
             self._asking = True
             self._answer = None
+            self._answer_timed_out = False
             try:
-                self._send(ask=workers_pb2.TaskAsk(task_id=self.task.id, question=question))
+                ask = workers_pb2.TaskAsk(task_id=self.task.id, question=question)
+                if answer_within is not None:
+                    ask.timeout.CopyFrom(duration(answer_within))
+                self._send(ask=ask)
                 answered = self._cond.wait_for(
                     lambda: self._answer is not None or self._stop_event.is_set(),
                     timeout,
                 )
+                if self._answer is not None and self._answer_timed_out:
+                    raise AnswerTimedOut(question)
                 if self._answer is not None:
                     return self._answer
                 if not answered:
@@ -202,13 +233,18 @@ class TaskContext:
             self._stop_event.set()
             self._cond.notify_all()
 
-    def _on_answer(self, answer: str) -> None:
+    def _on_answer(self, answer: workers_pb2.TaskAnswer) -> None:
         with self._cond:
             if not self._asking:
                 log.warning("task %s: an answer nobody asked for; ignored", self.task.id)
                 return
-            self._answer = answer
+            self._answer = answer.answer
+            self._answer_timed_out = answer.timed_out
             self._cond.notify_all()
+
+    def _on_usage_ack(self, ack: workers_pb2.UsageAck) -> None:
+        with self._cond:
+            self.task = dataclasses.replace(self.task, budget_remaining=dict(ack.budget_remaining))
 
     def _run(self, handler: Handler, trace_context: Mapping[str, str]) -> None:
         """Runs the handler in this thread (in its span, see ``_tracing``) and sends its
@@ -520,7 +556,7 @@ class Worker:
             log.info("worker %s connected as %s", self.name, self.worker_id)
             self._connected.set()
         elif which == "assign":
-            assigned = TaskContext(self, command.assign.task)
+            assigned = TaskContext(self, command.assign.task, command.assign.budget_remaining)
             with self._lock:
                 self._tasks[assigned.task.id] = assigned
             threading.Thread(
@@ -541,7 +577,11 @@ class Worker:
         elif which == "answer":
             ctx = self._task(command.answer.task_id)
             if ctx is not None:
-                ctx._on_answer(command.answer.answer)
+                ctx._on_answer(command.answer)
+        elif which == "usage_ack":
+            ctx = self._task(command.usage_ack.task_id)
+            if ctx is not None:
+                ctx._on_usage_ack(command.usage_ack)
         else:
             log.warning("unknown command %r; ignored", which)
 

@@ -81,6 +81,11 @@ pub struct Args {
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub watch_step: Duration,
 
+    /// Tasks of the session `bulk-cancel` cancels at once (PENDING beyond the replicas'
+    /// capacity, RUNNING otherwise).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub bulk_tasks: u32,
+
     /// Process id of replica A, whose memory (VmRSS) `watch-fanout` reports. Default: the
     /// process listening on its port, found through /proc.
     #[arg(long, value_name = "PID")]
@@ -104,6 +109,8 @@ pub enum Scenario {
     HardCancel,
     /// SoftCancel through another replica → the task's code stopped.
     SoftCancel,
+    /// CancelTasks of a session of `--bulk-tasks` tasks → every one stopped.
+    BulkCancel,
 }
 
 impl Scenario {

@@ -122,6 +122,11 @@ impl Cluster {
     }
 
     /// The replicas in turn, for spreading load.
+    /// How many replicas are driven.
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
     pub fn nth(&self, n: u64) -> &Server {
         &self.servers[(n % self.servers.len() as u64) as usize]
     }

@@ -5,6 +5,7 @@ mod pacing;
 pub(crate) mod request;
 pub(crate) mod status;
 mod task_service;
+mod ties;
 mod watch_stream;
 pub(crate) mod worker_service;
 

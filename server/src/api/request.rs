@@ -14,7 +14,7 @@ use crate::convert::View;
 use crate::error::{Echo, Error, FieldViolation, Result};
 use crate::limits::Limits;
 use crate::store::ActiveFilter;
-use crate::task::{MAX_DURATION, NewTask, TaskId};
+use crate::task::{MAX_DURATION, NewTask, TaskId, Usage, budget};
 
 /// The view a read asks for (`TaskView`); `default` when unspecified. Unknown values are
 /// INVALID_ARGUMENT rather than silently FULL, so a typo does not cost a huge reply.
@@ -104,6 +104,17 @@ pub fn new_task(request: pb::StartTaskRequest, limits: &Limits) -> Result<NewTas
         ));
     }
     collect(&mut violations, labels("labels", &request.labels));
+    let budget: Usage = request.budget.into_iter().collect();
+    violations.extend(
+        budget::budget_problems(&budget)
+            .into_iter()
+            .map(|(dimension, why)| match dimension {
+                Some(dimension) => {
+                    FieldViolation::new("budget", format!("{}: {why}", Echo(&dimension)))
+                }
+                None => FieldViolation::new("budget", why),
+            }),
+    );
     let spec = NewTask {
         kind: request.kind,
         description: request.description,
@@ -116,12 +127,27 @@ pub fn new_task(request: pb::StartTaskRequest, limits: &Limits) -> Result<NewTas
         request_id: request.request_id,
         max_attempts: request.max_attempts.max(1),
         trace_context: Default::default(),
+        budget,
+        ancestors: Vec::new(),
     };
     violations.extend(limits.new_task(&spec));
     if !violations.is_empty() {
         return Err(Error::InvalidArgument(violations));
     }
     Ok(spec)
+}
+
+/// Names the fields of a message nested in the request's field `parent` (`task.kind`).
+pub fn nested(parent: &'static str) -> impl Fn(Error) -> Error {
+    move |err| match err {
+        Error::InvalidArgument(violations) => Error::InvalidArgument(
+            violations
+                .into_iter()
+                .map(|v| FieldViolation::new(format!("{parent}.{}", v.field), v.description))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 /// Moves the field violations of `result` into `violations`, so that one reply names every
@@ -184,6 +210,73 @@ pub fn list_query(
         labels: request.labels.clone().into_iter().collect(),
     };
     Ok((filter, after, page_size))
+}
+
+/// What a CancelTasks request asks for.
+pub struct BulkCancelQuery {
+    pub filter: ActiveFilter,
+    /// A soft cancel's grace is `None` when the request leaves it to the server.
+    pub mode: pb::CancelMode,
+    pub grace: Option<Duration>,
+    pub dry_run: bool,
+}
+
+/// A CancelTasks request: at least one filter; a known mode (unspecified: soft); a grace
+/// period only for soft cancels.
+pub fn bulk_cancel(request: &pb::CancelTasksRequest) -> Result<BulkCancelQuery> {
+    let mut violations = Vec::new();
+    collect(&mut violations, labels("labels", &request.labels));
+    let parent_id = collect(
+        &mut violations,
+        optional_task_id("parent_id", &request.parent_id),
+    )
+    .flatten();
+    let filter = ActiveFilter {
+        kind: non_empty(&request.kind),
+        session_id: non_empty(&request.session_id),
+        parent_id,
+        labels: request.labels.clone().into_iter().collect(),
+    };
+    if filter == ActiveFilter::default() && request.parent_id.is_empty() {
+        violations.push(FieldViolation::new(
+            "kind",
+            "at least one filter is required (kind, session_id, parent_id or labels); to cancel everything, cancel by kind",
+        ));
+    }
+    let mode = match pb::CancelMode::try_from(request.mode) {
+        Ok(pb::CancelMode::Unspecified) => pb::CancelMode::Soft,
+        Ok(mode) => mode,
+        Err(_) => {
+            violations.push(FieldViolation::new(
+                "mode",
+                format!(
+                    "must be CANCEL_MODE_SOFT or CANCEL_MODE_HARD, got {}",
+                    request.mode
+                ),
+            ));
+            pb::CancelMode::Soft
+        }
+    };
+    let grace = collect(
+        &mut violations,
+        duration("grace_period", request.grace_period),
+    )
+    .flatten();
+    if grace.is_some() && mode == pb::CancelMode::Hard {
+        violations.push(FieldViolation::new(
+            "grace_period",
+            "a hard cancel has no grace period",
+        ));
+    }
+    if !violations.is_empty() {
+        return Err(Error::InvalidArgument(violations));
+    }
+    Ok(BulkCancelQuery {
+        filter,
+        mode,
+        grace,
+        dry_run: request.dry_run,
+    })
 }
 
 fn non_empty(text: &str) -> Option<String> {

@@ -11,11 +11,13 @@ use tonic::{Request, Response, Status};
 
 use super::pacing::{self, Events};
 use super::request;
+use super::ties::Ties;
 use super::watch_stream::WatchStream;
 use crate::convert::{self, View};
 use crate::engine::{CancelRequest, Engine};
+use crate::error::Error;
 use crate::limits::Limits;
-use crate::task::Task;
+use crate::task::{Task, TaskId};
 use crate::telemetry::traces::{self, grpc::record_task};
 
 pub(crate) struct TaskApi {
@@ -26,6 +28,8 @@ pub(crate) struct TaskApi {
     shutdown: CancellationToken,
     /// How long a watch may be quiet before a heartbeat event (`--watch-heartbeat`).
     watch_heartbeat: Option<Duration>,
+    /// The calls tied to their task's life open here ("last watcher leaves").
+    ties: Arc<Ties>,
 }
 
 impl TaskApi {
@@ -36,11 +40,37 @@ impl TaskApi {
         watch_heartbeat: Option<Duration>,
     ) -> TaskApi {
         TaskApi {
+            ties: Ties::new(Arc::clone(&engine)),
             engine,
             limits,
             shutdown,
             watch_heartbeat,
         }
+    }
+
+    /// The stream of a watch (or a run) of task `id`, tied to it if `tie` names a reason.
+    async fn stream(
+        &self,
+        id: TaskId,
+        after_version: Option<u64>,
+        view: View,
+        tie: Option<&'static str>,
+        deadline: Option<Duration>,
+    ) -> Result<Events, Status> {
+        let events = self.engine.watch(id, after_version).await?;
+        let watch = WatchStream::new(
+            Box::pin(events),
+            self.shutdown.clone(),
+            Arc::clone(&self.engine),
+            id,
+            tie.map(|reason| self.ties.tie(id, reason)),
+            view,
+        );
+        Ok(pacing::paced(
+            Box::pin(watch),
+            self.watch_heartbeat,
+            deadline,
+        ))
     }
 
     fn cancel_response(
@@ -139,20 +169,61 @@ impl TaskService for TaskApi {
         let view = request::view("view", request.view, View::Full)?;
         // 0 is proto3's unset: start from the task as it is now.
         let after_version = (request.after_version != 0).then_some(request.after_version);
-        let events = self.engine.watch(id, after_version).await?;
-        let watch = WatchStream::new(
-            Box::pin(events),
-            self.shutdown.clone(),
-            Arc::clone(&self.engine),
-            id,
-            request.cancel_on_disconnect,
-            view,
-        );
-        Ok(Response::new(pacing::paced(
-            Box::pin(watch),
-            self.watch_heartbeat,
-            deadline,
-        )))
+        let tie = request
+            .cancel_on_disconnect
+            .then_some("watcher disconnected");
+        Ok(Response::new(
+            self.stream(id, after_version, view, tie, deadline).await?,
+        ))
+    }
+
+    type RunTaskStream = Events;
+
+    async fn run_task(
+        &self,
+        request: Request<pb::RunTaskRequest>,
+    ) -> Result<Response<Events>, Status> {
+        let deadline = pacing::client_deadline(request.metadata());
+        let request = request.into_inner();
+        let Some(start) = request.task else {
+            return Err(Error::invalid("task", "required").into());
+        };
+        let spec = request::new_task(start, &self.limits).map_err(request::nested("task"))?;
+        // Idempotent on request_id: a second RunTask re-attaches to the same task.
+        let task = self.engine.start(spec).await?;
+        let tie = (!request.continue_on_disconnect).then_some("caller disconnected");
+        Ok(Response::new(
+            self.stream(task.id, None, View::Full, tie, deadline)
+                .await?,
+        ))
+    }
+
+    async fn cancel_tasks(
+        &self,
+        request: Request<pb::CancelTasksRequest>,
+    ) -> Result<Response<pb::CancelTasksResponse>, Status> {
+        let request = request.into_inner();
+        let query = request::bulk_cancel(&request)?;
+        self.limits.reason(&request.reason)?;
+        let mode = match query.mode {
+            pb::CancelMode::Hard => CancelRequest::Hard,
+            _ => CancelRequest::Soft {
+                grace: query.grace.unwrap_or(self.engine.default_grace()),
+            },
+        };
+        let done = self
+            .engine
+            .cancel_tasks(&query.filter, mode, request.reason, query.dry_run)
+            .await?;
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(Response::new(pb::CancelTasksResponse {
+            matched: count(done.matched),
+            cancelled: count(done.cancelled),
+            requested: count(done.requested),
+            already_finished: count(done.already_finished),
+            truncated: done.matched > done.task_ids.len(),
+            task_ids: done.task_ids.iter().map(ToString::to_string).collect(),
+        }))
     }
 
     async fn answer_task(&self, request: Request<pb::AnswerTaskRequest>) -> TaskResult {

@@ -1,5 +1,6 @@
-//! The WatchTask stream: versions as events until the terminal one, a clean end on
-//! shutdown, and `cancel_on_disconnect`.
+//! The WatchTask (and RunTask) stream: versions as events until the terminal one, a clean
+//! end on shutdown, and the call's tie to the task (`cancel_on_disconnect`, see
+//! [`super::ties`]).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -12,8 +13,9 @@ use reins_proto::v1 as pb;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
+use super::ties::Tie;
 use crate::convert::{self, View};
-use crate::engine::{CancelRequest, Engine};
+use crate::engine::Engine;
 use crate::task::{Task, TaskId};
 use crate::telemetry::metrics::{Tracked, metrics};
 
@@ -21,7 +23,7 @@ use crate::telemetry::metrics::{Tracked, metrics};
 /// down it first sends the versions it has not sent yet (read from the task's history, as
 /// a change may still be on its way through Redis), then ends: OK after a terminal
 /// version, UNAVAILABLE otherwise (watch again elsewhere). If the client hangs up first
-/// and asked for `cancel_on_disconnect`, the task is soft-cancelled.
+/// and the call is tied to the task, dropping the tie may cancel it ([`super::ties`]).
 pub(crate) struct WatchStream {
     events: Pin<Box<dyn Stream<Item = Task> + Send>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -29,8 +31,8 @@ pub(crate) struct WatchStream {
     id: TaskId,
     last_version: u64,
     phase: Phase,
-    /// Armed until the task ends or the server ends the stream.
-    cancel_on_disconnect: bool,
+    /// Held until the task ends or the server ends the stream.
+    tie: Option<Tie>,
     /// The view of the task in each event.
     view: View,
     /// Counts the stream in `reins_watchers` while it is open.
@@ -51,7 +53,7 @@ impl WatchStream {
         shutdown: CancellationToken,
         engine: Arc<Engine>,
         id: TaskId,
-        cancel_on_disconnect: bool,
+        tie: Option<Tie>,
         view: View,
     ) -> WatchStream {
         WatchStream {
@@ -61,7 +63,7 @@ impl WatchStream {
             id,
             last_version: 0,
             phase: Phase::Live,
-            cancel_on_disconnect,
+            tie,
             view,
             _counted: metrics().watching(),
         }
@@ -71,10 +73,17 @@ impl WatchStream {
     fn send(&mut self, task: Task) -> Option<Result<pb::TaskEvent, Status>> {
         self.last_version = task.version;
         if task.state.is_terminal() {
-            self.cancel_on_disconnect = false;
+            self.release();
             self.phase = Phase::Ended;
         }
         Some(Ok(convert::event(&task, self.view)))
+    }
+
+    /// The stream leaves the task alone from now on.
+    fn release(&mut self) {
+        if let Some(tie) = self.tie.take() {
+            tie.release();
+        }
     }
 }
 
@@ -94,7 +103,7 @@ impl Stream for WatchStream {
                         if self.shutdown.poll_unpin(cx).is_pending() {
                             return Poll::Pending;
                         }
-                        self.cancel_on_disconnect = false;
+                        self.release();
                         let (engine, id, after) =
                             (Arc::clone(&self.engine), self.id, self.last_version);
                         self.phase = Phase::Flushing(Box::pin(async move {
@@ -126,22 +135,6 @@ impl Stream for WatchStream {
                 },
                 Phase::Ended => return Poll::Ready(None),
             }
-        }
-    }
-}
-
-impl Drop for WatchStream {
-    fn drop(&mut self) {
-        if self.cancel_on_disconnect {
-            let (engine, id) = (Arc::clone(&self.engine), self.id);
-            let grace = engine.default_grace();
-            tracing::info!(task = %id, "watcher disconnected; soft-cancelling the task");
-            tokio::spawn(async move {
-                let reason = "watcher disconnected".to_owned();
-                let _ = engine
-                    .cancel(id, CancelRequest::Soft { grace }, reason)
-                    .await;
-            });
         }
     }
 }

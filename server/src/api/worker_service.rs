@@ -24,13 +24,13 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::status;
+use super::{request, status};
 use crate::engine::Engine;
 use crate::engine::kinds::{MAX_KINDS_PER_HELLO, check_kind_name};
-use crate::error::Error;
+use crate::error::{Echo, Error};
 use crate::executor::remote::{Commands, Worker, WorkerEvent};
 use crate::limits::Limits;
-use crate::task::TaskId;
+use crate::task::{TaskId, Usage, budget};
 
 pub(crate) struct WorkerApi {
     engine: Arc<Engine>,
@@ -188,14 +188,34 @@ fn route(worker: &Worker, message: pb::WorkerMessage) -> Result<(), Status> {
                     "numbers in a partial result must be finite",
                 ));
             };
+            let usage: Usage = progress.usage.into_iter().collect();
+            if let Some((dimension, why)) = budget::increment_problems(&usage).into_iter().next() {
+                let dimension = dimension
+                    .map(|d| format!(" {}", Echo(&d)))
+                    .unwrap_or_default();
+                return Err(protocol_violation(&format!("usage{dimension}: {why}")));
+            }
             let event = WorkerEvent::Progress {
                 fraction: progress.fraction,
                 message: progress.message,
                 partial_result,
+                usage,
             };
             (progress.task_id, event)
         }
-        Message::Ask(ask) => (ask.task_id, WorkerEvent::Ask(ask.question)),
+        Message::Ask(ask) => {
+            let timeout = match request::duration("ask.timeout", ask.timeout) {
+                Ok(timeout) => timeout,
+                Err(err) => return Err(protocol_violation(&err.to_string())),
+            };
+            (
+                ask.task_id,
+                WorkerEvent::Ask {
+                    question: ask.question,
+                    timeout,
+                },
+            )
+        }
         Message::Complete(complete) => (
             complete.task_id,
             WorkerEvent::Complete(result(complete.result)?),

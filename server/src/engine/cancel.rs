@@ -1,12 +1,11 @@
 //! Cancelling a task and its whole subtree (see `task::cancel` for the rules).
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::Engine;
 use super::transitions::{Applied, CancelRequest};
 use crate::error::Result;
-use crate::task::cancel::{self, CancelOutcome};
+use crate::task::cancel::CancelOutcome;
 use crate::task::{CancelMode, CancelOrigin, Task, TaskId};
 use crate::telemetry::metrics::metrics;
 
@@ -41,29 +40,15 @@ impl Engine {
         if root.state.is_terminal() {
             return Ok((root.clone(), CancelOutcome::of(&root, &root)));
         }
-        // Deepest first: when a task ends, its own descendants are already settled with the
-        // ancestor's mode and reason, so its end cannot release them as "parent finished".
-        let mut descendants = self.active_descendants(id).await?;
-        descendants.reverse();
         let origin = CancelOrigin {
             replica: self.replica_id().to_owned(),
             trace_context: crate::telemetry::traces::current_context(),
         };
-        let descendant_reason = cancel::ancestor_cancelled_reason(id, &reason);
-        for descendant in &descendants {
-            if let Err(err) = self
-                .transitions
-                .cancel_one(descendant.id, request, descendant_reason.clone(), &origin)
-                .await
-            {
-                tracing::warn!(task = %descendant.id, ancestor = %id, %err, "cancelling a descendant failed");
-            }
-        }
-        let (before, after) = match self
+        let (descendants, applied) = self
             .transitions
-            .cancel_one(id, request, reason, &origin)
-            .await?
-        {
+            .cancel_tree(id, request.event(reason.clone()), request, &reason, &origin)
+            .await?;
+        let (before, after) = match applied {
             Applied::Changed { before, after } => (before, after),
             Applied::Unchanged(task) | Applied::Rejected(task, _) => (task.clone(), task),
         };
@@ -76,21 +61,5 @@ impl Engine {
             }
         }
         Ok((after.clone(), CancelOutcome::of(&before, &after)))
-    }
-
-    /// Every active task below `root`, breadth first (parents before children). Finished
-    /// tasks are walked through: a detached grandchild may outlive its parent.
-    async fn active_descendants(&self, root: TaskId) -> Result<Vec<Task>> {
-        let mut found = Vec::new();
-        let mut frontier = VecDeque::from([root]);
-        while let Some(parent) = frontier.pop_front() {
-            for child in self.transitions.records().children(parent).await? {
-                frontier.push_back(child.id);
-                if !child.state.is_terminal() {
-                    found.push(child);
-                }
-            }
-        }
-        Ok(found)
     }
 }

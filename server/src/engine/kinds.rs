@@ -172,6 +172,7 @@ mod tests {
             worker_kind_ttl: ttl,
             limits: crate::limits::tests::defaults(),
             checkpoint_limits: crate::task::CheckpointLimits::DEFAULT,
+            cancelled_session_ttl: Duration::from_secs(600),
         };
         let lease = Duration::from_secs(10);
         assert_eq!(

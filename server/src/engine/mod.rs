@@ -12,6 +12,8 @@
 //! signal a soft cancel, deliver an answer). The engine never reaches into a running job,
 //! and running code reaches back only through the narrow [`crate::port::TaskPort`].
 
+mod budget;
+pub(crate) mod bulk_cancel;
 mod cancel;
 mod dispatch;
 mod drain;
@@ -58,6 +60,8 @@ pub(crate) struct EngineConfig {
     pub limits: Limits,
     /// How many checkpoints, of how many bytes in all, a task keeps.
     pub checkpoint_limits: CheckpointLimits,
+    /// How long a session cancelled by CancelTasks refuses new tasks.
+    pub cancelled_session_ttl: Duration,
 }
 
 pub(crate) struct Engine {

@@ -4,6 +4,7 @@
 use super::Engine;
 use crate::error::{Error, Result};
 use crate::store::Created;
+use crate::task::budget::{self, MAX_DEPTH};
 use crate::task::{NewTask, Task, TaskId, TaskState};
 
 impl Engine {
@@ -14,6 +15,7 @@ impl Engine {
             return Err(Error::ShuttingDown);
         }
         self.check_kind(&spec).await?;
+        let mut spec = spec;
         if let Some(parent_id) = spec.parent_id {
             let parent = self
                 .transitions
@@ -24,6 +26,7 @@ impl Engine {
             if parent.state.is_terminal() && !spec.detached {
                 return Err(Error::ParentFinished(parent_id));
             }
+            spec.ancestors = self.ancestors_of_child(&parent).await?;
         }
         let task = Task::new(TaskId::now_v7(), spec.clone(), std::time::SystemTime::now());
         match self.transitions.records().create(task).await? {
@@ -37,11 +40,33 @@ impl Engine {
                 Ok(task)
             }
             Created::Existing(existing) if existing.matches_request(&spec) => Ok(existing),
+            Created::SessionCancelled => Err(Error::SessionCancelled(spec.session_id)),
             Created::Existing(existing) => Err(Error::RequestIdConflict {
                 request_id: spec.request_id,
                 existing: existing.id,
             }),
         }
+    }
+
+    /// The ancestors of a new child of `parent`, nearest first: refused if the tree would
+    /// be deeper than [`MAX_DEPTH`] levels, or if any of them has exhausted its budget (the
+    /// child would only be cancelled at its first report).
+    async fn ancestors_of_child(&self, parent: &Task) -> Result<Vec<TaskId>> {
+        if parent.ancestors.len() + 2 > MAX_DEPTH {
+            return Err(Error::TreeTooDeep { parent: parent.id });
+        }
+        let ancestors: Vec<TaskId> = std::iter::once(parent.id)
+            .chain(parent.ancestors.iter().copied())
+            .collect();
+        for spending in self.transitions.records().spending(&ancestors).await? {
+            if let Some(exhausted) = budget::exhausted(&spending.budget, &spending.after) {
+                return Err(Error::BudgetExhausted {
+                    ancestor: spending.task,
+                    reason: exhausted.reason(),
+                });
+            }
+        }
+        Ok(ancestors)
     }
 
     /// A kind is valid if it is built in (then its params are checked), declared with

@@ -4,6 +4,7 @@
 //! children). Also the [`TaskPort`] that running code reports through, which refuses a
 //! report over a limit (`crate::limits`): the task fails naming the limit instead.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,9 +15,10 @@ use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::port::TaskPort;
 use crate::store::{StoreError, Swap, TaskQueue, TaskRecords};
+use crate::task::budget::{self, Spending};
 use crate::task::cancel;
 use crate::task::state_machine::{self, Event, Fence, Rejection, Report};
-use crate::task::{CancelOrigin, CheckpointLimits, Task, TaskId, TaskState};
+use crate::task::{CancelOrigin, CheckpointLimits, Task, TaskId, TaskState, Usage};
 use crate::telemetry::metrics::metrics;
 
 /// What a cancel call asks for.
@@ -27,7 +29,7 @@ pub(crate) enum CancelRequest {
 }
 
 impl CancelRequest {
-    fn event(self, reason: String) -> Event {
+    pub fn event(self, reason: String) -> Event {
         match self {
             CancelRequest::Soft { grace } => Event::SoftCancel { reason, grace },
             CancelRequest::Hard => Event::HardCancel { reason },
@@ -94,14 +96,36 @@ impl Transitions {
         self.records.get(id).await?.ok_or(Error::TaskNotFound(id))
     }
 
+    /// Grace period of the soft cancels the server itself makes.
+    pub fn default_grace(&self) -> Duration {
+        self.default_grace
+    }
+
     /// Reads, decides, compare-and-sets; again on a conflict. A change to a terminal state
     /// releases the task's attached children.
     pub async fn apply(&self, id: TaskId, event: Event) -> Result<Applied> {
-        self.apply_from(id, event, &CancelOrigin::default()).await
+        Ok(self
+            .apply_spending(id, event, &CancelOrigin::default())
+            .await?
+            .0)
     }
 
-    /// [`Transitions::apply`], recording `origin` on a cancel the event starts.
-    async fn apply_from(&self, id: TaskId, event: Event, origin: &CancelOrigin) -> Result<Applied> {
+    /// [`Transitions::apply`], recording `origin` on a cancel the event starts; a report
+    /// that spent something is stored with its usage rolled up to every ancestor in the
+    /// same transaction, and the spending of the chain's budgets is returned with the change.
+    async fn apply_spending(
+        &self,
+        id: TaskId,
+        event: Event,
+        origin: &CancelOrigin,
+    ) -> Result<(Applied, Vec<Spending>)> {
+        let increment = match &event {
+            Event::Report {
+                report: Report::Progress { usage, .. },
+                ..
+            } => usage.clone(),
+            _ => Usage::new(),
+        };
         loop {
             let before = self.check(id).await?;
             let after = match state_machine::apply_within(
@@ -118,10 +142,15 @@ impl Transitions {
                     }
                     after
                 }
-                Ok(None) => return Ok(Applied::Unchanged(before)),
-                Err(rejection) => return Ok(Applied::Rejected(before, rejection)),
+                Ok(None) => return Ok((Applied::Unchanged(before), Vec::new())),
+                Err(rejection) => return Ok((Applied::Rejected(before, rejection), Vec::new())),
             };
-            match self.records.compare_and_swap(&after).await? {
+            let (swap, spent) = if increment.is_empty() {
+                (self.records.compare_and_swap(&after).await?, Vec::new())
+            } else {
+                self.records.swap_spending(&after, &increment).await?
+            };
+            match swap {
                 Swap::Swapped => {
                     metrics().task_changed(&before, &after);
                     if after.state == TaskState::Pending && before.state != TaskState::Pending {
@@ -134,7 +163,7 @@ impl Transitions {
                         tracing::info!(task = %id, state = ?after.state, "task finished");
                         Box::pin(self.release_children(&after)).await;
                     }
-                    return Ok(Applied::Changed { before, after });
+                    return Ok((Applied::Changed { before, after }, spent));
                 }
                 Swap::Conflict => {
                     // Either another write won (decide again on the new version) or the
@@ -142,7 +171,7 @@ impl Transitions {
                     if self.check(id).await?.version == before.version {
                         tracing::warn!(task = %id, "the store refused a change nothing raced with");
                         metrics().fenced_write();
-                        return Ok(Applied::Rejected(before, Rejection::Fenced));
+                        return Ok((Applied::Rejected(before, Rejection::Fenced), Vec::new()));
                     }
                 }
                 Swap::Missing => return Err(Error::TaskNotFound(id)),
@@ -158,7 +187,55 @@ impl Transitions {
         reason: String,
         origin: &CancelOrigin,
     ) -> Result<Applied> {
-        self.apply_from(id, request.event(reason), origin).await
+        Ok(self
+            .apply_spending(id, request.event(reason), origin)
+            .await?
+            .0)
+    }
+
+    /// Cancels every active descendant of `root` (deepest first, with a reason naming
+    /// `root`), then `root` itself with `event`. Returns the descendants as they were found
+    /// and what the event did to `root`. A finished `root` is walked through as well: a
+    /// detached descendant may outlive it.
+    pub async fn cancel_tree(
+        &self,
+        root: TaskId,
+        event: Event,
+        request: CancelRequest,
+        reason: &str,
+        origin: &CancelOrigin,
+    ) -> Result<(Vec<Task>, Applied)> {
+        // Deepest first: when a task ends, its own descendants are already settled with the
+        // ancestor's mode and reason, so its end cannot release them as "parent finished".
+        let mut descendants = self.active_descendants(root).await?;
+        descendants.reverse();
+        let descendant_reason = cancel::ancestor_cancelled_reason(root, reason);
+        for descendant in &descendants {
+            if let Err(err) = self
+                .cancel_one(descendant.id, request, descendant_reason.clone(), origin)
+                .await
+            {
+                tracing::warn!(task = %descendant.id, ancestor = %root, %err, "cancelling a descendant failed");
+            }
+        }
+        let (applied, _) = self.apply_spending(root, event, origin).await?;
+        Ok((descendants, applied))
+    }
+
+    /// Every active task below `root`, breadth first (parents before children). Finished
+    /// tasks are walked through: a detached grandchild may outlive its parent.
+    async fn active_descendants(&self, root: TaskId) -> Result<Vec<Task>> {
+        let mut found = Vec::new();
+        let mut frontier = VecDeque::from([root]);
+        while let Some(parent) = frontier.pop_front() {
+            for child in self.records.children(parent).await? {
+                frontier.push_back(child.id);
+                if !child.state.is_terminal() {
+                    found.push(child);
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Soft-cancels the active attached children of a task that has finished.
@@ -193,14 +270,19 @@ impl Transitions {
         id: TaskId,
         fence: &Fence,
         report: Report,
-    ) -> Result<Task, ReportError> {
+    ) -> Result<(Task, Vec<Spending>), ReportError> {
         let event = Event::Report {
             fence: fence.clone(),
             report,
         };
-        match self.apply(id, event).await {
-            Ok(Applied::Changed { after: task, .. } | Applied::Unchanged(task)) => Ok(task),
-            Ok(Applied::Rejected(_, rejection)) => Err(ReportError::Rejected(rejection)),
+        match self
+            .apply_spending(id, event, &CancelOrigin::default())
+            .await
+        {
+            Ok((Applied::Changed { after: task, .. } | Applied::Unchanged(task), spent)) => {
+                Ok((task, spent))
+            }
+            Ok((Applied::Rejected(_, rejection), _)) => Err(ReportError::Rejected(rejection)),
             Err(Error::TaskNotFound(_)) => Err(ReportError::Rejected(Rejection::Fenced)),
             Err(err) => {
                 tracing::warn!(task = %id, %err, "a report could not be stored yet");
@@ -252,10 +334,11 @@ impl TaskPort for Transitions {
         let mut backoff = store_backoff();
         loop {
             match self.report_once(id, fence, report.clone()).await {
-                Ok(task) if over_limit.is_some() => {
+                Ok((task, _)) if over_limit.is_some() => {
                     return Err(Rejection::Terminal(task.state));
                 }
-                Ok(task) => return Ok(task),
+                Ok((task, spent)) if spent.is_empty() => return Ok(task),
+                Ok((task, spent)) => return Ok(self.enforce_budgets(task, &spent).await),
                 Err(ReportError::Rejected(rejection)) => return Err(rejection),
                 Err(ReportError::Unavailable) => wait(&mut backoff).await,
             }
@@ -271,5 +354,22 @@ impl TaskPort for Transitions {
             grace: self.default_grace,
         };
         self.apply_deadline(id, event).await
+    }
+
+    async fn answer_time_out(&self, id: TaskId) -> Option<Task> {
+        self.apply_deadline(id, Event::AnswerTimeOut).await
+    }
+
+    async fn budget_remaining(&self, task: &Task) -> Usage {
+        let chain: Vec<TaskId> = std::iter::once(task.id)
+            .chain(task.ancestors.iter().copied())
+            .collect();
+        match self.records.spending(&chain).await {
+            Ok(spent) => budget::remaining(spent.iter().map(|s| (&s.budget, &s.after))),
+            Err(err) => {
+                tracing::warn!(task = %task.id, %err, "cannot read the budgets left");
+                Usage::new()
+            }
+        }
     }
 }

@@ -15,6 +15,7 @@ mod sleep;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::port::TaskPort;
 use crate::task::state_machine::{Fence, Rejection, Report};
-use crate::task::{Json, JsonMap, Task, TaskId, TaskState};
+use crate::task::{Json, JsonMap, Task, TaskId, TaskState, Usage};
 
 /// A kind of task the server can run.
 pub trait Kind: Send + Sync {
@@ -100,6 +101,8 @@ pub struct Ended;
 pub enum Interrupted {
     #[error("a cancel was requested")]
     CancelRequested,
+    #[error("the question was not answered in time")]
+    AnswerTimedOut,
     #[error(transparent)]
     Ended(#[from] Ended),
 }
@@ -113,6 +116,9 @@ pub struct TaskContext {
     cancel_requested: CancellationToken,
     /// The latest version of the record the driver has seen.
     record: watch::Receiver<Task>,
+    /// The record as the last report stored it, which may be ahead of the driver's (a
+    /// report that exhausted a budget comes back with its cancel recorded).
+    reported: std::sync::Mutex<Option<Task>>,
 }
 
 impl TaskContext {
@@ -129,12 +135,21 @@ impl TaskContext {
             fence,
             cancel_requested,
             record,
+            reported: std::sync::Mutex::new(None),
         }
     }
 
-    /// The task as the driver last saw it.
+    /// The newest version of the task known here: the driver's, or the last report's.
     pub fn current(&self) -> Task {
-        self.record.borrow().clone()
+        let seen = self.record.borrow().clone();
+        let reported = self
+            .reported
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match reported.as_ref() {
+            Some(task) if task.version > seen.version => task.clone(),
+            _ => seen,
+        }
     }
 
     pub(crate) fn record(&self) -> watch::Receiver<Task> {
@@ -151,12 +166,9 @@ impl TaskContext {
     }
 
     pub async fn progress(&self, fraction: f64, message: impl Into<String>) -> Result<(), Ended> {
-        self.send(Report::Progress {
-            fraction,
-            message: message.into(),
-            partial_result: None,
-        })
-        .await
+        self.report_progress(fraction, message, None, Usage::new())
+            .await
+            .map(drop)
     }
 
     /// Records a checkpoint: progress plus one partial result kept even if the task is
@@ -167,22 +179,53 @@ impl TaskContext {
         fraction: f64,
         message: impl Into<String>,
     ) -> Result<(), Ended> {
+        self.report_progress(fraction, message, Some(partial_result), Usage::new())
+            .await
+            .map(drop)
+    }
+
+    /// Records progress, an optional checkpoint, and what was spent since the last report
+    /// (added to the task's usage and its ancestors' subtree usage). Returns the record as
+    /// stored afterwards; if the report exhausted a budget, its cancel is already recorded
+    /// and [`TaskContext::is_cancel_requested`] says so at once.
+    pub async fn report_progress(
+        &self,
+        fraction: f64,
+        message: impl Into<String>,
+        partial_result: Option<Json>,
+        usage: Usage,
+    ) -> Result<Task, Ended> {
         self.send(Report::Progress {
             fraction,
             message: message.into(),
-            partial_result: Some(partial_result),
+            partial_result,
+            usage,
         })
         .await
     }
 
+    /// What is left to spend under the budgets of the task and its ancestors.
+    pub async fn budget_remaining(&self) -> Usage {
+        self.port.budget_remaining(&self.current()).await
+    }
+
     /// Asks a question (WAITING_FOR_ANSWER) and waits for the answer. A soft cancel wakes
-    /// the task with [`Interrupted::CancelRequested`].
-    pub async fn ask(&mut self, question: impl Into<String>) -> Result<String, Interrupted> {
-        let asked = self.pose(question).await?;
+    /// the task with [`Interrupted::CancelRequested`]; with a `timeout`, the server resumes
+    /// it unanswered after that long ([`Interrupted::AnswerTimedOut`]).
+    pub async fn ask(
+        &mut self,
+        question: impl Into<String>,
+        timeout: Option<Duration>,
+    ) -> Result<String, Interrupted> {
+        let asked = self.pose(question, timeout).await?;
         let mut record = self.record.clone();
         tokio::select! {
             next = record.wait_for(|task| answered(task, asked).is_some()) => match next {
-                Ok(task) => answered(&task, asked).unwrap_or(Err(Ended)).map_err(Interrupted::Ended),
+                Ok(task) => match answered(&task, asked) {
+                    Some(Ok(Answered { timed_out: true, .. })) => Err(Interrupted::AnswerTimedOut),
+                    Some(Ok(Answered { answer, .. })) => Ok(answer),
+                    _ => Err(Interrupted::Ended(Ended)),
+                },
                 Err(_) => Err(Interrupted::Ended(Ended)),
             },
             () = self.cancel_requested.cancelled() => Err(Interrupted::CancelRequested),
@@ -191,12 +234,17 @@ impl TaskContext {
 
     /// Records a question (WAITING_FOR_ANSWER) without waiting for the answer; returns the
     /// version that asked it, for [`TaskContext::answer_to`].
-    pub async fn pose(&self, question: impl Into<String>) -> Result<u64, Interrupted> {
+    pub async fn pose(
+        &self,
+        question: impl Into<String>,
+        timeout: Option<Duration>,
+    ) -> Result<u64, Interrupted> {
         if self.is_cancel_requested() {
             return Err(Interrupted::CancelRequested);
         }
         let report = Report::Ask {
             question: question.into(),
+            timeout,
         };
         match self.port.report(self.task_id, &self.fence, report).await {
             Ok(asked) => Ok(asked.version),
@@ -206,30 +254,53 @@ impl TaskContext {
     }
 
     /// The answer to the question asked at version `asked`, once there is one.
-    pub fn answer_to(&self, asked: u64) -> Option<Result<String, Ended>> {
+    pub fn answer_to(&self, asked: u64) -> Option<Result<Answered, Ended>> {
         answered(&self.record.borrow(), asked)
     }
 
     /// Stores a report; while the store is unreachable it waits and retries, so no
     /// checkpoint is lost to an outage.
-    async fn send(&self, report: Report) -> Result<(), Ended> {
-        self.port
+    async fn send(&self, report: Report) -> Result<Task, Ended> {
+        let task = self
+            .port
             .report(self.task_id, &self.fence, report)
             .await
-            .map(drop)
-            .map_err(|_| Ended)
+            .map_err(|_| Ended)?;
+        let cancelled = task.cancel.is_some();
+        *self
+            .reported
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(task.clone());
+        if cancelled {
+            // Recorded already (a budget this report exhausted): the code learns it now,
+            // not when the change comes round through the driver.
+            self.cancel_requested.cancel();
+        }
+        Ok(task)
     }
+}
+
+/// How a question was settled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answered {
+    /// Empty if the question timed out.
+    pub answer: String,
+    /// Nobody answered before the question's deadline.
+    pub timed_out: bool,
 }
 
 /// Answered = the first version after the question that is no longer waiting (only
 /// AnswerTask moves a waiting task back to RUNNING), so versions the driver skipped cannot
 /// hide an answer. `Err` if the task ended instead.
-fn answered(task: &Task, asked: u64) -> Option<Result<String, Ended>> {
+fn answered(task: &Task, asked: u64) -> Option<Result<Answered, Ended>> {
     if task.version <= asked || task.state == TaskState::WaitingForAnswer {
         return None;
     }
     Some(if task.state == TaskState::Running {
-        Ok(task.answer.clone())
+        Ok(Answered {
+            answer: task.answer.clone(),
+            timed_out: task.answer_timed_out,
+        })
     } else {
         Err(Ended)
     })

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use reins_proto::v1 as pb;
@@ -19,7 +20,7 @@ use tonic::Status;
 
 use super::{Interrupted, Job, Outcome, TaskContext};
 use crate::convert;
-use crate::task::{Json, Task, TaskId};
+use crate::task::{Json, Task, TaskId, Usage};
 use crate::telemetry::metrics::WorkerKindOccupancy;
 
 /// What a worker says about one of its tasks.
@@ -29,8 +30,12 @@ pub enum WorkerEvent {
         fraction: f64,
         message: String,
         partial_result: Option<Json>,
+        usage: Usage,
     },
-    Ask(String),
+    Ask {
+        question: String,
+        timeout: Option<Duration>,
+    },
     Complete(Json),
     Fail(String),
     CancelAck(Json),
@@ -260,12 +265,14 @@ impl RemoteJob {
         let task = ctx.current();
         let mut record = ctx.record();
         self.record = Some(ctx.record());
+        let budget_remaining = convert::usage(&ctx.budget_remaining().await);
         self.worker.send(Command::Assign(pb::TaskAssignment {
             task: Some(convert::task(&task)),
             // The context of the execution span (the driver's): the worker's parent.
             trace_context: crate::telemetry::traces::current_context()
                 .into_iter()
                 .collect(),
+            budget_remaining,
         }));
         let mut cancel_sent = false;
         // The version that asked the worker's open question, if any.
@@ -277,13 +284,16 @@ impl RemoteJob {
                         return Outcome::Lost(format!("worker {} was lost while running the task", self.worker.label()));
                     };
                     match event {
-                        WorkerEvent::Progress { fraction, message, partial_result } => {
-                            let _ = match partial_result {
-                                Some(partial) => ctx.checkpoint(partial, fraction, message).await,
-                                None => ctx.progress(fraction, message).await,
-                            };
+                        WorkerEvent::Progress { fraction, message, partial_result, usage } => {
+                            let spent = !usage.is_empty();
+                            let reported = ctx.report_progress(fraction, message, partial_result, usage).await;
+                            if spent && reported.is_ok() {
+                                // The agent may shrink its next request to what is left.
+                                let budget_remaining = convert::usage(&ctx.budget_remaining().await);
+                                self.worker.send(Command::UsageAck(pb::UsageAck { task_id: self.id.to_string(), budget_remaining }));
+                            }
                         }
-                        WorkerEvent::Ask(text) => match ctx.pose(text).await {
+                        WorkerEvent::Ask { question: text, timeout } => match ctx.pose(text, timeout).await {
                             Ok(asked) => question = Some(asked),
                             Err(Interrupted::CancelRequested) if !cancel_sent => {
                                 self.send_cancel(&ctx);
@@ -303,8 +313,12 @@ impl RemoteJob {
                 Ok(()) = record.changed(), if question.is_some() => {
                     if let Some(answer) = question.and_then(|asked| ctx.answer_to(asked)) {
                         question = None;
-                        if let Ok(answer) = answer {
-                            self.worker.send(Command::Answer(pb::TaskAnswer { task_id: self.id.to_string(), answer }));
+                        if let Ok(answered) = answer {
+                            self.worker.send(Command::Answer(pb::TaskAnswer {
+                                task_id: self.id.to_string(),
+                                answer: answered.answer,
+                                timed_out: answered.timed_out,
+                            }));
                         }
                     }
                 }

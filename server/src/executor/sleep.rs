@@ -3,8 +3,13 @@
 //!
 //! Params: `steps` and `step_ms` (non-negative integers, required); `ignore_soft_cancel`
 //! (simulates a stuck task that only a hard cancel stops); `ask` (a question asked after
-//! the first step, whose answer goes into the result); `fail_at_step` (step `n`, counted
-//! from 1, fails instead of finishing).
+//! the first step, whose answer goes into the result); `ask_timeout_ms` (how long that
+//! question waits for an answer: unanswered, the task goes on and its result says
+//! `"answer_timed_out": true`); `fail_at_step` (step `n`, counted from 1, fails instead of
+//! finishing).
+//!
+//! Each step reports the usage `{"steps": 1}` with its checkpoint, so a budget such as
+//! `{"steps": 3}` stops the task after exactly three steps.
 
 use std::time::Duration;
 
@@ -14,7 +19,7 @@ use serde_json::json;
 use super::params::Params;
 use super::{Interrupted, Job, Kind, Outcome, TaskContext};
 use crate::error::Result;
-use crate::task::{Json, JsonMap};
+use crate::task::{Json, JsonMap, Usage};
 
 pub struct Sleep;
 
@@ -29,6 +34,16 @@ impl Kind for Sleep {
         let step_ms = p.required_count("step_ms");
         let ignore_soft_cancel = p.bool("ignore_soft_cancel").unwrap_or(false);
         let ask = p.string("ask");
+        let ask_timeout = p.count("ask_timeout_ms").map(Duration::from_millis);
+        if ask_timeout.is_some() && ask.is_none() {
+            p.reject("ask_timeout_ms", "needs `ask`");
+        }
+        if ask_timeout == Some(Duration::ZERO) {
+            p.reject(
+                "ask_timeout_ms",
+                "must be positive; leave unset for no deadline",
+            );
+        }
         let fail_at_step = p.count("fail_at_step");
         if fail_at_step == Some(0) {
             p.reject("fail_at_step", "steps are counted from 1");
@@ -39,6 +54,7 @@ impl Kind for Sleep {
             step: Duration::from_millis(step_ms.unwrap_or_default()),
             ignore_soft_cancel,
             ask,
+            ask_timeout,
             fail_at_step,
         }))
     }
@@ -49,7 +65,14 @@ struct SleepJob {
     step: Duration,
     ignore_soft_cancel: bool,
     ask: Option<String>,
+    ask_timeout: Option<Duration>,
     fail_at_step: Option<u64>,
+}
+
+/// How an `ask` ended, for the summary.
+enum Answer {
+    Given(String),
+    TimedOut,
 }
 
 impl Job for SleepJob {
@@ -60,7 +83,7 @@ impl Job for SleepJob {
 
 impl SleepJob {
     async fn sleep(self, mut ctx: TaskContext) -> Outcome {
-        let mut answer: Option<String> = None;
+        let mut answer: Option<Answer> = None;
         for step in 1..=self.steps {
             if !self.pause(&ctx).await {
                 return Outcome::Stopped(self.summary(step - 1, &answer));
@@ -73,8 +96,10 @@ impl SleepJob {
             }
             let fraction = step as f64 / self.steps as f64;
             let checkpoint = json!({ "step": step });
+            let spent = Usage::from([("steps".to_owned(), 1.0)]);
+            let message = format!("step {step}/{}", self.steps);
             if ctx
-                .checkpoint(checkpoint, fraction, format!("step {step}/{}", self.steps))
+                .report_progress(fraction, message, Some(checkpoint), spent)
                 .await
                 .is_err()
             {
@@ -83,8 +108,9 @@ impl SleepJob {
             if step == 1
                 && let Some(question) = &self.ask
             {
-                match ctx.ask(question.clone()).await {
-                    Ok(text) => answer = Some(text),
+                match ctx.ask(question.clone(), self.ask_timeout).await {
+                    Ok(text) => answer = Some(Answer::Given(text)),
+                    Err(Interrupted::AnswerTimedOut) => answer = Some(Answer::TimedOut),
                     Err(Interrupted::CancelRequested) if self.ignore_soft_cancel => {}
                     Err(_) => return Outcome::Stopped(self.summary(step, &answer)),
                 }
@@ -108,10 +134,12 @@ impl SleepJob {
         }
     }
 
-    fn summary(&self, steps_completed: u64, answer: &Option<String>) -> Json {
+    fn summary(&self, steps_completed: u64, answer: &Option<Answer>) -> Json {
         let mut summary = json!({ "steps_completed": steps_completed, "steps": self.steps });
-        if let Some(answer) = answer {
-            summary["answer"] = json!(answer);
+        match answer {
+            Some(Answer::Given(answer)) => summary["answer"] = json!(answer),
+            Some(Answer::TimedOut) => summary["answer_timed_out"] = json!(true),
+            None => {}
         }
         summary
     }
@@ -139,7 +167,7 @@ mod tests {
     #[test]
     fn accepts_its_schema() {
         assert!(prepare(json!({"steps": 3, "step_ms": 10})).is_ok());
-        assert!(prepare(json!({"steps": 0, "step_ms": 0, "ignore_soft_cancel": true, "ask": "?", "fail_at_step": 2})).is_ok());
+        assert!(prepare(json!({"steps": 0, "step_ms": 0, "ignore_soft_cancel": true, "ask": "?", "ask_timeout_ms": 5, "fail_at_step": 2})).is_ok());
     }
 
     #[test]
@@ -166,6 +194,14 @@ mod tests {
         assert_eq!(
             bad_fields(json!({"steps": 1, "step_ms": 1, "speed": 2})),
             ["params.speed"]
+        );
+        assert_eq!(
+            bad_fields(json!({"steps": 1, "step_ms": 1, "ask_timeout_ms": 5})),
+            ["params.ask_timeout_ms"]
+        );
+        assert_eq!(
+            bad_fields(json!({"steps": 1, "step_ms": 1, "ask": "?", "ask_timeout_ms": 0})),
+            ["params.ask_timeout_ms"]
         );
     }
 }

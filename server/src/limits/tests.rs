@@ -178,6 +178,7 @@ fn reports_over_a_limit_name_it() {
     assert!(why.contains("at most 100 (--max-result-bytes)"), "{why}");
     let ask = Report::Ask {
         question: "?".repeat((64 << 10) + 1),
+        timeout: None,
     };
     assert!(
         limits
@@ -196,6 +197,7 @@ fn reports_over_a_limit_name_it() {
         fraction: 0.5,
         message: "m".repeat(4097),
         partial_result: None,
+        usage: Default::default(),
     };
     assert!(
         limits
@@ -297,9 +299,17 @@ fn record_at(limits: &Limits, checkpoints: CheckpointBudget) -> Task {
             request_id: id("r"),
             max_attempts: u32::MAX,
             trace_context: largest_trace_context(),
+            budget: (0..crate::task::budget::MAX_DIMENSIONS)
+                .map(|i| (format!("{i:a>63}"), f64::MAX))
+                .collect(),
+            ancestors: Vec::new(),
         },
         now,
     );
+    task.usage = task.budget.clone();
+    task.subtree_usage = task.budget.clone();
+    task.answer_timed_out = true;
+    task.question_deadline = Some(now);
     task.state = TaskState::Failed;
     task.owner = id("o");
     task.worker = format!("{}/{}", id("w"), TaskId::now_v7());
@@ -326,6 +336,7 @@ fn record_at(limits: &Limits, checkpoints: CheckpointBudget) -> Task {
         escalated: true,
         deadline_exceeded: true,
         origin: Default::default(),
+        budget_exhausted: "b".repeat(crate::task::budget::MAX_DIMENSION_CHARS),
     });
     task
 }
@@ -367,6 +378,7 @@ fn a_record_at_every_limit_fits_its_bound_in_every_message_that_carries_it() {
                 command: Some(pb::worker_command::Command::Assign(pb::TaskAssignment {
                     task: Some(record),
                     trace_context: largest_trace_context().into_iter().collect(),
+                    budget_remaining: Default::default(),
                 })),
             }
             .encoded_len();
@@ -383,7 +395,7 @@ fn the_defaults_fit_the_default_message_size_and_a_config_that_cannot_is_refused
     let limits = defaults();
     let bound = limits.record_bound(CHECKPOINT_BUDGET);
     // The README's arithmetic.
-    assert_eq!(bound, 3_390_632);
+    assert_eq!(bound, 3_394_856);
     assert!(limits.check_fits(4 << 20, CHECKPOINT_BUDGET, "a").is_ok());
     let err = limits
         .check_fits(bound - 1, CHECKPOINT_BUDGET, "a")

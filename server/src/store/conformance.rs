@@ -9,8 +9,9 @@ use serde_json::json;
 
 use super::history::HISTORY_LEN;
 use super::{ActiveFilter, Created, Swap, TaskStore, Update};
+use crate::task::budget::Spending;
 use crate::task::state_machine::{Event, Fence, Report, apply, apply_within};
-use crate::task::{CheckpointLimits, NewTask, Task, TaskId, TaskState};
+use crate::task::{CheckpointLimits, NewTask, Task, TaskId, TaskState, Usage};
 
 const OWNER: &str = "conformance";
 
@@ -29,6 +30,7 @@ async fn insert(store: &dyn TaskStore, task: Task) -> Task {
     match store.create(task).await.unwrap() {
         Created::New(task) => task,
         Created::Existing(task) => panic!("unexpected existing task {}", task.id),
+        Created::SessionCancelled => panic!("unexpected cancelled session"),
     }
 }
 
@@ -99,7 +101,7 @@ pub async fn a_known_request_id_returns_the_existing_task(store: &dyn TaskStore)
     let first = insert(store, new_task(spec.clone())).await;
     match store.create(new_task(spec)).await.unwrap() {
         Created::Existing(existing) => assert_eq!(existing.id, first.id),
-        Created::New(task) => panic!("a second task {} was created", task.id),
+        other => panic!("expected the existing task, got {other:?}"),
     }
 }
 
@@ -385,6 +387,7 @@ async fn progress(store: &dyn TaskStore, task: &Task, step: u64) -> Task {
         fraction: 0.0,
         message: format!("step {step}"),
         partial_result: Some(json!(step)),
+        usage: Default::default(),
     };
     advance(store, task, Event::Report { fence, report }).await
 }
@@ -478,6 +481,7 @@ pub async fn checkpoints_within(
             fraction: 0.0,
             message: format!("step {step}"),
             partial_result: Some(json!({ "step": step })),
+            usage: Default::default(),
         };
         let event = Event::Report { fence, report };
         let next = apply_within(&task, &event, SystemTime::now(), limits)
@@ -674,6 +678,195 @@ pub async fn a_learned_kind_expires_when_no_worker_served_it_since(store: &dyn T
 }
 
 /// Declares one `#[tokio::test]` per conformance check, each on a store made by `$make`.
+/// A task under `ancestors` (nearest first), started, with `budget`.
+async fn running_under(
+    store: &dyn TaskStore,
+    ancestors: &[TaskId],
+    budget: &[(&str, f64)],
+) -> Task {
+    let task = new_task(NewTask {
+        kind: "sleep".into(),
+        parent_id: ancestors.first().copied(),
+        ancestors: ancestors.to_vec(),
+        budget: budget.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        ..NewTask::default()
+    });
+    start(store, &insert(store, task).await).await
+}
+
+fn spent(pairs: &[(&str, f64)]) -> Usage {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+}
+
+/// Stores a progress report of `task` that spent `usage`, as its owner would.
+async fn spend(store: &dyn TaskStore, task: &Task, usage: Usage) -> (Task, Vec<Spending>) {
+    let fence = Fence {
+        owner: task.owner.clone(),
+        attempt: task.attempt,
+    };
+    let report = Report::Progress {
+        fraction: 0.0,
+        message: String::new(),
+        partial_result: None,
+        usage: usage.clone(),
+    };
+    let next = apply(task, &Event::Report { fence, report }, SystemTime::now())
+        .unwrap()
+        .unwrap();
+    let (swap, spending) = store.swap_spending(&next, &usage).await.unwrap();
+    assert!(matches!(swap, Swap::Swapped));
+    (next, spending)
+}
+
+pub async fn usage_rolls_up_to_every_ancestor_in_the_same_write(store: &dyn TaskStore) {
+    let root = running_under(store, &[], &[("steps", 5.0)]).await;
+    let child = running_under(store, &[root.id], &[]).await;
+    let grandchild = running_under(store, &[child.id, root.id], &[("tokens", 100.0)]).await;
+    let (grandchild, spending) = spend(
+        store,
+        &grandchild,
+        spent(&[("steps", 2.0), ("tokens", 30.0)]),
+    )
+    .await;
+    // Only the tasks with a budget are reported, the task first; each with its own limits.
+    assert_eq!(spending.len(), 2);
+    assert_eq!(spending[0].task, grandchild.id);
+    assert_eq!(spending[0].budget, spent(&[("tokens", 100.0)]));
+    assert_eq!(spending[0].before, spent(&[("tokens", 0.0)]));
+    assert_eq!(spending[0].after, spent(&[("tokens", 30.0)]));
+    assert_eq!(spending[1].task, root.id);
+    assert_eq!(spending[1].before, spent(&[("steps", 0.0)]));
+    assert_eq!(spending[1].after, spent(&[("steps", 2.0)]));
+    let read = |id| async move { store.get(id).await.unwrap().unwrap() };
+    let stored = read(grandchild.id).await;
+    assert_eq!(stored.usage, spent(&[("steps", 2.0), ("tokens", 30.0)]));
+    assert_eq!(stored.subtree_usage, stored.usage);
+    assert_eq!(
+        read(child.id).await.subtree_usage,
+        spent(&[("steps", 2.0), ("tokens", 30.0)])
+    );
+    let stored_root = read(root.id).await;
+    assert_eq!(
+        stored_root.subtree_usage,
+        spent(&[("steps", 2.0), ("tokens", 30.0)])
+    );
+    assert!(
+        stored_root.usage.values().all(|v| *v == 0.0),
+        "its own usage is its own"
+    );
+    assert_eq!(
+        stored_root.version, root.version,
+        "no new version for descendants' spending"
+    );
+    // The ancestor's own writes keep what descendants added.
+    let root = spend(store, &root, spent(&[("steps", 1.0)])).await.0;
+    assert_eq!(read(root.id).await.subtree_usage["steps"], 3.0);
+    let (_, spending) = spend(store, &grandchild, spent(&[("steps", 2.0)])).await;
+    assert_eq!(spending.last().unwrap().after["steps"], 5.0);
+    assert!(
+        spending.last().unwrap().crossed().is_some(),
+        "the limit is reached now"
+    );
+    // `spending` reads the same, in the order asked, without the tasks without a budget.
+    let chain = store
+        .spending(&[child.id, root.id, grandchild.id])
+        .await
+        .unwrap();
+    let ids: Vec<TaskId> = chain.iter().map(|s| s.task).collect();
+    assert_eq!(ids, [root.id, grandchild.id]);
+    assert_eq!(chain[0].after["steps"], 5.0);
+    assert_eq!(chain[0].before, chain[0].after);
+}
+
+pub async fn a_refused_swap_adds_no_usage(store: &dyn TaskStore) {
+    let root = running_under(store, &[], &[("steps", 5.0)]).await;
+    let child = running_under(store, &[root.id], &[]).await;
+    let mut stale = child.clone();
+    stale.version += 5;
+    let (swap, spending) = store
+        .swap_spending(&stale, &spent(&[("steps", 1.0)]))
+        .await
+        .unwrap();
+    assert!(matches!(swap, Swap::Conflict));
+    assert!(spending.is_empty());
+    assert_eq!(
+        store.get(root.id).await.unwrap().unwrap().subtree_usage["steps"],
+        0.0
+    );
+}
+
+pub async fn concurrent_reports_of_many_children_never_lose_an_increment(store: &dyn TaskStore) {
+    let root = running_under(store, &[], &[("tokens", 50.0)]).await;
+    let mut children = Vec::new();
+    for _ in 0..50 {
+        children.push(running_under(store, &[root.id], &[]).await);
+    }
+    let reports = children
+        .iter()
+        .map(|child| spend(store, child, spent(&[("tokens", 1.0)])));
+    let results = futures_util::future::join_all(reports).await;
+    let crossings = results
+        .iter()
+        .filter(|(_, spending)| spending.iter().any(|s| s.crossed().is_some()))
+        .count();
+    assert_eq!(crossings, 1, "exactly one report reaches the limit");
+    let root = store.get(root.id).await.unwrap().unwrap();
+    assert_eq!(root.subtree_usage["tokens"], 50.0);
+}
+
+pub async fn a_usage_counts_at_most_sixteen_dimensions(store: &dyn TaskStore) {
+    let root = running_under(store, &[], &[("tokens", 5.0)]).await;
+    let child = running_under(store, &[root.id], &[]).await;
+    let many: Usage = (0..20).map(|i| (format!("d{i:02}"), 1.0)).collect();
+    let (child, _) = spend(store, &child, many).await;
+    let root = store.get(root.id).await.unwrap().unwrap();
+    assert_eq!(root.subtree_usage.len(), 16);
+    assert!(
+        root.subtree_usage.contains_key("tokens"),
+        "a budget's dimension is kept"
+    );
+    assert_eq!(store.get(child.id).await.unwrap().unwrap().usage.len(), 16);
+}
+
+pub async fn a_cancelled_session_takes_no_new_task_until_its_mark_expires(store: &dyn TaskStore) {
+    let in_session = |session: &str, request_id: &str| {
+        new_task(NewTask {
+            kind: "sleep".into(),
+            session_id: session.into(),
+            request_id: request_id.into(),
+            ..NewTask::default()
+        })
+    };
+    let first = insert(store, in_session("stopped", "req-1")).await;
+    store
+        .cancel_session("stopped", Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.create(in_session("stopped", "")).await.unwrap(),
+        Created::SessionCancelled
+    ));
+    // A retried start still gets the task it created before.
+    match store.create(in_session("stopped", "req-1")).await.unwrap() {
+        Created::Existing(existing) => assert_eq!(existing.id, first.id),
+        other => panic!("expected the existing task, got {other:?}"),
+    }
+    insert(store, in_session("another", "")).await;
+    insert(store, sleep_task()).await;
+    // Once the mark has expired the session takes tasks again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while matches!(
+        store.create(in_session("stopped", "")).await.unwrap(),
+        Created::SessionCancelled
+    ) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mark never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 macro_rules! suite {
     ($make:expr) => {
         $crate::store::conformance::suite!(@tests $make;
@@ -696,6 +889,11 @@ macro_rules! suite {
             worker_kinds_are_remembered,
             a_learned_kind_expires_when_no_worker_served_it_since,
             bounded_checkpoints_keep_the_newest_and_their_dropped_count,
+            usage_rolls_up_to_every_ancestor_in_the_same_write,
+            a_refused_swap_adds_no_usage,
+            concurrent_reports_of_many_children_never_lose_an_increment,
+            a_usage_counts_at_most_sixteen_dimensions,
+            a_cancelled_session_takes_no_new_task_until_its_mark_expires,
         );
     };
     (@tests $make:expr; $($check:ident),* $(,)?) => {

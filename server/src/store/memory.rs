@@ -27,7 +27,8 @@ use super::{
     Update, Updates, Wakeups, WorkerKinds,
 };
 use crate::background::Background;
-use crate::task::{Task, TaskId, TaskState};
+use crate::task::budget::{self, Spending};
+use crate::task::{Task, TaskId, TaskState, Usage};
 
 /// How many unread changes a slow subscriber may fall behind before it sees
 /// [`Update::Lagged`].
@@ -56,6 +57,8 @@ struct Inner {
     owner_channels: HashMap<String, broadcast::Sender<Arc<Task>>>,
     /// Learned kinds and when a worker last served each.
     worker_kinds: HashMap<String, SystemTime>,
+    /// Sessions marked cancelled, until when.
+    cancelled_sessions: HashMap<String, SystemTime>,
     queue: Option<broadcast::Sender<()>>,
 }
 
@@ -217,6 +220,31 @@ impl Inner {
         }
     }
 
+    /// The compare-and-set of every change; `increment` is added to the stored subtree
+    /// usage, which descendants move without a new version (`next` may carry an older one).
+    fn swap(&mut self, next: &Task, increment: &Usage) -> Swap {
+        let Some(entry) = self.tasks.get_mut(&next.id) else {
+            return Swap::Missing;
+        };
+        if entry.task.state.is_terminal()
+            || entry.task.version + 1 != next.version
+            || !entry.task.fences_allow(next)
+        {
+            return Swap::Conflict;
+        }
+        let mut next = next.clone();
+        next.subtree_usage = entry.task.subtree_usage.clone();
+        let _ = budget::add(&mut next.subtree_usage, increment);
+        let version = entry.replace(&next);
+        self.index(&next);
+        if let Some(control) = self.owner_channels.get(&next.owner)
+            && control.send(version).is_err()
+        {
+            self.owner_channels.remove(&next.owner);
+        }
+        Swap::Swapped
+    }
+
     fn forget(&mut self, id: TaskId) {
         let Some(entry) = self.tasks.remove(&id) else {
             return;
@@ -235,6 +263,13 @@ impl Inner {
             }
         }
     }
+}
+
+/// The spending of `task`, whose subtree's usage was `before` a report; `None` without a
+/// budget.
+fn spending(task: &Task, before: Usage) -> Option<Spending> {
+    (!task.budget.is_empty())
+        .then(|| Spending::new(task.id, &task.budget, &before, &task.subtree_usage))
 }
 
 impl Entry {
@@ -290,6 +325,14 @@ impl TaskRecords for MemoryStore {
         {
             return Ok(Created::Existing(entry.task.clone()));
         }
+        if !task.session_id.is_empty()
+            && let Some(&until) = inner.cancelled_sessions.get(&task.session_id)
+        {
+            if until > SystemTime::now() {
+                return Ok(Created::SessionCancelled);
+            }
+            inner.cancelled_sessions.remove(&task.session_id);
+        }
         if !task.request_id.is_empty() {
             inner.by_request_id.insert(task.request_id.clone(), task.id);
         }
@@ -305,29 +348,65 @@ impl TaskRecords for MemoryStore {
         Ok(Created::New(task))
     }
 
+    async fn cancel_session(&self, session: &str, ttl: Duration) -> StoreResult<()> {
+        let now = SystemTime::now();
+        let mut inner = self.lock();
+        // Expired marks are dropped here too, so they cannot pile up.
+        inner.cancelled_sessions.retain(|_, until| *until > now);
+        inner
+            .cancelled_sessions
+            .insert(session.to_owned(), now + ttl);
+        Ok(())
+    }
+
     async fn get(&self, id: TaskId) -> StoreResult<Option<Task>> {
         Ok(self.lock().tasks.get(&id).map(|entry| entry.task.clone()))
     }
 
     async fn compare_and_swap(&self, next: &Task) -> StoreResult<Swap> {
+        Ok(self.lock().swap(next, &Usage::new()))
+    }
+
+    async fn swap_spending(
+        &self,
+        next: &Task,
+        increment: &Usage,
+    ) -> StoreResult<(Swap, Vec<Spending>)> {
         let mut inner = self.lock();
-        let Some(entry) = inner.tasks.get_mut(&next.id) else {
-            return Ok(Swap::Missing);
-        };
-        if entry.task.state.is_terminal()
-            || entry.task.version + 1 != next.version
-            || !entry.task.fences_allow(next)
-        {
-            return Ok(Swap::Conflict);
+        let before = inner
+            .tasks
+            .get(&next.id)
+            .map(|entry| entry.task.subtree_usage.clone())
+            .unwrap_or_default();
+        let swap = inner.swap(next, increment);
+        if !matches!(swap, Swap::Swapped) {
+            return Ok((swap, Vec::new()));
         }
-        let version = entry.replace(next);
-        inner.index(next);
-        if let Some(control) = inner.owner_channels.get(&next.owner)
-            && control.send(version).is_err()
-        {
-            inner.owner_channels.remove(&next.owner);
+        let mut chain: Vec<Spending> = inner
+            .tasks
+            .get(&next.id)
+            .and_then(|entry| spending(&entry.task, before))
+            .into_iter()
+            .collect();
+        for id in &next.ancestors {
+            // An ancestor gone past its retention (a detached child outlives it) is skipped.
+            let Some(entry) = inner.tasks.get_mut(id) else {
+                continue;
+            };
+            let before = entry.task.subtree_usage.clone();
+            let _ = budget::add(&mut entry.task.subtree_usage, increment);
+            chain.extend(spending(&entry.task, before));
         }
-        Ok(Swap::Swapped)
+        Ok((swap, chain))
+    }
+
+    async fn spending(&self, ids: &[TaskId]) -> StoreResult<Vec<Spending>> {
+        let inner = self.lock();
+        Ok(ids
+            .iter()
+            .filter_map(|id| inner.tasks.get(id))
+            .filter_map(|entry| spending(&entry.task, entry.task.subtree_usage.clone()))
+            .collect())
     }
 
     async fn list_active(

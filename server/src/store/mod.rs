@@ -29,7 +29,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use futures_util::Stream;
 
-use crate::task::{Task, TaskId};
+use crate::task::budget::Spending;
+use crate::task::{Task, TaskId, Usage};
 
 /// Why a store operation failed. The two cases call for opposite reactions from a client,
 /// so they are never folded into one.
@@ -51,6 +52,9 @@ pub enum Created {
     New(Task),
     /// A task with the same `request_id` already exists; nothing was written.
     Existing(Task),
+    /// The task's session is marked cancelled ([`TaskRecords::cancel_session`]); nothing
+    /// was written.
+    SessionCancelled,
 }
 
 /// Result of [`TaskRecords::compare_and_swap`].
@@ -104,8 +108,13 @@ pub enum Update {
 #[async_trait]
 pub trait TaskRecords: Send + Sync + 'static {
     /// Inserts a new task, unless its non-empty `request_id` is already known, in which
-    /// case the existing task is returned and nothing is written.
+    /// case the existing task is returned and nothing is written, or its session is
+    /// marked cancelled.
     async fn create(&self, task: Task) -> StoreResult<Created>;
+
+    /// Marks `session` cancelled for `ttl`: [`TaskRecords::create`] refuses its new tasks
+    /// until then (a repeated mark extends it).
+    async fn cancel_session(&self, session: &str, ttl: Duration) -> StoreResult<()>;
 
     async fn get(&self, id: TaskId) -> StoreResult<Option<Task>>;
 
@@ -113,6 +122,21 @@ pub trait TaskRecords: Send + Sync + 'static {
     /// and its fences allow `next` ([`Task::fences_allow`]: same owner and attempt, or the
     /// start of a PENDING task), and publishes it on the task's feeds.
     async fn compare_and_swap(&self, next: &Task) -> StoreResult<Swap>;
+
+    /// [`TaskRecords::compare_and_swap`] of a report that spent `increment`, which is
+    /// added, in the same transaction, to the stored `subtree_usage` of `next` and of each
+    /// of its `ancestors` still stored. Returns, after a swap, the [`Spending`] of every
+    /// task of that chain that has a budget (the task first, then its ancestors nearest
+    /// first). `subtree_usage` moves without a new version: reads return it as stored now.
+    async fn swap_spending(
+        &self,
+        next: &Task,
+        increment: &Usage,
+    ) -> StoreResult<(Swap, Vec<Spending>)>;
+
+    /// The [`Spending`] (`before` = `after`: nothing is added) of the tasks of `ids` that
+    /// are stored and have a budget, in the order given.
+    async fn spending(&self, ids: &[TaskId]) -> StoreResult<Vec<Spending>>;
 
     /// Non-terminal tasks matching `filter` with ids greater than `after`, in creation
     /// (id) order, at most `limit`.

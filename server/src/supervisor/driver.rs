@@ -7,7 +7,8 @@
 //!   owns it → the job's future is dropped at once, which stops its code;
 //! - every newer version is shown to the job (an answer reaches a waiting `ask`);
 //! - the task's timeout passes → the timeout is recorded, which starts the soft → hard
-//!   sequence above.
+//!   sequence above;
+//! - an open question's deadline passes → the task resumes unanswered (`answer_timed_out`).
 //!
 //! Changes arrive from the supervisor (the replica's control channel); a `Lagged` nudge
 //! (reconnect, periodic reconcile) makes the driver re-read the record, which is the truth.
@@ -201,6 +202,12 @@ async fn run(
             () = until(timeout_deadline(&latest)) => {
                 let timed_out = port.time_out(id).await;
                 if settle(&mut latest, timed_out, &fence, &record).await == Next::Stop {
+                    return Ended::after(&record, None);
+                }
+            }
+            () = until(latest.question_deadline) => {
+                let resumed = port.answer_time_out(id).await;
+                if settle(&mut latest, resumed, &fence, &record).await == Next::Stop {
                     return Ended::after(&record, None);
                 }
             }

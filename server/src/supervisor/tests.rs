@@ -57,6 +57,14 @@ impl TaskPort for OneRecord {
         })
         .ok()
     }
+
+    async fn answer_time_out(&self, _id: TaskId) -> Option<Task> {
+        self.apply(Event::AnswerTimeOut).ok()
+    }
+
+    async fn budget_remaining(&self, _task: &Task) -> crate::task::Usage {
+        crate::task::Usage::new()
+    }
 }
 
 /// A supervisor with one slot running a `sleep` task with `params`.

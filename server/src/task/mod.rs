@@ -3,6 +3,7 @@
 //! Everything here is plain data. How a record may change is decided by
 //! [`state_machine`]; how cancels spread through a task tree by [`cancel`].
 
+pub mod budget;
 pub mod cancel;
 pub mod checkpoints;
 pub mod state_machine;
@@ -13,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use budget::Usage;
 pub use checkpoints::{CheckpointLimits, Checkpoints};
 
 /// The longest duration the service accepts anywhere (a timeout, a grace period): the
@@ -84,6 +86,10 @@ pub struct CancelInfo {
     /// Where the cancel came from; empty for the server's own cancels.
     #[serde(default, skip_serializing_if = "CancelOrigin::is_empty")]
     pub origin: CancelOrigin,
+    /// The server cancelled the task because its subtree reached this dimension's limit
+    /// of its budget; empty otherwise.
+    #[serde(default)]
+    pub budget_exhausted: String,
 }
 
 /// Who asked for a cancel: the replica that took the call, and the call's trace context
@@ -154,6 +160,27 @@ pub struct Task {
     /// call: the parent of the task's execution span, on whichever replica runs it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub trace_context: BTreeMap<String, String>,
+
+    /// Limits per usage dimension over the task's whole subtree (see [`budget`]).
+    #[serde(default)]
+    pub budget: Usage,
+    /// What the task itself reported spending.
+    #[serde(default)]
+    pub usage: Usage,
+    /// What the task and every descendant (detached ones included) reported spending. The
+    /// store keeps it beside the record: descendants add to it without a new version.
+    #[serde(default)]
+    pub subtree_usage: Usage,
+    /// The task's ancestors, nearest first (at most [`budget::MAX_DEPTH`] − 1): where its
+    /// usage is rolled up.
+    #[serde(default)]
+    pub ancestors: Vec<TaskId>,
+    /// When the open question is answered for the task (`timed_out`) if nobody has.
+    #[serde(default)]
+    pub question_deadline: Option<SystemTime>,
+    /// The last question was not answered in time: the task resumed without an answer.
+    #[serde(default)]
+    pub answer_timed_out: bool,
 }
 
 /// What a client asks for when it starts a task (already validated for shape).
@@ -172,6 +199,9 @@ pub struct NewTask {
     pub max_attempts: u32,
     /// The trace context of the call that starts the task.
     pub trace_context: BTreeMap<String, String>,
+    pub budget: Usage,
+    /// Set by the engine from the parent: the parent, then its ancestors.
+    pub ancestors: Vec<TaskId>,
 }
 
 fn one() -> u32 {
@@ -211,6 +241,12 @@ impl Task {
             answer: String::new(),
             cancel: None,
             trace_context: spec.trace_context,
+            usage: budget::zero_usage(&spec.budget),
+            subtree_usage: budget::zero_usage(&spec.budget),
+            budget: spec.budget,
+            ancestors: spec.ancestors,
+            question_deadline: None,
+            answer_timed_out: false,
         }
     }
 

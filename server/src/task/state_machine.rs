@@ -4,12 +4,15 @@
 //! the clock; the engine reads a record, applies an event and compare-and-sets the result,
 //! so every transition is atomic and the first terminal transition wins.
 //!
-//! | state \ event      | Start   | Report*          | Ask     | Answer  | SoftCancel          | HardCancel | Escalate† | TimeOut† |
-//! |--------------------|---------|------------------|---------|---------|---------------------|------------|-----------|----------|
-//! | PENDING            | RUNNING | rejected         | rejected| rejected| CANCELLED           | CANCELLED  | rejected  | rejected |
-//! | RUNNING            | rejected| per report       | WAITING | rejected| cancel recorded     | CANCELLED  | terminal  | cancel recorded |
-//! | WAITING_FOR_ANSWER | rejected| terminal reports | rejected| RUNNING | cancel recorded     | CANCELLED  | terminal  | cancel recorded |
-//! | terminal           | rejected (terminal states are final)                                                           |
+//! | state \ event      | Start   | Report*          | Ask     | Answer  | SoftCancel, BudgetExhausted | HardCancel | Escalate† | TimeOut† | AnswerTimeOut† |
+//! |--------------------|---------|------------------|---------|---------|-----------------------------|------------|-----------|----------|----------------|
+//! | PENDING            | RUNNING | rejected         | rejected| rejected| CANCELLED                   | CANCELLED  | rejected  | rejected | rejected       |
+//! | RUNNING            | rejected| per report       | WAITING | rejected| cancel recorded             | CANCELLED  | terminal  | cancel recorded | rejected |
+//! | WAITING_FOR_ANSWER | rejected| terminal reports | rejected| RUNNING | cancel recorded             | CANCELLED  | terminal  | cancel recorded | RUNNING, timed out |
+//! | terminal           | rejected (terminal states are final)                                                                                    |
+//!
+//! `BudgetExhausted` is a soft cancel made by the server (reason and `budget_exhausted`
+//! name the limit); like `TimeOut` it leaves a cancel already under way alone.
 //!
 //! `OwnerLost` (the reaper found the owner's lease gone) ends a started task: CANCELLED (or
 //! FAILED by timeout) if a cancel was requested, FAILED naming the replica otherwise.
@@ -19,7 +22,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::{CancelInfo, CancelMode, CancelOrigin, CheckpointLimits, Json, Task, TaskState};
+use super::budget::{self, Exhausted};
+use super::{CancelInfo, CancelMode, CancelOrigin, CheckpointLimits, Json, Task, TaskState, Usage};
 
 /// Identifies the running code a report comes from. A report whose fence does not match the
 /// record (another replica or a later attempt owns the task) is refused.
@@ -38,10 +42,15 @@ pub enum Report {
         fraction: f64,
         message: String,
         partial_result: Option<Json>,
+        /// Spent since the last report, added to `usage` and `subtree_usage` (finite,
+        /// non-negative: checked where reports enter the server).
+        usage: Usage,
     },
-    /// The task needs an answer before it can go on.
+    /// The task needs an answer before it can go on; unanswered after `timeout`, it
+    /// resumes without one ([`Event::AnswerTimeOut`]).
     Ask {
         question: String,
+        timeout: Option<Duration>,
     },
     Complete {
         result: Json,
@@ -89,6 +98,13 @@ pub enum Event {
     TimeOut {
         grace: Duration,
     },
+    /// The task's subtree reached a limit of its budget: the server soft-cancels it.
+    BudgetExhausted {
+        exhausted: Exhausted,
+        grace: Duration,
+    },
+    /// The open question's deadline passed: the task resumes without an answer.
+    AnswerTimeOut,
     /// Replica `owner` stopped holding its lease while running the task: nobody runs it
     /// any more. A requested cancel is honoured; otherwise the task fails.
     OwnerLost {
@@ -161,8 +177,36 @@ pub fn apply_within(
             }
             next.state = TaskState::Running;
             next.question.clear();
+            next.question_deadline = None;
             next.answer.clone_from(answer);
+            next.answer_timed_out = false;
             true
+        }
+        Event::AnswerTimeOut => {
+            if task.state != TaskState::WaitingForAnswer {
+                return Err(Rejection::NotWaiting);
+            }
+            if task.question_deadline.is_none_or(|at| at > now) {
+                return Err(Rejection::NotDue);
+            }
+            next.state = TaskState::Running;
+            next.question.clear();
+            next.question_deadline = None;
+            next.answer.clear();
+            next.answer_timed_out = true;
+            true
+        }
+        Event::BudgetExhausted { exhausted, grace } => {
+            if task.cancel.is_some() {
+                // Already being cancelled: that cancel runs its course.
+                false
+            } else {
+                soft_cancel(&mut next, &exhausted.reason(), deadline(now, *grace), now);
+                if let Some(cancel) = next.cancel.as_mut() {
+                    cancel.budget_exhausted.clone_from(&exhausted.dimension);
+                }
+                true
+            }
         }
         Event::SoftCancel { reason, grace } => {
             soft_cancel(&mut next, reason, deadline(now, *grace), now)
@@ -176,6 +220,7 @@ pub fn apply_within(
                 escalated: false,
                 deadline_exceeded: false,
                 origin: CancelOrigin::default(),
+                budget_exhausted: String::new(),
             });
             finish_cancelled(&mut next, None, now);
             true
@@ -208,6 +253,7 @@ pub fn apply_within(
                     escalated: false,
                     deadline_exceeded: true,
                     origin: CancelOrigin::default(),
+                    budget_exhausted: String::new(),
                 });
                 true
             }
@@ -260,17 +306,21 @@ fn apply_report(
             fraction,
             message,
             partial_result,
+            usage,
         } => {
             if next.state != TaskState::Running {
                 return Err(Rejection::NotRunning);
             }
+            // Dimensions beyond the bound are not counted (see `budget::add`).
+            let _ = budget::add(&mut next.usage, usage);
+            let _ = budget::add(&mut next.subtree_usage, usage);
             next.progress.fraction = fraction.clamp(0.0, 1.0);
             next.progress.message.clone_from(message);
             if let Some(partial) = partial_result {
                 next.partial_results_dropped += next.partial_results.push(partial.clone(), limits);
             }
         }
-        Report::Ask { question } => {
+        Report::Ask { question, timeout } => {
             if next.state != TaskState::Running {
                 return Err(Rejection::NotRunning);
             }
@@ -279,6 +329,8 @@ fn apply_report(
             }
             next.state = TaskState::WaitingForAnswer;
             next.question.clone_from(question);
+            next.question_deadline = timeout.map(|timeout| deadline(now, timeout));
+            next.answer_timed_out = false;
         }
         Report::Complete { result } => {
             // A task that completes while a soft cancel is pending won the race: it is
@@ -318,6 +370,7 @@ fn soft_cancel(next: &mut Task, reason: &str, grace_deadline: SystemTime, now: S
             escalated: false,
             deadline_exceeded: false,
             origin: CancelOrigin::default(),
+            budget_exhausted: String::new(),
         });
         finish_cancelled(next, None, now);
         return true;
@@ -339,6 +392,7 @@ fn soft_cancel(next: &mut Task, reason: &str, grace_deadline: SystemTime, now: S
                 escalated: false,
                 deadline_exceeded: false,
                 origin: CancelOrigin::default(),
+                budget_exhausted: String::new(),
             });
             true
         }
@@ -356,6 +410,7 @@ fn lose(next: &mut Task, error: String, now: SystemTime) {
         next.owner.clear();
         next.worker.clear();
         next.question.clear();
+        next.question_deadline = None;
         next.started_at = None;
         next.error = error;
     } else {
@@ -383,6 +438,7 @@ fn finish(next: &mut Task, state: TaskState, now: SystemTime) {
     next.state = state;
     next.finished_at = Some(now);
     next.question.clear();
+    next.question_deadline = None;
 }
 
 #[cfg(test)]

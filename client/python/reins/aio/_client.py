@@ -12,6 +12,7 @@ from .._calls import (
     TASK_SERVICE,
     TERMINAL_STATES,
     Seconds,
+    cancel_tasks_request,
     list_request,
     parse_server,
     soft_cancel_request,
@@ -91,6 +92,16 @@ class AsyncClient:
                 response_deserializer=pb.TaskEvent.FromString,
             )
         )
+        self._run: grpc.aio.UnaryStreamMultiCallable[pb.RunTaskRequest, pb.TaskEvent] = (
+            ch.unary_stream(
+                TASK_SERVICE + "RunTask",
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=pb.TaskEvent.FromString,
+            )
+        )
+        self._cancel_tasks: grpc.aio.UnaryUnaryMultiCallable[
+            pb.CancelTasksRequest, pb.CancelTasksResponse
+        ] = unary("CancelTasks", pb.CancelTasksResponse)
 
     async def _call(self, method: grpc.aio.UnaryUnaryMultiCallable[Any, _T], request: Any) -> _T:
         try:
@@ -114,6 +125,7 @@ class AsyncClient:
         timeout: Seconds | None = None,
         request_id: str = "",
         max_attempts: int = 0,
+        budget: Mapping[str, float] | None = None,
     ) -> tasks_pb2.Task:
         """Starts a task (``StartTask``); returns it RUNNING, or PENDING when queued.
         See :meth:`reins.Client.start`."""
@@ -130,6 +142,61 @@ class AsyncClient:
                 timeout=timeout,
                 request_id=request_id,
                 max_attempts=max_attempts,
+                budget=budget,
+            ),
+        )
+
+    async def run(
+        self,
+        kind: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        continue_on_disconnect: bool = False,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> AsyncIterator[tasks_pb2.TaskEvent]:
+        """``async for event in client.run(kind, params)``: starts a task and streams it
+        until it ends (``RunTask``). Leaving early soft-cancels the task unless
+        ``continue_on_disconnect`` (use ``contextlib.aclosing`` so that happens at once).
+        See :meth:`reins.Client.run`."""
+        request = tasks_pb2.RunTaskRequest(
+            task=start_request(kind, params, **options),
+            continue_on_disconnect=continue_on_disconnect,
+        )
+        call = self._run(request, timeout=timeout)
+        try:
+            async for event in call:
+                if not event.heartbeat:
+                    yield event
+        except grpc.RpcError as err:
+            raise ReinsError.from_rpc_error(err) from None
+        finally:
+            call.cancel()
+
+    async def cancel_tasks(
+        self,
+        *,
+        kind: str = "",
+        session_id: str = "",
+        parent_id: str = "",
+        labels: Mapping[str, str] | None = None,
+        hard: bool = False,
+        reason: str = "",
+        grace: Seconds | None = None,
+        dry_run: bool = False,
+    ) -> tasks_pb2.CancelTasksResponse:
+        """Bulk cancel (``CancelTasks``). See :meth:`reins.Client.cancel_tasks`."""
+        return await self._call(
+            self._cancel_tasks,
+            cancel_tasks_request(
+                kind=kind,
+                session_id=session_id,
+                parent_id=parent_id,
+                labels=labels,
+                hard=hard,
+                reason=reason,
+                grace=grace,
+                dry_run=dry_run,
             ),
         )
 

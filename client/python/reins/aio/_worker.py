@@ -22,6 +22,7 @@ How a task stops:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import inspect
 import logging
@@ -34,8 +35,15 @@ import grpc
 import grpc.aio
 
 from .._backoff import Backoff
-from .._calls import WORKER_CONNECT, TaskInfo, default_worker_name, parse_server
-from .._errors import Cancelled, CancelRequested, ReinsError
+from .._calls import (
+    WORKER_CONNECT,
+    Seconds,
+    TaskInfo,
+    default_worker_name,
+    duration,
+    parse_server,
+)
+from .._errors import AnswerTimedOut, Cancelled, CancelRequested, ReinsError
 from .._proto import tasks_pb2, workers_pb2
 from .._tracing import handler_span
 from .._values import to_value
@@ -93,8 +101,15 @@ class AsyncTaskContext:
     :attr:`abort_reason` say so. Once the task has ended nothing more is sent about it.
     """
 
-    def __init__(self, worker: AsyncWorker, task: tasks_pb2.Task) -> None:
-        self.task = TaskInfo.from_proto(task)
+    def __init__(
+        self,
+        worker: AsyncWorker,
+        task: tasks_pb2.Task,
+        budget_remaining: Mapping[str, float] | None = None,
+    ) -> None:
+        #: The task as assigned; ``task.budget_remaining`` is refreshed after every
+        #: acknowledged usage report.
+        self.task = TaskInfo.from_proto(task, budget_remaining)
         #: Set when a soft cancel arrives (also after an abort).
         self.cancel_requested = asyncio.Event()
         #: The reason given with the cancel; empty before one arrives.
@@ -108,6 +123,7 @@ class AsyncTaskContext:
         # The outcome was sent, or the task was aborted: send nothing more.
         self._ended = False
         self._answer: asyncio.Future[str] | None = None
+        self._question = ""
         # Progress is resent with a checkpoint that names none, so it never goes back to 0.
         self._fraction = 0.0
         self._message = ""
@@ -122,19 +138,35 @@ class AsyncTaskContext:
         if self.cancel_requested.is_set():
             raise CancelRequested(self.cancel_reason or self.abort_reason)
 
-    async def progress(self, fraction: float, message: str | None = None) -> None:
-        """Reports progress: ``fraction`` from 0.0 to 1.0 and, optionally, a message."""
+    async def progress(
+        self,
+        fraction: float,
+        message: str | None = None,
+        *,
+        usage: Mapping[str, float] | None = None,
+    ) -> None:
+        """Reports progress: ``fraction`` from 0.0 to 1.0 and, optionally, a message;
+        ``usage``: what was spent since the last report, counted against the budgets of
+        the task and its ancestors (see :meth:`reins.TaskContext.progress`)."""
         self._fraction = fraction
         if message is not None:
             self._message = message
         await self._send(
             progress=workers_pb2.TaskProgress(
-                task_id=self.task.id, fraction=self._fraction, message=self._message
+                task_id=self.task.id,
+                fraction=self._fraction,
+                message=self._message,
+                usage=dict(usage or {}),
             )
         )
 
     async def checkpoint(
-        self, value: Any, fraction: float | None = None, message: str | None = None
+        self,
+        value: Any,
+        fraction: float | None = None,
+        message: str | None = None,
+        *,
+        usage: Mapping[str, float] | None = None,
     ) -> None:
         """Records a partial result (appended to ``Task.partial_results``, kept even if
         the task is cancelled), with progress if given.
@@ -154,23 +186,30 @@ class AsyncTaskContext:
                 fraction=self._fraction,
                 message=self._message,
                 partial_result=partial,
+                usage=dict(usage or {}),
             )
         )
         self.raise_if_cancelled()
 
-    async def ask(self, question: str) -> str:
+    async def ask(self, question: str, *, answer_within: Seconds | None = None) -> str:
         """Asks a question and waits for its answer (``AnswerTask``, through any replica).
 
         The task is WAITING_FOR_ANSWER meanwhile. Raises :class:`~reins.CancelRequested`
-        if a cancel was requested before or arrives while waiting. One question at a time.
+        if a cancel was requested before or arrives while waiting. With ``answer_within``
+        the server resumes the task unanswered after that long:
+        :class:`~reins.AnswerTimedOut`. One question at a time.
         """
         self.raise_if_cancelled()
         if self._answer is not None:
             raise RuntimeError("a question is open already: one at a time")
         answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._answer = answer
+        self._question = question
         try:
-            await self._send(ask=workers_pb2.TaskAsk(task_id=self.task.id, question=question))
+            ask = workers_pb2.TaskAsk(task_id=self.task.id, question=question)
+            if answer_within is not None:
+                ask.timeout.CopyFrom(duration(answer_within))
+            await self._send(ask=ask)
             return await answer
         finally:
             self._answer = None
@@ -192,11 +231,17 @@ class AsyncTaskContext:
         if self._answer is not None and not self._answer.done():
             self._answer.set_exception(CancelRequested(cancel.reason))
 
-    def _on_answer(self, answer: str) -> None:
+    def _on_answer(self, answer: workers_pb2.TaskAnswer) -> None:
         if self._answer is None or self._answer.done():
             log.warning("task %s: an answer nobody asked for; ignored", self.task.id)
             return
-        self._answer.set_result(answer)
+        if answer.timed_out:
+            self._answer.set_exception(AnswerTimedOut(self._question))
+        else:
+            self._answer.set_result(answer.answer)
+
+    def _on_usage_ack(self, ack: workers_pb2.UsageAck) -> None:
+        self.task = dataclasses.replace(self.task, budget_remaining=dict(ack.budget_remaining))
 
     def _abort(self, reason: str) -> None:
         self._aborted = True
@@ -501,7 +546,11 @@ class AsyncWorker:
             log.info("worker %s connected as %s", self.name, self.worker_id)
             self._connected.set()
         elif which == "assign":
-            self._assign(command.assign.task, dict(command.assign.trace_context))
+            self._assign(
+                command.assign.task,
+                dict(command.assign.trace_context),
+                command.assign.budget_remaining,
+            )
         elif which == "cancel":
             job = self._job(command.cancel.task_id)
             if job is not None:
@@ -513,7 +562,11 @@ class AsyncWorker:
         elif which == "answer":
             job = self._job(command.answer.task_id)
             if job is not None:
-                job.ctx._on_answer(command.answer.answer)
+                job.ctx._on_answer(command.answer)
+        elif which == "usage_ack":
+            job = self._job(command.usage_ack.task_id)
+            if job is not None:
+                job.ctx._on_usage_ack(command.usage_ack)
         else:
             log.warning("unknown command %r; ignored", which)
 
@@ -523,8 +576,13 @@ class AsyncWorker:
             log.warning("command about task %s, which this worker does not run; ignored", task_id)
         return job
 
-    def _assign(self, task: tasks_pb2.Task, trace_context: Mapping[str, str]) -> None:
-        job = _Job(AsyncTaskContext(self, task), trace_context)
+    def _assign(
+        self,
+        task: tasks_pb2.Task,
+        trace_context: Mapping[str, str],
+        budget_remaining: Mapping[str, float],
+    ) -> None:
+        job = _Job(AsyncTaskContext(self, task, budget_remaining), trace_context)
         self._jobs[task.id] = job
         if self._draining:
             # Shutting down: not started; handed back (requeued) when the stream closes.

@@ -1,5 +1,6 @@
 //! The scenarios, one module each; [`run`] runs the one asked for and returns its rows.
 
+mod bulk_cancel;
 mod cancel;
 mod dispatch;
 mod fanout;
@@ -18,5 +19,6 @@ pub async fn run(scenario: Scenario, bench: &Bench) -> BenchResult<Report> {
         Scenario::HardCancel => cancel::run(bench, cancel::Mode::Hard).await,
         Scenario::SoftCancel => cancel::run(bench, cancel::Mode::Soft).await,
         Scenario::WatchFanout => fanout::run(bench).await,
+        Scenario::BulkCancel => bulk_cancel::run(bench).await,
     }
 }

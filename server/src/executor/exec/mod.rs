@@ -23,7 +23,8 @@
 //!   leaves nothing running behind it. So does a `reinsd` that dies, even by SIGKILL.
 //! - Exit 0 → COMPLETED; non-zero or killed by a signal → FAILED with the status in `error`.
 //!   The result carries `exit_code`, `signal` and the last lines of stdout and stderr
-//!   ([`output`], which also reads the `::progress::` / `::checkpoint::` convention).
+//!   ([`output`], which also reads the `::progress::` / `::checkpoint::` / `::usage::`
+//!   convention).
 //!
 //! Why a subreaper process per task rather than `reinsd` itself as the subreaper: orphans
 //! of every task would then reparent to `reinsd` and lose the link to the task that made
@@ -207,6 +208,12 @@ impl ExecJob {
                     StdoutLine::Progress { fraction, message } => {
                         progress = (fraction, message);
                         let _ = ctx.progress(progress.0, progress.1.clone()).await;
+                    }
+                    StdoutLine::Usage(usage) => {
+                        let _ = ctx.report_progress(progress.0, progress.1.clone(), None, usage).await;
+                    }
+                    StdoutLine::BadUsage(why) => {
+                        tracing::warn!(task = %ctx.current().id, %why, "an exec ::usage:: line ignored");
                     }
                     StdoutLine::Checkpoint(value) => {
                         let _ = ctx.checkpoint(value, progress.0, progress.1.clone()).await;

@@ -1,7 +1,9 @@
 //! An `exec` program's output: stdout lines read by the convention (like CI workflow
 //! commands) — `::progress:: 0.4 fetching pages` reports progress (a fraction, then an
 //! optional message), `::checkpoint:: {"pages": 12}` appends a partial result (JSON, or the
-//! raw text if it is not JSON), every other line is ordinary output — and the last lines of
+//! raw text if it is not JSON), `::usage:: {"output_tokens": 120}` reports usage
+//! increments (a JSON object of finite, non-negative numbers named as budget dimensions;
+//! any other is ignored with a warning), every other line is ordinary output — and the last lines of
 //! stdout and stderr kept for the result. Progress messages and kept lines are cut to
 //! [`MAX_LINE_CHARS`], so an exec result (at most 40 lines of 4,000 bytes) and its progress
 //! message stay within the default limits (`crate::limits`).
@@ -11,7 +13,7 @@ use std::collections::VecDeque;
 use serde_json::json;
 use tokio::io::Lines;
 
-use crate::task::Json;
+use crate::task::{Json, Usage, budget};
 
 /// Lines of stdout and of stderr kept for the result.
 const TAIL_LINES: usize = 20;
@@ -21,8 +23,14 @@ const MAX_LINE_CHARS: usize = 1000;
 /// One stdout line, read by the convention in the module docs.
 #[derive(Debug, PartialEq)]
 pub enum StdoutLine {
-    Progress { fraction: f64, message: String },
+    Progress {
+        fraction: f64,
+        message: String,
+    },
     Checkpoint(Json),
+    Usage(Usage),
+    /// A `::usage::` line that is not a valid increment: ignored, with a warning.
+    BadUsage(String),
     Output(String),
 }
 
@@ -43,6 +51,16 @@ pub fn parse_stdout_line(line: &str) -> StdoutLine {
     } else if let Some(rest) = line.strip_prefix("::checkpoint::") {
         let rest = rest.trim();
         return StdoutLine::Checkpoint(serde_json::from_str(rest).unwrap_or_else(|_| json!(rest)));
+    } else if let Some(rest) = line.strip_prefix("::usage::") {
+        return match serde_json::from_str::<Usage>(rest.trim()) {
+            Ok(usage) => match budget::increment_problems(&usage).into_iter().next() {
+                None => StdoutLine::Usage(usage),
+                Some((dimension, why)) => {
+                    StdoutLine::BadUsage(format!("{}: {why}", dimension.unwrap_or_default()))
+                }
+            },
+            Err(err) => StdoutLine::BadUsage(format!("not a JSON object of numbers: {err}")),
+        };
     }
     StdoutLine::Output(line.to_owned())
 }
@@ -121,6 +139,28 @@ mod tests {
             parse_stdout_line("hello"),
             StdoutLine::Output("hello".into())
         );
+    }
+
+    #[test]
+    fn usage_lines_carry_valid_increments_only() {
+        assert_eq!(
+            parse_stdout_line("::usage:: {\"output_tokens\": 120, \"cost_usd\": 0.01}"),
+            StdoutLine::Usage(Usage::from([
+                ("cost_usd".to_owned(), 0.01),
+                ("output_tokens".to_owned(), 120.0)
+            ]))
+        );
+        for bad in [
+            "::usage:: {\"tokens\": -1}",
+            "::usage:: {\"Tokens\": 1}",
+            "::usage:: {\"tokens\": \"1\"}",
+            "::usage:: 12",
+        ] {
+            assert!(
+                matches!(parse_stdout_line(bad), StdoutLine::BadUsage(_)),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

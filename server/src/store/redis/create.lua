@@ -1,9 +1,10 @@
 -- Inserts a new task, unless its request_id already names a live task.
 -- KEYS: 1 task hash, 2 request_id key, 3 active zset, 4 pending zset,
 --       5 children zset of the parent, 6 history list, 7 active zset of the kind,
---       8 active zset of the session
+--       8 active zset of the session, 9 the session's cancelled mark
 -- ARGV: 1 task JSON, 2 id, 3 version, 4 state, 5 has request_id ('1'/'0'),
---       6 has parent ('1'/'0'), 7 task-key prefix, 8 has session ('1'/'0')
+--       6 has parent ('1'/'0'), 7 task-key prefix, 8 has session ('1'/'0'),
+--       9 the budget as a JSON object ('' if none): read by swap.lua's usage roll-up
 if ARGV[5] == '1' then
   local existing = redis.call('GET', KEYS[2])
   if existing then
@@ -12,10 +13,26 @@ if ARGV[5] == '1' then
       return {'existing', json}
     end
   end
+end
+-- A session marked cancelled takes no new task (a retried request above still gets its own).
+if ARGV[8] == '1' and redis.call('EXISTS', KEYS[9]) == 1 then
+  return {'session-cancelled'}
+end
+if ARGV[5] == '1' then
   redis.call('SET', KEYS[2], ARGV[2])
 end
 redis.call('HSET', KEYS[1], 'json', ARGV[1], 'version', ARGV[3], 'state', ARGV[4],
   'owner', '', 'attempt', '0', 'terminal', '0')
+if ARGV[9] and ARGV[9] ~= '' then
+  -- The budget's dimensions are counted from the start (see swap.lua's roll-up).
+  redis.call('HSET', KEYS[1], 'budget', ARGV[9])
+  local count = 0
+  for dimension, _ in pairs(cjson.decode(ARGV[9])) do
+    redis.call('HSET', KEYS[1], 's:' .. dimension, '0')
+    count = count + 1
+  end
+  redis.call('HSET', KEYS[1], 'dimensions', count)
+end
 redis.call('ZADD', KEYS[3], 0, ARGV[2])
 redis.call('ZADD', KEYS[7], 0, ARGV[2])
 if ARGV[8] == '1' then

@@ -25,6 +25,9 @@ impl Keys {
     pub fn active_of_session(&self, session: &str) -> String {
         format!("{}active-session:{session}", self.prefix)
     }
+    pub fn cancelled_session(&self, session: &str) -> String {
+        format!("{}cancelled-session:{session}", self.prefix)
+    }
     pub fn pending(&self) -> String {
         format!("{}pending", self.prefix)
     }

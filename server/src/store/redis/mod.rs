@@ -14,6 +14,7 @@ mod fanout;
 mod keys;
 mod membership;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +31,8 @@ use super::{
     Updates, Wakeups,
 };
 use crate::background::Background;
-use crate::task::{Checkpoints, Task, TaskId, TaskState};
+use crate::task::budget::Spending;
+use crate::task::{Checkpoints, Task, TaskId, TaskState, Usage};
 
 /// How long a command may take before the call fails with UNAVAILABLE.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -108,6 +110,106 @@ fn decode_record(json: &str, list: &[String], list_end: u64) -> StoreResult<Task
 fn window_end(json: &str) -> StoreResult<u64> {
     let value: serde_json::Value = serde_json::from_str(json).map_err(StoreError::Corrupt)?;
     Ok(value[WINDOW][0].as_u64().unwrap_or(0))
+}
+
+/// Prefix of the task hash fields that hold its subtree's usage, one per dimension: moved
+/// by `swap.lua`'s roll-up without a new version, so they are not in the record's JSON.
+const SUBTREE: &str = "s:";
+
+/// The subtree usage held in a task hash's `s:<dimension>` fields.
+fn subtree_usage(hash: &HashMap<String, String>) -> Usage {
+    hash.iter()
+        .filter_map(|(field, value)| {
+            let dimension = field.strip_prefix(SUBTREE)?;
+            Some((dimension.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The budget as `create.lua` stores it for `swap.lua`: a JSON object of the limits as
+/// strings, which come back exact (Lua would print its numbers with 14 digits).
+fn budget_field(budget: &Usage) -> String {
+    if budget.is_empty() {
+        return String::new();
+    }
+    let limits: serde_json::Map<String, serde_json::Value> = budget
+        .iter()
+        .map(|(dimension, limit)| (dimension.clone(), limit.to_string().into()))
+        .collect();
+    serde_json::Value::Object(limits).to_string()
+}
+
+/// A Redis string reply holding a number.
+fn number(value: &redis::Value) -> Option<f64> {
+    match value {
+        redis::Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+        redis::Value::SimpleString(text) => text.parse().ok(),
+        redis::Value::Double(number) => Some(*number),
+        redis::Value::Int(number) => Some(*number as f64),
+        _ => None,
+    }
+}
+
+fn text(value: &redis::Value) -> Option<String> {
+    match value {
+        redis::Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        redis::Value::SimpleString(text) => Some(text.clone()),
+        _ => None,
+    }
+}
+
+/// `swap.lua`'s reply: `'ok'`, `'conflict'`, `'missing'`, or after a roll-up `{'ok',
+/// spending…}` with each spending `{chain index, (dimension, limit, before, after)…}`.
+fn swap_reply(reply: &redis::Value, chain: &[TaskId]) -> (Swap, Vec<Spending>) {
+    let corrupt = || {
+        tracing::error!(?reply, "swap.lua answered something unexpected");
+        (Swap::Conflict, Vec::new())
+    };
+    let items = match reply {
+        redis::Value::Array(items) => items.as_slice(),
+        single => {
+            return match text(single).as_deref() {
+                Some("ok") => (Swap::Swapped, Vec::new()),
+                Some("missing") => (Swap::Missing, Vec::new()),
+                _ => (Swap::Conflict, Vec::new()),
+            };
+        }
+    };
+    let mut spendings = Vec::new();
+    for entry in items.iter().skip(1) {
+        let redis::Value::Array(fields) = entry else {
+            return corrupt();
+        };
+        let Some(&task) = fields
+            .first()
+            .and_then(number)
+            .and_then(|index| chain.get(index as usize))
+        else {
+            return corrupt();
+        };
+        let mut spending = Spending {
+            task,
+            ..Spending::default()
+        };
+        for limit in fields[1..].chunks(4) {
+            let [dimension, limit, before, after] = limit else {
+                return corrupt();
+            };
+            let (Some(dimension), Some(limit), Some(before), Some(after)) = (
+                text(dimension),
+                number(limit),
+                number(before),
+                number(after),
+            ) else {
+                return corrupt();
+            };
+            spending.budget.insert(dimension.clone(), limit);
+            spending.before.insert(dimension.clone(), before);
+            spending.after.insert(dimension, after);
+        }
+        spendings.push(spending);
+    }
+    (Swap::Swapped, spendings)
 }
 
 fn state_name(state: TaskState) -> String {
@@ -235,17 +337,21 @@ impl RedisStore {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for id in ids {
-            pipe.hget(self.keys.task(id), "json")
+            pipe.hgetall(self.keys.task(id))
                 .lrange(self.keys.checkpoints(id), 0, -1);
         }
-        let found: Vec<(Option<String>, Vec<String>)> = pipe
+        let found: Vec<(HashMap<String, String>, Vec<String>)> = pipe
             .query_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
         found
             .iter()
-            .filter_map(|(json, list)| json.as_deref().map(|json| (json, list)))
-            .map(|(json, list)| decode_record(json, list, window_end(json)?))
+            .filter_map(|(hash, list)| hash.get("json").map(|json| (hash, json, list)))
+            .map(|(hash, json, list)| {
+                let mut task = decode_record(json, list, window_end(json)?)?;
+                task.subtree_usage = subtree_usage(hash);
+                Ok(task)
+            })
             .collect()
     }
 }
@@ -267,6 +373,7 @@ impl TaskRecords for RedisStore {
             .key(self.keys.history(task.id))
             .key(self.keys.active_of_kind(&task.kind))
             .key(self.keys.active_of_session(&task.session_id))
+            .key(self.keys.cancelled_session(&task.session_id))
             .arg(encode_record(&task))
             .arg(task.id.to_string())
             .arg(task.version)
@@ -275,6 +382,7 @@ impl TaskRecords for RedisStore {
             .arg(flag(task.parent_id.is_some()))
             .arg(self.keys.task_prefix())
             .arg(flag(!task.session_id.is_empty()))
+            .arg(budget_field(&task.budget))
             .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
@@ -286,8 +394,21 @@ impl TaskRecords for RedisStore {
                     self.get(found.id).await?.unwrap_or(found),
                 ))
             }
+            [refused] if refused == "session-cancelled" => Ok(Created::SessionCancelled),
             _ => Ok(Created::New(task)),
         }
+    }
+
+    async fn cancel_session(&self, session: &str, ttl: Duration) -> StoreResult<()> {
+        let _: () = redis::cmd("SET")
+            .arg(self.keys.cancelled_session(session))
+            .arg("1")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn get(&self, id: TaskId) -> StoreResult<Option<Task>> {
@@ -296,8 +417,16 @@ impl TaskRecords for RedisStore {
     }
 
     async fn compare_and_swap(&self, next: &Task) -> StoreResult<Swap> {
-        let reply: String = self
-            .swap
+        Ok(self.swap_spending(next, &Usage::new()).await?.0)
+    }
+
+    async fn swap_spending(
+        &self,
+        next: &Task,
+        increment: &Usage,
+    ) -> StoreResult<(Swap, Vec<Spending>)> {
+        let mut script = self.swap.prepare_invoke();
+        script
             .key(self.keys.task(next.id))
             .key(self.keys.pending())
             .key(self.keys.active())
@@ -333,14 +462,50 @@ impl TaskRecords for RedisStore {
                     .unwrap_or_default(),
             )
             .arg(flag(!next.session_id.is_empty()))
+            .arg(increment.len());
+        for (dimension, amount) in increment {
+            script.arg(dimension).arg(amount.to_string());
+        }
+        for ancestor in &next.ancestors {
+            script.key(self.keys.task(ancestor));
+        }
+        let reply: redis::Value = script
             .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
-        Ok(match reply.as_str() {
-            "ok" => Swap::Swapped,
-            "missing" => Swap::Missing,
-            _ => Swap::Conflict,
-        })
+        let chain: Vec<TaskId> = std::iter::once(next.id)
+            .chain(next.ancestors.iter().copied())
+            .collect();
+        Ok(swap_reply(&reply, &chain))
+    }
+
+    async fn spending(&self, ids: &[TaskId]) -> StoreResult<Vec<Spending>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hgetall(self.keys.task(id));
+        }
+        let hashes: Vec<HashMap<String, String>> = pipe
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        let mut found = Vec::new();
+        for (id, hash) in ids.iter().zip(&hashes) {
+            let Some(raw) = hash.get("budget").filter(|raw| !raw.is_empty()) else {
+                continue;
+            };
+            let limits: HashMap<String, String> =
+                serde_json::from_str(raw).map_err(StoreError::Corrupt)?;
+            let budget: Usage = limits
+                .into_iter()
+                .filter_map(|(dimension, limit)| Some((dimension, limit.parse().ok()?)))
+                .collect();
+            let used = subtree_usage(hash);
+            found.push(Spending::new(*id, &budget, &used, &used));
+        }
+        Ok(found)
     }
 
     async fn list_active(

@@ -10,7 +10,12 @@
 --       11 owner channel, 12 has request_id ('1'/'0'), 13 owned-set key prefix,
 --       14 the whole task JSON (published), 15 checkpoints kept so far (position past the
 --       newest), 16 list entries to keep, 17 the newest checkpoint's JSON ('' if none),
---       18 has session ('1'/'0')
+--       18 has session ('1'/'0'), 19 number n of usage dimensions spent (optional, 0),
+--       20 .. 19 + 2n: dimension, increment pairs
+-- KEYS 12..: the task hashes of the task's ancestors, nearest first (usage roll-up)
+-- Returns 'ok' | 'conflict' | 'missing'; with usage spent, {'ok', spending...} where each
+-- spending is {chain index (0 = this task), dimension, limit, before, after, ...} for the
+-- budget of each task of the chain that has one.
 local current = redis.call('HMGET', KEYS[1], 'version', 'terminal', 'owner', 'attempt', 'state')
 if not current[1] then
   return 'missing'
@@ -67,4 +72,51 @@ redis.call('PUBLISH', ARGV[10], ARGV[14])
 if ARGV[4] ~= '' then
   redis.call('PUBLISH', ARGV[11], ARGV[14])
 end
-return 'ok'
+-- Usage roll-up: the increments go to the subtree usage ('s:<dimension>' fields) of the
+-- task and of every ancestor still stored, in this same transaction.
+local n = tonumber(ARGV[19] or '0')
+if n == 0 then
+  return 'ok'
+end
+local chain = {KEYS[1]}
+for k = 12, #KEYS do
+  chain[#chain + 1] = KEYS[k]
+end
+local reply = {'ok'}
+for index, key in ipairs(chain) do
+  if index == 1 or redis.call('EXISTS', key) == 1 then
+    local raw = redis.call('HGET', key, 'budget')
+    -- {dimension: limit}, the limits as strings so they come back exact.
+    local budget = {}
+    if raw and raw ~= '' then
+      budget = cjson.decode(raw)
+    end
+    local before = {}
+    for dimension, _ in pairs(budget) do
+      before[dimension] = redis.call('HGET', key, 's:' .. dimension) or '0'
+    end
+    -- At most 16 dimensions per task (budget::MAX_DIMENSIONS; a budget's are there from
+    -- the start): further ones are not counted, so a record stays bounded.
+    for d = 0, n - 1 do
+      local field = 's:' .. ARGV[20 + 2 * d]
+      local known = redis.call('HEXISTS', key, field) == 1
+      if known or tonumber(redis.call('HGET', key, 'dimensions') or '0') < 16 then
+        if not known then
+          redis.call('HINCRBY', key, 'dimensions', 1)
+        end
+        redis.call('HINCRBYFLOAT', key, field, ARGV[21 + 2 * d])
+      end
+    end
+    local entry = {tostring(index - 1)}
+    for dimension, limit in pairs(budget) do
+      entry[#entry + 1] = dimension
+      entry[#entry + 1] = limit
+      entry[#entry + 1] = before[dimension]
+      entry[#entry + 1] = redis.call('HGET', key, 's:' .. dimension) or '0'
+    end
+    if #entry > 1 then
+      reply[#reply + 1] = entry
+    end
+  end
+end
+return reply

@@ -52,6 +52,7 @@ fn waiting() -> Task {
         &running(),
         &report(Report::Ask {
             question: "why?".into(),
+            timeout: None,
         }),
         t(2),
     )
@@ -109,12 +110,14 @@ fn every_event() -> Vec<(&'static str, Event)> {
                 fraction: 0.5,
                 message: "half".into(),
                 partial_result: Some(json!("p")),
+                usage: Usage::new(),
             }),
         ),
         (
             "ask",
             report(Report::Ask {
                 question: "q".into(),
+                timeout: None,
             }),
         ),
         ("complete", report(Report::Complete { result: json!("r") })),
@@ -138,6 +141,18 @@ fn every_event() -> Vec<(&'static str, Event)> {
         ("escalate", Event::Escalate),
         ("time_out", Event::TimeOut { grace: secs(100) }),
         (
+            "budget_exhausted",
+            Event::BudgetExhausted {
+                exhausted: Exhausted {
+                    dimension: "steps".into(),
+                    used: 3.0,
+                    limit: 3.0,
+                },
+                grace: secs(100),
+            },
+        ),
+        ("answer_time_out", Event::AnswerTimeOut),
+        (
             "owner_lost",
             Event::OwnerLost {
                 owner: OWNER.into(),
@@ -157,7 +172,10 @@ fn expected(state: TaskState, event: &str) -> Expected {
     match (state, event) {
         (Pending, "start") => Ok(Running),
         (Pending, "answer") => Err(NotWaiting),
-        (Pending, "soft_cancel" | "hard_cancel") => Ok(Cancelled),
+        (Pending, "soft_cancel" | "hard_cancel" | "budget_exhausted") => Ok(Cancelled),
+        (Pending | Running, "answer_time_out") => Err(NotWaiting),
+        // The waiting task's question has no deadline.
+        (WaitingForAnswer, "answer_time_out") => Err(NotDue),
         (Pending, "escalate" | "time_out") => Err(NotDue),
         (Pending, "owner_lost") => Err(NotRunning),
         (Pending, _) => Err(NotRunning),
@@ -171,7 +189,7 @@ fn expected(state: TaskState, event: &str) -> Expected {
         (_, "fail" | "stopped") => Ok(Failed),
         (Running, "answer") => Err(NotWaiting),
         (WaitingForAnswer, "answer") => Ok(Running),
-        (_, "soft_cancel") => Ok(state),
+        (_, "soft_cancel" | "budget_exhausted") => Ok(state),
         (_, "hard_cancel") => Ok(Cancelled),
         (_, "escalate" | "time_out") => Err(NotDue),
         (_, "owner_lost") => Ok(Failed),
@@ -241,6 +259,7 @@ fn checkpoints_append_partial_results_and_clamp_progress() {
             fraction,
             message: format!("step {i}"),
             partial_result: Some(json!(i)),
+            usage: Usage::new(),
         });
         task = apply(&task, &event, t(5)).unwrap().unwrap();
     }
@@ -259,6 +278,7 @@ fn checkpoint(task: &Task, partial: Json) -> Task {
         fraction: 0.5,
         message: "step".to_owned(),
         partial_result: Some(partial),
+        usage: Usage::new(),
     });
     apply_within(task, &event, t(5), SMALL).unwrap().unwrap()
 }
@@ -298,6 +318,7 @@ fn a_checkpoint_larger_than_the_budget_is_not_kept_but_its_progress_is() {
         fraction: 0.9,
         message: "huge".to_owned(),
         partial_result: Some(json!("y".repeat(100))),
+        usage: Usage::new(),
     });
     let next = apply_within(&task, &event, t(6), SMALL).unwrap().unwrap();
     assert_eq!(next.partial_results, vec![json!(1)], "the others are kept");
@@ -349,6 +370,7 @@ fn soft_cancel_records_the_request_and_stopping_ends_cancelled_with_partials() {
             fraction: 0.5,
             message: String::new(),
             partial_result: Some(json!("half")),
+            usage: Usage::new(),
         }),
         t(2),
     )
@@ -461,6 +483,7 @@ fn a_task_cannot_ask_once_a_cancel_is_pending() {
     let task = apply(&running(), &cancel, t(1)).unwrap().unwrap();
     let ask = report(Report::Ask {
         question: "q".into(),
+        timeout: None,
     });
     assert_eq!(apply(&task, &ask, t(2)), Err(Rejection::CancelPending));
 }
@@ -587,6 +610,7 @@ fn fences_allow_only_the_same_run_or_the_next_start() {
         &running,
         &report(Report::Ask {
             question: "q".into(),
+            timeout: None,
         }),
         t(2),
     )
@@ -645,4 +669,145 @@ proptest! {
             }
         }
     }
+}
+
+fn usage(pairs: &[(&str, f64)]) -> Usage {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+}
+
+fn spend(task: &Task, spent: Usage, at: SystemTime) -> Task {
+    apply(
+        task,
+        &report(Report::Progress {
+            fraction: 0.1,
+            message: String::new(),
+            partial_result: None,
+            usage: spent,
+        }),
+        at,
+    )
+    .unwrap()
+    .unwrap()
+}
+
+#[test]
+fn progress_adds_usage_to_the_task_and_its_subtree() {
+    let once = spend(&running(), usage(&[("tokens", 10.0)]), t(2));
+    let twice = spend(&once, usage(&[("tokens", 5.5), ("cost_usd", 0.25)]), t(3));
+    assert_eq!(twice.usage, usage(&[("tokens", 15.5), ("cost_usd", 0.25)]));
+    assert_eq!(twice.subtree_usage, twice.usage);
+}
+
+fn exhausted_event() -> Event {
+    Event::BudgetExhausted {
+        exhausted: Exhausted {
+            dimension: "output_tokens".into(),
+            used: 10000.0,
+            limit: 10000.0,
+        },
+        grace: secs(30),
+    }
+}
+
+#[test]
+fn an_exhausted_budget_soft_cancels_naming_the_limit() {
+    let next = apply(&running(), &exhausted_event(), t(5))
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.state, TaskState::Running);
+    let cancel = next.cancel.clone().unwrap();
+    assert_eq!(cancel.mode, CancelMode::Soft);
+    assert_eq!(
+        cancel.reason,
+        "budget exhausted: output_tokens 10000 of 10000"
+    );
+    assert_eq!(cancel.budget_exhausted, "output_tokens");
+    assert_eq!(cancel.grace_deadline, Some(t(35)));
+    // Stopping then ends it CANCELLED (not FAILED), partial results kept.
+    let stopped = apply(&next, &report(Report::Stopped { result: json!(1) }), t(6))
+        .unwrap()
+        .unwrap();
+    assert_eq!(stopped.state, TaskState::Cancelled);
+    // A PENDING task is cancelled at once.
+    let pending = apply(&pending(), &exhausted_event(), t(5))
+        .unwrap()
+        .unwrap();
+    assert_eq!(pending.state, TaskState::Cancelled);
+    assert_eq!(pending.cancel.unwrap().budget_exhausted, "output_tokens");
+}
+
+#[test]
+fn an_exhausted_budget_leaves_an_earlier_cancel_alone() {
+    let cancelling = apply(
+        &running(),
+        &Event::SoftCancel {
+            reason: "user".into(),
+            grace: secs(10),
+        },
+        t(2),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(apply(&cancelling, &exhausted_event(), t(3)), Ok(None));
+}
+
+fn asked_with_timeout() -> Task {
+    apply(
+        &running(),
+        &report(Report::Ask {
+            question: "go on?".into(),
+            timeout: Some(secs(10)),
+        }),
+        t(2),
+    )
+    .unwrap()
+    .unwrap()
+}
+
+#[test]
+fn an_unanswered_question_times_out_at_its_deadline() {
+    let waiting = asked_with_timeout();
+    assert_eq!(waiting.question_deadline, Some(t(12)));
+    assert_eq!(
+        apply(&waiting, &Event::AnswerTimeOut, t(11)),
+        Err(Rejection::NotDue)
+    );
+    let resumed = apply(&waiting, &Event::AnswerTimeOut, t(12))
+        .unwrap()
+        .unwrap();
+    assert_eq!(resumed.state, TaskState::Running);
+    assert!(resumed.answer_timed_out);
+    assert!(resumed.answer.is_empty() && resumed.question.is_empty());
+    assert_eq!(resumed.question_deadline, None);
+    // Too late to answer now.
+    assert_eq!(
+        apply(
+            &resumed,
+            &Event::Answer {
+                answer: "yes".into()
+            },
+            t(13)
+        ),
+        Err(Rejection::NotWaiting)
+    );
+    assert_eq!(
+        apply(&resumed, &Event::AnswerTimeOut, t(13)),
+        Err(Rejection::NotWaiting)
+    );
+}
+
+#[test]
+fn an_answer_in_time_clears_the_deadline() {
+    let answered = apply(
+        &asked_with_timeout(),
+        &Event::Answer {
+            answer: "yes".into(),
+        },
+        t(5),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(answered.question_deadline, None);
+    assert!(!answered.answer_timed_out);
+    assert_eq!(answered.answer, "yes");
 }

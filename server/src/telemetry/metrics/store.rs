@@ -22,13 +22,17 @@ use crate::store::{
     ActiveFilter, Created, Membership, StoreError, StoreResult, Swap, TaskFeeds, TaskQueue,
     TaskRecords, TaskStore, Updates, Wakeups, WorkerKinds,
 };
-use crate::task::{Task, TaskId};
+use crate::task::budget::Spending;
+use crate::task::{Task, TaskId, Usage};
 
 /// Every operation, as labelled: the store's trait methods.
-const OPS: [&str; 19] = [
+const OPS: [&str; 22] = [
     "create",
+    "cancel_session",
     "get",
     "compare_and_swap",
+    "swap_spending",
+    "spending",
     "list_active",
     "children",
     "owned_by",
@@ -200,6 +204,11 @@ impl TaskRecords for MeteredStore {
         self.measure("create", self.inner.create(task)).await
     }
 
+    async fn cancel_session(&self, session: &str, ttl: Duration) -> StoreResult<()> {
+        self.measure("cancel_session", self.inner.cancel_session(session, ttl))
+            .await
+    }
+
     async fn get(&self, id: TaskId) -> StoreResult<Option<Task>> {
         self.measure("get", self.inner.get(id)).await
     }
@@ -207,6 +216,19 @@ impl TaskRecords for MeteredStore {
     async fn compare_and_swap(&self, next: &Task) -> StoreResult<Swap> {
         self.measure("compare_and_swap", self.inner.compare_and_swap(next))
             .await
+    }
+
+    async fn swap_spending(
+        &self,
+        next: &Task,
+        increment: &Usage,
+    ) -> StoreResult<(Swap, Vec<Spending>)> {
+        self.measure("swap_spending", self.inner.swap_spending(next, increment))
+            .await
+    }
+
+    async fn spending(&self, ids: &[TaskId]) -> StoreResult<Vec<Spending>> {
+        self.measure("spending", self.inner.spending(ids)).await
     }
 
     async fn list_active(

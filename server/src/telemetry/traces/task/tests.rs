@@ -31,6 +31,7 @@ fn cancel(origin: CancelOrigin) -> CancelInfo {
         escalated: false,
         deadline_exceeded: false,
         origin,
+        budget_exhausted: String::new(),
     }
 }
 
