@@ -5,6 +5,7 @@ mod bad_input;
 mod cancel;
 mod cli;
 mod connections;
+mod drain;
 mod exec;
 mod faults;
 mod limits;

@@ -9,39 +9,18 @@ use reins_client::proto::{
 };
 use reins_client::{Client, StartTask, WatchOptions};
 use reins_e2e::{
-    PATIENCE, Reinsd, eventually, long_sleep, reason, sleep_params, start_sleep, stuck_sleep,
-    system_time, wait_finished, wait_state,
+    PATIENCE, Reinsd, channel, eventually, health, long_sleep, reason, sleep_params, start_sleep,
+    stuck_sleep, system_time, wait_finished, wait_state,
 };
 use tokio_stream::{Stream, StreamExt};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const TASK_SERVICE: &str = "reins.v1.TaskService";
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 /// How long a shutting-down server may take to exit (its grace plus the soft window and a
 /// connection drain, on a busy machine).
 const EXIT_BOUND: Duration = Duration::from_secs(15);
-
-async fn channel(server: &Reinsd) -> Channel {
-    Channel::from_shared(server.url())
-        .expect("server url")
-        .connect()
-        .await
-        .expect("connect to reinsd")
-}
-
-async fn health(channel: &Channel, service: &str) -> ServingStatus {
-    let request = HealthCheckRequest {
-        service: service.to_owned(),
-    };
-    let response = HealthClient::new(channel.clone())
-        .check(request)
-        .await
-        .unwrap_or_else(|status| panic!("health check of {service:?}: {status:?}"));
-    response.into_inner().status()
-}
 
 #[tokio::test]
 async fn health_reports_serving_for_the_server_and_the_task_service() {

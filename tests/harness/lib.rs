@@ -420,6 +420,30 @@ impl Default for Heartbeat {
     }
 }
 
+/// A gRPC channel of its own to `server` (a new connection).
+pub async fn channel(server: &Reinsd) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(server.url())
+        .expect("server url")
+        .connect()
+        .await
+        .expect("connect to reinsd")
+}
+
+/// The health of `service` as `grpc.health.v1.Health/Check` reports it.
+pub async fn health(
+    channel: &tonic::transport::Channel,
+    service: &str,
+) -> tonic_health::pb::health_check_response::ServingStatus {
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: service.to_owned(),
+    };
+    let response = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .check(request)
+        .await
+        .unwrap_or_else(|status| panic!("health check of {service:?}: {status:?}"));
+    response.into_inner().status()
+}
+
 /// Polls `check` until it returns `Some`, failing the test after [`PATIENCE`].
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where

@@ -172,6 +172,7 @@ mod tests {
             worker_kind_ttl: ttl,
             limits: crate::limits::tests::defaults(),
             checkpoint_limits: crate::task::CheckpointLimits::DEFAULT,
+            hand_back_on_drain: true,
         };
         let lease = Duration::from_secs(10);
         assert_eq!(

@@ -4,14 +4,15 @@
 //! compare-and-set ([`transitions`]), and applies the rules that reach beyond one task:
 //! start and idempotency ([`start`]), which kinds are valid and for how long ([`kinds`]),
 //! subtree cancels ([`cancel`]), dispatch onto this
-//! replica's supervisor and workers ([`dispatch`]), watches ([`watch`]) and graceful
-//! shutdown ([`drain`]).
+//! replica's supervisor and workers ([`dispatch`]), watches ([`watch`]), graceful
+//! shutdown ([`drain`]) and taking over the tasks of a worker that moved here ([`adopt`]).
 //!
 //! Data flows one way: a command is decided by the state machine, stored, and announced on
 //! the task's feeds; the supervisor's drivers react to the announced change (stop the code,
 //! signal a soft cancel, deliver an answer). The engine never reaches into a running job,
 //! and running code reaches back only through the narrow [`crate::port::TaskPort`].
 
+mod adopt;
 mod cancel;
 mod dispatch;
 mod drain;
@@ -57,6 +58,9 @@ pub(crate) struct EngineConfig {
     pub limits: Limits,
     /// How many checkpoints, of how many bytes in all, a task keeps.
     pub checkpoint_limits: CheckpointLimits,
+    /// Whether a drain hands running tasks with attempts left back to the queue: only
+    /// when other replicas share the store ([`drain`]).
+    pub hand_back_on_drain: bool,
 }
 
 pub(crate) struct Engine {

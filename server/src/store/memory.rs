@@ -320,12 +320,19 @@ impl TaskRecords for MemoryStore {
         {
             return Ok(Swap::Conflict);
         }
+        // A task that moved with its worker is announced to its former owner too.
+        let former_owner = (entry.task.owner != next.owner
+            && !entry.task.owner.is_empty()
+            && !next.owner.is_empty())
+        .then(|| entry.task.owner.clone());
         let version = entry.replace(next);
         inner.index(next);
-        if let Some(control) = inner.owner_channels.get(&next.owner)
-            && control.send(version).is_err()
-        {
-            inner.owner_channels.remove(&next.owner);
+        for owner in std::iter::once(&next.owner).chain(former_owner.as_ref()) {
+            if let Some(control) = inner.owner_channels.get(owner)
+                && control.send(Arc::clone(&version)).is_err()
+            {
+                inner.owner_channels.remove(owner);
+            }
         }
         Ok(Swap::Swapped)
     }

@@ -333,6 +333,8 @@ impl TaskRecords for RedisStore {
                     .unwrap_or_default(),
             )
             .arg(flag(!next.session_id.is_empty()))
+            .arg(self.keys.owner_channel(""))
+            .arg(&next.worker)
             .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;

@@ -10,8 +10,8 @@
 --       11 owner channel, 12 has request_id ('1'/'0'), 13 owned-set key prefix,
 --       14 the whole task JSON (published), 15 checkpoints kept so far (position past the
 --       newest), 16 list entries to keep, 17 the newest checkpoint's JSON ('' if none),
---       18 has session ('1'/'0')
-local current = redis.call('HMGET', KEYS[1], 'version', 'terminal', 'owner', 'attempt', 'state')
+--       18 has session ('1'/'0'), 19 owner-channel key prefix, 20 worker
+local current = redis.call('HMGET', KEYS[1], 'version', 'terminal', 'owner', 'attempt', 'state', 'worker')
 if not current[1] then
   return 'missing'
 end
@@ -21,7 +21,16 @@ end
 local same_run = current[3] == ARGV[4] and current[4] == ARGV[5]
 local started = current[5] == 'Pending' and tonumber(ARGV[5]) == tonumber(current[4]) + 1
 local requeued = ARGV[3] == 'Pending' and ARGV[4] == '' and current[4] == ARGV[5]
-if not (same_run or started or requeued) then
+-- A worker moved to another replica and took its task along: same attempt, new owner, on
+-- a newer connection (the id after the last '/' of the worker label is a UUIDv7, so it
+-- compares greater; a stale writer cannot pass its old connection off as a move).
+local function connection(worker)
+  return worker and string.match(worker, '/([^/]+)$')
+end
+local from, to = connection(current[6]), connection(ARGV[20])
+local moved = current[5] ~= 'Pending' and ARGV[3] ~= 'Pending' and current[4] == ARGV[5]
+  and ARGV[4] ~= '' and current[3] ~= ARGV[4] and from ~= nil and to ~= nil and to > from
+if not (same_run or started or requeued or moved) then
   return 'conflict'
 end
 -- Checkpoints: a version appends at most its one new checkpoint, whatever it keeps.
@@ -31,7 +40,8 @@ if tonumber(ARGV[15]) > kept and ARGV[17] ~= '' then
 end
 redis.call('LTRIM', KEYS[9], -tonumber(ARGV[16]), -1)
 redis.call('HSET', KEYS[1], 'json', ARGV[1], 'version', ARGV[2], 'state', ARGV[3],
-  'owner', ARGV[4], 'attempt', ARGV[5], 'terminal', ARGV[6], 'checkpoints', ARGV[15])
+  'owner', ARGV[4], 'attempt', ARGV[5], 'terminal', ARGV[6], 'checkpoints', ARGV[15],
+  'worker', ARGV[20])
 if ARGV[3] ~= 'Pending' then
   redis.call('ZREM', KEYS[2], ARGV[7])
 elseif requeued and current[5] ~= 'Pending' then
@@ -39,9 +49,14 @@ elseif requeued and current[5] ~= 'Pending' then
   redis.call('ZADD', KEYS[2], 0, ARGV[7])
   redis.call('SREM', ARGV[13] .. current[3], ARGV[7])
 end
-if started then
+if started or moved then
   redis.call('SADD', KEYS[5], ARGV[7])
   redis.call('SADD', KEYS[6], ARGV[4])
+end
+if moved then
+  redis.call('SREM', ARGV[13] .. current[3], ARGV[7])
+  -- The former owner lets go of the task at once.
+  redis.call('PUBLISH', ARGV[19] .. current[3], ARGV[14])
 end
 redis.call('RPUSH', KEYS[4], ARGV[1])
 redis.call('LTRIM', KEYS[4], -tonumber(ARGV[9]), -1)
