@@ -1,6 +1,8 @@
 //! [`Client`]: one method per `TaskService` RPC over a shared tonic channel, plus the
 //! [`StartTask`] builder and the [`WatchOptions`] of a watch.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{TryStreamExt, stream};
@@ -15,6 +17,7 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
+use crate::retry::{self, ServiceConfig};
 use crate::{Error, duration, json};
 
 /// How long [`Client::connect`] (and each later reconnect) waits for a TCP connection;
@@ -25,9 +28,15 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// Cloning is cheap: clones share one HTTP/2 channel, so clone freely to make calls from
 /// several tasks at once.
+///
+/// Idempotent calls are retried on UNAVAILABLE (a draining replica, a store outage) as the
+/// shipped `deploy/grpc-service-config.json` says (see [`crate::retry`]): CheckTask,
+/// ListActive, WatchTask (until its first event), SoftCancel, HardCancel, and StartTask
+/// when it carries a `request_id`. [`Client::with_service_config`] replaces the policy.
 #[derive(Debug, Clone)]
 pub struct Client {
     stub: TaskServiceClient<Channel>,
+    config: Arc<ServiceConfig>,
 }
 
 impl Client {
@@ -55,7 +64,43 @@ impl Client {
     pub fn from_channel(channel: Channel) -> Client {
         Client {
             stub: TaskServiceClient::new(channel),
+            config: Arc::new(ServiceConfig::shipped().clone()),
         }
+    }
+
+    /// Retries as `config` says instead of the shipped service config
+    /// (`ServiceConfig::default()`: no retries on UNAVAILABLE).
+    pub fn with_service_config(mut self, config: ServiceConfig) -> Client {
+        self.config = Arc::new(config);
+        self
+    }
+
+    /// Runs one call of `method` with its retry policy.
+    async fn retried<T, F, Fut>(&self, method: &str, call: F) -> Result<T, Status>
+    where
+        F: FnMut(TaskServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.retried_if(method, true, call).await
+    }
+
+    /// As [`Client::retried`], with the policy only if `idempotent`.
+    async fn retried_if<T, F, Fut>(
+        &self,
+        method: &str,
+        idempotent: bool,
+        mut call: F,
+    ) -> Result<T, Status>
+    where
+        F: FnMut(TaskServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let policy = idempotent.then(|| self.config.policy(method)).flatten();
+        retry::with_retries(policy, || {
+            let response = call(self.raw());
+            async move { response.await.map(tonic::Response::into_inner) }
+        })
+        .await
     }
 
     /// The generated stub (a clone sharing this client's channel), for calls that need
@@ -66,8 +111,14 @@ impl Client {
 
     /// Starts a task (or returns the existing one when its request id was seen before).
     pub async fn start(&self, task: StartTask) -> Result<Task, Status> {
-        let response = self.raw().start_task(StartTaskRequest::from(task)).await?;
-        Ok(response.into_inner())
+        let request = StartTaskRequest::from(task);
+        // Only a request id makes a second StartTask return the first one's task.
+        let idempotent = !request.request_id.is_empty();
+        self.retried_if("StartTask", idempotent, |mut stub| {
+            let request = request.clone();
+            async move { stub.start_task(request).await }
+        })
+        .await
     }
 
     /// Reads a task as it is now (all of it).
@@ -86,7 +137,11 @@ impl Client {
             task_id: task_id.into(),
             view: view as i32,
         };
-        Ok(self.raw().check_task(request).await?.into_inner())
+        self.retried("CheckTask", |mut stub| {
+            let request = request.clone();
+            async move { stub.check_task(request).await }
+        })
+        .await
     }
 
     /// Asks a task and its subtree to stop at the next checkpoint; the server hard-cancels
@@ -102,7 +157,11 @@ impl Client {
             reason: reason.into(),
             grace_period: grace.map(duration::to_proto),
         };
-        Ok(self.raw().soft_cancel(request).await?.into_inner())
+        self.retried("SoftCancel", |mut stub| {
+            let request = request.clone();
+            async move { stub.soft_cancel(request).await }
+        })
+        .await
     }
 
     /// Stops a task and its subtree now.
@@ -115,12 +174,20 @@ impl Client {
             task_id: task_id.into(),
             reason: reason.into(),
         };
-        Ok(self.raw().hard_cancel(request).await?.into_inner())
+        self.retried("HardCancel", |mut stub| {
+            let request = request.clone();
+            async move { stub.hard_cancel(request).await }
+        })
+        .await
     }
 
     /// One page of active tasks matching `filter`.
     pub async fn list(&self, filter: ListActiveRequest) -> Result<ListActiveResponse, Status> {
-        Ok(self.raw().list_active(filter).await?.into_inner())
+        self.retried("ListActive", |mut stub| {
+            let request = filter.clone();
+            async move { stub.list_active(request).await }
+        })
+        .await
     }
 
     /// Every active task matching `filter`, fetching page after page (starting at
@@ -176,7 +243,12 @@ impl Client {
             after_version: options.after_version,
             view: options.view as i32,
         };
-        let events = self.raw().watch_task(request).await?.into_inner();
+        let events = self
+            .retried("WatchTask", |mut stub| {
+                let request = request.clone();
+                async move { stub.watch_task(request).await }
+            })
+            .await?;
         Ok(events.filter(|event| {
             !matches!(
                 event,
@@ -198,7 +270,12 @@ impl Client {
             task_id: task_id.into(),
             answer: answer.into(),
         };
-        Ok(self.raw().answer_task(request).await?.into_inner())
+        // Not idempotent: a second answer finds the task no longer waiting.
+        self.retried_if("AnswerTask", false, |mut stub| {
+            let request = request.clone();
+            async move { stub.answer_task(request).await }
+        })
+        .await
     }
 }
 

@@ -159,7 +159,15 @@ impl Reinsd {
         format!("http://{}", self.address)
     }
 
+    /// A client without retries: the tests see each answer of the server as it is.
     pub async fn client(&self) -> Client {
+        self.retrying_client()
+            .await
+            .with_service_config(reins_client::ServiceConfig::default())
+    }
+
+    /// A client that retries as the shipped `deploy/grpc-service-config.json` says.
+    pub async fn retrying_client(&self) -> Client {
         Client::connect(self.url())
             .await
             .expect("connect to reinsd")
