@@ -10,6 +10,7 @@ mod exec;
 mod faults;
 mod limits;
 mod list;
+mod proxy;
 mod questions;
 mod records;
 mod replicas;
