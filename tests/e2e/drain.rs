@@ -237,3 +237,48 @@ async fn a_worker_moves_off_a_draining_replica_and_its_task_runs_on_without_rest
     );
     moved.assert_quiet(Duration::from_millis(300)).await;
 }
+
+#[tokio::test]
+async fn a_worker_that_does_not_move_gets_unavailable_and_its_task_is_handed_back() {
+    let grace = format!("{}ms", SHORT_GRACE.as_millis());
+    let mut cluster = Cluster::start(1, &["--shutdown-grace", &grace]);
+    let url = cluster.replica(A).url();
+    let mut stays = FakeWorker::connect(&url, "stays", &["research"], 1).await;
+    let a = cluster.client(A).await;
+    let task = a
+        .start(StartTask::new("research").max_attempts(2))
+        .await
+        .unwrap();
+    stays.expect_assign().await;
+    cluster.replica(A).signal(Signal::SIGTERM);
+    stays.expect_reconnect().await;
+    // It ignores the request: at the end of the grace its task is handed back (the worker
+    // is asked to stop it), and its stream ends UNAVAILABLE with its trailers.
+    let ended = loop {
+        match stays.next_within(PATIENCE).await {
+            Next::Command(Command::Cancel(_) | Command::Abort(_)) => {}
+            Next::Closed(status) => break status,
+            other => panic!("expected the stream to end, got {other:?}"),
+        }
+    };
+    let ended = ended.expect("an error status, not OK");
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    let status = cluster
+        .replica_mut(A)
+        .wait_exit(EXIT_BOUND)
+        .await
+        .expect("the drained replica exits");
+    assert!(status.success(), "{status:?}");
+    cluster.add_replica();
+    let b = cluster.client(B).await;
+    let handed_back = b.check(&task.id).await.unwrap();
+    assert_eq!(
+        (handed_back.state(), handed_back.attempt),
+        (TaskState::Pending, 1),
+        "{handed_back:?}"
+    );
+    assert!(
+        handed_back.error.contains("went back to the queue"),
+        "{handed_back:?}"
+    );
+}

@@ -151,6 +151,12 @@ impl Reinsd {
         }
     }
 
+    /// The URL of the Redis it was started on by `REINS_E2E_STORE=redis`, if any: another
+    /// replica started there sees the same tasks.
+    pub fn own_redis_url(&self) -> Option<String> {
+        self._redis.as_ref().map(RedisServer::url)
+    }
+
     /// The address it serves on, `host:port`.
     pub fn address(&self) -> &str {
         &self.address
