@@ -33,7 +33,15 @@ from reins.proto import tasks_pb2, tasks_pb2_grpc
 
 #: Round-robin over the replicas: a new stream goes to a replica that is not draining. (An
 #: explicit authority: the default one, the list of addresses, is not a valid :authority.)
-BALANCED = [("grpc.lb_policy_name", "round_robin"), ("grpc.default_authority", "reins")]
+#: A short reconnect backoff, so a restarted replica is back in the rotation at once (a
+#: Service's address never goes away, so in a cluster this does not arise).
+BALANCED = [
+    ("grpc.lb_policy_name", "round_robin"),
+    ("grpc.default_authority", "reins"),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
 
 
 def both(cluster: Cluster) -> str:
@@ -150,6 +158,69 @@ def test_an_asyncio_worker_moves_with_its_task_when_its_replica_drains(kind: str
         assert done.attempt == running.attempt, "the task was not restarted"
         assert from_value(done.result) == {"found": True}
         assert calls == [task.id], "the handler ran once"
+
+    try:
+        run_async(main)
+    finally:
+        cluster.stop()
+
+
+def test_a_rolling_restart_of_both_replicas_moves_the_workers_tasks_twice(kind: str) -> None:
+    cluster = Cluster()
+
+    async def main() -> None:
+        release = asyncio.Event()
+        calls: list[str] = []
+
+        async def handler(ctx: AsyncTaskContext) -> dict[str, str]:
+            calls.append(ctx.task.id)
+            await ctx.checkpoint({"started": True}, 0.1)
+            await asyncio.wait_for(release.wait(), 3 * PATIENCE)
+            return {"task": ctx.task.id}
+
+        def replica(replica_id: str) -> Reinsd:
+            return cluster.a if replica_id == "a" else cluster.b
+
+        channel = grpc.aio.insecure_channel(both(cluster), options=BALANCED)
+        async with serving(
+            channel,  # type: ignore[arg-type]
+            [kind],
+            handler,
+            max_concurrency=4,
+        ) as worker:
+            async with AsyncClient(cluster.a.address) as via_a:
+                ids = [(await via_a.start(kind)).id for _ in range(4)]
+                running = [
+                    await until_async(via_a, i, lambda t: len(t.partial_results) == 1, "running")
+                    for i in ids
+                ]
+            owner = running[0].owner
+            assert {task.owner for task in running} == {owner}, "one worker, one owner"
+            for _ in range(2):  # drain the owner, restart it; then the other one
+                drained = replica(owner)
+                other = cluster.b if drained is cluster.a else cluster.a
+                drain(drained)
+                async with AsyncClient(other.address) as client:
+                    for task_id in ids:
+                        await until_async(
+                            client, task_id, lambda t: t.owner == other.replica_id, "moved"
+                        )
+                code = await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: drained.process.wait(PATIENCE)
+                )
+                assert code == 0, "the drained replica exits once idle"
+                drained.restart()
+                owner = other.replica_id
+            release.set()
+            async with AsyncClient(cluster.a.address) as client:
+                done = [await done_async(client, task_id) for task_id in ids]
+            assert worker.connections == 3, "welcomed once, then after each move"
+        await channel.close(None)
+        for task, first in zip(done, running):
+            assert task.state == tasks_pb2.TASK_STATE_COMPLETED, task
+            assert task.attempt == first.attempt, "no task was restarted"
+            assert from_value(task.result) == {"task": task.id}
+        assert sorted(calls) == sorted(ids), "each handler ran once"
 
     try:
         run_async(main)

@@ -5,6 +5,11 @@
 //! violation (no `hello` first, a second `hello`, an empty message) ends the stream with
 //! FAILED_PRECONDITION.
 //!
+//! A worker moving here from a draining replica (after `reconnect`) lists the tasks it
+//! still runs in `hello.running` (at most its `max_concurrency`); the engine adopts them
+//! (`engine/adopt.rs`) before the `welcome`, which names them. When this replica drains,
+//! the streams of workers that did not move end UNAVAILABLE.
+//!
 //! A worker is lost when its stream ends or its connection stops answering the server's
 //! HTTP/2 keepalive pings (`--keepalive-interval`, `--keepalive-timeout`); its tasks are then retried, failed or
 //! cancelled (see `task::state_machine`).
