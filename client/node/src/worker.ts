@@ -88,6 +88,10 @@ class Session implements Outbox {
   movedTo: Session | undefined;
   /** Called with `welcome.adopted` when a stream opened by a move is welcomed. */
   onWelcome: ((adopted: string[]) => void) | undefined;
+  /** Resolves once a move off this stream has succeeded or given up (at once: no move). */
+  moved: Promise<void> = Promise.resolve();
+  private movedResolve: (() => void) | undefined;
+  private endedWith: ReinsError | undefined;
   readonly ended: Promise<ReinsError | undefined>;
   private endedResolve!: (error: ReinsError | undefined) => void;
 
@@ -118,15 +122,38 @@ class Session implements Outbox {
     this.worker._warn(message);
   }
 
-  /** The stream ended: every task still on it is over for this worker. */
+  /** A move off this stream begins: its end no longer ends its tasks until the move settles. */
+  beginMove(): void {
+    this.held = [];
+    this.moved = new Promise((resolve) => (this.movedResolve = resolve));
+  }
+
+  /** The move succeeded (its tasks went along) or gave up. */
+  moveSettled(): void {
+    const settle = this.movedResolve;
+    this.movedResolve = undefined;
+    if (!this.open) {
+      this.abortTasks(this.endedWith);
+    }
+    settle?.();
+  }
+
+  /** The stream ended: every task still on it is over for this worker (after a move settles). */
   end(error: ReinsError | undefined): void {
     this.open = false;
+    this.endedWith = error;
+    if (this.movedResolve === undefined) {
+      this.abortTasks(error);
+    }
+    this.endedResolve(error);
+  }
+
+  private abortTasks(error: ReinsError | undefined): void {
     const reason = `the worker's stream ended${error === undefined ? "" : `: ${error.message}`}`;
     for (const ctx of this.tasks.values()) {
       ctx._abort(reason);
     }
     this.tasks.clear();
-    this.endedResolve(error);
   }
 }
 
@@ -233,10 +260,12 @@ export class Worker extends EventEmitter<WorkerEvents> {
         }
         let session = this.connect(this.maxConcurrency - this.handlers.size);
         let error = await session.ended;
+        await session.moved;
         // A move (reconnect) carried the worker on to another stream: follow it.
         while (session.movedTo !== undefined) {
           session = session.movedTo;
           error = await session.ended;
+          await session.moved;
         }
         if (this.closing.signal.aborted) {
           break;
@@ -390,7 +419,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private move(from: Session, reason: string, attempt = 0): void {
     if (attempt === 0) {
       debug("the replica asks to reconnect (%s); moving", reason);
-      from.held = [];
+      from.beginMove();
     }
     const running = [...from.tasks.values()]
       .filter((ctx) => ctx.phase !== "finished" && ctx.phase !== "aborted")
@@ -414,14 +443,17 @@ export class Worker extends EventEmitter<WorkerEvents> {
         to.send(message);
       }
       from.halfClosed = true;
-      from.call.end();
+      if (from.open) {
+        from.call.end();
+      }
+      from.moveSettled();
       debug("moved with %d task(s)", kept.size);
     };
     void to.ended.then(() => {
       if (to.welcomed) {
         return;
       }
-      if (attempt < MOVE_ATTEMPTS && from.open && !this.closing.signal.aborted) {
+      if (attempt < MOVE_ATTEMPTS && !this.closing.signal.aborted) {
         const delay = Math.min(100 * 2 ** attempt, 1000);
         setTimeout(() => this.move(from, reason, attempt + 1), delay);
         return;
@@ -432,6 +464,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
       for (const message of held) {
         from.send(message);
       }
+      from.moveSettled();
     });
   }
 
@@ -501,7 +534,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
         this.taskOf(session, command.answer?.taskId)?._answer(command.answer?.answer ?? "");
         return;
       case "reconnect":
-        if (session.movedTo === undefined && session.held === undefined) {
+        if (session.movedTo === undefined && session.held === undefined && session.open) {
           this.move(session, command.reconnect?.reason ?? "");
         }
         return;

@@ -506,6 +506,8 @@ def test_a_draining_worker_starts_no_new_task_and_hands_it_back(cluster, kind):
             assert await worker.wait_connected(PATIENCE)
             running = await b.start(kind, max_attempts=2)
             await until_async(b, running.id, lambda t: t.worker.startswith("first/"), "running")
+            # The server has assigned it; the drain waits for it once its handler runs.
+            await eventually(lambda: bool(started), "the first handler started")
             closing = asyncio.ensure_future(worker.close())  # drains: waits for `running`
             await eventually(lambda: worker._draining, "draining")
             late = await b.start(kind, max_attempts=2)  # a free slot: assigned, not started

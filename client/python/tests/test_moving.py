@@ -203,10 +203,13 @@ def test_a_rolling_restart_of_both_replicas_moves_the_workers_tasks_twice(kind: 
                 async with AsyncClient(other.address) as client:
                     for task_id in ids:
                         await until_async(
-                            client, task_id, lambda t: t.owner == other.replica_id, "moved"
+                            client,
+                            task_id,
+                            lambda t, to=other.replica_id: t.owner == to,
+                            "moved",
                         )
                 code = await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: drained.process.wait(PATIENCE)
+                    None, drained.process.wait, PATIENCE
                 )
                 assert code == 0, "the drained replica exits once idle"
                 drained.restart()
@@ -216,7 +219,7 @@ def test_a_rolling_restart_of_both_replicas_moves_the_workers_tasks_twice(kind: 
                 done = [await done_async(client, task_id) for task_id in ids]
             assert worker.connections == 3, "welcomed once, then after each move"
         await channel.close(None)
-        for task, first in zip(done, running):
+        for task, first in zip(done, running, strict=True):
             assert task.state == tasks_pb2.TASK_STATE_COMPLETED, task
             assert task.attempt == first.attempt, "no task was restarted"
             assert from_value(task.result) == {"task": task.id}

@@ -346,10 +346,11 @@ impl RemoteJob {
         let cancel = ctx.current().cancel;
         self.worker.send(Command::Cancel(pb::CancelRequest {
             task_id: self.id.to_string(),
-            reason: cancel
-                .as_ref()
-                .map(|c| c.reason.clone())
-                .unwrap_or_default(),
+            // No cancel recorded: the replica is handing the task back as it shuts down.
+            reason: cancel.as_ref().map_or_else(
+                || "the replica is shutting down; the task goes back to the queue".to_owned(),
+                |c| c.reason.clone(),
+            ),
             grace_deadline: cancel
                 .and_then(|c| c.grace_deadline)
                 .map(prost_types::Timestamp::from),

@@ -507,14 +507,15 @@ class AsyncWorker:
     async def _send(self, message: workers_pb2.WorkerMessage, ctx: AsyncTaskContext | None) -> None:
         """Queues a message and waits until it is written (backpressure); returns at once
         when there is no stream (the server has lost the task anyway)."""
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._held is not None:  # moving: written to the new stream once welcomed
+            self._held.append((message, ctx, written))
+            await written
+            return
         outbox = self._outbox
         if outbox is None:
             return
-        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self._held is not None:
-            self._held.append((message, ctx, written))
-        else:
-            outbox.put_nowait((message, ctx, written))
+        outbox.put_nowait((message, ctx, written))
         await written
 
     async def _move(
