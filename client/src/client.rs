@@ -1,6 +1,8 @@
 //! [`Client`]: one method per `TaskService` RPC over a shared tonic channel, plus the
 //! [`StartTask`] builder and the [`WatchOptions`] of a watch.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{TryStreamExt, stream};
@@ -17,6 +19,7 @@ use tonic::{
 };
 
 use crate::propagation::traced;
+use crate::retry::{self, ServiceConfig};
 use crate::{Error, duration, json};
 
 /// How long [`Client::connect`] (and each later reconnect) waits for a TCP connection;
@@ -35,9 +38,15 @@ const RESET_STREAMS_REMEMBERED: usize = 4096;
 ///
 /// Cloning is cheap: clones share one HTTP/2 channel, so clone freely to make calls from
 /// several tasks at once.
+///
+/// Idempotent calls are retried on UNAVAILABLE (a draining replica, a store outage) as the
+/// shipped `deploy/grpc-service-config.json` says (see [`crate::retry`]): CheckTask,
+/// ListActive, WatchTask (until its first event), SoftCancel, HardCancel, CancelTasks, and
+/// StartTask and RunTask when they carry a `request_id`. [`Client::with_service_config`] replaces the policy.
 #[derive(Debug, Clone)]
 pub struct Client {
     stub: TaskServiceClient<Channel>,
+    config: Arc<ServiceConfig>,
 }
 
 impl Client {
@@ -66,7 +75,43 @@ impl Client {
     pub fn from_channel(channel: Channel) -> Client {
         Client {
             stub: TaskServiceClient::new(channel),
+            config: Arc::new(ServiceConfig::shipped().clone()),
         }
+    }
+
+    /// Retries as `config` says instead of the shipped service config
+    /// (`ServiceConfig::default()`: no retries on UNAVAILABLE).
+    pub fn with_service_config(mut self, config: ServiceConfig) -> Client {
+        self.config = Arc::new(config);
+        self
+    }
+
+    /// Runs one call of `method` with its retry policy.
+    async fn retried<T, F, Fut>(&self, method: &str, call: F) -> Result<T, Status>
+    where
+        F: FnMut(TaskServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.retried_if(method, true, call).await
+    }
+
+    /// As [`Client::retried`], with the policy only if `idempotent`.
+    async fn retried_if<T, F, Fut>(
+        &self,
+        method: &str,
+        idempotent: bool,
+        mut call: F,
+    ) -> Result<T, Status>
+    where
+        F: FnMut(TaskServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let policy = idempotent.then(|| self.config.policy(method)).flatten();
+        retry::with_retries(policy, || {
+            let response = call(self.raw());
+            async move { response.await.map(tonic::Response::into_inner) }
+        })
+        .await
     }
 
     /// The generated stub (a clone sharing this client's channel), for calls that need
@@ -77,11 +122,14 @@ impl Client {
 
     /// Starts a task (or returns the existing one when its request id was seen before).
     pub async fn start(&self, task: StartTask) -> Result<Task, Status> {
-        let response = self
-            .raw()
-            .start_task(traced(StartTaskRequest::from(task)))
-            .await?;
-        Ok(response.into_inner())
+        let request = StartTaskRequest::from(task);
+        // Only a request id makes a second StartTask return the first one's task.
+        let idempotent = !request.request_id.is_empty();
+        self.retried_if("StartTask", idempotent, |mut stub| {
+            let request = request.clone();
+            async move { stub.start_task(traced(request)).await }
+        })
+        .await
     }
 
     /// Reads a task as it is now (all of it).
@@ -100,7 +148,11 @@ impl Client {
             task_id: task_id.into(),
             view: view as i32,
         };
-        Ok(self.raw().check_task(traced(request)).await?.into_inner())
+        self.retried("CheckTask", |mut stub| {
+            let request = request.clone();
+            async move { stub.check_task(traced(request)).await }
+        })
+        .await
     }
 
     /// Asks a task and its subtree to stop at the next checkpoint; the server hard-cancels
@@ -116,7 +168,11 @@ impl Client {
             reason: reason.into(),
             grace_period: grace.map(duration::to_proto),
         };
-        Ok(self.raw().soft_cancel(traced(request)).await?.into_inner())
+        self.retried("SoftCancel", |mut stub| {
+            let request = request.clone();
+            async move { stub.soft_cancel(traced(request)).await }
+        })
+        .await
     }
 
     /// Stops a task and its subtree now.
@@ -129,21 +185,34 @@ impl Client {
             task_id: task_id.into(),
             reason: reason.into(),
         };
-        Ok(self.raw().hard_cancel(traced(request)).await?.into_inner())
+        self.retried("HardCancel", |mut stub| {
+            let request = request.clone();
+            async move { stub.hard_cancel(traced(request)).await }
+        })
+        .await
     }
 
     /// Cancels every active task matching the request's filters (at least one), each with
-    /// its subtree; with `dry_run` only counts them. See [`CancelTasksRequest`].
+    /// its subtree; with `dry_run` only counts them. See [`CancelTasksRequest`]. Retried on
+    /// UNAVAILABLE: a second bulk cancel finds what the first one cancelled already settled.
     pub async fn cancel_tasks(
         &self,
         request: CancelTasksRequest,
     ) -> Result<CancelTasksResponse, Status> {
-        Ok(self.raw().cancel_tasks(traced(request)).await?.into_inner())
+        self.retried("CancelTasks", |mut stub| {
+            let request = request.clone();
+            async move { stub.cancel_tasks(traced(request)).await }
+        })
+        .await
     }
 
     /// One page of active tasks matching `filter`.
     pub async fn list(&self, filter: ListActiveRequest) -> Result<ListActiveResponse, Status> {
-        Ok(self.raw().list_active(traced(filter)).await?.into_inner())
+        self.retried("ListActive", |mut stub| {
+            let request = filter.clone();
+            async move { stub.list_active(traced(request)).await }
+        })
+        .await
     }
 
     /// Every active task matching `filter`, fetching page after page (starting at
@@ -199,7 +268,12 @@ impl Client {
             after_version: options.after_version,
             view: options.view as i32,
         };
-        let events = self.raw().watch_task(traced(request)).await?.into_inner();
+        let events = self
+            .retried("WatchTask", |mut stub| {
+                let request = request.clone();
+                async move { stub.watch_task(traced(request)).await }
+            })
+            .await?;
         Ok(without_heartbeats(events))
     }
 
@@ -207,6 +281,7 @@ impl Client {
     /// Dropping the stream before then soft-cancels the task ("caller disconnected"),
     /// unless `continue_on_disconnect`; with a request id, a second `run` re-attaches to
     /// the same task and the task is cancelled only when the last tied call leaves.
+    /// Retried on UNAVAILABLE only with a request id (re-attaching, not starting twice).
     pub async fn run(
         &self,
         task: StartTask,
@@ -217,7 +292,16 @@ impl Client {
             task: Some(task.into()),
             continue_on_disconnect,
         };
-        let events = self.raw().run_task(traced(request)).await?.into_inner();
+        let idempotent = request
+            .task
+            .as_ref()
+            .is_some_and(|task| !task.request_id.is_empty());
+        let events = self
+            .retried_if("RunTask", idempotent, |mut stub| {
+                let request = request.clone();
+                async move { stub.run_task(traced(request)).await }
+            })
+            .await?;
         Ok(without_heartbeats(events))
     }
 
@@ -231,7 +315,12 @@ impl Client {
             task_id: task_id.into(),
             answer: answer.into(),
         };
-        Ok(self.raw().answer_task(traced(request)).await?.into_inner())
+        // Not idempotent: a second answer finds the task no longer waiting.
+        self.retried_if("AnswerTask", false, |mut stub| {
+            let request = request.clone();
+            async move { stub.answer_task(traced(request)).await }
+        })
+        .await
     }
 }
 

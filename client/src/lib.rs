@@ -22,6 +22,7 @@ mod client;
 pub mod duration;
 mod error;
 pub mod propagation;
+pub mod retry;
 
 pub use client::{CONNECT_TIMEOUT, Client, StartTask, WatchOptions};
 pub use error::{Error, describe_status};
@@ -29,3 +30,4 @@ pub use error::{Error, describe_status};
 pub use reins_proto::json;
 /// The generated `reins.v1` types, re-exported so callers need no direct `reins-proto` dependency.
 pub use reins_proto::v1 as proto;
+pub use retry::ServiceConfig;

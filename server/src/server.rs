@@ -1,12 +1,15 @@
 //! Assembles and runs the server: the store (Redis, or the embedded one), the task
 //! service, health, reflection, the replica's background loops and graceful shutdown.
 //!
-//! Shutdown (SIGTERM/SIGINT): health turns NOT_SERVING and StartTask UNAVAILABLE at once;
-//! running tasks get `--shutdown-grace` to finish, then are soft-cancelled with
-//! [`SHUTDOWN_SOFT_WINDOW`] to stop before escalation hard-cancels them; then the
-//! background loops stop (and are waited for), the lease is released, open watch streams
-//! end and the process exits 0. With Redis, queued tasks stay PENDING for the other
-//! replicas.
+//! Shutdown (SIGTERM/SIGINT): at once, health turns NOT_SERVING, StartTask UNAVAILABLE,
+//! workers are asked to reconnect elsewhere and, with Redis, every open connection gets a
+//! GOAWAY (new calls go elsewhere; calls in flight finish) and watch streams end
+//! UNAVAILABLE (watch again through another replica). Running tasks get `--shutdown-grace` to finish
+//! (see `Engine::drain` for what happens to those still running then, within
+//! [`SHUTDOWN_SOFT_WINDOW`]); then the background loops stop (and are waited for), the
+//! lease is released, the streams still open end UNAVAILABLE with their trailers, and the
+//! process exits 0 once the connections are closed. With Redis, queued tasks stay PENDING
+//! for the other replicas.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -91,12 +94,18 @@ pub async fn run(
             limits: config.limits,
             checkpoint_limits: config.checkpoint_limits(),
             cancelled_session_ttl: config.cancelled_session_ttl,
+            hand_back_on_drain: config.redis_url.is_some(),
         },
         &store,
         Kinds::builtin(config.exec_policy()),
         &background,
     );
     cluster::start(&engine, &store, config.lease_ttl, &background).await;
+    // Watch streams end at once when a drain begins if the store is shared (the client
+    // watches again through another replica), at the end of it with the embedded store
+    // (no other replica could tell the watcher how its task ends); worker streams at the
+    // end (their workers are asked to move first).
+    let stop_watches = CancellationToken::new();
     let stop_streams = CancellationToken::new();
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -119,7 +128,7 @@ pub async fn run(
     let task_service = TaskServiceServer::new(TaskApi::new(
         Arc::clone(&engine),
         config.limits,
-        stop_streams.clone(),
+        stop_watches.clone(),
         config.watch_heartbeat(),
     ))
     .max_decoding_message_size(config.max_message_size)
@@ -134,7 +143,7 @@ pub async fn run(
         // grace replaces the GOAWAY with a hard close at age + grace).
         server = server.max_connection_age(age);
     }
-    let serving = server
+    let router = server
         .layer(GrpcMetricsLayer::for_services(DESCRIPTOR_SETS))
         .layer(listener::CountCallsLayer)
         // Inside the call counter (which gives it the connection's addresses), outside the
@@ -156,17 +165,36 @@ pub async fn run(
             ))
             .max_decoding_message_size(config.max_message_size)
             .max_encoding_message_size(config.max_message_size),
-        )
-        .serve_with_incoming_shutdown(
-            listener::incoming(listener, connection_limits),
-            stop_serving.clone().cancelled_owned(),
         );
-    let serving = tokio::spawn(serving);
+    let incoming = listener::Incoming::new(listener, connection_limits);
+    let go_away = CancellationToken::new();
+    let serving = tokio::spawn(
+        router
+            .clone()
+            .serve_with_incoming_shutdown(incoming.stream(), go_away.clone().cancelled_owned()),
+    );
 
     shutdown_signal.await;
     tracing::info!(grace = ?config.shutdown_grace, "shutting down");
     readiness.drain();
     readiness.tell(&health, HEALTH_SERVICES).await;
+    // With a shared store every open connection gets its GOAWAY now, so new calls go to
+    // the other replicas (calls in flight carry on to their end), and watches end so that
+    // their clients watch through another replica. Newcomers are still served until the
+    // end, by a second server over the same listener: probes see NOT_SERVING rather than a
+    // refused connection, and a client not yet told that this replica is going gets
+    // UNAVAILABLE for new work and answers for the rest. With the embedded store there is
+    // no elsewhere: connections are served until the end of the drain, as before.
+    let shared_store = config.redis_url.is_some();
+    let serving_late = shared_store.then(|| {
+        go_away.cancel();
+        stop_watches.cancel();
+        tokio::spawn(router.serve_with_incoming_shutdown(
+            incoming.stream(),
+            stop_serving.clone().cancelled_owned(),
+        ))
+    });
+    drop(incoming);
     engine
         .drain(config.shutdown_grace, SHUTDOWN_SOFT_WINDOW)
         .await;
@@ -176,11 +204,21 @@ pub async fn run(
     if let Err(err) = store.membership.release_lease(engine.replica_id()).await {
         tracing::warn!(%err, "cannot release this replica's lease; it lapses by itself");
     }
+    // Every stream still open ends with its status and trailers (UNAVAILABLE: call again
+    // elsewhere) before its connection closes.
+    go_away.cancel();
+    stop_watches.cancel();
     stop_streams.cancel();
     stop_serving.cancel();
-    match tokio::time::timeout(CONNECTION_DRAIN, serving).await {
-        Ok(Ok(result)) => result?,
-        Ok(Err(join)) => return Err(join.into()),
+    let all = async {
+        serving.await??;
+        if let Some(late) = serving_late {
+            late.await??;
+        }
+        Ok::<(), BoxError>(())
+    };
+    match tokio::time::timeout(CONNECTION_DRAIN, all).await {
+        Ok(result) => result?,
         Err(_) => tracing::warn!("connections still open after the drain; exiting anyway"),
     }
     // Last: /readyz said "not ready" to the end.

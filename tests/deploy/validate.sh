@@ -4,7 +4,9 @@
 # against two Kubernetes versions (CRD objects, which it has no schema for, against
 # tests/deploy/schemas/ instead), runs checkov's Kubernetes checks (0 failed; every skip
 # carries its reason as a checkov.io/skipN annotation) and checks the pod contract
-# (check_manifests.py). The Grafana dashboard component is rendered too once
+# (check_manifests.py), then runs it: reinsd started from the rendered Deployment as the
+# kubelet would, probed, SIGTERMed (pod_contract.py; needs the binaries built and
+# redis-server). The Grafana dashboard component is rendered too once
 # deploy/grafana/reins.json exists.
 #
 #   tests/deploy/validate.sh
@@ -165,5 +167,29 @@ for name in dev production; do
     esac
   done <"$work/$name.contract"
 done
+
+# -- the pod contract, run: reinsd started as the kubelet would (pod_contract.py) ----------
+reinsd="${REINSD_BIN:-$repo/target/debug/reinsd}"
+if [[ ! -x "$reinsd" ]]; then
+  skip "pod contract run" "no $reinsd: cargo build --bins first"
+elif ! command -v redis-server >/dev/null 2>&1; then
+  skip "pod contract run" "no redis-server (tests/run.sh installs it)"
+else
+  for name in dev production; do
+    [[ -f "$work/$name.yaml" ]] || continue
+    started="$(now)"
+    "$venv/bin/python" "$deploy_tests/pod_contract.py" "$work/$name.yaml" \
+      --reinsd "$reinsd" --grpcurl "$venv/bin/grpcurl" >"$work/$name.run" 2>&1 || true
+    while read -r line; do
+      case "$line" in
+        "ok   "*) pass "$name pod: ${line#ok   }" ;;
+        "FAIL "*) fail "$name pod: ${line#FAIL }" ;;
+        "skip "*) reason="${line#skip }"; skip "$name pod: ${reason%%: *}" "${reason#*: }" ;;
+        *) [[ -z "$line" ]] || fail "$name pod run" "$line" ;;
+      esac
+    done <"$work/$name.run"
+    echo "timing: $name pod contract in $(elapsed "$started") s"
+  done
+fi
 
 finish

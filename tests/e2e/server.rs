@@ -9,39 +9,18 @@ use reins_client::proto::{
 };
 use reins_client::{Client, StartTask, WatchOptions};
 use reins_e2e::{
-    PATIENCE, Reinsd, eventually, long_sleep, reason, sleep_params, start_sleep, stuck_sleep,
-    system_time, wait_finished, wait_state,
+    PATIENCE, Reinsd, channel, eventually, health, long_sleep, reason, sleep_params, start_sleep,
+    stuck_sleep, system_time, wait_finished, wait_state,
 };
 use tokio_stream::{Stream, StreamExt};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const TASK_SERVICE: &str = "reins.v1.TaskService";
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 /// How long a shutting-down server may take to exit (its grace plus the soft window and a
 /// connection drain, on a busy machine).
 const EXIT_BOUND: Duration = Duration::from_secs(15);
-
-async fn channel(server: &Reinsd) -> Channel {
-    Channel::from_shared(server.url())
-        .expect("server url")
-        .connect()
-        .await
-        .expect("connect to reinsd")
-}
-
-async fn health(channel: &Channel, service: &str) -> ServingStatus {
-    let request = HealthCheckRequest {
-        service: service.to_owned(),
-    };
-    let response = HealthClient::new(channel.clone())
-        .check(request)
-        .await
-        .unwrap_or_else(|status| panic!("health check of {service:?}: {status:?}"));
-    response.into_inner().status()
-}
 
 #[tokio::test]
 async fn health_reports_serving_for_the_server_and_the_task_service() {
@@ -235,11 +214,13 @@ struct Shutdown {
 /// Runs `task` on a server with `--shutdown-grace grace`, then sends SIGTERM
 /// while the task runs and a watch on it is open. Checks what every shutdown must do: health
 /// turns NOT_SERVING while the process is still alive, StartTask is refused with
-/// SHUTTING_DOWN, the watch sees the task end and then closes, and the process exits 0.
+/// SHUTTING_DOWN, the watch sees the task end and then closes (with a shared store: ends
+/// UNAVAILABLE at once, and a watch through another replica sees the end), and the process
+/// exits 0. The calls after SIGTERM are made on new connections, as a probe's are (the open
+/// ones get a GOAWAY with a shared store).
 async fn shut_down_while_running(grace: &str, task: StartTask) -> Shutdown {
     let mut server = Reinsd::with_args(&["--shutdown-grace", grace]);
     let client = server.client().await;
-    let channel = channel(&server).await;
     let task = client.start(task).await.unwrap();
     let events = client
         .watch(&task.id, WatchOptions::default())
@@ -250,18 +231,20 @@ async fn shut_down_while_running(grace: &str, task: StartTask) -> Shutdown {
     let signalled_at = SystemTime::now();
     server.signal(Signal::SIGTERM);
     eventually("health NOT_SERVING", || async {
-        (health(&channel, "").await == ServingStatus::NotServing).then_some(())
+        (health(&channel(&server).await, "").await == ServingStatus::NotServing).then_some(())
     })
     .await;
     assert_eq!(
-        health(&channel, TASK_SERVICE).await,
+        health(&channel(&server).await, TASK_SERVICE).await,
         ServingStatus::NotServing
     );
     assert!(
         server.wait_exit(Duration::ZERO).await.is_none(),
         "reinsd exited without a grace period"
     );
-    let refused = client
+    let refused = server
+        .client()
+        .await
         .start(StartTask::new("sleep").params(sleep_params(1, 10)))
         .await;
     let err = refused.expect_err("StartTask during shutdown");
@@ -269,16 +252,38 @@ async fn shut_down_while_running(grace: &str, task: StartTask) -> Shutdown {
     assert_eq!(reason(&err), "SHUTTING_DOWN");
 
     let (tasks, ended_with) = watch_to_end(events).await;
-    let last = tasks.last().cloned().expect("the watch carried the task");
-    assert!(
-        last.state().is_terminal(),
-        "the watch ended before the task did: {last:?} then {ended_with:?}"
-    );
-    if let Some(status) = ended_with {
-        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    }
     let status = server.wait_exit(EXIT_BOUND).await.expect("reinsd to exit");
     assert!(status.success(), "reinsd exited with {status}");
+    let last = match server.own_redis_url() {
+        // With a shared store the watch ends at once, UNAVAILABLE: the watcher watches
+        // again through another replica, which tells how the task ended.
+        Some(redis_url) => {
+            let ended_with = ended_with.expect("the watch ends with a status");
+            assert_eq!(ended_with.code(), Code::Unavailable, "{ended_with:?}");
+            let other = Reinsd::with_args(&["--redis-url", &redis_url, "--replica-id", "other"]);
+            let (tasks, _) = watch_to_end(
+                other
+                    .client()
+                    .await
+                    .watch(&task.id, WatchOptions::default())
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            tasks.last().cloned().expect("the watch carried the task")
+        }
+        None => {
+            let last = tasks.last().cloned().expect("the watch carried the task");
+            assert!(
+                last.state().is_terminal(),
+                "the watch ended before the task did: {last:?} then {ended_with:?}"
+            );
+            if let Some(status) = ended_with {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            }
+            last
+        }
+    };
     Shutdown {
         task: last,
         signalled_at,

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 pub mod http2;
 pub mod prometheus;
+pub mod proxy;
 pub mod raw;
 mod redis_server;
 pub mod worker;
@@ -157,6 +158,12 @@ impl Reinsd {
         }
     }
 
+    /// The URL of the Redis it was started on by `REINS_E2E_STORE=redis`, if any: another
+    /// replica started there sees the same tasks.
+    pub fn own_redis_url(&self) -> Option<String> {
+        self._redis.as_ref().map(RedisServer::url)
+    }
+
     /// The address it serves on, `host:port`.
     pub fn address(&self) -> &str {
         &self.address
@@ -166,7 +173,15 @@ impl Reinsd {
         format!("http://{}", self.address)
     }
 
+    /// A client without retries: the tests see each answer of the server as it is.
     pub async fn client(&self) -> Client {
+        self.retrying_client()
+            .await
+            .with_service_config(reins_client::ServiceConfig::default())
+    }
+
+    /// A client that retries as the shipped `deploy/grpc-service-config.json` says.
+    pub async fn retrying_client(&self) -> Client {
         Client::connect(self.url())
             .await
             .expect("connect to reinsd")
@@ -425,6 +440,30 @@ impl Default for Heartbeat {
     fn default() -> Heartbeat {
         Heartbeat::new()
     }
+}
+
+/// A gRPC channel of its own to `server` (a new connection).
+pub async fn channel(server: &Reinsd) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(server.url())
+        .expect("server url")
+        .connect()
+        .await
+        .expect("connect to reinsd")
+}
+
+/// The health of `service` as `grpc.health.v1.Health/Check` reports it.
+pub async fn health(
+    channel: &tonic::transport::Channel,
+    service: &str,
+) -> tonic_health::pb::health_check_response::ServingStatus {
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: service.to_owned(),
+    };
+    let response = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .check(request)
+        .await
+        .unwrap_or_else(|status| panic!("health check of {service:?}: {status:?}"));
+    response.into_inner().status()
 }
 
 /// Polls `check` until it returns `Some`, failing the test after [`PATIENCE`].

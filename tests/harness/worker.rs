@@ -9,8 +9,9 @@ use reins_proto::v1::worker_command::Command;
 use reins_proto::v1::worker_message::Message;
 use reins_proto::v1::worker_service_client::WorkerServiceClient;
 use reins_proto::v1::{
-    AbortTask, CancelAck, CancelRequest, Task, TaskAnswer, TaskAsk, TaskAssignment, TaskComplete,
-    TaskFail, TaskProgress, UsageAck, WorkerCommand, WorkerHello, WorkerMessage, WorkerWelcome,
+    AbortTask, CancelAck, CancelRequest, RunningTask, Task, TaskAnswer, TaskAsk, TaskAssignment,
+    TaskComplete, TaskFail, TaskProgress, UsageAck, WorkerCommand, WorkerHello, WorkerMessage,
+    WorkerReconnect, WorkerWelcome,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -25,7 +26,29 @@ pub fn hello(name: &str, kinds: &[&str], max_concurrency: u32) -> WorkerMessage 
         name: name.to_owned(),
         kinds: kinds.iter().map(|&kind| kind.to_owned()).collect(),
         max_concurrency,
+        ..WorkerHello::default()
     }))
+}
+
+/// The `hello` of a worker moving from a draining replica with the tasks it still runs,
+/// as `(task id, attempt)`.
+pub fn moving_hello(
+    name: &str,
+    kinds: &[&str],
+    max_concurrency: u32,
+    running: &[(&str, u32)],
+) -> WorkerMessage {
+    let mut moving = hello(name, kinds, max_concurrency);
+    if let Some(Message::Hello(hello)) = moving.message.as_mut() {
+        hello.running = running
+            .iter()
+            .map(|&(task_id, attempt)| RunningTask {
+                task_id: task_id.to_owned(),
+                attempt,
+            })
+            .collect();
+    }
+    moving
 }
 
 pub fn message(message: Message) -> WorkerMessage {
@@ -58,7 +81,12 @@ pub struct FakeWorker {
 impl FakeWorker {
     /// Connects to the server at `url`, says `hello` and waits for the `welcome`.
     pub async fn connect(url: &str, name: &str, kinds: &[&str], max_concurrency: u32) -> Self {
-        let mut worker = FakeWorker::open(url, name, vec![hello(name, kinds, max_concurrency)])
+        FakeWorker::connect_with(url, name, hello(name, kinds, max_concurrency)).await
+    }
+
+    /// Connects with this `hello` (e.g. [`moving_hello`]) and waits for the `welcome`.
+    pub async fn connect_with(url: &str, name: &str, hello: WorkerMessage) -> Self {
+        let mut worker = FakeWorker::open(url, name, vec![hello])
             .await
             .unwrap_or_else(|status| panic!("worker {name} could not connect: {status:?}"));
         match worker.next().await {
@@ -156,6 +184,24 @@ impl FakeWorker {
             Command::Abort(abort) => abort,
             other => panic!("worker {}: expected `abort`, got {other:?}", self.name),
         }
+    }
+
+    pub async fn expect_reconnect(&mut self) -> WorkerReconnect {
+        match self.next().await {
+            Command::Reconnect(reconnect) => reconnect,
+            other => panic!("worker {}: expected `reconnect`, got {other:?}", self.name),
+        }
+    }
+
+    /// The tasks the server adopted, as its `welcome` says.
+    pub fn adopted(&self) -> &[String] {
+        &self.welcome.as_ref().expect("welcomed").adopted
+    }
+
+    /// Ends this worker's side of the stream (the server's side stays open until it ends
+    /// it), as a worker that moved away does.
+    pub fn half_close(&mut self) {
+        self.outbox = mpsc::unbounded_channel().0;
     }
 
     pub async fn expect_answer(&mut self) -> TaskAnswer {

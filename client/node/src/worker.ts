@@ -22,7 +22,7 @@ export type Handler = (ctx: TaskContext) => unknown;
 /** One message on the stream, for `trace`: which one, about which task. */
 export interface TraceEntry {
   direction: "send" | "recv";
-  /** `hello`, `progress`, `ask`, `complete`, `fail`, `cancelAck` / `welcome`, `assign`, `cancel`, `abort`, `answer`, `usageAck`. */
+  /** `hello`, `progress`, `ask`, `complete`, `fail`, `cancelAck` / `welcome`, `assign`, `cancel`, `abort`, `answer`, `usageAck`, `reconnect`. */
   type: string;
   /** `""` for hello and welcome. */
   taskId: string;
@@ -69,6 +69,9 @@ const FATAL = new Set<grpc.status>([
   grpc.status.PERMISSION_DENIED,
 ]);
 
+/** How many streams a move opens before the worker stays where it is. */
+const MOVE_ATTEMPTS = 20;
+
 /** How long `close()` waits for the server to end the stream after the worker half-closed it. */
 const END_GRACE_MS = 2000;
 
@@ -79,6 +82,16 @@ class Session implements Outbox {
   /** The worker half-closed the stream (closing): assignments still in flight are not run. */
   halfClosed = false;
   welcomed = false;
+  /** Messages held back while the worker moves to another replica (`reconnect`). */
+  held: WorkerMessage[] | undefined;
+  /** The stream the worker moved to: what its tasks send goes there. */
+  movedTo: Session | undefined;
+  /** Called with `welcome.adopted` when a stream opened by a move is welcomed. */
+  onWelcome: ((adopted: string[]) => void) | undefined;
+  /** Resolves once a move off this stream has succeeded or given up (at once: no move). */
+  moved: Promise<void> = Promise.resolve();
+  private movedResolve: (() => void) | undefined;
+  private endedWith: ReinsError | undefined;
   readonly ended: Promise<ReinsError | undefined>;
   private endedResolve!: (error: ReinsError | undefined) => void;
 
@@ -90,6 +103,14 @@ class Session implements Outbox {
   }
 
   send(message: WorkerMessage): void {
+    if (this.held !== undefined) {
+      this.held.push(message);
+      return;
+    }
+    if (this.movedTo !== undefined) {
+      this.movedTo.send(message);
+      return;
+    }
     if (!this.open) {
       return; // the stream is gone: the server settles its tasks without us
     }
@@ -101,15 +122,38 @@ class Session implements Outbox {
     this.worker._warn(message);
   }
 
-  /** The stream ended: every task still on it is over for this worker. */
+  /** A move off this stream begins: its end no longer ends its tasks until the move settles. */
+  beginMove(): void {
+    this.held = [];
+    this.moved = new Promise((resolve) => (this.movedResolve = resolve));
+  }
+
+  /** The move succeeded (its tasks went along) or gave up. */
+  moveSettled(): void {
+    const settle = this.movedResolve;
+    this.movedResolve = undefined;
+    if (!this.open) {
+      this.abortTasks(this.endedWith);
+    }
+    settle?.();
+  }
+
+  /** The stream ended: every task still on it is over for this worker (after a move settles). */
   end(error: ReinsError | undefined): void {
     this.open = false;
+    this.endedWith = error;
+    if (this.movedResolve === undefined) {
+      this.abortTasks(error);
+    }
+    this.endedResolve(error);
+  }
+
+  private abortTasks(error: ReinsError | undefined): void {
     const reason = `the worker's stream ended${error === undefined ? "" : `: ${error.message}`}`;
     for (const ctx of this.tasks.values()) {
       ctx._abort(reason);
     }
     this.tasks.clear();
-    this.endedResolve(error);
   }
 }
 
@@ -214,8 +258,15 @@ export class Worker extends EventEmitter<WorkerEvents> {
         if (this.closing.signal.aborted) {
           break;
         }
-        const session = this.connect(this.maxConcurrency - this.handlers.size);
-        const error = await session.ended;
+        let session = this.connect(this.maxConcurrency - this.handlers.size);
+        let error = await session.ended;
+        await session.moved;
+        // A move (reconnect) carried the worker on to another stream: follow it.
+        while (session.movedTo !== undefined) {
+          session = session.movedTo;
+          error = await session.ended;
+          await session.moved;
+        }
         if (this.closing.signal.aborted) {
           break;
         }
@@ -331,11 +382,17 @@ export class Worker extends EventEmitter<WorkerEvents> {
     });
   }
 
-  /** Opens a stream and says hello; the session ends when the stream does. */
-  private connect(capacity: number): Session {
+  /**
+   * Opens a stream and says hello (listing `running`, the tasks a move brings along); the
+   * session ends when the stream does. It is the worker's current one at once, or for a
+   * move once welcomed.
+   */
+  private connect(capacity: number, running: { taskId: string; attempt: number }[] | undefined = undefined): Session {
     const call = this.stub.Connect();
     const session = new Session(call, this);
-    this.session = session;
+    if (running === undefined) {
+      this.session = session;
+    }
     call.on("data", (command: WorkerCommand__Output) => this.onCommand(session, command));
     call.on("error", () => {
       // The final status (below) says everything; without a listener 'error' would throw.
@@ -346,8 +403,69 @@ export class Worker extends EventEmitter<WorkerEvents> {
       }
       session.end(status.code === grpc.status.OK ? undefined : toReinsError(status));
     });
-    session.send({ hello: { name: this.name, kinds: [...this.kinds], maxConcurrency: capacity } });
+    session.send({ hello: { name: this.name, kinds: [...this.kinds], maxConcurrency: capacity, running: running ?? [] } });
     return session;
+  }
+
+  /**
+   * The replica of `from` drains: move to another one (the channel's load balancing picks
+   * it; a refusal by the draining replica is retried). What the tasks send is held back
+   * until the new stream is welcomed, then written there; the tasks it adopted run on (same
+   * attempt), the others are aborted; `from` is half-closed. A progress message or
+   * question written to `from` in the instant of the move may reach the old replica after
+   * the adoption and is then dropped; outcomes never are (a task whose outcome was sent
+   * does not move).
+   */
+  private move(from: Session, reason: string, attempt = 0): void {
+    if (attempt === 0) {
+      debug("the replica asks to reconnect (%s); moving", reason);
+      from.beginMove();
+    }
+    const running = [...from.tasks.values()]
+      .filter((ctx) => ctx.phase !== "finished" && ctx.phase !== "aborted")
+      .map((ctx) => ({ taskId: ctx.task.id, attempt: ctx.task.attempt }));
+    const to = this.connect(this.maxConcurrency, running);
+    to.onWelcome = (adopted) => {
+      const kept = new Set(adopted);
+      for (const [taskId, ctx] of from.tasks) {
+        if (kept.has(taskId)) {
+          to.tasks.set(taskId, ctx);
+        } else {
+          ctx._abort("not adopted by the replica the worker moved to");
+        }
+      }
+      from.tasks.clear();
+      const held = from.held ?? [];
+      from.held = undefined;
+      from.movedTo = to;
+      this.session = to;
+      for (const message of held) {
+        to.send(message);
+      }
+      from.halfClosed = true;
+      if (from.open) {
+        from.call.end();
+      }
+      from.moveSettled();
+      debug("moved with %d task(s)", kept.size);
+    };
+    void to.ended.then(() => {
+      if (to.welcomed) {
+        return;
+      }
+      if (attempt < MOVE_ATTEMPTS && !this.closing.signal.aborted) {
+        const delay = Math.min(100 * 2 ** attempt, 1000);
+        setTimeout(() => this.move(from, reason, attempt + 1), delay);
+        return;
+      }
+      this._warn("no replica took the worker; staying");
+      const held = from.held ?? [];
+      from.held = undefined;
+      for (const message of held) {
+        from.send(message);
+      }
+      from.moveSettled();
+    });
   }
 
   private onCommand(session: Session, command: WorkerCommand__Output): void {
@@ -355,6 +473,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     switch (command.command) {
       case "welcome": {
         session.welcomed = true;
+        session.onWelcome?.(command.welcome?.adopted ?? []);
         this.workerId = command.welcome?.workerId ?? "";
         this.heartbeatIntervalMs = fromDuration(command.welcome?.heartbeatInterval);
         debug("connected as %s", this.workerId);
@@ -388,8 +507,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
         session.tasks.set(record.id, ctx);
         const running = this.runHandler(ctx).finally(() => {
           this.handlers.delete(ctx);
-          if (session.tasks.get(ctx.task.id) === ctx) {
-            session.tasks.delete(ctx.task.id);
+          // The task may have moved to another stream with the worker.
+          for (const holder of [session, this.session]) {
+            if (holder?.tasks.get(ctx.task.id) === ctx) {
+              holder.tasks.delete(ctx.task.id);
+            }
           }
         });
         this.handlers.set(ctx, running);
@@ -413,6 +535,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
         return;
       case "usageAck":
         this.taskOf(session, command.usageAck?.taskId)?._usageAck({ ...(command.usageAck?.budgetRemaining ?? {}) });
+        return;
+      case "reconnect":
+        if (session.movedTo === undefined && session.held === undefined && session.open) {
+          this.move(session, command.reconnect?.reason ?? "");
+        }
         return;
       default:
         this._warn(`an unknown command ${JSON.stringify(command.command ?? null)}; ignored`);

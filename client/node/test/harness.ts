@@ -240,6 +240,19 @@ export class Reinsd {
     }
   }
 
+  /** Drains the replica as a rolling update does (SIGTERM); resolves with its exit code. */
+  drain(): Promise<number | null> {
+    const exited = new Promise<number | null>((resolve) => {
+      if (this.process.exitCode !== null || this.process.signalCode !== null) {
+        resolve(this.process.exitCode);
+      } else {
+        this.process.once("exit", (code) => resolve(code));
+      }
+    });
+    this.process.kill("SIGTERM");
+    return exited;
+  }
+
   /** Kills the process (SIGKILL: a crash) and removes its directory. */
   async kill(): Promise<void> {
     await stopChild(this.process);

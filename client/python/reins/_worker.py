@@ -332,7 +332,11 @@ class Worker:
             ...
 
     A thread worker does not reconnect by itself: :meth:`run` returns (or raises) when the
-    stream ends; call it again to reconnect. :meth:`stop` is final. (The
+    stream ends; call it again to reconnect. :meth:`stop` is final. When the replica it
+    is connected to drains (``reconnect``), it moves: it opens a new stream (the channel's
+    load balancing picks a replica that stays), says ``hello`` listing the tasks it still
+    runs, and those the new replica adopts run on without restarting (see
+    :meth:`_move`). (The
     :class:`~reins.aio.AsyncWorker` reconnects, drains on SIGTERM, and hard-cancels by
     cancelling the handler.)
     """
@@ -376,6 +380,10 @@ class Worker:
         self._lock = threading.Lock()
         self._tasks: dict[str, TaskContext] = {}
         self._outbox: queue.Queue[workers_pb2.WorkerMessage | None] | None = None
+        #: Messages held back while the worker moves to another replica (``reconnect``).
+        self._held: list[workers_pb2.WorkerMessage] | None = None
+        #: Tasks whose outcome has been queued: they no longer move with the worker.
+        self._reported: set[str] = set()
         self._call: Any = None
         self._running = False
         self._stopping = False
@@ -424,19 +432,23 @@ class Worker:
                 if self._stopping:
                     return
                 self._call = self._connect(self._requests(outbox))
-            for command in self._call:
-                self._dispatch(command)
+            call = self._call
+            while call is not None:
+                call = self._serve(call)
         except grpc.RpcError as err:
             if not self._stopping:
                 error = ReinsError.from_rpc_error(err)
         finally:
             with self._lock:
+                current = self._outbox
                 self._outbox = None
                 self._call = None
                 tasks = list(self._tasks.values())
                 self._tasks.clear()
                 self._running = False
             outbox.put(None)
+            if current is not None and current is not outbox:
+                current.put(None)  # the stream of the replica the worker moved to
             for ctx in tasks:
                 ctx._on_abort("the worker's stream ended")
             self._finished.set()
@@ -517,6 +529,82 @@ class Worker:
 
     # -- the stream ---------------------------------------------------------------------
 
+    def _serve(self, call: Any) -> Any:
+        """Dispatches the commands of ``call`` until it ends (``None``) or the worker moved
+        to another replica (the new call)."""
+        for command in call:
+            if command.WhichOneof("command") == "reconnect":
+                self._traced("recv", command)
+                moved = self._move(command.reconnect.reason)
+                if moved is not None:
+                    # The old stream is half-closed; read it to its end, ignoring it.
+                    threading.Thread(target=_drain_call, args=(call,), daemon=True).start()
+                    return moved
+            else:
+                self._dispatch(command)
+        return None
+
+    def _move(self, reason: str, attempts: int = 20) -> Any:
+        """Moves to another replica: holds back what the tasks send, opens a new stream
+        whose ``hello`` lists the running tasks (those that have not sent their outcome),
+        and once its ``welcome`` comes, sends the held messages there, stops the tasks it
+        did not adopt and half-closes the old stream. Returns the new call, or ``None``
+        when no replica took the worker (it stays where it is until that stream ends).
+
+        A progress message or question sent on the old stream in the instant of the move
+        may reach the old replica after the new one adopted the task, and is then dropped
+        (its reports are fenced); outcomes never are: a task whose outcome is on its way
+        to the old replica does not move.
+        """
+        log.info("worker %s: the replica asks to reconnect (%s); moving", self.name, reason)
+        with self._lock:
+            self._held = []
+            running = [
+                workers_pb2.RunningTask(task_id=task_id, attempt=ctx.task.attempt)
+                for task_id, ctx in self._tasks.items()
+                if task_id not in self._reported
+            ]
+        hello = workers_pb2.WorkerHello(
+            name=self.name, kinds=self.kinds, max_concurrency=self.max_concurrency, running=running
+        )
+        delay = 0.1
+        for _ in range(attempts):
+            outbox: queue.Queue[workers_pb2.WorkerMessage | None] = queue.Queue()
+            outbox.put(workers_pb2.WorkerMessage(hello=hello))
+            call: Any = self._connect(self._requests(outbox))
+            try:
+                first = next(call)
+            except (grpc.RpcError, StopIteration) as err:
+                # Most likely the draining replica itself (refused: SHUTTING_DOWN).
+                log.debug("worker %s: move attempt failed: %s", self.name, err)
+                outbox.put(None)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            self._dispatch(first)
+            adopted = set(first.welcome.adopted)
+            with self._lock:
+                old, self._outbox, self._call = self._outbox, outbox, call
+                held, self._held = self._held or [], None
+                for message in held:
+                    outbox.put(message)
+                left = [ctx for task_id, ctx in self._tasks.items() if task_id not in adopted]
+                for ctx in left:
+                    del self._tasks[ctx.task.id]
+            for ctx in left:
+                ctx._on_abort("not adopted by the replica the worker moved to")
+            if old is not None:
+                old.put(None)
+            log.info("worker %s: moved with %d task(s)", self.name, len(adopted))
+            return call
+        with self._lock:
+            held, self._held = self._held or [], None
+            for message in held:
+                if self._outbox is not None:
+                    self._outbox.put(message)
+        log.warning("worker %s: no replica took the worker; staying", self.name)
+        return None
+
     def _requests(
         self, outbox: queue.Queue[workers_pb2.WorkerMessage | None]
     ) -> Iterator[workers_pb2.WorkerMessage]:
@@ -529,10 +617,16 @@ class Worker:
     def _send(self, message: workers_pb2.WorkerMessage) -> None:
         with self._lock:
             outbox = self._outbox
-        if outbox is None:
-            return  # not connected: the task is lost to the server anyway
-        self._traced("send", message)
-        outbox.put(message)
+            if outbox is None:
+                return  # not connected: the task is lost to the server anyway
+            self._traced("send", message)
+            outcome = message.WhichOneof("message") in ("complete", "fail", "cancel_ack")
+            if outcome:
+                self._reported.add(getattr(message, message.WhichOneof("message")).task_id)
+            if self._held is not None:
+                self._held.append(message)
+                return
+            outbox.put(message)
 
     def _traced(self, direction: str, message: Any) -> None:
         if self._trace is not None:
@@ -545,6 +639,7 @@ class Worker:
         with self._lock:
             if self._tasks.get(ctx.task.id) is ctx:
                 del self._tasks[ctx.task.id]
+            self._reported.discard(ctx.task.id)
 
     def _dispatch(self, command: workers_pb2.WorkerCommand) -> None:
         self._traced("recv", command)
@@ -595,3 +690,12 @@ class Worker:
 
 def _now() -> float:
     return time.monotonic()
+
+
+def _drain_call(call: Any) -> None:
+    """Reads a stream the worker moved away from to its end; what it says is ignored."""
+    try:
+        for _ in call:
+            pass
+    except grpc.RpcError:
+        pass

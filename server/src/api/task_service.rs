@@ -163,6 +163,10 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::WatchTaskRequest>,
     ) -> Result<Response<Events>, Status> {
+        if self.shutdown.is_cancelled() {
+            // Draining: watch through a replica that stays.
+            return Err(Error::ShuttingDown.into());
+        }
         let deadline = pacing::client_deadline(request.metadata());
         let request = request.into_inner();
         let id = request::task_id("task_id", &request.task_id)?;

@@ -5,6 +5,11 @@
 //! violation (no `hello` first, a second `hello`, an empty message) ends the stream with
 //! FAILED_PRECONDITION.
 //!
+//! A worker moving here from a draining replica (after `reconnect`) lists the tasks it
+//! still runs in `hello.running` (at most its `max_concurrency`); the engine adopts them
+//! (`engine/adopt.rs`) before the `welcome`, which names them. When this replica drains,
+//! the streams of workers that did not move end UNAVAILABLE.
+//!
 //! A worker is lost when its stream ends or its connection stops answering the server's
 //! HTTP/2 keepalive pings (`--keepalive-interval`, `--keepalive-timeout`); its tasks are then retried, failed or
 //! cancelled (see `task::state_machine`).
@@ -93,6 +98,32 @@ fn checked_hello(hello: &pb::WorkerHello) -> Result<(Vec<String>, usize), Error>
     Ok((hello.kinds.clone(), hello.max_concurrency.max(1) as usize))
 }
 
+/// The tasks a moving worker still runs (`hello.running`): at most its capacity, each a
+/// task id with the attempt it was assigned.
+fn running_tasks(
+    hello: &pb::WorkerHello,
+    max_concurrency: usize,
+) -> Result<Vec<(TaskId, u32)>, Error> {
+    if hello.running.len() > max_concurrency {
+        return Err(Error::invalid(
+            "hello.running",
+            format!(
+                "a worker runs at most max_concurrency ({max_concurrency}) tasks, not {}",
+                hello.running.len()
+            ),
+        ));
+    }
+    hello
+        .running
+        .iter()
+        .map(|task| {
+            let id = TaskId::try_parse(&task.task_id)
+                .map_err(|_| Error::invalid("hello.running.task_id", "not a task id (a UUID)"))?;
+            Ok((id, task.attempt))
+        })
+        .collect()
+}
+
 #[tonic::async_trait]
 impl WorkerService for WorkerApi {
     type ConnectStream = UnboundedReceiverStream<Result<pb::WorkerCommand, Status>>;
@@ -110,14 +141,17 @@ impl WorkerService for WorkerApi {
         };
         let (kinds, max_concurrency) = checked_hello(&hello)?;
         self.limits.hello(&hello.name, &kinds)?;
+        let running = running_tasks(&hello, max_concurrency)?;
         let (commands, commands_rx): (Commands, _) = mpsc::unbounded_channel();
         let worker = self
             .engine
             .admit_worker(hello.name.clone(), kinds, max_concurrency, commands.clone())
             .await?;
+        let adopted = self.engine.adopt(&worker, running).await;
         let welcome = pb::WorkerWelcome {
             worker_id: worker.id.clone(),
             heartbeat_interval: prost_types::Duration::try_from(self.heartbeat).ok(),
+            adopted: adopted.iter().map(ToString::to_string).collect(),
         };
         let _ = commands.send(Ok(pb::WorkerCommand {
             command: Some(pb::worker_command::Command::Welcome(welcome)),
@@ -146,7 +180,14 @@ async fn serve(
     loop {
         let message = tokio::select! {
             message = inbound.message() => message,
-            () = shutdown.cancelled() => break,
+            () = shutdown.cancelled() => {
+                // The end of the drain: a worker that did not move hears why its stream
+                // ends (its tasks were handed back or cancelled), and connects again.
+                let _ = commands.send(Err(Status::unavailable(
+                    "the server is shutting down; connect again",
+                )));
+                break;
+            }
         };
         match message {
             Ok(Some(message)) => {

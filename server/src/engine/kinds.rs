@@ -173,6 +173,7 @@ mod tests {
             limits: crate::limits::tests::defaults(),
             checkpoint_limits: crate::task::CheckpointLimits::DEFAULT,
             cancelled_session_ttl: Duration::from_secs(600),
+            hand_back_on_drain: true,
         };
         let lease = Duration::from_secs(10);
         assert_eq!(

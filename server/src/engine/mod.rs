@@ -4,8 +4,8 @@
 //! compare-and-set ([`transitions`]), and applies the rules that reach beyond one task:
 //! start and idempotency ([`start`]), which kinds are valid and for how long ([`kinds`]),
 //! subtree cancels ([`cancel`]), dispatch onto this
-//! replica's supervisor and workers ([`dispatch`]), watches ([`watch`]) and graceful
-//! shutdown ([`drain`]).
+//! replica's supervisor and workers ([`dispatch`]), watches ([`watch`]), graceful
+//! shutdown ([`drain`]) and taking over the tasks of a worker that moved here ([`adopt`]).
 //!
 //! Data flows one way: a command is decided by the state machine, stored, and announced on
 //! the task's feeds; the supervisor's drivers react to the announced change (stop the code,
@@ -14,6 +14,7 @@
 
 mod budget;
 pub(crate) mod bulk_cancel;
+mod adopt;
 mod cancel;
 mod dispatch;
 mod drain;
@@ -62,6 +63,9 @@ pub(crate) struct EngineConfig {
     pub checkpoint_limits: CheckpointLimits,
     /// How long a session cancelled by CancelTasks refuses new tasks.
     pub cancelled_session_ttl: Duration,
+    /// Whether a drain hands running tasks with attempts left back to the queue: only
+    /// when other replicas share the store ([`drain`]).
+    pub hand_back_on_drain: bool,
 }
 
 pub(crate) struct Engine {

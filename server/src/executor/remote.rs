@@ -6,7 +6,12 @@
 //! worker's messages into the task context's reports (progress, ask, complete…) and the
 //! context's signals into commands (a soft cancel becomes `cancel`, an answer `answer`).
 //! Dropping the job (hard cancel, escalation, lost lease) sends `abort`, stops routing the
-//! worker's messages about the task — they are ignored from then on — and frees the slot.
+//! worker's messages about the task — they are ignored from then on — and frees the slot;
+//! no `abort` is sent for a task that moved to another replica with its worker.
+//!
+//! A draining replica asks its workers to reconnect elsewhere ([`WorkerPool::ask_to_reconnect`]);
+//! the replica a worker reaches adopts the tasks its `hello` lists: a job made by
+//! [`WorkerSlot::into_adopted_job`] sends no assignment, as the worker runs the task already.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,7 +25,7 @@ use tonic::Status;
 
 use super::{Interrupted, Job, Outcome, TaskContext};
 use crate::convert;
-use crate::task::{Json, Task, TaskId, Usage};
+use crate::task::{Json, Task, TaskId, TaskState, Usage};
 use crate::telemetry::metrics::WorkerKindOccupancy;
 
 /// What a worker says about one of its tasks.
@@ -81,6 +86,11 @@ impl Worker {
         self.tasks
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether this worker serves `kind`.
+    pub fn serves(&self, kind: &str) -> bool {
+        self.kinds.contains(kind)
     }
 
     /// `name/id`, as recorded on the tasks it runs.
@@ -182,6 +192,18 @@ impl WorkerPool {
         kinds.into_values().collect()
     }
 
+    /// Tells every worker here to reconnect elsewhere (this replica is draining). Returns
+    /// how many were told.
+    pub fn ask_to_reconnect(&self, reason: &str) -> usize {
+        let workers = self.workers();
+        for worker in workers.values() {
+            worker.send(Command::Reconnect(pb::WorkerReconnect {
+                reason: reason.to_owned(),
+            }));
+        }
+        workers.len()
+    }
+
     /// Whether any worker here has a free slot.
     pub fn has_room(&self) -> bool {
         self.workers()
@@ -200,6 +222,7 @@ impl WorkerPool {
         Some(WorkerSlot {
             worker: Arc::clone(worker),
             permit,
+            adopted: false,
         })
     }
 }
@@ -208,9 +231,22 @@ impl WorkerPool {
 pub struct WorkerSlot {
     worker: Arc<Worker>,
     permit: OwnedSemaphorePermit,
+    /// The worker runs the task already (it moved here with it): no assignment is sent.
+    adopted: bool,
 }
 
 impl WorkerSlot {
+    /// A place on `worker` for a task it brought along from another replica, if it has one
+    /// free (a worker lists at most its capacity).
+    pub fn adopted(worker: &Arc<Worker>) -> Option<WorkerSlot> {
+        let permit = Arc::clone(&worker.slots).try_acquire_owned().ok()?;
+        Some(WorkerSlot {
+            worker: Arc::clone(worker),
+            permit,
+            adopted: true,
+        })
+    }
+
     pub fn worker_label(&self) -> String {
         self.worker.label()
     }
@@ -228,6 +264,8 @@ impl WorkerSlot {
             events: events_rx,
             finished: false,
             record: None,
+            adopted: self.adopted,
+            owner: String::new(),
         });
         let place = WorkerPlace {
             _worker: self.worker,
@@ -252,6 +290,11 @@ pub struct RemoteJob {
     finished: bool,
     /// The task as the driver last saw it, for the reason of an abort.
     record: Option<watch::Receiver<Task>>,
+    /// The worker brought the task along: it needs no assignment.
+    adopted: bool,
+    /// This replica, the task's owner when the job began: a task owned by another
+    /// replica since moved there with its worker, and owes no abort.
+    owner: String,
 }
 
 impl Job for RemoteJob {
@@ -265,22 +308,30 @@ impl RemoteJob {
         let task = ctx.current();
         let mut record = ctx.record();
         self.record = Some(ctx.record());
-        let budget_remaining = convert::usage(&ctx.budget_remaining().await);
-        self.worker.send(Command::Assign(pb::TaskAssignment {
-            task: Some(convert::task(&task)),
-            // The context of the execution span (the driver's): the worker's parent.
-            trace_context: crate::telemetry::traces::current_context()
-                .into_iter()
-                .collect(),
-            budget_remaining,
-        }));
+        self.owner.clone_from(&task.owner);
+        if !self.adopted {
+            let budget_remaining = convert::usage(&ctx.budget_remaining().await);
+            self.worker.send(Command::Assign(pb::TaskAssignment {
+                task: Some(convert::task(&task)),
+                // The context of the execution span (the driver's): the worker's parent.
+                trace_context: crate::telemetry::traces::current_context()
+                    .into_iter()
+                    .collect(),
+                budget_remaining,
+            }));
+        }
         let mut cancel_sent = false;
-        // The version that asked the worker's open question, if any.
-        let mut question: Option<u64> = None;
+        // The version that asked the worker's open question, if any (an adopted task may
+        // be waiting for its answer already).
+        let mut question: Option<u64> =
+            (task.state == TaskState::WaitingForAnswer).then_some(task.version);
         loop {
             tokio::select! {
                 event = self.events.recv() => {
                     let Some(event) = event else {
+                        // The worker ended its stream: it is gone, or it moved to another
+                        // replica with the task. Either way no abort is owed.
+                        self.finished = true;
                         return Outcome::Lost(format!("worker {} was lost while running the task", self.worker.label()));
                     };
                     match event {
@@ -337,10 +388,11 @@ impl RemoteJob {
         let cancel = ctx.current().cancel;
         self.worker.send(Command::Cancel(pb::CancelRequest {
             task_id: self.id.to_string(),
-            reason: cancel
-                .as_ref()
-                .map(|c| c.reason.clone())
-                .unwrap_or_default(),
+            // No cancel recorded: the replica is handing the task back as it shuts down.
+            reason: cancel.as_ref().map_or_else(
+                || "the replica is shutting down; the task goes back to the queue".to_owned(),
+                |c| c.reason.clone(),
+            ),
             grace_deadline: cancel
                 .and_then(|c| c.grace_deadline)
                 .map(prost_types::Timestamp::from),
@@ -354,8 +406,16 @@ impl Drop for RemoteJob {
             return;
         }
         // Dropped before the worker ended the task: it was hard-cancelled (or settled
-        // elsewhere). Stop routing its messages and tell the worker to stop now.
+        // elsewhere). Stop routing its messages and tell the worker to stop now — unless
+        // the task moved to another replica with the worker, which runs it on.
         self.worker.detach(self.id);
+        let moved = self
+            .record
+            .as_ref()
+            .is_some_and(|record| record.borrow().owner != self.owner);
+        if moved {
+            return;
+        }
         let reason = self
             .record
             .as_ref()

@@ -68,25 +68,36 @@ pub fn default_max_connections(open_files: u64) -> usize {
     DEFAULT_MAX_CONNECTIONS.min(open_files / 2).max(1) as usize
 }
 
-/// The connections accepted on `listener`, within `limits`, for
-/// `serve_with_incoming_shutdown`. The stream never ends and never fails: accept errors are
-/// logged and retried.
-pub fn incoming(
-    listener: TcpListener,
-    limits: ConnectionLimits,
-) -> impl Stream<Item = Result<Connection, Infallible>> {
-    let accepting = Accepting {
-        listener,
-        slots: Slots::new(limits.max_connections),
-        limits,
-        refused: Throttled::default(),
-        displaced: Throttled::default(),
-        failed: Throttled::default(),
-    };
-    futures_util::stream::unfold(accepting, |mut accepting| async move {
-        let connection = accepting.next().await;
-        Some((Ok(connection), accepting))
-    })
+/// The connections accepted on one listener, within its limits, shared by the servers that
+/// take turns serving them: the one that runs until a drain begins (it sends every
+/// connection a GOAWAY then) and the one that serves newcomers during the drain (health
+/// probes, and clients not yet told that this replica is going), until the end. The
+/// listening socket stays open until the last copy is dropped.
+#[derive(Clone)]
+pub struct Incoming(Arc<tokio::sync::Mutex<Accepting>>);
+
+impl Incoming {
+    pub fn new(listener: TcpListener, limits: ConnectionLimits) -> Incoming {
+        Incoming(Arc::new(tokio::sync::Mutex::new(Accepting {
+            listener,
+            slots: Slots::new(limits.max_connections),
+            limits,
+            refused: Throttled::default(),
+            displaced: Throttled::default(),
+            failed: Throttled::default(),
+        })))
+    }
+
+    /// The accepted connections, for `serve_with_incoming_shutdown`. The stream never ends
+    /// and never fails: accept errors are logged and retried. Dropping it (as tonic does at
+    /// its shutdown signal) lets another stream of the same listener take over.
+    pub fn stream(&self) -> impl Stream<Item = Result<Connection, Infallible>> + use<> {
+        futures_util::stream::unfold(Arc::clone(&self.0), |accepting| async move {
+            // Accepting is cancel-safe: a stream dropped while waiting loses no connection.
+            let connection = accepting.lock().await.next().await;
+            Some((Ok(connection), accepting))
+        })
+    }
 }
 
 struct Accepting {

@@ -410,6 +410,52 @@ pub async fn a_write_from_another_owner_is_refused_whatever_its_version(store: &
     ));
 }
 
+pub async fn a_worker_task_moves_to_another_owner_in_the_same_attempt(store: &dyn TaskStore) {
+    // Connection ids are UUIDv7s: later ones compare greater.
+    let (first, second) = (TaskId::now_v7(), TaskId::now_v7());
+    let event = Event::Start {
+        owner: OWNER.to_owned(),
+        worker: format!("w/{first}"),
+    };
+    let running = advance(store, &insert(store, sleep_task()).await, event).await;
+    let mut old_owner = store.subscribe_owner(OWNER).await.unwrap();
+    let adopt = Event::Adopt {
+        owner: "replica-b".to_owned(),
+        worker: format!("w/{second}"),
+        attempt: running.attempt,
+    };
+    let moved = advance(store, &running, adopt).await;
+    assert_eq!(store.get(running.id).await.unwrap(), Some(moved.clone()));
+    let owned = |owner: &'static str| async move {
+        let tasks = store.owned_by(owner).await.unwrap();
+        tasks.iter().map(|task| task.id).collect::<Vec<_>>()
+    };
+    assert_eq!(owned("replica-b").await, vec![running.id]);
+    assert!(owned(OWNER).await.is_empty(), "off the former owner's list");
+    // The old owner may no longer write, whatever version it read.
+    let mut stale = moved.clone();
+    stale.version += 1;
+    stale.owner = OWNER.to_owned();
+    stale.worker = running.worker.clone();
+    assert!(matches!(
+        store.compare_and_swap(&stale).await.unwrap(),
+        Swap::Conflict
+    ));
+    // A move needs a new worker connection too: a built-in task cannot be taken over.
+    let mut same_worker = moved.clone();
+    same_worker.version += 1;
+    same_worker.owner = "replica-c".to_owned();
+    assert!(matches!(
+        store.compare_and_swap(&same_worker).await.unwrap(),
+        Swap::Conflict
+    ));
+    // The former owner hears of the move at once, so its driver lets go.
+    match tokio::time::timeout(Duration::from_secs(5), old_owner.next()).await {
+        Ok(Some(Update::Changed(seen))) => assert_eq!(*seen, moved),
+        other => panic!("the former owner was not told of the move: {other:?}"),
+    }
+}
+
 pub async fn history_replays_the_versions_after_a_given_one(store: &dyn TaskStore) {
     let mut task = start(store, &insert(store, sleep_task()).await).await;
     for step in 0..3 {
@@ -880,6 +926,7 @@ macro_rules! suite {
             the_pending_queue_is_oldest_first_and_forgets_started_tasks,
             subscribers_see_every_change_in_order_until_the_end,
             a_write_from_another_owner_is_refused_whatever_its_version,
+            a_worker_task_moves_to_another_owner_in_the_same_attempt,
             history_replays_the_versions_after_a_given_one,
             history_is_bounded_and_says_when_it_no_longer_reaches_back,
             the_owner_channel_carries_every_change_of_its_tasks_only,

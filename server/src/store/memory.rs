@@ -232,15 +232,22 @@ impl Inner {
         {
             return Swap::Conflict;
         }
+        // A task that moved with its worker is announced to its former owner too.
+        let former_owner = (entry.task.owner != next.owner
+            && !entry.task.owner.is_empty()
+            && !next.owner.is_empty())
+        .then(|| entry.task.owner.clone());
         let mut next = next.clone();
         next.subtree_usage = entry.task.subtree_usage.clone();
         let _ = budget::add(&mut next.subtree_usage, increment);
         let version = entry.replace(&next);
         self.index(&next);
-        if let Some(control) = self.owner_channels.get(&next.owner)
-            && control.send(version).is_err()
-        {
-            self.owner_channels.remove(&next.owner);
+        for owner in std::iter::once(&next.owner).chain(former_owner.as_ref()) {
+            if let Some(control) = self.owner_channels.get(owner)
+                && control.send(Arc::clone(&version)).is_err()
+            {
+                self.owner_channels.remove(owner);
+            }
         }
         Swap::Swapped
     }

@@ -3,12 +3,16 @@
 //!
 //! - a soft cancel (or a timeout) recorded → the job's cancel token fires, and the grace
 //!   deadline is armed: past it the driver escalates to a hard cancel;
-//! - the record became terminal (hard cancel, escalation, a lost lease) or another attempt
-//!   owns it → the job's future is dropped at once, which stops its code;
+//! - the record became terminal (hard cancel, escalation, a lost lease), another attempt
+//!   or another replica owns it (requeued, or adopted by the replica its worker moved to)
+//!   → the job's future is dropped at once, which stops its code;
+//! - the replica is draining and hands the task back ([`Supervisor::hand_back`]) → the
+//!   job's cancel token fires; once the code has stopped (or the window is over, then its
+//!   future is dropped) the run is reported lost, which puts the task back in the queue.
+//!   Code that completes or fails meanwhile is reported as such;
 //! - every newer version is shown to the job (an answer reaches a waiting `ask`);
 //! - the task's timeout passes → the timeout is recorded, which starts the soft → hard
-//!   sequence above;
-//! - an open question's deadline passes → the task resumes unanswered (`answer_timed_out`).
+//!   sequence above.
 //!
 //! Changes arrive from the supervisor (the replica's control channel); a `Lagged` nudge
 //! (reconnect, periodic reconcile) makes the driver re-read the record, which is the truth.
@@ -19,11 +23,12 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{Held, Supervisor};
-use crate::executor::{Job, TaskContext};
+use crate::executor::{Job, Outcome, TaskContext};
 use crate::port::TaskPort;
 use crate::store::Update;
 use crate::task::state_machine::{Fence, Report};
@@ -67,7 +72,7 @@ pub(super) async fn drive(
     started: Task,
     job: Box<dyn Job>,
     place: Held,
-    updates: mpsc::UnboundedReceiver<Update>,
+    told: Told,
     stopped: CancellationToken,
 ) {
     let _running = Running {
@@ -81,10 +86,30 @@ pub(super) async fn drive(
     // The span of the execution, child of the StartTask call's (`telemetry::traces::task`).
     let span = traces::execution_span(&started);
     // When `run` returns, the job's future has returned or been dropped: the code stopped.
-    let ended = run(&port, started, job, updates).instrument(span).await;
+    let ended = run(&port, started, job, told).instrument(span).await;
     if let Some(cancel) = ended.cancel {
         let at = ended.returned_at.unwrap_or_else(SystemTime::now);
         metrics().code_stopped(&kind, &cancel, at);
+    }
+}
+
+/// What the supervisor tells one driver: the task's changes, and when to hand it back.
+pub(super) struct Told {
+    pub updates: mpsc::UnboundedReceiver<Update>,
+    /// The end of the hand-back window, once asked.
+    pub hand_back: watch::Receiver<Option<Instant>>,
+}
+
+/// Why a handed-back run ended, as recorded on the requeued task.
+fn handed_back(owner: &str) -> String {
+    format!("replica {owner} shut down; the task went back to the queue")
+}
+
+/// Sleeps until `deadline`; never resolves without one.
+async fn until_instant(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -126,12 +151,11 @@ impl Drop for Running {
     }
 }
 
-async fn run(
-    port: &Arc<dyn TaskPort>,
-    started: Task,
-    job: Box<dyn Job>,
-    mut updates: mpsc::UnboundedReceiver<Update>,
-) -> Ended {
+async fn run(port: &Arc<dyn TaskPort>, started: Task, job: Box<dyn Job>, told: Told) -> Ended {
+    let Told {
+        mut updates,
+        mut hand_back,
+    } = told;
     let id = started.id;
     let fence = Fence {
         owner: started.owner.clone(),
@@ -162,15 +186,20 @@ async fn run(
     // A job that panics fails its task instead of leaving it RUNNING with nobody driving it.
     let mut work = AssertUnwindSafe(job.run(ctx)).catch_unwind();
     tracing::info!(task = %id, kind = %latest.kind, attempt = fence.attempt, "task running");
+    // When a hand-back stops waiting for the code; `None`: no hand-back asked.
+    let mut handing_back: Option<Instant> = None;
 
     loop {
-        if latest.cancel.is_some() {
+        if latest.cancel.is_some() || handing_back.is_some() {
             cancel_requested.cancel();
         }
         tokio::select! {
             outcome = &mut work => {
                 let returned_at = SystemTime::now();
                 let report = match outcome {
+                    Ok(Outcome::Stopped(_) | Outcome::Lost(_)) if handing_back.is_some() => {
+                        Report::Lost { error: handed_back(&fence.owner) }
+                    }
                     Ok(outcome) => outcome.into_report(),
                     Err(_) => Report::Fail { error: "the task's code panicked".to_owned(), result: None },
                 };
@@ -178,6 +207,15 @@ async fn run(
                     traces::record_changes(&latest, &recorded);
                 }
                 return Ended::after(&record, Some(returned_at));
+            }
+            Ok(()) = hand_back.changed(), if handing_back.is_none() => {
+                handing_back = *hand_back.borrow_and_update();
+            }
+            () = until_instant(handing_back) => {
+                // The code did not stop in time: stop it now, then give the task back.
+                drop(work);
+                let _ = port.report(id, &fence, Report::Lost { error: handed_back(&fence.owner) }).await;
+                return Ended::after(&record, None);
             }
             Some(update) = updates.recv() => {
                 let fresh = match update {
@@ -234,7 +272,7 @@ fn absorb(latest: &mut Task, fresh: Task, fence: &Fence, record: &watch::Sender<
     // The job sees every newer version, the last one too (a remote job tells its worker
     // why it is aborted).
     record.send_replace(fresh.clone());
-    if fresh.state.is_terminal() || fresh.attempt != fence.attempt {
+    if fresh.state.is_terminal() || fresh.attempt != fence.attempt || fresh.owner != fence.owner {
         return Next::Stop;
     }
     *latest = fresh;

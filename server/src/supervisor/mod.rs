@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::Job;
@@ -61,6 +62,8 @@ struct Running {
     updates: mpsc::UnboundedSender<Update>,
     /// Cancelled by the driver once the code has stopped.
     stopped: CancellationToken,
+    /// Set to the end of its window when the task is handed back (see [`driver`]).
+    hand_back: watch::Sender<Option<Instant>>,
 }
 
 pub struct Supervisor {
@@ -110,11 +113,13 @@ impl Supervisor {
     pub fn launch(self: &Arc<Self>, task: Task, placement: Placement) {
         let stopped = CancellationToken::new();
         let (updates, updates_rx) = mpsc::unbounded_channel();
+        let (hand_back, hand_back_rx) = watch::channel(None);
         self.table().insert(
             task.id,
             Running {
                 updates,
                 stopped: stopped.clone(),
+                hand_back,
             },
         );
         let (job, place) = match placement {
@@ -130,9 +135,23 @@ impl Supervisor {
             task,
             job,
             place,
-            updates_rx,
+            driver::Told {
+                updates: updates_rx,
+                hand_back: hand_back_rx,
+            },
             stopped,
         ));
+    }
+
+    /// Asks the driver of task `id` to stop its code (as a soft cancel would, but for at
+    /// most `within`) and give the task back to the queue: a draining replica's at-least-once
+    /// hand-back of a task with attempts left.
+    pub fn hand_back(&self, id: TaskId, within: Duration) {
+        if let Some(running) = self.table().get(&id) {
+            running
+                .hand_back
+                .send_replace(Some(Instant::now() + within));
+        }
     }
 
     /// Hands a change from the control channel to the driver of its task, if it runs here.

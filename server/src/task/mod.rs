@@ -208,6 +208,15 @@ fn one() -> u32 {
     1
 }
 
+/// The connection id in a `Task.worker` label (`name/id`, the id a UUIDv7 in canonical
+/// form, so later connections compare greater); `None` for built-in tasks.
+pub fn connection_id(worker: &str) -> Option<&str> {
+    worker
+        .rsplit_once('/')
+        .map(|(_, id)| id)
+        .filter(|id| !id.is_empty())
+}
+
 impl Task {
     /// A fresh PENDING record at version 1.
     pub fn new(id: TaskId, spec: NewTask, now: SystemTime) -> Task {
@@ -265,7 +274,18 @@ impl Task {
         let requeued = next.state == TaskState::Pending
             && next.owner.is_empty()
             && next.attempt == self.attempt;
-        same_run || started || requeued
+        // A worker that moved to another replica took its task along (`Event::Adopt`), on
+        // a newer connection: connection ids are UUIDv7, so a stale writer cannot pass its
+        // own old connection off as a move.
+        let moved = self.state.is_started()
+            && next.state.is_started()
+            && next.attempt == self.attempt
+            && !next.owner.is_empty()
+            && next.owner != self.owner
+            && connection_id(&self.worker).is_some_and(|current| {
+                connection_id(&next.worker).is_some_and(|moved_to| moved_to > current)
+            });
+        same_run || started || requeued || moved
     }
 
     /// Whether a start request (kind, params, tree position) describes this same task:

@@ -16,6 +16,8 @@
 //!
 //! `OwnerLost` (the reaper found the owner's lease gone) ends a started task: CANCELLED (or
 //! FAILED by timeout) if a cancel was requested, FAILED naming the replica otherwise.
+//! `Adopt` (a worker moved off a draining replica) changes a started worker task's owner
+//! and worker, keeping its state, attempt and any pending cancel.
 //!
 //! \* reports come from the task's running code and are fenced by owner and attempt.
 //! † only once their deadline has passed.
@@ -109,6 +111,15 @@ pub enum Event {
     /// any more. A requested cancel is honoured; otherwise the task fails.
     OwnerLost {
         owner: String,
+    },
+    /// A worker moving off a draining replica says it still runs `attempt` of the task:
+    /// replica `owner` takes the task over on connection `worker`, same attempt (the
+    /// previous owner's reports are fenced from then on). Only a started task of a worker
+    /// kind, in that attempt, moves.
+    Adopt {
+        owner: String,
+        worker: String,
+        attempt: u32,
     },
 }
 
@@ -267,6 +278,25 @@ pub fn apply_within(
             }
             lose(&mut next, owner_lost_error(owner), now);
             true
+        }
+        Event::Adopt {
+            owner,
+            worker,
+            attempt,
+        } => {
+            if !task.state.is_started() {
+                return Err(Rejection::NotRunning);
+            }
+            if *attempt != task.attempt || task.worker.is_empty() {
+                return Err(Rejection::Fenced);
+            }
+            if *owner == task.owner && *worker == task.worker {
+                false
+            } else {
+                next.owner.clone_from(owner);
+                next.worker.clone_from(worker);
+                true
+            }
         }
     };
     if !changed {

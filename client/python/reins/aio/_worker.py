@@ -17,6 +17,13 @@ How a task stops:
   handed back by closing the stream: the server requeues it if attempts remain.
 - **lost connection**: running handlers are cancelled (the server treats their tasks as
   lost), then the worker reconnects with jittered exponential backoff.
+- **the replica drains** (``reconnect``): the worker moves. It opens a new stream (the
+  channel's load balancing picks a replica that stays; a refusal by the draining replica
+  is retried), says ``hello`` listing its running tasks, and once welcomed writes there
+  what the handlers sent meanwhile; the tasks the new replica adopted run on without
+  restarting (same attempt), the others are stopped; the old stream is half-closed. A
+  progress message or question written to the old stream in the instant of the move may
+  reach the old replica after the adoption and is then dropped; outcomes never are.
 """
 
 from __future__ import annotations
@@ -323,6 +330,13 @@ class AsyncWorker:
         self._reapers: set[asyncio.Task[None]] = set()
         self._abandoned: set[asyncio.Task[None]] = set()
         self._outbox: _Outbox | None = None
+        # What the handlers send while the worker moves to another replica.
+        self._held: (
+            list[tuple[workers_pb2.WorkerMessage, AsyncTaskContext | None, asyncio.Future[None]]]
+            | None
+        ) = None
+        # Streams moved away from, read to their end.
+        self._left_behind: set[asyncio.Task[None]] = set()
         self._draining = False
         self._running = False
         self._close_requested = asyncio.Event()
@@ -457,19 +471,34 @@ class AsyncWorker:
         outbox: _Outbox = asyncio.Queue()
         self._outbox = outbox
         self._draining = False
-        writer = asyncio.ensure_future(self._write_loop(call, outbox))
-        reader = asyncio.ensure_future(self._read_loop(call))
+        writer: asyncio.Future[None] = asyncio.ensure_future(self._write_loop(call, outbox))
+        reader: asyncio.Future[str | None] = asyncio.ensure_future(self._read_loop(call))
         closing = asyncio.ensure_future(self._close_requested.wait())
         try:
             hello = workers_pb2.WorkerHello(
                 name=self.name, kinds=self.kinds, max_concurrency=self.max_concurrency
             )
             await self._send(workers_pb2.WorkerMessage(hello=hello), None)
-            await asyncio.wait({reader, closing}, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                either: set[asyncio.Future[Any]] = {reader, closing}
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                reason = _move_reason(reader)
+                if reason is None or closing.done():
+                    break
+                moved = await self._move(connect, reason)
+                if moved is not None:
+                    old_call, old_outbox, old_writer = call, outbox, writer
+                    call, outbox, writer = moved
+                    old_outbox.put_nowait(None)  # half-close once its queue is written
+                    leaving = asyncio.ensure_future(_read_to_end(old_call, old_writer))
+                    self._left_behind.add(leaving)
+                    leaving.add_done_callback(self._left_behind.discard)
+                reader = asyncio.ensure_future(self._read_loop(call))
             if not reader.done():
                 await self._drain(reader)
                 outbox.put_nowait(None)  # half-close once everything queued is written
-                await asyncio.wait({reader, writer}, timeout=2.0)
+                both: set[asyncio.Future[Any]] = {reader, writer}
+                await asyncio.wait(both, timeout=2.0)
             if reader.done() and not reader.cancelled():
                 err = reader.exception()
                 if err is not None:
@@ -484,13 +513,18 @@ class AsyncWorker:
             _resolve_all(outbox)
             await self._abort_all("the worker's stream ended")
 
-    async def _read_loop(self, call: _Call) -> None:
+    async def _read_loop(self, call: _Call) -> str | None:
+        """Dispatches commands until the end of the stream (``None``) or a ``reconnect``
+        (its reason)."""
         try:
             while True:
                 command = await call.read()
                 if command is _EOF:
-                    return
+                    return None
                 assert isinstance(command, workers_pb2.WorkerCommand)
+                if command.WhichOneof("command") == "reconnect":
+                    self._traced("recv", command)
+                    return command.reconnect.reason
                 self._dispatch(command)
         except grpc.RpcError as err:
             raise ReinsError.from_rpc_error(err) from None
@@ -512,7 +546,8 @@ class AsyncWorker:
                     await call.write(message)
             except (grpc.RpcError, asyncio.InvalidStateError) as err:
                 log.debug("worker %s: write failed: %s", self.name, err)
-                self._outbox = None
+                if self._outbox is outbox:
+                    self._outbox = None
                 _resolve(written)
                 _resolve_all(outbox)
                 return
@@ -521,12 +556,76 @@ class AsyncWorker:
     async def _send(self, message: workers_pb2.WorkerMessage, ctx: AsyncTaskContext | None) -> None:
         """Queues a message and waits until it is written (backpressure); returns at once
         when there is no stream (the server has lost the task anyway)."""
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._held is not None:  # moving: written to the new stream once welcomed
+            self._held.append((message, ctx, written))
+            await written
+            return
         outbox = self._outbox
         if outbox is None:
             return
-        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         outbox.put_nowait((message, ctx, written))
         await written
+
+    async def _move(
+        self, connect: _Connect, reason: str, attempts: int = 20
+    ) -> tuple[_Call, _Outbox, asyncio.Future[None]] | None:
+        """Moves to another replica (module docstring): returns the new stream, its outbox
+        and writer, or ``None`` if no replica took the worker (it stays where it is)."""
+        log.info("worker %s: the replica asks to reconnect (%s); moving", self.name, reason)
+        self._held = []
+        running = [
+            workers_pb2.RunningTask(task_id=task_id, attempt=job.ctx.task.attempt)
+            for task_id, job in self._jobs.items()
+            if job.runner is not None
+        ]
+        hello = workers_pb2.WorkerHello(
+            name=self.name, kinds=self.kinds, max_concurrency=self.max_concurrency, running=running
+        )
+        delay = 0.1
+        try:
+            for _ in range(attempts):
+                if self._close_requested.is_set():
+                    break
+                call: _Call = connect(None)
+                try:
+                    await call.write(workers_pb2.WorkerMessage(hello=hello))
+                    first = await call.read()
+                except grpc.RpcError as err:
+                    # Most likely the draining replica itself (SHUTTING_DOWN).
+                    log.debug("worker %s: move attempt failed: %s", self.name, err)
+                    call.cancel()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                if not isinstance(first, workers_pb2.WorkerCommand) or not first.HasField(
+                    "welcome"
+                ):
+                    call.cancel()
+                    continue
+                self._dispatch(first)
+                adopted = set(first.welcome.adopted)
+                outbox: _Outbox = asyncio.Queue()
+                for item in self._held:
+                    outbox.put_nowait(item)
+                self._held = None
+                self._outbox = outbox
+                writer = asyncio.ensure_future(self._write_loop(call, outbox))
+                for task_id in [task_id for task_id in self._jobs if task_id not in adopted]:
+                    self._stop_job(
+                        self._jobs.pop(task_id), "not adopted by the replica the worker moved to"
+                    )
+                log.info("worker %s: moved with %d task(s)", self.name, len(adopted))
+                return call, outbox, writer
+            log.warning("worker %s: no replica took the worker; staying", self.name)
+            return None
+        finally:
+            held, self._held = self._held or [], None
+            for item in held:
+                if self._outbox is not None:
+                    self._outbox.put_nowait(item)
+                else:
+                    _resolve(item[2])
 
     def _traced(self, direction: str, message: Any) -> None:
         if self._trace is not None:
@@ -673,7 +772,7 @@ class AsyncWorker:
         if self._reapers:
             await asyncio.gather(*self._reapers, return_exceptions=True)
 
-    async def _drain(self, reader: asyncio.Future[None]) -> None:
+    async def _drain(self, reader: asyncio.Future[Any]) -> None:
         """Shutdown: no new tasks; running ones may finish within ``shutdown_grace``."""
         self._draining = True
         loop = asyncio.get_running_loop()
@@ -734,6 +833,25 @@ def _resolve_all(
         item = outbox.get_nowait()
         if item is not None:
             _resolve(item[2])
+
+
+def _move_reason(reader: asyncio.Future[str | None]) -> str | None:
+    """The reason of a ``reconnect`` that ended the read loop, if that is how it ended."""
+    if not reader.done() or reader.cancelled() or reader.exception() is not None:
+        return None
+    return reader.result()
+
+
+async def _read_to_end(call: _Call, writer: asyncio.Future[None]) -> None:
+    """Reads a stream the worker moved away from to its end, ignoring what it says."""
+    try:
+        await writer
+        while await call.read() is not _EOF:
+            pass
+    except (grpc.RpcError, asyncio.CancelledError):
+        pass
+    finally:
+        call.cancel()
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

@@ -462,6 +462,8 @@ impl TaskRecords for RedisStore {
                     .unwrap_or_default(),
             )
             .arg(flag(!next.session_id.is_empty()))
+            .arg(self.keys.owner_channel(""))
+            .arg(&next.worker)
             .arg(increment.len());
         for (dimension, amount) in increment {
             script.arg(dimension).arg(amount.to_string());

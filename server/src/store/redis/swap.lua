@@ -10,13 +10,13 @@
 --       11 owner channel, 12 has request_id ('1'/'0'), 13 owned-set key prefix,
 --       14 the whole task JSON (published), 15 checkpoints kept so far (position past the
 --       newest), 16 list entries to keep, 17 the newest checkpoint's JSON ('' if none),
---       18 has session ('1'/'0'), 19 number n of usage dimensions spent (optional, 0),
---       20 .. 19 + 2n: dimension, increment pairs
+--       18 has session ('1'/'0'), 19 owner-channel key prefix, 20 worker, 21 number n of
+--       usage dimensions spent (optional, 0), 22 .. 21 + 2n: dimension, increment pairs
 -- KEYS 12..: the task hashes of the task's ancestors, nearest first (usage roll-up)
 -- Returns 'ok' | 'conflict' | 'missing'; with usage spent, {'ok', spending...} where each
 -- spending is {chain index (0 = this task), dimension, limit, before, after, ...} for the
 -- budget of each task of the chain that has one.
-local current = redis.call('HMGET', KEYS[1], 'version', 'terminal', 'owner', 'attempt', 'state')
+local current = redis.call('HMGET', KEYS[1], 'version', 'terminal', 'owner', 'attempt', 'state', 'worker')
 if not current[1] then
   return 'missing'
 end
@@ -26,7 +26,16 @@ end
 local same_run = current[3] == ARGV[4] and current[4] == ARGV[5]
 local started = current[5] == 'Pending' and tonumber(ARGV[5]) == tonumber(current[4]) + 1
 local requeued = ARGV[3] == 'Pending' and ARGV[4] == '' and current[4] == ARGV[5]
-if not (same_run or started or requeued) then
+-- A worker moved to another replica and took its task along: same attempt, new owner, on
+-- a newer connection (the id after the last '/' of the worker label is a UUIDv7, so it
+-- compares greater; a stale writer cannot pass its old connection off as a move).
+local function connection(worker)
+  return worker and string.match(worker, '/([^/]+)$')
+end
+local from, to = connection(current[6]), connection(ARGV[20])
+local moved = current[5] ~= 'Pending' and ARGV[3] ~= 'Pending' and current[4] == ARGV[5]
+  and ARGV[4] ~= '' and current[3] ~= ARGV[4] and from ~= nil and to ~= nil and to > from
+if not (same_run or started or requeued or moved) then
   return 'conflict'
 end
 -- Checkpoints: a version appends at most its one new checkpoint, whatever it keeps.
@@ -36,7 +45,8 @@ if tonumber(ARGV[15]) > kept and ARGV[17] ~= '' then
 end
 redis.call('LTRIM', KEYS[9], -tonumber(ARGV[16]), -1)
 redis.call('HSET', KEYS[1], 'json', ARGV[1], 'version', ARGV[2], 'state', ARGV[3],
-  'owner', ARGV[4], 'attempt', ARGV[5], 'terminal', ARGV[6], 'checkpoints', ARGV[15])
+  'owner', ARGV[4], 'attempt', ARGV[5], 'terminal', ARGV[6], 'checkpoints', ARGV[15],
+  'worker', ARGV[20])
 if ARGV[3] ~= 'Pending' then
   redis.call('ZREM', KEYS[2], ARGV[7])
 elseif requeued and current[5] ~= 'Pending' then
@@ -44,9 +54,14 @@ elseif requeued and current[5] ~= 'Pending' then
   redis.call('ZADD', KEYS[2], 0, ARGV[7])
   redis.call('SREM', ARGV[13] .. current[3], ARGV[7])
 end
-if started then
+if started or moved then
   redis.call('SADD', KEYS[5], ARGV[7])
   redis.call('SADD', KEYS[6], ARGV[4])
+end
+if moved then
+  redis.call('SREM', ARGV[13] .. current[3], ARGV[7])
+  -- The former owner lets go of the task at once.
+  redis.call('PUBLISH', ARGV[19] .. current[3], ARGV[14])
 end
 redis.call('RPUSH', KEYS[4], ARGV[1])
 redis.call('LTRIM', KEYS[4], -tonumber(ARGV[9]), -1)
@@ -74,7 +89,7 @@ if ARGV[4] ~= '' then
 end
 -- Usage roll-up: the increments go to the subtree usage ('s:<dimension>' fields) of the
 -- task and of every ancestor still stored, in this same transaction.
-local n = tonumber(ARGV[19] or '0')
+local n = tonumber(ARGV[21] or '0')
 if n == 0 then
   return 'ok'
 end
@@ -98,13 +113,13 @@ for index, key in ipairs(chain) do
     -- At most 16 dimensions per task (budget::MAX_DIMENSIONS; a budget's are there from
     -- the start): further ones are not counted, so a record stays bounded.
     for d = 0, n - 1 do
-      local field = 's:' .. ARGV[20 + 2 * d]
+      local field = 's:' .. ARGV[22 + 2 * d]
       local known = redis.call('HEXISTS', key, field) == 1
       if known or tonumber(redis.call('HGET', key, 'dimensions') or '0') < 16 then
         if not known then
           redis.call('HINCRBY', key, 'dimensions', 1)
         end
-        redis.call('HINCRBYFLOAT', key, field, ARGV[21 + 2 * d])
+        redis.call('HINCRBYFLOAT', key, field, ARGV[23 + 2 * d])
       end
     end
     local entry = {tostring(index - 1)}

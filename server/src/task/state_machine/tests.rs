@@ -158,7 +158,21 @@ fn every_event() -> Vec<(&'static str, Event)> {
                 owner: OWNER.into(),
             },
         ),
+        ("adopt", adopt(1)),
     ]
+}
+
+/// Worker connection ids, oldest first (UUIDv7s compare in time order).
+const FIRST_CONNECTION: &str = "w/0190a000-0000-7000-8000-000000000001";
+const SECOND_CONNECTION: &str = "w/0190a000-0000-7000-8000-000000000002";
+
+/// Replica b adopts `attempt` of a task for the second worker connection.
+fn adopt(attempt: u32) -> Event {
+    Event::Adopt {
+        owner: "replica-b".into(),
+        worker: SECOND_CONNECTION.into(),
+        attempt,
+    }
 }
 
 type Expected = Result<TaskState, Rejection>;
@@ -177,7 +191,9 @@ fn expected(state: TaskState, event: &str) -> Expected {
         // The waiting task's question has no deadline.
         (WaitingForAnswer, "answer_time_out") => Err(NotDue),
         (Pending, "escalate" | "time_out") => Err(NotDue),
-        (Pending, "owner_lost") => Err(NotRunning),
+        (Pending, "owner_lost" | "adopt") => Err(NotRunning),
+        // The matrix's tasks are built-in: no worker to move with.
+        (_, "adopt") => Err(Fenced),
         (Pending, _) => Err(NotRunning),
 
         (Running | WaitingForAnswer, "start") => Err(AlreadyStarted),
@@ -628,6 +644,66 @@ fn fences_allow_only_the_same_run_or_the_next_start() {
     assert!(
         !running.fences_allow(&restarted),
         "only a PENDING task starts a new attempt"
+    );
+}
+
+#[test]
+fn a_moving_worker_takes_its_task_along_in_the_same_attempt() {
+    for state in [TaskState::Running, TaskState::WaitingForAnswer] {
+        let mut task = task_in(state);
+        task.worker = FIRST_CONNECTION.into();
+        let adopted = apply(&task, &adopt(1), t(5)).unwrap().unwrap();
+        assert_eq!(adopted.state, state, "the task runs on as it was");
+        assert_eq!(
+            (adopted.owner.as_str(), adopted.worker.as_str()),
+            ("replica-b", SECOND_CONNECTION)
+        );
+        let mut back = adopted.clone();
+        back.version += 1;
+        back.owner = task.owner.clone();
+        back.worker = task.worker.clone();
+        assert!(
+            !adopted.fences_allow(&back),
+            "the former owner cannot pass its old connection off as a move"
+        );
+        assert_eq!(adopted.attempt, task.attempt);
+        assert!(task.fences_allow(&adopted), "the stores accept the move");
+        assert_eq!(
+            apply(&adopted, &adopt(1), t(6)),
+            Ok(None),
+            "adopting again changes nothing"
+        );
+        // The previous owner's reports are fenced from now on.
+        assert_eq!(
+            apply(
+                &adopted,
+                &report(Report::Complete { result: json!(1) }),
+                t(6)
+            ),
+            Err(Rejection::Fenced)
+        );
+        assert_eq!(
+            apply(&task, &adopt(2), t(5)),
+            Err(Rejection::Fenced),
+            "only the attempt the worker runs moves"
+        );
+    }
+    let mut cancelling = running();
+    cancelling.worker = FIRST_CONNECTION.into();
+    let cancelling = apply(
+        &cancelling,
+        &Event::SoftCancel {
+            reason: "r".into(),
+            grace: secs(100),
+        },
+        t(2),
+    )
+    .unwrap()
+    .unwrap();
+    let adopted = apply(&cancelling, &adopt(1), t(3)).unwrap().unwrap();
+    assert_eq!(
+        adopted.cancel, cancelling.cancel,
+        "a pending cancel moves along"
     );
 }
 
