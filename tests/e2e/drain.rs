@@ -68,6 +68,9 @@ async fn sigterm_sends_goaway_at_once_ends_watches_unavailable_and_keeps_answeri
         "the GOAWAY and the end of the watch waited for the grace"
     );
 
+    // The client whose connection got the GOAWAY carries on over a new one.
+    assert_eq!(a.check(&task.id).await.unwrap().state(), TaskState::Running);
+
     // A newcomer (a probe, a client not yet told) is still served: NOT_SERVING, a new
     // watch refused, unary calls answered.
     let probe = channel(cluster.replica(A)).await;
