@@ -646,8 +646,8 @@ fn a_moving_worker_takes_its_task_along_in_the_same_attempt() {
         assert!(task.fences_allow(&adopted), "the stores accept the move");
         assert_eq!(
             apply(&adopted, &adopt(1), t(6)),
-            Ok(None),
-            "adopting again changes nothing"
+            Err(Rejection::Fenced),
+            "no second connection takes a task over on its own replica"
         );
         // The previous owner's reports are fenced from now on.
         assert_eq!(
