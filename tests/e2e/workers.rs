@@ -105,20 +105,18 @@ async fn a_moving_hello_is_bounded_and_adopts_only_a_task_that_can_move() {
     let client = server.client().await;
     let task = client.start(StartTask::new(KIND)).await.unwrap();
     let assigned = owner.expect_assign().await;
-    // Another attempt, an unknown task, and even the right attempt on the replica that
-    // owns it already (no move: a task changes worker only with its replica): none moves.
+    // Another attempt, an unknown task, and even the right attempt by a worker of the same
+    // name on the replica that owns it already (no move: a task changes worker only with
+    // its replica): none moves.
     let claims = [
         (task.id.as_str(), assigned.attempt + 1),
         (one, 1),
         (task.id.as_str(), assigned.attempt),
     ];
     for claim in claims {
-        let impostor = FakeWorker::connect_with(
-            &url,
-            "impostor",
-            moving_hello("impostor", &[KIND], 1, &[claim]),
-        )
-        .await;
+        let impostor =
+            FakeWorker::connect_with(&url, "owner", moving_hello("owner", &[KIND], 1, &[claim]))
+                .await;
         assert!(impostor.adopted().is_empty(), "{claim:?} was adopted");
     }
     let still = client.check(&task.id).await.unwrap();

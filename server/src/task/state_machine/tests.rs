@@ -663,6 +663,16 @@ fn a_moving_worker_takes_its_task_along_in_the_same_attempt() {
             Err(Rejection::Fenced),
             "only the attempt the worker runs moves"
         );
+        let other_worker = Event::Adopt {
+            owner: "replica-b".into(),
+            worker: "someone-else/0190a000-0000-7000-8000-000000000003".into(),
+            attempt: 1,
+        };
+        assert_eq!(
+            apply(&task, &other_worker, t(5)),
+            Err(Rejection::Fenced),
+            "only the worker running the task takes it along"
+        );
     }
     let mut cancelling = running();
     cancelling.worker = FIRST_CONNECTION.into();
