@@ -4,9 +4,9 @@
 //! retry by themselves; tonic has no service-config support, so [`Client`](crate::Client)
 //! does the same here, from the same file (embedded at build time): which methods, how many
 //! attempts, the exponential backoff with full jitter between them, and the retryable codes.
-//! It also retries, once per call, a request the connection refused before sending it
-//! (a GOAWAY crossed it: tonic reports CANCELLED "connection closed"), which gRPC does
-//! transparently for any method.
+//! It also retries a request the connection refused before sending it (a GOAWAY crossed
+//! it: tonic reports CANCELLED "connection closed"), which gRPC does transparently for any
+//! method.
 //!
 //! StartTask is idempotent only when it carries a `request_id` (the server returns the
 //! task it already started for that id): the client retries it only then. Streams are
@@ -130,35 +130,41 @@ fn never_sent(status: &Status) -> bool {
     false
 }
 
+/// The backoff of a request that was never sent, for methods without a policy: it is safe
+/// to send again whatever the method (gRPC's transparent retry).
+static NEVER_SENT: RetryPolicy = RetryPolicy {
+    max_attempts: 5,
+    initial_backoff: Duration::from_millis(50),
+    max_backoff: Duration::from_secs(1),
+    backoff_multiplier: 2.0,
+    retryable: Vec::new(),
+};
+
 /// Runs `call` until it succeeds, fails with a code `policy` does not retry, or runs out
-/// of attempts; waits the policy's jittered backoff between attempts. Without a policy, only
-/// a request that was never sent is tried again (once).
+/// of attempts; waits the policy's jittered backoff between attempts. A request that was
+/// never sent (a GOAWAY crossed it; the connection it was queued on drains its other
+/// streams before it closes) is sent again whatever the method, within the same bounds
+/// (or [`NEVER_SENT`]'s without a policy).
 pub async fn with_retries<T, F, Fut>(policy: Option<&RetryPolicy>, mut call: F) -> Result<T, Status>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Status>>,
 {
-    let mut delays = policy.map(|policy| {
-        ExponentialBuilder::default()
-            .with_min_delay(policy.initial_backoff)
-            .with_max_delay(policy.max_backoff)
-            .with_factor(policy.backoff_multiplier)
-            .with_max_times(policy.max_attempts - 1)
-            .with_jitter()
-            .build()
-    });
-    let mut resent = false;
+    let bounds = policy.unwrap_or(&NEVER_SENT);
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(bounds.initial_backoff)
+        .with_max_delay(bounds.max_backoff)
+        .with_factor(bounds.backoff_multiplier)
+        .with_max_times(bounds.max_attempts - 1)
+        .with_jitter()
+        .build();
     loop {
         let status = match call().await {
             Ok(value) => return Ok(value),
             Err(status) => status,
         };
-        if never_sent(&status) && !resent {
-            resent = true;
-            continue;
-        }
-        let retryable = policy.is_some_and(|policy| policy.retryable.contains(&status.code()));
-        match delays.as_mut().and_then(Iterator::next) {
+        let retryable = never_sent(&status) || bounds.retryable.contains(&status.code());
+        match delays.next() {
             Some(delay) if retryable => tokio::time::sleep(delay).await,
             _ => return Err(status),
         }

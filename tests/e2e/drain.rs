@@ -13,8 +13,8 @@ use reins_client::{Client, StartTask, WatchOptions};
 use reins_e2e::http2::Http2Connection;
 use reins_e2e::worker::{FakeWorker, Next, moving_hello};
 use reins_e2e::{
-    Cluster, PATIENCE, channel, eventually, health, long_sleep, reason, sleep_params, started,
-    wait_finished,
+    Cluster, Heartbeat, PATIENCE, channel, eventually, health, long_sleep, process_alive, reason,
+    sleep_params, started, wait_finished,
 };
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -67,6 +67,9 @@ async fn sigterm_sends_goaway_at_once_ends_watches_unavailable_and_keeps_answeri
         signalled.elapsed() < PATIENCE,
         "the GOAWAY and the end of the watch waited for the grace"
     );
+
+    // The client whose connection got the GOAWAY carries on over a new one.
+    assert_eq!(a.check(&task.id).await.unwrap().state(), TaskState::Running);
 
     // A newcomer (a probe, a client not yet told) is still served: NOT_SERVING, a new
     // watch refused, unary calls answered.
@@ -281,4 +284,38 @@ async fn a_worker_that_does_not_move_gets_unavailable_and_its_task_is_handed_bac
         handed_back.error.contains("went back to the queue"),
         "{handed_back:?}"
     );
+}
+
+#[tokio::test]
+async fn a_handed_back_program_is_dead_before_its_next_attempt_starts() {
+    let grace = format!("{}ms", SHORT_GRACE.as_millis());
+    let mut cluster = Cluster::start(1, &["--shutdown-grace", &grace, "--allow-exec", "sh"]);
+    let heartbeat = Heartbeat::new();
+    let a = cluster.client(A).await;
+    let task = start_running(&a, heartbeat.task().max_attempts(2)).await;
+    heartbeat.wait_beating().await;
+    let first = heartbeat.pid().await;
+    cluster.add_replica();
+    let b = cluster.client(B).await;
+    cluster.replica(A).signal(Signal::SIGTERM);
+    // Attempt 2 on b: by the time its RUNNING version exists, attempt 1's program is gone
+    // (the hand-back stops the code before it gives the task back).
+    let mut events = b.watch(&task.id, WatchOptions::default()).await.unwrap();
+    let second = loop {
+        let event = tokio::time::timeout(PATIENCE, events.next())
+            .await
+            .expect("the next attempt starts")
+            .expect("the watch goes on")
+            .unwrap();
+        let version = event.task.unwrap();
+        if version.attempt == 2 && version.state() == TaskState::Running {
+            break version;
+        }
+    };
+    assert!(
+        !process_alive(first),
+        "attempt 1's program (pid {first}) still runs"
+    );
+    assert_eq!(second.owner, cluster.id(B));
+    b.hard_cancel(&task.id, "done").await.unwrap();
 }

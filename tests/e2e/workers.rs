@@ -10,7 +10,7 @@ use reins_client::proto::{
     CancelMode, CancelOutcome, ListActiveRequest, Task, TaskComplete, TaskFail, TaskState,
 };
 use reins_client::{Client, StartTask};
-use reins_e2e::worker::{Next, hello, message};
+use reins_e2e::worker::{Next, hello, message, moving_hello};
 use reins_e2e::{
     Cluster, FakeWorker, REPLICA_ID, Reinsd, bad_fields, eventually, json_of, reason, system_time,
     wait_finished, wait_for, wait_state,
@@ -74,6 +74,61 @@ async fn refusal(url: &str, first: Vec<reins_client::proto::WorkerMessage>) -> S
             .await
             .expect("the stream ends with an error status"),
     }
+}
+
+// ---- moving workers ----
+
+#[tokio::test]
+async fn a_moving_hello_is_bounded_and_adopts_only_a_task_that_can_move() {
+    let server = Reinsd::start();
+    let url = server.url();
+    let (one, two) = (
+        "01900000-0000-7000-8000-000000000001",
+        "01900000-0000-7000-8000-000000000002",
+    );
+    let status = refusal(
+        &url,
+        vec![moving_hello("m", &[KIND], 1, &[(one, 1), (two, 1)])],
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(bad_fields(&status), ["hello.running"]);
+    let status = refusal(
+        &url,
+        vec![moving_hello("m", &[KIND], 1, &[("not-an-id", 1)])],
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(bad_fields(&status), ["hello.running.task_id"]);
+
+    let mut owner = FakeWorker::connect(&url, "owner", &[KIND], 1).await;
+    let client = server.client().await;
+    let task = client.start(StartTask::new(KIND)).await.unwrap();
+    let assigned = owner.expect_assign().await;
+    // Another attempt, an unknown task, and even the right attempt by a worker of the same
+    // name on the replica that owns it already (no move: a task changes worker only with
+    // its replica): none moves.
+    let claims = [
+        (task.id.as_str(), assigned.attempt + 1),
+        (one, 1),
+        (task.id.as_str(), assigned.attempt),
+    ];
+    for claim in claims {
+        let impostor =
+            FakeWorker::connect_with(&url, "owner", moving_hello("owner", &[KIND], 1, &[claim]))
+                .await;
+        assert!(impostor.adopted().is_empty(), "{claim:?} was adopted");
+    }
+    let still = client.check(&task.id).await.unwrap();
+    assert_eq!(
+        (still.worker, still.attempt),
+        (owner.label(), assigned.attempt)
+    );
+    owner.complete(&task.id, json!("mine"));
+    assert_eq!(
+        wait_finished(&client, &task.id).await.state(),
+        TaskState::Completed
+    );
 }
 
 // ---- kinds ----

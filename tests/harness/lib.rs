@@ -173,18 +173,13 @@ impl Reinsd {
         format!("http://{}", self.address)
     }
 
-    /// A client without retries: the tests see each answer of the server as it is.
+    /// A client without the shipped service config's retries: the tests see each answer of
+    /// the server as it is (tests/e2e/proxy.rs checks the retries).
     pub async fn client(&self) -> Client {
-        self.retrying_client()
-            .await
-            .with_service_config(reins_client::ServiceConfig::default())
-    }
-
-    /// A client that retries as the shipped `deploy/grpc-service-config.json` says.
-    pub async fn retrying_client(&self) -> Client {
         Client::connect(self.url())
             .await
             .expect("connect to reinsd")
+            .with_service_config(reins_client::ServiceConfig::default())
     }
 
     pub fn pid(&self) -> Pid {

@@ -115,7 +115,8 @@ pub enum Event {
     /// A worker moving off a draining replica says it still runs `attempt` of the task:
     /// replica `owner` takes the task over on connection `worker`, same attempt (the
     /// previous owner's reports are fenced from then on). Only a started task of a worker
-    /// kind, in that attempt, moves.
+    /// kind, in that attempt, moves, only to another replica and with the worker of the same
+    /// name.
     Adopt {
         owner: String,
         worker: String,
@@ -287,16 +288,22 @@ pub fn apply_within(
             if !task.state.is_started() {
                 return Err(Rejection::NotRunning);
             }
-            if *attempt != task.attempt || task.worker.is_empty() {
+            // A task moves only to another replica: on its own replica another connection
+            // claiming it is not its worker (a draining replica admits no workers).
+            // And only with the worker that runs it: the same name (`name/connection`),
+            // which a moving worker keeps.
+            let same_worker = task.worker.rsplit_once('/').map(|(name, _)| name)
+                == worker.rsplit_once('/').map(|(name, _)| name);
+            if *attempt != task.attempt
+                || task.worker.is_empty()
+                || *owner == task.owner
+                || !same_worker
+            {
                 return Err(Rejection::Fenced);
             }
-            if *owner == task.owner && *worker == task.worker {
-                false
-            } else {
-                next.owner.clone_from(owner);
-                next.worker.clone_from(worker);
-                true
-            }
+            next.owner.clone_from(owner);
+            next.worker.clone_from(worker);
+            true
         }
     };
     if !changed {

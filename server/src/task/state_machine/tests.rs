@@ -670,8 +670,8 @@ fn a_moving_worker_takes_its_task_along_in_the_same_attempt() {
         assert!(task.fences_allow(&adopted), "the stores accept the move");
         assert_eq!(
             apply(&adopted, &adopt(1), t(6)),
-            Ok(None),
-            "adopting again changes nothing"
+            Err(Rejection::Fenced),
+            "no second connection takes a task over on its own replica"
         );
         // The previous owner's reports are fenced from now on.
         assert_eq!(
@@ -686,6 +686,16 @@ fn a_moving_worker_takes_its_task_along_in_the_same_attempt() {
             apply(&task, &adopt(2), t(5)),
             Err(Rejection::Fenced),
             "only the attempt the worker runs moves"
+        );
+        let other_worker = Event::Adopt {
+            owner: "replica-b".into(),
+            worker: "someone-else/0190a000-0000-7000-8000-000000000003".into(),
+            attempt: 1,
+        };
+        assert_eq!(
+            apply(&task, &other_worker, t(5)),
+            Err(Rejection::Fenced),
+            "only the worker running the task takes it along"
         );
     }
     let mut cancelling = running();
