@@ -1,7 +1,9 @@
 //! Metrics and readiness (`--metrics-listen`): a real Prometheus scraping two replicas on
-//! Redis counts a known workload exactly and computes the cancel-stop p99; `promtool`
-//! finds nothing wrong with a scrape; every metric the Grafana dashboard queries is
-//! exported; `/readyz` and gRPC health follow a Redis outage, `/healthz` does not.
+//! Redis counts a known workload exactly, computes the cancel-stop p99 and accepts every
+//! query of the Grafana dashboard; `promtool` finds nothing wrong with a scrape; every
+//! metric the dashboard queries is exported; OpenMetrics when asked; the gRPC metrics of
+//! unary calls and streams; the worker gauges; `/readyz` and gRPC health follow a Redis
+//! outage, `/healthz` does not.
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -134,28 +134,42 @@ impl GrpcMetrics {
         metrics
     }
 
-    /// Makes every method's counters exist at 0, as go-grpc-prometheus does, so that
-    /// `rate()` sees the first call.
-    fn initialize(&self, methods: &Methods) {
-        for labels in methods.by_path.values() {
-            drop(self.started.get_or_create(labels));
-            drop(self.received.get_or_create(labels));
-            drop(self.sent.get_or_create(labels));
-            drop(self.handling.get_or_create(labels));
+    /// The series of one method, at 0 (as go-grpc-prometheus makes them, so that `rate()`
+    /// sees the first call).
+    fn series(&self, labels: MethodLabels) -> Method {
+        Method {
+            labels,
+            started: self.started.get_or_create_owned(&labels),
+            received: self.received.get_or_create_owned(&labels),
+            sent: self.sent.get_or_create_owned(&labels),
+            handling: self.handling.get_or_create_owned(&labels),
         }
     }
 }
 
+/// A served method and its series, looked up once: a call touches no map but for its
+/// code.
+#[derive(Debug)]
+struct Method {
+    labels: MethodLabels,
+    started: Counter,
+    received: Counter,
+    sent: Counter,
+    handling: Histogram,
+}
+
 /// The methods of the served services, by HTTP/2 path (`/package.Service/Method`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Methods {
-    by_path: HashMap<String, MethodLabels>,
+    by_path: HashMap<String, Arc<Method>>,
+    /// A path no service has.
+    unknown: Arc<Method>,
 }
 
 impl Methods {
-    /// The methods of every service in the encoded file descriptor sets. Their names live
-    /// as long as the process, as label values must.
-    fn from_descriptor_sets(sets: &[&[u8]]) -> Methods {
+    /// The labels of every method of every service in the encoded file descriptor sets.
+    /// Their names live as long as the process, as label values must.
+    fn labels_of(sets: &[&[u8]]) -> HashMap<String, MethodLabels> {
         let mut by_path = HashMap::new();
         for set in sets {
             let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else {
@@ -187,11 +201,22 @@ impl Methods {
                 }
             }
         }
-        Methods { by_path }
+        by_path
     }
 
-    fn labels(&self, path: &str) -> MethodLabels {
-        self.by_path.get(path).copied().unwrap_or(UNKNOWN)
+    fn new(sets: &[&[u8]], grpc: &GrpcMetrics) -> Methods {
+        let by_path = Methods::labels_of(sets)
+            .into_iter()
+            .map(|(path, labels)| (path, Arc::new(grpc.series(labels))))
+            .collect();
+        Methods {
+            by_path,
+            unknown: Arc::new(grpc.series(UNKNOWN)),
+        }
+    }
+
+    fn get(&self, path: &str) -> &Arc<Method> {
+        self.by_path.get(path).unwrap_or(&self.unknown)
     }
 }
 
@@ -204,10 +229,8 @@ pub(crate) struct GrpcMetricsLayer {
 impl GrpcMetricsLayer {
     /// For the services described by these encoded file descriptor sets.
     pub fn for_services(descriptor_sets: &[&[u8]]) -> GrpcMetricsLayer {
-        let methods = Methods::from_descriptor_sets(descriptor_sets);
-        metrics().grpc.initialize(&methods);
         GrpcMetricsLayer {
-            methods: Arc::new(methods),
+            methods: Arc::new(Methods::new(descriptor_sets, &metrics().grpc)),
         }
     }
 }
@@ -243,16 +266,23 @@ where
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let labels = self.methods.labels(request.uri().path());
-        let mut call = Call::start(labels);
-        let request = request.map(|body| {
-            tonic::body::Body::new(MeteredBody {
-                body,
-                messages: MessageCounter::default(),
-                count: metrics().grpc.received.get_or_create_owned(&labels),
-                call: None,
-            })
-        });
+        let method = Arc::clone(self.methods.get(request.uri().path()));
+        let mut call = Call::start(Arc::clone(&method));
+        let request = match method.labels.grpc_type {
+            // A request of one message is counted as it comes, its body left as it is.
+            "unary" | "server_stream" => {
+                method.received.inc();
+                request
+            }
+            _ => request.map(|body| {
+                tonic::body::Body::new(MeteredBody {
+                    body,
+                    messages: MessageCounter::default(),
+                    count: method.received.clone(),
+                    call: None,
+                })
+            }),
+        };
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
@@ -260,11 +290,10 @@ where
                 // A trailers-only answer: the status is in the headers.
                 call.handled(Code::from_bytes(code.as_bytes()));
             }
-            let sent = metrics().grpc.sent.get_or_create_owned(&labels);
             Ok(response.map(|body| MeteredBody {
                 body,
                 messages: MessageCounter::default(),
-                count: sent,
+                count: method.sent.clone(),
                 call: Some(call),
             }))
         })
@@ -273,16 +302,16 @@ where
 
 /// One call from its request to its status.
 struct Call {
-    labels: MethodLabels,
+    method: Arc<Method>,
     started: Instant,
     handled: bool,
 }
 
 impl Call {
-    fn start(labels: MethodLabels) -> Call {
-        metrics().grpc.started.get_or_create(&labels).inc();
+    fn start(method: Arc<Method>) -> Call {
+        method.started.inc();
         Call {
-            labels,
+            method,
             started: Instant::now(),
             handled: false,
         }
@@ -292,15 +321,16 @@ impl Call {
         if std::mem::replace(&mut self.handled, true) {
             return;
         }
-        let grpc = &metrics().grpc;
-        grpc.handled
+        metrics()
+            .grpc
+            .handled
             .get_or_create(&HandledLabels {
-                method: self.labels,
+                method: self.method.labels,
                 grpc_code: code_label(code),
             })
             .inc();
-        grpc.handling
-            .get_or_create(&self.labels)
+        self.method
+            .handling
             .observe(self.started.elapsed().as_secs_f64());
     }
 }
@@ -430,27 +460,25 @@ mod tests {
 
     #[test]
     fn the_method_table_has_the_declared_stream_types() {
-        let methods = Methods::from_descriptor_sets(&[
+        let methods = Methods::labels_of(&[
             reins_proto::FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
         ]);
-        let watch = methods.labels("/reins.v1.TaskService/WatchTask");
+        let labels = |path: &str| methods.get(path).copied().unwrap_or(UNKNOWN);
+        let watch = labels("/reins.v1.TaskService/WatchTask");
         assert_eq!(
             (watch.grpc_service, watch.grpc_method, watch.grpc_type),
             ("reins.v1.TaskService", "WatchTask", "server_stream")
         );
+        assert_eq!(labels("/reins.v1.TaskService/StartTask").grpc_type, "unary");
         assert_eq!(
-            methods.labels("/reins.v1.TaskService/StartTask").grpc_type,
-            "unary"
-        );
-        assert_eq!(
-            methods.labels("/reins.v1.WorkerService/Connect").grpc_type,
+            labels("/reins.v1.WorkerService/Connect").grpc_type,
             "bidi_stream"
         );
         assert_eq!(
-            methods.labels("/grpc.health.v1.Health/Watch").grpc_type,
+            labels("/grpc.health.v1.Health/Watch").grpc_type,
             "server_stream"
         );
-        assert_eq!(methods.labels("/reins.v1.TaskService/Nope"), UNKNOWN);
+        assert_eq!(labels("/reins.v1.TaskService/Nope"), UNKNOWN);
     }
 }

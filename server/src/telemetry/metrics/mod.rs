@@ -28,8 +28,8 @@ mod grpc;
 pub mod http;
 mod store;
 
-use std::collections::HashSet;
-use std::sync::{LazyLock, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::SystemTime;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -156,8 +156,8 @@ pub(crate) struct Metrics {
     replicas_lost: Counter,
     settled_by_reaper: Family<StateLabel, Counter>,
     fenced_writes: Counter,
-    /// The kinds whose series exist (see the module doc).
-    known_kinds: RwLock<HashSet<String>>,
+    /// The series of each kind met so far (see the module doc).
+    kinds: RwLock<HashMap<String, Arc<KindSeries>>>,
 }
 
 /// The metrics of this process.
@@ -190,7 +190,7 @@ impl Metrics {
             replicas_lost: Counter::default(),
             settled_by_reaper: Family::default(),
             fenced_writes: Counter::default(),
-            known_kinds: RwLock::default(),
+            kinds: RwLock::default(),
         };
         metrics.register_task_metrics();
         for mode in [CancelMode::Soft, CancelMode::Hard] {
@@ -215,39 +215,50 @@ impl Metrics {
         metrics
     }
 
-    /// Creates the series of `kind` at 0 the first time this replica starts a task of it.
-    fn know_kind(&self, kind: &str) {
-        let known = |kinds: &HashSet<String>| kinds.contains(kind);
-        if known(&self.known_kinds.read().unwrap_or_else(|p| p.into_inner())) {
-            return;
-        }
-        if !self
-            .known_kinds
-            .write()
+    /// The series of `kind`, created at 0 the first time this replica meets the kind, then
+    /// looked up by name only (no label to build, nothing allocated).
+    fn kind(&self, kind: &str) -> Arc<KindSeries> {
+        if let Some(series) = self
+            .kinds
+            .read()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(kind.to_owned())
+            .get(kind)
         {
-            return;
+            return Arc::clone(series);
         }
+        let mut kinds = self.kinds.write().unwrap_or_else(|p| p.into_inner());
+        let series = kinds
+            .entry(kind.to_owned())
+            .or_insert_with(|| Arc::new(self.kind_series(kind)));
+        Arc::clone(series)
+    }
+
+    fn kind_series(&self, kind: &str) -> KindSeries {
         let label = KindLabel {
             kind: kind.to_owned(),
         };
-        drop(self.dispatch.get_or_create(&label));
-        drop(self.cancel_escalations.get_or_create(&label));
-        for state in TaskState::ALL
-            .into_iter()
-            .filter(|state| state.is_terminal())
-        {
-            drop(self.tasks_finished.get_or_create(&KindStateLabels {
+        let finished = |state| {
+            self.tasks_finished.get_or_create_owned(&KindStateLabels {
                 kind: kind.to_owned(),
                 state: state_label(state),
-            }));
-        }
-        for mode in [CancelMode::Soft, CancelMode::Hard] {
-            drop(self.cancel_stop.get_or_create(&StopLabels {
+            })
+        };
+        let stop = |mode| {
+            self.cancel_stop.get_or_create_owned(&StopLabels {
                 mode: mode_label(mode),
                 kind: kind.to_owned(),
-            }));
+            })
+        };
+        KindSeries {
+            started: self.tasks_started.get_or_create_owned(&label),
+            completed: finished(TaskState::Completed),
+            failed: finished(TaskState::Failed),
+            cancelled: finished(TaskState::Cancelled),
+            escalations: self.cancel_escalations.get_or_create_owned(&label),
+            dispatch: self.dispatch.get_or_create_owned(&label),
+            soft_stop: stop(CancelMode::Soft),
+            hard_stop: stop(CancelMode::Hard),
+            running: self.tasks_running.get_or_create_owned(&label),
         }
     }
 
@@ -345,35 +356,34 @@ impl Metrics {
     /// task waited), an escalation, a terminal state.
     pub fn task_changed(&self, before: &Task, after: &Task) {
         let now = after.updated_at;
-        if after.state.is_started() && before.state == TaskState::Pending {
-            self.know_kind(&after.kind);
-            let kind = KindLabel {
-                kind: after.kind.clone(),
-            };
-            self.tasks_started.get_or_create(&kind).inc();
+        let started = after.state.is_started() && before.state == TaskState::Pending;
+        let escalated = |task: &Task| task.cancel.as_ref().is_some_and(|c| c.escalated);
+        let escalation = escalated(after) && !escalated(before);
+        let finished = after.state.is_terminal() && !before.state.is_terminal();
+        if !(started || escalation || finished) {
+            // Most changes (progress, checkpoints) count nowhere.
+            return;
+        }
+        let series = self.kind(&after.kind);
+        if started {
+            series.started.inc();
             self.queue_wait
                 .observe(seconds_between(before.updated_at, now));
             if after.attempt == 1 {
-                self.dispatch
-                    .get_or_create(&kind)
+                series
+                    .dispatch
                     .observe(seconds_between(after.created_at, now));
             }
         }
-        let escalated = |task: &Task| task.cancel.as_ref().is_some_and(|c| c.escalated);
-        if escalated(after) && !escalated(before) {
-            self.cancel_escalations
-                .get_or_create(&KindLabel {
-                    kind: after.kind.clone(),
-                })
-                .inc();
+        if escalation {
+            series.escalations.inc();
         }
-        if after.state.is_terminal() && !before.state.is_terminal() {
-            self.tasks_finished
-                .get_or_create(&KindStateLabels {
-                    kind: after.kind.clone(),
-                    state: state_label(after.state),
-                })
-                .inc();
+        if finished {
+            match after.state {
+                TaskState::Completed => series.completed.inc(),
+                TaskState::Failed => series.failed.inc(),
+                _ => series.cancelled.inc(),
+            };
         }
     }
 
@@ -399,20 +409,17 @@ impl Metrics {
         } else {
             cancel.mode
         };
-        self.cancel_stop
-            .get_or_create(&StopLabels {
-                mode: mode_label(mode),
-                kind: kind.to_owned(),
-            })
-            .observe(seconds_between(cancel.requested_at, stopped_at));
+        let series = self.kind(kind);
+        let stops = match mode {
+            CancelMode::Soft => &series.soft_stop,
+            CancelMode::Hard => &series.hard_stop,
+        };
+        stops.observe(seconds_between(cancel.requested_at, stopped_at));
     }
 
     /// Counts a task of `kind` as running here while the guard lives.
     pub fn running(&self, kind: &str) -> Tracked {
-        let gauge = self.tasks_running.get_or_create_owned(&KindLabel {
-            kind: kind.to_owned(),
-        });
-        Tracked::new(gauge)
+        Tracked::new(self.kind(kind).running.clone())
     }
 
     /// Counts an open watch while the guard lives.
@@ -466,6 +473,19 @@ impl Metrics {
             }
         }
     }
+}
+
+/// The series of one task kind on this replica.
+struct KindSeries {
+    started: Counter,
+    completed: Counter,
+    failed: Counter,
+    cancelled: Counter,
+    escalations: Counter,
+    dispatch: Histogram,
+    soft_stop: Histogram,
+    hard_stop: Histogram,
+    running: Gauge,
 }
 
 /// How the workers connected here serve one kind.

@@ -7,7 +7,8 @@
 //! served by the replica's own fan-out, and marking no kinds served touches nothing.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -25,32 +26,86 @@ use crate::store::{
 use crate::task::budget::Spending;
 use crate::task::{Task, TaskId, Usage};
 
-/// Every operation, as labelled: the store's trait methods.
-const OPS: [&str; 22] = [
-    "create",
-    "cancel_session",
-    "get",
-    "compare_and_swap",
-    "swap_spending",
-    "spending",
-    "list_active",
-    "children",
-    "owned_by",
-    "history",
-    "subscribe",
-    "subscribe_owner",
-    "oldest_pending",
-    "subscribe_queue",
-    "announce_queued",
-    "queue_depth",
-    "renew_lease",
-    "release_lease",
-    "lost_owners",
-    "mark_served",
-    "is_worker_kind",
-    "forget_worker_kinds",
-];
-const ERROR_KINDS: [&str; 2] = ["unavailable", "corrupt"];
+/// Every store operation (a method of the store's traits), as labelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Create,
+    CancelSession,
+    Get,
+    CompareAndSwap,
+    SwapSpending,
+    Spending,
+    ListActive,
+    Children,
+    OwnedBy,
+    History,
+    Subscribe,
+    SubscribeOwner,
+    OldestPending,
+    SubscribeQueue,
+    AnnounceQueued,
+    QueueDepth,
+    RenewLease,
+    ReleaseLease,
+    LostOwners,
+    MarkServed,
+    IsWorkerKind,
+    ForgetWorkerKinds,
+}
+
+impl Op {
+    const ALL: [Op; 22] = [
+        Op::Create,
+        Op::CancelSession,
+        Op::Get,
+        Op::CompareAndSwap,
+        Op::SwapSpending,
+        Op::Spending,
+        Op::ListActive,
+        Op::Children,
+        Op::OwnedBy,
+        Op::History,
+        Op::Subscribe,
+        Op::SubscribeOwner,
+        Op::OldestPending,
+        Op::SubscribeQueue,
+        Op::AnnounceQueued,
+        Op::QueueDepth,
+        Op::RenewLease,
+        Op::ReleaseLease,
+        Op::LostOwners,
+        Op::MarkServed,
+        Op::IsWorkerKind,
+        Op::ForgetWorkerKinds,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Op::Create => "create",
+            Op::CancelSession => "cancel_session",
+            Op::Get => "get",
+            Op::CompareAndSwap => "compare_and_swap",
+            Op::SwapSpending => "swap_spending",
+            Op::Spending => "spending",
+            Op::ListActive => "list_active",
+            Op::Children => "children",
+            Op::OwnedBy => "owned_by",
+            Op::History => "history",
+            Op::Subscribe => "subscribe",
+            Op::SubscribeOwner => "subscribe_owner",
+            Op::OldestPending => "oldest_pending",
+            Op::SubscribeQueue => "subscribe_queue",
+            Op::AnnounceQueued => "announce_queued",
+            Op::QueueDepth => "queue_depth",
+            Op::RenewLease => "renew_lease",
+            Op::ReleaseLease => "release_lease",
+            Op::LostOwners => "lost_owners",
+            Op::MarkServed => "mark_served",
+            Op::IsWorkerKind => "is_worker_kind",
+            Op::ForgetWorkerKinds => "forget_worker_kinds",
+        }
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabel {
@@ -63,89 +118,118 @@ struct ErrorLabels {
     kind: &'static str,
 }
 
+/// The series of one operation, looked up once: recording a request touches no map.
+struct OpSeries {
+    requests: Counter,
+    seconds: Histogram,
+    unavailable: Counter,
+    corrupt: Counter,
+}
+
 pub(super) struct StoreMetrics {
-    requests: Family<OpLabel, Counter>,
-    errors: Family<ErrorLabels, Counter>,
-    seconds: Histograms<OpLabel>,
+    /// By `Op as usize`; every series exists at 0 from the start, so that the first error
+    /// shows in `rate()`.
+    ops: Vec<OpSeries>,
 }
 
 impl StoreMetrics {
     pub(super) fn register(registry: &mut Registry) -> StoreMetrics {
-        let metrics = StoreMetrics {
-            requests: Family::default(),
-            errors: Family::default(),
-            seconds: histograms(|| Histogram::new(STORE_BUCKETS)),
-        };
+        let requests = Family::<OpLabel, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let seconds: Histograms<OpLabel> = histograms(|| Histogram::new(STORE_BUCKETS));
         registry.register(
             "reins_store_requests",
             "Requests to the task store, by operation",
-            metrics.requests.clone(),
+            requests.clone(),
         );
         registry.register(
             "reins_store_errors",
             "Failed requests to the task store, by operation and kind (unavailable, corrupt)",
-            metrics.errors.clone(),
+            errors.clone(),
         );
         registry.register(
             "reins_store_request_seconds",
             "How long requests to the task store took, by operation",
-            metrics.seconds.clone(),
+            seconds.clone(),
         );
-        // Every series at 0 from the start, so that the first error shows in `rate()`.
-        for op in OPS {
-            drop(metrics.requests.get_or_create(&OpLabel { op }));
-            drop(metrics.seconds.get_or_create(&OpLabel { op }));
-            for kind in ERROR_KINDS {
-                drop(metrics.errors.get_or_create(&ErrorLabels { op, kind }));
-            }
-        }
-        metrics
+        let ops = Op::ALL
+            .iter()
+            .map(|op| {
+                let op = op.label();
+                let error = |kind| errors.get_or_create_owned(&ErrorLabels { op, kind });
+                OpSeries {
+                    requests: requests.get_or_create_owned(&OpLabel { op }),
+                    seconds: seconds.get_or_create_owned(&OpLabel { op }),
+                    unavailable: error("unavailable"),
+                    corrupt: error("corrupt"),
+                }
+            })
+            .collect();
+        StoreMetrics { ops }
     }
 
-    fn record(&self, op: &'static str, took: Duration, error: Option<&StoreError>) {
-        debug_assert!(OPS.contains(&op), "{op} is missing from OPS");
-        let label = OpLabel { op };
-        self.requests.get_or_create(&label).inc();
-        self.seconds
-            .get_or_create(&label)
-            .observe(took.as_secs_f64());
+    fn record(&self, op: Op, took: Duration, error: Option<&StoreError>) {
+        let series = &self.ops[op as usize];
+        series.requests.inc();
+        series.seconds.observe(took.as_secs_f64());
         if let Some(error) = error {
-            let [unavailable, corrupt] = ERROR_KINDS;
-            let kind = match error {
-                StoreError::Unavailable(_) => unavailable,
-                StoreError::Corrupt(_) => corrupt,
+            let errors = match error {
+                StoreError::Unavailable(_) => &series.unavailable,
+                StoreError::Corrupt(_) => &series.corrupt,
             };
-            self.errors.get_or_create(&ErrorLabels { op, kind }).inc();
+            errors.inc();
         }
     }
 }
 
 /// Whether the store answers: since when every request has failed as unavailable, if the
-/// last one did. A corrupt record is an answer: the store is reachable.
-#[derive(Debug, Default)]
+/// last one did. A corrupt record is an answer: the store is reachable. Lock-free: every
+/// store request notes its outcome, and an answer while nothing failed is one load.
+#[derive(Debug)]
 pub(crate) struct StoreHealth {
-    failing_since: Mutex<Option<Instant>>,
+    /// What `failing_since` counts from.
+    origin: Instant,
+    /// Nanoseconds from `origin` to the first failure of the current outage (at least 1);
+    /// 0 while the store answers.
+    failing_since: AtomicU64,
+}
+
+impl Default for StoreHealth {
+    fn default() -> StoreHealth {
+        StoreHealth {
+            origin: Instant::now(),
+            failing_since: AtomicU64::new(0),
+        }
+    }
 }
 
 impl StoreHealth {
     fn note(&self, reachable: bool) {
-        let mut failing_since = self
-            .failing_since
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match (reachable, *failing_since) {
-            (true, _) => *failing_since = None,
-            (false, None) => *failing_since = Some(Instant::now()),
-            (false, Some(_)) => {}
+        if reachable {
+            if self.failing_since.load(Ordering::Relaxed) != 0 {
+                self.failing_since.store(0, Ordering::Relaxed);
+            }
+        } else {
+            let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            // Only the first failure of an outage sets it.
+            let _ = self.failing_since.compare_exchange(
+                0,
+                now.max(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
     }
 
     /// How long the store has been unreachable; zero while it answers.
     pub fn unreachable_for(&self) -> Duration {
-        self.failing_since
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .map_or(Duration::ZERO, |since| since.elapsed())
+        match self.failing_since.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => self
+                .origin
+                .elapsed()
+                .saturating_sub(Duration::from_nanos(since)),
+        }
     }
 }
 
@@ -170,7 +254,7 @@ impl MeteredStore {
     /// Measures a request whose success shows that the store answered.
     async fn measure<T>(
         &self,
-        op: &'static str,
+        op: Op,
         request: impl Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
         self.measure_as(op, true, request).await
@@ -179,7 +263,7 @@ impl MeteredStore {
     /// Measures a request; `answered`: whether its success shows that the store answered.
     async fn measure_as<T>(
         &self,
-        op: &'static str,
+        op: Op,
         answered: bool,
         request: impl Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
@@ -201,20 +285,20 @@ impl MeteredStore {
 #[async_trait]
 impl TaskRecords for MeteredStore {
     async fn create(&self, task: Task) -> StoreResult<Created> {
-        self.measure("create", self.inner.create(task)).await
+        self.measure(Op::Create, self.inner.create(task)).await
     }
 
     async fn cancel_session(&self, session: &str, ttl: Duration) -> StoreResult<()> {
-        self.measure("cancel_session", self.inner.cancel_session(session, ttl))
+        self.measure(Op::CancelSession, self.inner.cancel_session(session, ttl))
             .await
     }
 
     async fn get(&self, id: TaskId) -> StoreResult<Option<Task>> {
-        self.measure("get", self.inner.get(id)).await
+        self.measure(Op::Get, self.inner.get(id)).await
     }
 
     async fn compare_and_swap(&self, next: &Task) -> StoreResult<Swap> {
-        self.measure("compare_and_swap", self.inner.compare_and_swap(next))
+        self.measure(Op::CompareAndSwap, self.inner.compare_and_swap(next))
             .await
     }
 
@@ -223,12 +307,12 @@ impl TaskRecords for MeteredStore {
         next: &Task,
         increment: &Usage,
     ) -> StoreResult<(Swap, Vec<Spending>)> {
-        self.measure("swap_spending", self.inner.swap_spending(next, increment))
+        self.measure(Op::SwapSpending, self.inner.swap_spending(next, increment))
             .await
     }
 
     async fn spending(&self, ids: &[TaskId]) -> StoreResult<Vec<Spending>> {
-        self.measure("spending", self.inner.spending(ids)).await
+        self.measure(Op::Spending, self.inner.spending(ids)).await
     }
 
     async fn list_active(
@@ -237,20 +321,21 @@ impl TaskRecords for MeteredStore {
         after: Option<TaskId>,
         limit: usize,
     ) -> StoreResult<Vec<Task>> {
-        self.measure("list_active", self.inner.list_active(filter, after, limit))
+        self.measure(Op::ListActive, self.inner.list_active(filter, after, limit))
             .await
     }
 
     async fn children(&self, parent: TaskId) -> StoreResult<Vec<Task>> {
-        self.measure("children", self.inner.children(parent)).await
+        self.measure(Op::Children, self.inner.children(parent))
+            .await
     }
 
     async fn owned_by(&self, owner: &str) -> StoreResult<Vec<Task>> {
-        self.measure("owned_by", self.inner.owned_by(owner)).await
+        self.measure(Op::OwnedBy, self.inner.owned_by(owner)).await
     }
 
     async fn history(&self, id: TaskId, after_version: u64) -> StoreResult<Option<Vec<Task>>> {
-        self.measure("history", self.inner.history(id, after_version))
+        self.measure(Op::History, self.inner.history(id, after_version))
             .await
     }
 }
@@ -258,12 +343,12 @@ impl TaskRecords for MeteredStore {
 #[async_trait]
 impl TaskFeeds for MeteredStore {
     async fn subscribe(&self, id: TaskId) -> StoreResult<Updates> {
-        self.measure_as("subscribe", false, self.inner.subscribe(id))
+        self.measure_as(Op::Subscribe, false, self.inner.subscribe(id))
             .await
     }
 
     async fn subscribe_owner(&self, owner: &str) -> StoreResult<Updates> {
-        self.measure_as("subscribe_owner", false, self.inner.subscribe_owner(owner))
+        self.measure_as(Op::SubscribeOwner, false, self.inner.subscribe_owner(owner))
             .await
     }
 }
@@ -271,39 +356,39 @@ impl TaskFeeds for MeteredStore {
 #[async_trait]
 impl TaskQueue for MeteredStore {
     async fn oldest_pending(&self, after: Option<TaskId>, limit: usize) -> StoreResult<Vec<Task>> {
-        self.measure("oldest_pending", self.inner.oldest_pending(after, limit))
+        self.measure(Op::OldestPending, self.inner.oldest_pending(after, limit))
             .await
     }
 
     async fn subscribe_queue(&self) -> StoreResult<Wakeups> {
-        self.measure_as("subscribe_queue", false, self.inner.subscribe_queue())
+        self.measure_as(Op::SubscribeQueue, false, self.inner.subscribe_queue())
             .await
     }
 
     async fn announce_queued(&self) -> StoreResult<()> {
-        self.measure("announce_queued", self.inner.announce_queued())
+        self.measure(Op::AnnounceQueued, self.inner.announce_queued())
             .await
     }
 
     async fn queue_depth(&self) -> StoreResult<u64> {
-        self.measure("queue_depth", self.inner.queue_depth()).await
+        self.measure(Op::QueueDepth, self.inner.queue_depth()).await
     }
 }
 
 #[async_trait]
 impl Membership for MeteredStore {
     async fn renew_lease(&self, replica: &str, ttl: Duration) -> StoreResult<bool> {
-        self.measure("renew_lease", self.inner.renew_lease(replica, ttl))
+        self.measure(Op::RenewLease, self.inner.renew_lease(replica, ttl))
             .await
     }
 
     async fn release_lease(&self, replica: &str) -> StoreResult<()> {
-        self.measure("release_lease", self.inner.release_lease(replica))
+        self.measure(Op::ReleaseLease, self.inner.release_lease(replica))
             .await
     }
 
     async fn lost_owners(&self) -> StoreResult<Vec<String>> {
-        self.measure("lost_owners", self.inner.lost_owners()).await
+        self.measure(Op::LostOwners, self.inner.lost_owners()).await
     }
 }
 
@@ -311,17 +396,17 @@ impl Membership for MeteredStore {
 impl WorkerKinds for MeteredStore {
     async fn mark_served(&self, kinds: &[String], at: SystemTime) -> StoreResult<()> {
         let answered = !kinds.is_empty();
-        self.measure_as("mark_served", answered, self.inner.mark_served(kinds, at))
+        self.measure_as(Op::MarkServed, answered, self.inner.mark_served(kinds, at))
             .await
     }
 
     async fn is_worker_kind(&self, kind: &str, since: SystemTime) -> StoreResult<bool> {
-        self.measure("is_worker_kind", self.inner.is_worker_kind(kind, since))
+        self.measure(Op::IsWorkerKind, self.inner.is_worker_kind(kind, since))
             .await
     }
 
     async fn forget_worker_kinds(&self, since: SystemTime) -> StoreResult<usize> {
-        self.measure("forget_worker_kinds", self.inner.forget_worker_kinds(since))
+        self.measure(Op::ForgetWorkerKinds, self.inner.forget_worker_kinds(since))
             .await
     }
 }
@@ -340,14 +425,21 @@ mod tests {
     #[test]
     fn the_store_is_unreachable_from_the_first_failure_until_an_answer() {
         let health = StoreHealth::default();
-        let since = || *health.failing_since.lock().unwrap();
+        let since = || health.failing_since.load(Ordering::Relaxed);
         assert_eq!(health.unreachable_for(), Duration::ZERO);
         health.note(false);
-        let first = since().expect("failing after a failure");
+        let first = since();
+        assert_ne!(first, 0, "failing after a failure");
         health.note(false);
-        assert_eq!(since(), Some(first), "measured from the first failure");
+        assert_eq!(since(), first, "measured from the first failure");
         health.note(true);
-        assert_eq!(since(), None);
+        assert_eq!(since(), 0);
         assert_eq!(health.unreachable_for(), Duration::ZERO);
+    }
+
+    #[test]
+    fn every_operation_has_its_series() {
+        assert!(Op::ALL.iter().enumerate().all(|(i, op)| *op as usize == i));
+        assert_eq!(metrics().store.ops.len(), Op::ALL.len());
     }
 }
