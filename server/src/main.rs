@@ -78,8 +78,11 @@ fn init_logging(format: LogFormat, replica_id: &str) -> Traces {
             (Traces::off(), None)
         }
     };
+    // Only the server's spans: its log events stay in the log rather than being copied
+    // into every span they happen in (the execution span records its events itself).
     let spans = spans.map(|layer| {
-        layer.with_filter(Targets::new().with_target("reins_server", tracing::Level::INFO))
+        let ours = Targets::new().with_target("reins_server", tracing::Level::INFO);
+        layer.with_filter(ours.and(filter_fn(|metadata| metadata.is_span())))
     });
     tracing_subscriber::registry().with(log).with(spans).init();
     traces
