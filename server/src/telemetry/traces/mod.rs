@@ -195,10 +195,11 @@ fn propagator() -> TextMapCompositePropagator {
 /// record keeps and an assignment carries. Empty when the call has no span (traces off, or
 /// not sampled).
 pub fn current_context() -> BTreeMap<String, String> {
-    if !enabled() {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
         return BTreeMap::new();
     }
-    bounded(to_map(&tracing::Span::current().context()))
+    bounded(to_map(&span.context()))
 }
 
 /// The most bytes of W3C entries a record keeps (keys and values): the `traceparent` (55)
