@@ -70,6 +70,9 @@ impl<B> MakeSpan<B> for RpcSpan {
             return Span::none();
         }
         let name = request.uri().path().trim_start_matches('/');
+        if !request.headers().contains_key("traceparent") && !super::roots_may_sample() {
+            return Span::none();
+        }
         let parent = global::get_text_map_propagator(|propagator| {
             propagator.extract(&Metadata(request.headers()))
         });

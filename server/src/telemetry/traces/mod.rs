@@ -40,10 +40,22 @@ const SCOPE: &str = "reinsd";
 /// The sampler of the installed provider (the same `OTEL_TRACES_SAMPLER`), set once when an
 /// exporter was configured; unset, no span is made at all. Checked first by everything that
 /// makes a span, so a server without traces pays one load.
-static SAMPLER: OnceLock<Box<dyn ShouldSample>> = OnceLock::new();
+static SAMPLING: OnceLock<Sampling> = OnceLock::new();
+
+struct Sampling {
+    sampler: Box<dyn ShouldSample>,
+    /// Whether a root (a call without a parent) could be sampled: the same answer for
+    /// every root, so decided once.
+    roots: bool,
+}
 
 pub fn enabled() -> bool {
-    SAMPLER.get().is_some()
+    SAMPLING.get().is_some()
+}
+
+/// Whether a span without a parent could be sampled (see [`may_sample`]).
+pub fn roots_may_sample() -> bool {
+    SAMPLING.get().is_some_and(|sampling| sampling.roots)
 }
 
 /// Whether a span under `parent` could be sampled: the server makes no span otherwise,
@@ -53,9 +65,13 @@ pub fn enabled() -> bool {
 /// inclined to keep, so only a root that could never be sampled (`always_off`, a ratio of
 /// 0) is skipped and the SDK still decides for the others.
 pub fn may_sample(parent: &Context, name: &str, kind: SpanKind) -> bool {
-    SAMPLER
-        .get()
-        .is_some_and(|sampler| could_sample(sampler.as_ref(), parent, name, kind))
+    SAMPLING.get().is_some_and(|sampling| {
+        if parent.span().span_context().is_valid() {
+            could_sample(sampling.sampler.as_ref(), parent, name, kind)
+        } else {
+            sampling.roots
+        }
+    })
 }
 
 fn could_sample(sampler: &dyn ShouldSample, parent: &Context, name: &str, kind: SpanKind) -> bool {
@@ -136,7 +152,8 @@ impl Traces {
             // `Context::current()`): activating it on every poll of every call is cost
             // without use.
             .with_context_activation(false);
-        let _ = SAMPLER.set(sampler);
+        let roots = could_sample(sampler.as_ref(), &Context::new(), SCOPE, SpanKind::Server);
+        let _ = SAMPLING.set(Sampling { sampler, roots });
         Ok((
             Traces {
                 provider: Some(provider),

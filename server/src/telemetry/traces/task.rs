@@ -26,7 +26,7 @@ use crate::task::{CancelMode, Task};
 /// Opens the execution span of `task` (just started on this replica); disabled when traces
 /// are off or it would not be sampled.
 pub fn execution_span(task: &Task) -> Span {
-    if !super::enabled() {
+    if !super::enabled() || (task.trace_context.is_empty() && !super::roots_may_sample()) {
         return Span::none();
     }
     let parent = super::from_map(&task.trace_context);
