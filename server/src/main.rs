@@ -9,7 +9,7 @@ use reins_server::config::{Config, LogFormat};
 use reins_server::telemetry::traces::Traces;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::filter::{EnvFilter, FilterExt, Targets, filter_fn};
+use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, Targets, filter_fn};
 use tracing_subscriber::prelude::*;
 
 fn main() -> std::process::ExitCode {
@@ -62,7 +62,7 @@ async fn serve(config: Config) -> Result<(), reins_server::server::BoxError> {
 /// server's spans (`telemetry::traces`), whatever `RUST_LOG` says.
 fn init_logging(format: LogFormat, replica_id: &str) -> Traces {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let filter = filter.and(filter_fn(|metadata| metadata.is_event()));
+    let filter = filter.and(only(|metadata| metadata.is_event()));
     // Colours only for a person at a terminal: log collectors store escape codes verbatim.
     let log = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
@@ -78,9 +78,21 @@ fn init_logging(format: LogFormat, replica_id: &str) -> Traces {
             (Traces::off(), None)
         }
     };
+    // Only the server's spans: its log events stay in the log rather than being copied
+    // into every span they happen in (the execution span records its events itself).
     let spans = spans.map(|layer| {
-        layer.with_filter(Targets::new().with_target("reins_server", tracing::Level::INFO))
+        let ours = Targets::new().with_target("reins_server", tracing::Level::INFO);
+        layer.with_filter(ours.and(only(|metadata| metadata.is_span())))
     });
     tracing_subscriber::registry().with(log).with(spans).init();
     traces
+}
+
+/// A filter on the kind of callsite, not its level. It says so (the most verbose level as
+/// its hint): without a hint, the filter it is combined with would lose its own, and every
+/// `trace!` of every dependency (h2 has one per frame) would be asked about at run time.
+fn only(
+    kind: fn(&tracing::Metadata<'_>) -> bool,
+) -> tracing_subscriber::filter::FilterFn<fn(&tracing::Metadata<'_>) -> bool> {
+    filter_fn(kind).with_max_level_hint(LevelFilter::TRACE)
 }

@@ -9,14 +9,15 @@
 //! as its stream (a worker's `Connect` is one span, not one per message). Health checks and
 //! reflection get no span: probes every few seconds would bury the traces that matter.
 //!
-//! With traces off the layer makes disabled spans ([`tracing::Span::none`]): nothing is
-//! extracted or recorded.
+//! With traces off, and for a call the sampler would drop anyway ([`super::may_sample`]),
+//! the layer makes a disabled span ([`tracing::Span::none`]): nothing is recorded.
 
 use std::time::Duration;
 
 use http::HeaderMap;
 use opentelemetry::global;
 use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::SpanKind;
 use tonic::transport::server::TcpConnectInfo;
 use tower_http::classify::{GrpcErrorsAsFailures, SharedClassifier};
 use tower_http::trace::{MakeSpan, OnEos, OnResponse, TraceLayer};
@@ -68,12 +69,22 @@ impl<B> MakeSpan<B> for RpcSpan {
         if UNTRACED.contains(&service) {
             return Span::none();
         }
+        let name = request.uri().path().trim_start_matches('/');
+        if !request.headers().contains_key("traceparent") && !super::roots_may_sample() {
+            return Span::none();
+        }
+        let parent = global::get_text_map_propagator(|propagator| {
+            propagator.extract(&Metadata(request.headers()))
+        });
+        if !super::may_sample(&parent, name, SpanKind::Server) {
+            return Span::none();
+        }
         let tcp = request.extensions().get::<TcpConnectInfo>();
         let local = tcp.and_then(|tcp| tcp.local_addr);
         let peer = tcp.and_then(|tcp| tcp.remote_addr);
         let span = tracing::info_span!(
             "grpc",
-            otel.name = %request.uri().path().trim_start_matches('/'),
+            otel.name = name,
             otel.kind = "server",
             otel.status_code = tracing::field::Empty,
             rpc.system = "grpc",
@@ -88,9 +99,6 @@ impl<B> MakeSpan<B> for RpcSpan {
             reins.task.kind = tracing::field::Empty,
             reins.task.state = tracing::field::Empty,
         );
-        let parent = global::get_text_map_propagator(|propagator| {
-            propagator.extract(&Metadata(request.headers()))
-        });
         let _ = span.set_parent(parent);
         span
     }

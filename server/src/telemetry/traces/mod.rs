@@ -24,25 +24,70 @@ mod quiet;
 pub mod task;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{SpanKind, TraceContextExt, TraceId, TracerProvider as _};
 use opentelemetry::{Context, KeyValue, global};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Config, SamplingDecision, SdkTracerProvider, ShouldSample};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The name of the tracer (instrumentation scope) of every span the server makes.
 const SCOPE: &str = "reinsd";
 
-/// Whether spans are made at all: set once, when an exporter was configured. Checked first
-/// by everything that makes a span, so a server without traces pays one relaxed load.
-static ENABLED: AtomicBool = AtomicBool::new(false);
+/// The sampler of the installed provider (the same `OTEL_TRACES_SAMPLER`), set once when an
+/// exporter was configured; unset, no span is made at all. Checked first by everything that
+/// makes a span, so a server without traces pays one load.
+static SAMPLING: OnceLock<Sampling> = OnceLock::new();
+
+struct Sampling {
+    sampler: Box<dyn ShouldSample>,
+    /// Whether a root (a call without a parent) could be sampled: the same answer for
+    /// every root, so decided once.
+    roots: bool,
+}
 
 pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
+    SAMPLING.get().is_some()
+}
+
+/// Whether a span without a parent could be sampled (see [`may_sample`]).
+pub fn roots_may_sample() -> bool {
+    SAMPLING.get().is_some_and(|sampling| sampling.roots)
+}
+
+/// Whether a span under `parent` could be sampled: the server makes no span otherwise,
+/// since a span nobody records costs as much to make (and to carry through `tracing`) as
+/// one that is recorded. Under a parent the sampler decides exactly (the span takes the
+/// parent's trace id); for a root it decides with the trace id the ratio samplers are most
+/// inclined to keep, so only a root that could never be sampled (`always_off`, a ratio of
+/// 0) is skipped and the SDK still decides for the others.
+pub fn may_sample(parent: &Context, name: &str, kind: SpanKind) -> bool {
+    SAMPLING.get().is_some_and(|sampling| {
+        if parent.span().span_context().is_valid() {
+            could_sample(sampling.sampler.as_ref(), parent, name, kind)
+        } else {
+            sampling.roots
+        }
+    })
+}
+
+fn could_sample(sampler: &dyn ShouldSample, parent: &Context, name: &str, kind: SpanKind) -> bool {
+    let span = parent.span();
+    let context = span.span_context();
+    // A ratio sampler keeps a trace id whose low 63 bits are under its bound: 1 is kept by
+    // every ratio above 0.
+    let trace_id = if context.is_valid() {
+        context.trace_id()
+    } else {
+        TraceId::from(1u128)
+    };
+    sampler
+        .should_sample(Some(parent), trace_id, name, &kind, &[], &[])
+        .decision
+        != SamplingDecision::Drop
 }
 
 /// How long a stopping server waits for its last spans to be exported.
@@ -90,6 +135,8 @@ impl Traces {
             .with_tonic()
             .build()
             .map_err(|err| format!("OTLP trace exporter: {err}"))?;
+        // The provider's own sampler is this same default, read from the environment.
+        let sampler = Config::default().sampler;
         let provider = SdkTracerProvider::builder()
             .with_resource(resource(replica_id))
             .with_batch_exporter(quiet::Quiet::new(exporter))
@@ -100,8 +147,13 @@ impl Traces {
             // Only spans: the server's log lines stay in the log.
             .with_location(false)
             .with_threads(false)
-            .with_tracked_inactivity(false);
-        ENABLED.store(true, Ordering::Relaxed);
+            .with_tracked_inactivity(false)
+            // The server reads a span's context only through the span itself (never
+            // `Context::current()`): activating it on every poll of every call is cost
+            // without use.
+            .with_context_activation(false);
+        let roots = could_sample(sampler.as_ref(), &Context::new(), SCOPE, SpanKind::Server);
+        let _ = SAMPLING.set(Sampling { sampler, roots });
         Ok((
             Traces {
                 provider: Some(provider),
@@ -157,12 +209,14 @@ fn propagator() -> TextMapCompositePropagator {
 }
 
 /// The context of the current span as W3C Trace Context (and baggage) entries: what a task
-/// record keeps and an assignment carries. Empty when no span is being exported.
+/// record keeps and an assignment carries. Empty when the call has no span (traces off, or
+/// not sampled).
 pub fn current_context() -> BTreeMap<String, String> {
-    if !enabled() {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
         return BTreeMap::new();
     }
-    bounded(to_map(&tracing::Span::current().context()))
+    bounded(to_map(&span.context()))
 }
 
 /// The most bytes of W3C entries a record keeps (keys and values): the `traceparent` (55)

@@ -24,12 +24,15 @@ use super::grpc::state_name;
 use crate::task::{CancelMode, Task};
 
 /// Opens the execution span of `task` (just started on this replica); disabled when traces
-/// are off.
+/// are off or it would not be sampled.
 pub fn execution_span(task: &Task) -> Span {
-    if !super::enabled() {
+    if !super::enabled() || (task.trace_context.is_empty() && !super::roots_may_sample()) {
         return Span::none();
     }
     let parent = super::from_map(&task.trace_context);
+    if !super::may_sample(&parent, "reins.task.run", SpanKind::Consumer) {
+        return Span::none();
+    }
     let queue_wait = task
         .started_at
         .and_then(|started| started.duration_since(task.created_at).ok());

@@ -86,3 +86,41 @@ fn oversized_context_drops_baggage_then_tracestate() {
     ]));
     assert_eq!(kept, entries(&[("traceparent", PARENT)]));
 }
+
+#[test]
+fn only_spans_that_could_be_sampled_are_made() {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceState};
+    use opentelemetry_sdk::trace::Sampler;
+
+    let root = Context::new();
+    let under = |flags| {
+        Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from(0x4bf9_u128 << 64 | 0xffff_ffff_ffff_ffff),
+            SpanId::from(7u64),
+            flags,
+            true,
+            TraceState::default(),
+        ))
+    };
+    let sampled = under(TraceFlags::SAMPLED);
+    let unsampled = under(TraceFlags::default());
+    let check = |sampler: Sampler, parent: &Context| {
+        could_sample(&sampler, parent, "s/m", SpanKind::Server)
+    };
+    let ratio = |p| Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(p)));
+
+    // Roots: skipped only when no trace id could ever be kept.
+    assert!(check(ratio(0.000_001), &root));
+    assert!(!check(ratio(0.0), &root));
+    assert!(!check(Sampler::AlwaysOff, &root));
+    assert!(check(
+        Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        &root
+    ));
+    // Under a parent: the parent-based sampler follows it, exactly.
+    assert!(check(ratio(0.0), &sampled));
+    assert!(!check(ratio(1.0), &unsampled));
+    // A ratio sampler that ignores the parent decides by the parent's trace id (whose low
+    // bits, all ones, are kept by no ratio below 1).
+    assert!(!check(Sampler::TraceIdRatioBased(0.5), &sampled));
+}
