@@ -69,7 +69,10 @@ pub async fn run(bench: &Bench) -> BenchResult<Report> {
     let creating = created.elapsed();
     let a = cluster.first().client();
     // Active now: an overloaded replica whose lease lapsed has had its tasks settled.
-    let active = a.cancel_tasks(session(&stopped_session, true)).await?.matched;
+    let active = a
+        .cancel_tasks(session(&stopped_session, true))
+        .await?
+        .matched;
     let bystanders_active = a.cancel_tasks(session(&bystanders, true)).await?.matched;
 
     let called = Instant::now();
