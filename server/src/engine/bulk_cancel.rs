@@ -2,7 +2,9 @@
 //!
 //! - The matching tasks are those active when the call starts: their ids are read first
 //!   (page by page over the store's indexes), then each is cancelled as SoftCancel or
-//!   HardCancel would (atomically, with its subtree), a bounded number at a time.
+//!   HardCancel would (atomically, with its subtree), a bounded number at a time: all the
+//!   PENDING ones first, then the started ones — each started task that stops frees a
+//!   place, and a queued task of the same call must not be started in it meanwhile.
 //! - A call filtering by session alone marks the session cancelled first (for
 //!   `--cancelled-session-ttl`): a StartTask in it from then on is refused, and any task
 //!   created before the mark is already in the index that is read after it, so none slips
@@ -15,8 +17,8 @@ use super::Engine;
 use super::transitions::CancelRequest;
 use crate::error::Result;
 use crate::store::ActiveFilter;
-use crate::task::TaskId;
 use crate::task::cancel::CancelOutcome;
+use crate::task::{TaskId, TaskState};
 
 /// How many tasks one call lists per store read.
 const PAGE: usize = 1000;
@@ -74,20 +76,41 @@ impl Engine {
                 .cancel_session(session, self.config.cancelled_session_ttl)
                 .await?;
         }
-        let ids = self.matching(filter).await?;
+        let matched = self.matching(filter).await?;
         let mut done = BulkCancel {
-            matched: ids.len(),
-            task_ids: ids.iter().take(MAX_LISTED_IDS).copied().collect(),
+            matched: matched.len(),
+            task_ids: matched
+                .iter()
+                .take(MAX_LISTED_IDS)
+                .map(|(id, _)| *id)
+                .collect(),
             ..BulkCancel::default()
         };
         if dry_run {
             return Ok(done);
         }
+        let (pending, started): (Vec<_>, Vec<_>) = matched
+            .into_iter()
+            .partition(|(_, state)| *state == TaskState::Pending);
+        // Every queued task first, then the started ones (see the module docs).
+        for phase in [pending, started] {
+            let ids = phase.into_iter().map(|(id, _)| id);
+            self.cancel_each(ids, request, &reason, &mut done).await?;
+        }
+        Ok(done)
+    }
+
+    /// Cancels each of `ids` with its subtree, [`CONCURRENCY`] at a time, counting the
+    /// outcomes into `done`.
+    async fn cancel_each(
+        &self,
+        ids: impl Iterator<Item = TaskId>,
+        request: CancelRequest,
+        reason: &str,
+        done: &mut BulkCancel,
+    ) -> Result<()> {
         let mut cancels = futures_util::stream::iter(ids)
-            .map(|id| {
-                let reason = reason.clone();
-                async move { (id, self.cancel(id, request, reason).await) }
-            })
+            .map(|id| async move { (id, self.cancel(id, request, reason.to_owned()).await) })
             .buffer_unordered(CONCURRENCY);
         while let Some((id, result)) = cancels.next().await {
             match result {
@@ -100,11 +123,11 @@ impl Engine {
                 }
             }
         }
-        Ok(done)
+        Ok(())
     }
 
-    /// The ids of the active tasks matching `filter` now, in creation order.
-    async fn matching(&self, filter: &ActiveFilter) -> Result<Vec<TaskId>> {
+    /// The active tasks matching `filter` now (id and state), in creation order.
+    async fn matching(&self, filter: &ActiveFilter) -> Result<Vec<(TaskId, TaskState)>> {
         let mut ids = Vec::new();
         let mut after = None;
         loop {
@@ -113,7 +136,7 @@ impl Engine {
                 .records()
                 .list_active(filter, after, PAGE)
                 .await?;
-            ids.extend(page.iter().map(|task| task.id));
+            ids.extend(page.iter().map(|task| (task.id, task.state)));
             match page.last() {
                 Some(last) if page.len() == PAGE => after = Some(last.id),
                 _ => return Ok(ids),

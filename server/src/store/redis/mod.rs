@@ -485,29 +485,53 @@ impl TaskRecords for RedisStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        // Two small round trips rather than the whole records: the budgets, then the
+        // subtree usage in their dimensions of the tasks that have one.
         let mut pipe = redis::pipe();
         for id in ids {
-            pipe.hgetall(self.keys.task(id));
+            pipe.hget(self.keys.task(id), "budget");
         }
-        let hashes: Vec<HashMap<String, String>> = pipe
+        let raw: Vec<Option<String>> = pipe
             .query_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
-        let mut found = Vec::new();
-        for (id, hash) in ids.iter().zip(&hashes) {
-            let Some(raw) = hash.get("budget").filter(|raw| !raw.is_empty()) else {
+        let mut budgets = Vec::new();
+        for (id, raw) in ids.iter().zip(raw) {
+            let Some(raw) = raw.filter(|raw| !raw.is_empty()) else {
                 continue;
             };
             let limits: HashMap<String, String> =
-                serde_json::from_str(raw).map_err(StoreError::Corrupt)?;
+                serde_json::from_str(&raw).map_err(StoreError::Corrupt)?;
             let budget: Usage = limits
                 .into_iter()
                 .filter_map(|(dimension, limit)| Some((dimension, limit.parse().ok()?)))
                 .collect();
-            let used = subtree_usage(hash);
-            found.push(Spending::new(*id, &budget, &used, &used));
+            budgets.push((*id, budget));
         }
-        Ok(found)
+        if budgets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (id, budget) in &budgets {
+            let fields: Vec<String> = budget.keys().map(|d| format!("{SUBTREE}{d}")).collect();
+            pipe.cmd("HMGET").arg(self.keys.task(id)).arg(fields);
+        }
+        let used: Vec<Vec<Option<f64>>> = pipe
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(budgets
+            .iter()
+            .zip(used)
+            .map(|((id, budget), used)| {
+                let used: Usage = budget
+                    .keys()
+                    .zip(used)
+                    .map(|(dimension, used)| (dimension.clone(), used.unwrap_or(0.0)))
+                    .collect();
+                Spending::new(*id, budget, &used, &used)
+            })
+            .collect())
     }
 
     async fn list_active(
