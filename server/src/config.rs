@@ -2,6 +2,7 @@
 //! durations take the usual human form (`500ms`, `3s`, `2m`, `24h`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use crate::executor::exec::{AllowedProgram, EnvName, EnvPolicy, ExecPolicy, Rlim
 use crate::limits::{CheckpointBudget, Limits};
 use crate::listener::{self, ConnectionLimits};
 use crate::task::{CheckpointLimits, MAX_DURATION};
+use crate::tls::TlsFiles;
 
 /// A human duration (`500ms`, `3s`) no longer than the service's [`MAX_DURATION`].
 fn duration(text: &str) -> Result<Duration, String> {
@@ -269,6 +271,41 @@ pub struct Config {
     #[arg(long, env = "REINS_MAX_CONNECTION_AGE_GRACE", value_parser = duration, requires = "max_connection_age")]
     pub max_connection_age_grace: Option<Duration>,
 
+    /// PEM certificate chain to serve TLS with (with --tls-key). Re-read when it changes
+    /// (see --reload-interval): new connections get the new certificate, open ones go on.
+    /// Unset: plaintext.
+    #[arg(
+        long,
+        env = "REINS_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "REINS_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates for mutual TLS: every client must present a certificate signed
+    /// by one of them; its identity (URI SAN, else DNS SAN, else subject CN) can name a
+    /// principal in --auth-config (`client_cert`).
+    #[arg(
+        long,
+        env = "REINS_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// How often the TLS files and the auth config are checked for changes.
+    #[arg(long, env = "REINS_RELOAD_INTERVAL", default_value = "5s", value_parser = positive_duration)]
+    pub reload_interval: Duration,
+
     #[arg(long, env = "REINS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
@@ -326,6 +363,15 @@ impl Config {
                 .zip(self.max_connection_age_grace)
                 .map(|(age, grace)| age + grace),
         }
+    }
+
+    /// The TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
     }
 
     /// What `exec` tasks may run and with what, from the `exec` flags and the server's

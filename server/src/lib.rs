@@ -16,6 +16,7 @@
 //! - `api`: the gRPC services.
 //! - `listener`: the accept loop and the limits on connections; `open_files`: the
 //!   process's open-files limit, raised at start-up.
+//! - `tls`: the server's TLS configuration (reloaded by `reload`) and client identities.
 //! - [`server`]: assembly, health, reflection and graceful shutdown.
 
 mod api;
@@ -32,10 +33,12 @@ mod limits;
 mod listener;
 mod open_files;
 mod port;
+mod reload;
 pub mod server;
 mod store;
 mod supervisor;
 mod task;
+mod tls;
 
 /// The exec kind's per-task subreaper: `reinsd` re-executes itself in that mode
 /// (`executor/exec/subreaper.rs`), and `main` hands over to it before anything else.

@@ -26,9 +26,11 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::executor::Kinds;
 use crate::listener;
+use crate::reload;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Store, TaskStore};
+use crate::tls::ServerTls;
 
 /// How long tasks still running at the end of the shutdown grace get to stop after their
 /// soft cancel, before escalation.
@@ -50,6 +52,22 @@ pub async fn run(
     tracing::info!(?connection_limits, "connections");
     let stop_serving = CancellationToken::new();
     let background = Background::new();
+    let tls = match config.tls_files() {
+        Some(files) => {
+            let tls = ServerTls::load(files)?;
+            let reloaded = Arc::clone(&tls);
+            reload::watch(
+                &background,
+                "TLS certificate",
+                tls.files().paths(),
+                config.reload_interval,
+                move || reloaded.reload(),
+            );
+            tracing::info!(files = ?tls.files(), "serving TLS");
+            Some(tls)
+        }
+        None => None,
+    };
     let backend: Arc<dyn TaskStore> = match &config.redis_url {
         Some(url) => {
             tracing::info!(prefix = %config.redis_prefix, "task state in Redis");
@@ -130,7 +148,7 @@ pub async fn run(
             .max_encoding_message_size(config.max_message_size),
         )
         .serve_with_incoming_shutdown(
-            listener::incoming(listener, connection_limits),
+            listener::incoming(listener, connection_limits, tls),
             stop_serving.clone().cancelled_owned(),
         );
     let serving = tokio::spawn(serving);

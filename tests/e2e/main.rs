@@ -14,5 +14,6 @@ mod records;
 mod replicas;
 mod server;
 mod start;
+mod tls;
 mod watch;
 mod workers;

@@ -18,6 +18,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 pub mod http2;
+pub mod pki;
 pub mod raw;
 mod redis_server;
 pub mod worker;
