@@ -302,6 +302,12 @@ pub struct Config {
     )]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// The auth config (TOML): principals with their tenant and roles, the JWT issuer, the
+    /// tenants' quotas; re-read when it changes. Unset: auth is off (one tenant, `default`,
+    /// every call allowed).
+    #[arg(long, env = "REINS_AUTH_CONFIG", value_name = "FILE")]
+    pub auth_config: Option<PathBuf>,
+
     /// How often the TLS files and the auth config are checked for changes.
     #[arg(long, env = "REINS_RELOAD_INTERVAL", default_value = "5s", value_parser = positive_duration)]
     pub reload_interval: Duration,

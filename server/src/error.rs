@@ -99,6 +99,18 @@ pub enum Error {
     WorkerProtocol(String),
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// No credentials, or credentials that name no principal.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    #[error("{principal} may not call {method}: it needs the {role} role")]
+    RoleRequired {
+        principal: String,
+        role: &'static str,
+        method: String,
+    },
+    /// A worker principal's hello named a kind outside its `kinds`.
+    #[error("{principal} may not serve kind {}", Echo(.kind))]
+    KindNotAllowed { principal: String, kind: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

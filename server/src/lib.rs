@@ -14,12 +14,14 @@
 //! - `convert`: domain → protobuf, shared by the api and the remote executor.
 //! - `limits`: the limits that bound one client or worker, and the record-size arithmetic.
 //! - `api`: the gRPC services.
+//! - `auth`: who is calling (tokens, JWTs, client certificates), roles, the caller's tenant.
 //! - `listener`: the accept loop and the limits on connections; `open_files`: the
 //!   process's open-files limit, raised at start-up.
 //! - `tls`: the server's TLS configuration (reloaded by `reload`) and client identities.
 //! - [`server`]: assembly, health, reflection and graceful shutdown.
 
 mod api;
+mod auth;
 mod background;
 mod cluster;
 pub mod config;

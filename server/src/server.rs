@@ -20,6 +20,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::api::{TaskApi, WorkerApi};
+use crate::auth::{Auth, AuthLayer};
 use crate::background::Background;
 use crate::cluster;
 use crate::config::Config;
@@ -67,6 +68,25 @@ pub async fn run(
             Some(tls)
         }
         None => None,
+    };
+    let auth = match &config.auth_config {
+        Some(file) => {
+            let auth = Auth::load(file)?;
+            let reloaded = Arc::clone(&auth);
+            reload::watch(
+                &background,
+                "auth config",
+                auth.files(),
+                config.reload_interval,
+                move || reloaded.reload(),
+            );
+            tracing::info!(file = %file.display(), "authentication on");
+            auth
+        }
+        None => {
+            warn_if_open(&listener);
+            Auth::off()
+        }
     };
     let backend: Arc<dyn TaskStore> = match &config.redis_url {
         Some(url) => {
@@ -133,6 +153,7 @@ pub async fn run(
         .layer(tower::util::MapResponseLayer::new(
             crate::api::status::client_mistakes,
         ))
+        .layer(AuthLayer::new(Arc::clone(&auth)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -178,6 +199,21 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Without auth anyone who reaches the port can read and control every task: fine on
+/// loopback, worth a loud warning anywhere else.
+fn warn_if_open(listener: &TcpListener) {
+    let loopback = listener
+        .local_addr()
+        .is_ok_and(|address| address.ip().is_loopback());
+    if !loopback {
+        tracing::warn!(
+            "AUTHENTICATION IS OFF on a non-loopback address: anyone who can reach this port \
+             can read, start and cancel every task and connect as a worker. Give \
+             --auth-config (and --tls-cert) to serve beyond this machine."
+        );
+    }
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

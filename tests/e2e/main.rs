@@ -1,6 +1,7 @@
 //! End-to-end tests: every semantic of the TaskService over real gRPC against real `reinsd`
 //! processes. One module per area; the harness is the `reins_e2e` library.
 
+mod auth;
 mod bad_input;
 mod cancel;
 mod cli;

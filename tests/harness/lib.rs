@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+pub mod auth;
 pub mod http2;
 pub mod pki;
 pub mod raw;

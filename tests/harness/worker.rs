@@ -58,7 +58,19 @@ pub struct FakeWorker {
 impl FakeWorker {
     /// Connects to the server at `url`, says `hello` and waits for the `welcome`.
     pub async fn connect(url: &str, name: &str, kinds: &[&str], max_concurrency: u32) -> Self {
-        let mut worker = FakeWorker::open(url, name, vec![hello(name, kinds, max_concurrency)])
+        FakeWorker::connect_as(url, None, name, kinds, max_concurrency).await
+    }
+
+    /// [`FakeWorker::connect`] with a bearer token.
+    pub async fn connect_as(
+        url: &str,
+        token: Option<&str>,
+        name: &str,
+        kinds: &[&str],
+        max_concurrency: u32,
+    ) -> Self {
+        let first = vec![hello(name, kinds, max_concurrency)];
+        let mut worker = FakeWorker::open_as(url, token, name, first)
             .await
             .unwrap_or_else(|status| panic!("worker {name} could not connect: {status:?}"));
         match worker.next().await {
@@ -75,6 +87,16 @@ impl FakeWorker {
         name: &str,
         first: Vec<WorkerMessage>,
     ) -> Result<FakeWorker, Status> {
+        FakeWorker::open_as(url, None, name, first).await
+    }
+
+    /// [`FakeWorker::open`] with a bearer token.
+    pub async fn open_as(
+        url: &str,
+        token: Option<&str>,
+        name: &str,
+        first: Vec<WorkerMessage>,
+    ) -> Result<FakeWorker, Status> {
         let channel = Endpoint::from_shared(url.to_owned())
             .expect("a valid url")
             .connect()
@@ -84,8 +106,15 @@ impl FakeWorker {
         for message in first {
             outbox.send(message).expect("the stream is open");
         }
+        let mut request = tonic::Request::new(UnboundedReceiverStream::new(inbox));
+        if let Some(token) = token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .expect("a printable token");
+            request.metadata_mut().insert("authorization", value);
+        }
         let commands = WorkerServiceClient::new(channel.clone())
-            .connect(UnboundedReceiverStream::new(inbox))
+            .connect(request)
             .await?
             .into_inner();
         Ok(FakeWorker {

@@ -30,6 +30,9 @@ fn code_and_reason(err: &Error) -> (Code, &'static str) {
         Error::MessageTooLarge(_) => (Code::ResourceExhausted, "MESSAGE_TOO_LARGE"),
         Error::WorkerProtocol(_) => (Code::FailedPrecondition, "WORKER_PROTOCOL"),
         Error::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN"),
+        Error::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
+        Error::RoleRequired { .. } => (Code::PermissionDenied, "ROLE_REQUIRED"),
+        Error::KindNotAllowed { .. } => (Code::PermissionDenied, "KIND_NOT_ALLOWED"),
         Error::Store(StoreError::Unavailable(_)) => (Code::Unavailable, "STORE_UNAVAILABLE"),
         // Retrying cannot fix a record that does not decode: not a retryable code.
         Error::Store(StoreError::Corrupt(_)) => (Code::DataLoss, "RECORD_CORRUPT"),

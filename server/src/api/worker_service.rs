@@ -9,8 +9,9 @@
 //! HTTP/2 keepalive pings (`--keepalive-interval`, `--keepalive-timeout`); its tasks are then retried, failed or
 //! cancelled (see `task::state_machine`).
 //!
-//! Authentication will sit in front of both services alike (a later issue): workers and
-//! clients present the same credentials, checked by one layer.
+//! Authentication sits in front of both services alike (`auth`): workers and clients
+//! present the same credentials. A worker principal's `kinds` bound what its hello may
+//! name (PERMISSION_DENIED `KIND_NOT_ALLOWED`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::status;
+use crate::auth::Caller;
 use crate::engine::Engine;
 use crate::engine::kinds::{MAX_KINDS_PER_HELLO, check_kind_name};
 use crate::error::Error;
@@ -101,6 +103,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        let caller = Caller::of(&request)?;
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await.map_err(status::inbound)? {
             Some(pb::WorkerMessage {
@@ -109,6 +112,9 @@ impl WorkerService for WorkerApi {
             _ => return Err(protocol_violation("the first message must be `hello`")),
         };
         let (kinds, max_concurrency) = checked_hello(&hello)?;
+        for kind in &kinds {
+            caller.check_kind(kind)?;
+        }
         self.limits.hello(&hello.name, &kinds)?;
         let (commands, commands_rx): (Commands, _) = mpsc::unbounded_channel();
         let worker = self
