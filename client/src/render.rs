@@ -322,6 +322,7 @@ mod tests {
                 }),
                 escalated: true,
                 deadline_exceeded: false,
+                requested_by: String::new(),
             }),
             ..running_task()
         };

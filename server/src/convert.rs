@@ -69,6 +69,8 @@ pub fn task_view(task: &Task, view: View) -> pb::Task {
         attempt: task.attempt,
         max_attempts: task.max_attempts,
         worker: task.worker.clone(),
+        tenant: task.tenant.clone(),
+        created_by: task.created_by.clone(),
     }
 }
 
@@ -83,6 +85,7 @@ fn cancel_info(cancel: &CancelInfo) -> pb::CancelInfo {
         grace_deadline: cancel.grace_deadline.map(timestamp),
         escalated: cancel.escalated,
         deadline_exceeded: cancel.deadline_exceeded,
+        requested_by: cancel.requested_by.clone(),
     }
 }
 

@@ -15,6 +15,7 @@ mod records;
 mod replicas;
 mod server;
 mod start;
+mod tenants;
 mod tls;
 mod watch;
 mod workers;

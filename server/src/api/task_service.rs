@@ -1,5 +1,6 @@
-//! `reins.v1.TaskService`: each RPC converts its request, calls the engine and converts
-//! the answer back.
+//! `reins.v1.TaskService`: each RPC converts its request, calls the engine on behalf of
+//! the caller the auth layer found (its tenant scopes everything) and converts the answer
+//! back. Starts, cancels and answers leave an audit line (`auth::audit`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use tonic::{Request, Response, Status};
 use super::pacing::{self, Events};
 use super::request;
 use super::watch_stream::WatchStream;
+use crate::auth::{Caller, audit};
 use crate::convert::{self, View};
 use crate::engine::{CancelRequest, Engine};
 use crate::limits::Limits;
@@ -58,16 +60,20 @@ type TaskResult = Result<Response<pb::Task>, Status>;
 #[tonic::async_trait]
 impl TaskService for TaskApi {
     async fn start_task(&self, request: Request<pb::StartTaskRequest>) -> TaskResult {
+        let caller = Caller::of(&request)?;
         let spec = request::new_task(request.into_inner(), &self.limits)?;
-        let task = self.engine.start(spec).await?;
-        Ok(Response::new(convert::task(&task)))
+        let started = self.engine.start(&caller, spec).await;
+        let id = started.as_ref().ok().map(|task| task.id);
+        audit::record(&caller, "start", id, &started);
+        Ok(Response::new(convert::task(&started?)))
     }
 
     async fn check_task(&self, request: Request<pb::CheckTaskRequest>) -> TaskResult {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let id = request::task_id("task_id", &request.task_id)?;
         let view = request::view("view", request.view, View::Full)?;
-        let task = self.engine.check(id).await?;
+        let task = self.engine.check_as(&caller, id).await?;
         Ok(Response::new(convert::task_view(&task, view)))
     }
 
@@ -75,6 +81,7 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::SoftCancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let id = request::task_id("task_id", &request.task_id)?;
         let grace = request::duration("grace_period", request.grace_period)?
@@ -82,30 +89,35 @@ impl TaskService for TaskApi {
         self.limits.reason(&request.reason)?;
         let done = self
             .engine
-            .cancel(id, CancelRequest::Soft { grace }, request.reason)
-            .await?;
-        Ok(Response::new(self.cancel_response(done)))
+            .cancel(&caller, id, CancelRequest::Soft { grace }, request.reason)
+            .await;
+        audit::record(&caller, "soft_cancel", Some(id), &done);
+        Ok(Response::new(self.cancel_response(done?)))
     }
 
     async fn hard_cancel(
         &self,
         request: Request<pb::HardCancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let id = request::task_id("task_id", &request.task_id)?;
         self.limits.reason(&request.reason)?;
         let done = self
             .engine
-            .cancel(id, CancelRequest::Hard, request.reason)
-            .await?;
-        Ok(Response::new(self.cancel_response(done)))
+            .cancel(&caller, id, CancelRequest::Hard, request.reason)
+            .await;
+        audit::record(&caller, "hard_cancel", Some(id), &done);
+        Ok(Response::new(self.cancel_response(done?)))
     }
 
     async fn list_active(
         &self,
         request: Request<pb::ListActiveRequest>,
     ) -> Result<Response<pb::ListActiveResponse>, Status> {
-        let (filter, after, page_size) = request::list_query(request.get_ref())?;
+        let caller = Caller::of(&request)?;
+        let (filter, after, page_size) =
+            request::list_query(request.get_ref(), caller.list_scope())?;
         // BASIC unless asked: a page of FULL tasks could exceed the message size.
         let view = request::view("view", request.get_ref().view, View::Basic)?;
         let page = self.engine.list_active(&filter, after, page_size).await?;
@@ -117,7 +129,7 @@ impl TaskService for TaskApi {
                 .collect(),
             next_page_token: page
                 .next_after
-                .map(request::encode_page_token)
+                .map(|after| request::encode_page_token(after, &filter))
                 .unwrap_or_default(),
         }))
     }
@@ -128,17 +140,19 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::WatchTaskRequest>,
     ) -> Result<Response<Events>, Status> {
+        let caller = Caller::of(&request)?;
         let deadline = pacing::client_deadline(request.metadata());
         let request = request.into_inner();
         let id = request::task_id("task_id", &request.task_id)?;
         let view = request::view("view", request.view, View::Full)?;
         // 0 is proto3's unset: start from the task as it is now.
         let after_version = (request.after_version != 0).then_some(request.after_version);
-        let events = self.engine.watch(id, after_version).await?;
+        let events = self.engine.watch(&caller, id, after_version).await?;
         let watch = WatchStream::new(
             Box::pin(events),
             self.shutdown.clone(),
             Arc::clone(&self.engine),
+            caller,
             id,
             request.cancel_on_disconnect,
             view,
@@ -151,11 +165,12 @@ impl TaskService for TaskApi {
     }
 
     async fn answer_task(&self, request: Request<pb::AnswerTaskRequest>) -> TaskResult {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let id = request::task_id("task_id", &request.task_id)?;
         self.limits.answer(&request.answer)?;
-        Ok(Response::new(convert::task(
-            &self.engine.answer(id, request.answer).await?,
-        )))
+        let answered = self.engine.answer(&caller, id, request.answer).await;
+        audit::record(&caller, "answer", Some(id), &answered);
+        Ok(Response::new(convert::task(&answered?)))
     }
 }

@@ -12,6 +12,7 @@ use reins_proto::v1 as pb;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
+use crate::auth::Caller;
 use crate::convert::{self, View};
 use crate::engine::{CancelRequest, Engine};
 use crate::task::{Task, TaskId};
@@ -25,6 +26,8 @@ pub(crate) struct WatchStream {
     events: Pin<Box<dyn Stream<Item = Task> + Send>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     engine: Arc<Engine>,
+    /// Who watches: the soft cancel of `cancel_on_disconnect` is theirs.
+    caller: Caller,
     id: TaskId,
     last_version: u64,
     phase: Phase,
@@ -47,6 +50,7 @@ impl WatchStream {
         events: Pin<Box<dyn Stream<Item = Task> + Send>>,
         shutdown: CancellationToken,
         engine: Arc<Engine>,
+        caller: Caller,
         id: TaskId,
         cancel_on_disconnect: bool,
         view: View,
@@ -55,6 +59,7 @@ impl WatchStream {
             events,
             shutdown: Box::pin(shutdown.cancelled_owned()),
             engine,
+            caller,
             id,
             last_version: 0,
             phase: Phase::Live,
@@ -130,12 +135,13 @@ impl Drop for WatchStream {
     fn drop(&mut self) {
         if self.cancel_on_disconnect {
             let (engine, id) = (Arc::clone(&self.engine), self.id);
+            let caller = self.caller.clone();
             let grace = engine.default_grace();
             tracing::info!(task = %id, "watcher disconnected; soft-cancelling the task");
             tokio::spawn(async move {
                 let reason = "watcher disconnected".to_owned();
                 let _ = engine
-                    .cancel(id, CancelRequest::Soft { grace }, reason)
+                    .cancel(&caller, id, CancelRequest::Soft { grace }, reason)
                     .await;
             });
         }

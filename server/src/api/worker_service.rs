@@ -119,7 +119,13 @@ impl WorkerService for WorkerApi {
         let (commands, commands_rx): (Commands, _) = mpsc::unbounded_channel();
         let worker = self
             .engine
-            .admit_worker(hello.name.clone(), kinds, max_concurrency, commands.clone())
+            .admit_worker(
+                &caller,
+                hello.name.clone(),
+                kinds,
+                max_concurrency,
+                commands.clone(),
+            )
             .await?;
         let welcome = pb::WorkerWelcome {
             worker_id: worker.id.clone(),

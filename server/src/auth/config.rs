@@ -30,6 +30,7 @@ use serde::Deserialize;
 use super::jwt::JwtVerifier;
 use super::principal::Principal;
 use super::roles::Role;
+use crate::limits::{MAX_PRINCIPAL_BYTES, MAX_TENANT_BYTES};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,7 +109,7 @@ pub(crate) struct AuthConfig {
 /// The tenant names, principal names and kinds may use (they end up in logs and records).
 pub(crate) fn check_tenant_name(name: &str) -> Result<(), String> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if name.is_empty() || name.len() > 128 || !name.chars().all(allowed) {
+    if name.is_empty() || name.len() > MAX_TENANT_BYTES || !name.chars().all(allowed) {
         return Err(format!(
             "tenant {name:?}: must be 1 to 128 characters of A-Z a-z 0-9 . _ -"
         ));
@@ -134,6 +135,9 @@ impl AuthConfig {
             let what = format!("principal {:?}", entry.name);
             if entry.name.is_empty() || !names.insert(entry.name.clone()) {
                 return Err(format!("{what}: names must be present and unique"));
+            }
+            if entry.name.len() > MAX_PRINCIPAL_BYTES {
+                return Err(format!("{what}: at most {MAX_PRINCIPAL_BYTES} bytes"));
             }
             if entry.roles.is_empty() {
                 return Err(format!("{what}: no roles"));

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use super::config::{JwtEntry, check_tenant_name};
 use super::principal::Principal;
 use super::roles::Role;
+use crate::limits::MAX_PRINCIPAL_BYTES;
 
 pub(crate) struct JwtVerifier {
     entry: JwtEntry,
@@ -97,6 +98,11 @@ impl JwtVerifier {
             .get("sub")
             .and_then(Value::as_str)
             .unwrap_or_default();
+        if subject.is_empty() || subject.len() > MAX_PRINCIPAL_BYTES {
+            return Err(format!(
+                "the JWT's sub must be 1 to {MAX_PRINCIPAL_BYTES} bytes"
+            ));
+        }
         let roles = strings(claims.get(&self.entry.roles_claim))
             .iter()
             .map(|role| {

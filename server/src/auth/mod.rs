@@ -13,6 +13,7 @@
 //! The file (and the JWKS file it names) is re-read when it changes (`reload`); a file
 //! that does not load leaves the previous config in force.
 
+pub(crate) mod audit;
 mod config;
 mod jwt;
 mod layer;

@@ -70,6 +70,26 @@ impl Caller {
         }
     }
 
+    /// The server itself (shutdown cancels): every tenant, named by the replica's id.
+    pub(crate) fn server(replica_id: &str) -> Caller {
+        Caller {
+            name: replica_id.into(),
+            tenant: DEFAULT_TENANT.into(),
+            all_tenants: true,
+            kinds: None,
+        }
+    }
+
+    /// Whether the caller may see a task of `tenant`.
+    pub(crate) fn sees(&self, tenant: &str) -> bool {
+        self.all_tenants || *self.tenant == *tenant
+    }
+
+    /// The tenant a listing is scoped to; `None`: every tenant (an admin).
+    pub(crate) fn list_scope(&self) -> Option<String> {
+        (!self.all_tenants).then(|| self.tenant.to_string())
+    }
+
     /// The caller of a request, put there by the auth layer (every request that reaches a
     /// handler has one; none would be a wiring mistake, refused rather than let through).
     pub(crate) fn of<T>(request: &tonic::Request<T>) -> Result<Caller, Error> {

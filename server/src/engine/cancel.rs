@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::Engine;
 use super::transitions::{Applied, CancelRequest};
+use crate::auth::Caller;
 use crate::error::Result;
 use crate::task::cancel::{self, CancelOutcome};
 use crate::task::{Task, TaskId};
@@ -15,31 +16,44 @@ const STOP_WAIT: Duration = Duration::from_secs(5);
 impl Engine {
     /// Cancels a task and all its active descendants in the same mode. A hard cancel returns
     /// once the task is CANCELLED and its local code has stopped.
+    /// Only `caller`'s tenant is touched: the root must be visible to it, and descendants
+    /// of another tenant (which `start` never creates) would be left alone.
     pub async fn cancel(
         &self,
+        caller: &Caller,
         id: TaskId,
         request: CancelRequest,
         reason: String,
     ) -> Result<(Task, CancelOutcome)> {
-        let root = self.check(id).await?;
+        let root = self.check_as(caller, id).await?;
         if root.state.is_terminal() {
             return Ok((root.clone(), CancelOutcome::of(&root, &root)));
         }
         // Deepest first: when a task ends, its own descendants are already settled with the
         // ancestor's mode and reason, so its end cannot release them as "parent finished".
         let mut descendants = self.active_descendants(id).await?;
+        descendants.retain(|task| task.tenant == root.tenant);
         descendants.reverse();
         let descendant_reason = cancel::ancestor_cancelled_reason(id, &reason);
         for descendant in &descendants {
             if let Err(err) = self
                 .transitions
-                .cancel_one(descendant.id, request, descendant_reason.clone())
+                .cancel_one(
+                    descendant.id,
+                    request,
+                    descendant_reason.clone(),
+                    &caller.name,
+                )
                 .await
             {
                 tracing::warn!(task = %descendant.id, ancestor = %id, %err, "cancelling a descendant failed");
             }
         }
-        let (before, after) = match self.transitions.cancel_one(id, request, reason).await? {
+        let (before, after) = match self
+            .transitions
+            .cancel_one(id, request, reason, &caller.name)
+            .await?
+        {
             Applied::Changed { before, after } => (before, after),
             Applied::Unchanged(task) | Applied::Rejected(task, _) => (task.clone(), task),
         };

@@ -46,7 +46,11 @@ impl Places {
                 let job = kind.prepare(&task.params).ok()?;
                 Some(Placement::Local(self.supervisor.try_reserve()?, job))
             }
-            Err(_) => self.workers.reserve(&task.kind).map(Placement::Worker),
+            // A worker receives only its own tenant's tasks.
+            Err(_) => self
+                .workers
+                .reserve(&task.kind, &task.tenant)
+                .map(Placement::Worker),
         }
     }
 }

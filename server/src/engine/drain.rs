@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::Engine;
 use super::transitions::CancelRequest;
+use crate::auth::Caller;
 
 impl Engine {
     /// Refuses new tasks and workers, gives running tasks `grace` to finish, then
@@ -14,6 +15,7 @@ impl Engine {
             return;
         }
         let reason = "server shutting down".to_owned();
+        let server = Caller::server(self.replica_id());
         let running = self.places.supervisor.running();
         tracing::info!(
             tasks = running.len(),
@@ -22,6 +24,7 @@ impl Engine {
         for &id in &running {
             let _ = self
                 .cancel(
+                    &server,
                     id,
                     CancelRequest::Soft { grace: soft_window },
                     reason.clone(),
@@ -39,7 +42,9 @@ impl Engine {
             return;
         }
         for id in self.places.supervisor.running() {
-            let _ = self.cancel(id, CancelRequest::Hard, reason.clone()).await;
+            let _ = self
+                .cancel(&server, id, CancelRequest::Hard, reason.clone())
+                .await;
         }
     }
 }

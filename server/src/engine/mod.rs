@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use self::dispatch::{Dispatcher, Places};
 pub(crate) use self::transitions::CancelRequest;
 use self::transitions::{Applied, Transitions};
+use crate::auth::Caller;
 use crate::background::Background;
 use crate::error::{Error, Result};
 use crate::executor::Kinds;
@@ -86,6 +87,7 @@ impl Engine {
         background: &Background,
     ) -> Arc<Engine> {
         let transitions = Arc::new(Transitions::new(
+            config.replica_id.clone(),
             Arc::clone(&store.records),
             Arc::clone(&store.queue),
             config.default_grace,
@@ -141,7 +143,18 @@ impl Engine {
         self.transitions.check(id).await
     }
 
-    pub async fn answer(&self, id: TaskId, answer: String) -> Result<Task> {
+    /// The task as `caller` may see it: another tenant's task is not found, exactly as an
+    /// unknown id (its existence does not leak).
+    pub async fn check_as(&self, caller: &Caller, id: TaskId) -> Result<Task> {
+        let task = self.check(id).await?;
+        if !caller.sees(&task.tenant) {
+            return Err(Error::TaskNotFound(id));
+        }
+        Ok(task)
+    }
+
+    pub async fn answer(&self, caller: &Caller, id: TaskId, answer: String) -> Result<Task> {
+        self.check_as(caller, id).await?;
         match self.transitions.apply(id, Event::Answer { answer }).await? {
             Applied::Changed { after, .. } => Ok(after),
             Applied::Unchanged(task) | Applied::Rejected(task, _) => Err(Error::TaskNotWaiting {
@@ -208,8 +221,10 @@ impl Engine {
     /// once [`Engine::serve_worker`] is called (after its welcome is on its stream).
     /// Built-in kinds cannot be served by workers; the others are learned cluster-wide, so
     /// that any replica accepts their tasks, or must be declared ([`kinds`]).
+    /// The worker serves `caller`'s tenant only (an admin's worker: every tenant).
     pub async fn admit_worker(
         &self,
+        caller: &Caller,
         name: String,
         kinds: Vec<String>,
         max_concurrency: usize,
@@ -223,6 +238,7 @@ impl Engine {
             TaskId::now_v7().to_string(),
             name,
             kinds.into_iter().collect::<HashSet<_>>(),
+            caller.list_scope(),
             max_concurrency,
             commands,
         )))

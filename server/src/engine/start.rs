@@ -2,6 +2,7 @@
 //! placement of a new task.
 
 use super::Engine;
+use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::store::Created;
 use crate::task::{NewTask, Task, TaskId, TaskState};
@@ -9,21 +10,26 @@ use crate::task::{NewTask, Task, TaskId, TaskState};
 impl Engine {
     /// Creates a task (or returns the one already created with its `request_id`) and starts
     /// it at once if this replica has room; otherwise it waits PENDING in the queue.
-    pub async fn start(&self, spec: NewTask) -> Result<Task> {
+    ///
+    /// The task belongs to `caller`'s tenant, or to its parent's (the same, except for an
+    /// admin's child of another tenant's task): a tree never spans tenants. A parent of
+    /// another tenant is not found, and `request_id`s are unique per tenant.
+    pub async fn start(&self, caller: &Caller, mut spec: NewTask) -> Result<Task> {
         if self.is_draining() {
             return Err(Error::ShuttingDown);
         }
+        spec.tenant = caller.tenant.to_string();
+        spec.created_by = caller.name.to_string();
         self.check_kind(&spec).await?;
         if let Some(parent_id) = spec.parent_id {
-            let parent = self
-                .transitions
-                .records()
-                .get(parent_id)
-                .await?
-                .ok_or(Error::ParentNotFound(parent_id))?;
+            let parent = match self.check_as(caller, parent_id).await {
+                Err(Error::TaskNotFound(_)) => return Err(Error::ParentNotFound(parent_id)),
+                other => other?,
+            };
             if parent.state.is_terminal() && !spec.detached {
                 return Err(Error::ParentFinished(parent_id));
             }
+            spec.tenant = parent.tenant;
         }
         let task = Task::new(TaskId::now_v7(), spec.clone(), std::time::SystemTime::now());
         match self.transitions.records().create(task).await? {

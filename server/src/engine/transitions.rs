@@ -54,6 +54,8 @@ impl Applied {
 }
 
 pub(crate) struct Transitions {
+    /// This replica: recorded as who asked for the cancels the server makes itself.
+    replica_id: String,
     records: Arc<dyn TaskRecords>,
     queue: Arc<dyn TaskQueue>,
     /// Grace period of the soft cancels the server itself makes (parent finished, timeout).
@@ -66,6 +68,7 @@ pub(crate) struct Transitions {
 
 impl Transitions {
     pub fn new(
+        replica_id: String,
         records: Arc<dyn TaskRecords>,
         queue: Arc<dyn TaskQueue>,
         default_grace: Duration,
@@ -73,6 +76,7 @@ impl Transitions {
         checkpoint_limits: CheckpointLimits,
     ) -> Transitions {
         Transitions {
+            replica_id,
             records,
             queue,
             default_grace,
@@ -96,6 +100,12 @@ impl Transitions {
     /// Reads, decides, compare-and-sets; again on a conflict. A change to a terminal state
     /// releases the task's attached children.
     pub async fn apply(&self, id: TaskId, event: Event) -> Result<Applied> {
+        self.apply_by(id, event, &self.replica_id).await
+    }
+
+    /// [`Transitions::apply`] on behalf of `by`, recorded as `CancelInfo.requested_by` when
+    /// the event starts a cancel.
+    pub async fn apply_by(&self, id: TaskId, event: Event, by: &str) -> Result<Applied> {
         loop {
             let before = self.check(id).await?;
             let after = match state_machine::apply_within(
@@ -104,7 +114,14 @@ impl Transitions {
                 SystemTime::now(),
                 self.checkpoint_limits,
             ) {
-                Ok(Some(after)) => after,
+                Ok(Some(mut after)) => {
+                    if let Some(cancel) = &mut after.cancel
+                        && cancel.requested_by.is_empty()
+                    {
+                        cancel.requested_by = by.to_owned();
+                    }
+                    after
+                }
                 Ok(None) => return Ok(Applied::Unchanged(before)),
                 Err(rejection) => return Ok(Applied::Rejected(before, rejection)),
             };
@@ -141,8 +158,9 @@ impl Transitions {
         id: TaskId,
         request: CancelRequest,
         reason: String,
+        by: &str,
     ) -> Result<Applied> {
-        self.apply(id, request.event(reason)).await
+        self.apply_by(id, request.event(reason), by).await
     }
 
     /// Soft-cancels the active attached children of a task that has finished.
@@ -162,7 +180,10 @@ impl Transitions {
             .filter(|child| cancel::released_when_parent_finishes(child))
         {
             let reason = cancel::parent_finished_reason(parent.id);
-            if let Err(err) = self.cancel_one(child.id, request, reason).await {
+            if let Err(err) = self
+                .cancel_one(child.id, request, reason, &self.replica_id)
+                .await
+            {
                 tracing::warn!(task = %child.id, %err, "releasing a child failed");
             }
         }

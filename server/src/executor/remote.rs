@@ -43,6 +43,8 @@ pub struct Worker {
     pub id: String,
     pub name: String,
     kinds: HashSet<String>,
+    /// The only tenant whose tasks it receives; `None`: every tenant's (an admin's worker).
+    tenant: Option<String>,
     slots: Arc<Semaphore>,
     commands: Commands,
     /// Where this worker's messages about each of its tasks go; `None` once the worker is
@@ -55,6 +57,7 @@ impl Worker {
         id: String,
         name: String,
         kinds: HashSet<String>,
+        tenant: Option<String>,
         max_concurrency: usize,
         commands: Commands,
     ) -> Worker {
@@ -62,6 +65,7 @@ impl Worker {
             id,
             name,
             kinds,
+            tenant,
             slots: Arc::new(Semaphore::new(max_concurrency)),
             commands,
             tasks: Mutex::new(Some(HashMap::new())),
@@ -160,12 +164,13 @@ impl WorkerPool {
             .any(|worker| worker.slots.available_permits() > 0)
     }
 
-    /// A free slot on the least busy worker serving `kind`.
-    pub fn reserve(&self, kind: &str) -> Option<WorkerSlot> {
+    /// A free slot on the least busy worker serving `kind` for `tenant`.
+    pub fn reserve(&self, kind: &str, tenant: &str) -> Option<WorkerSlot> {
         let workers = self.workers();
         let worker = workers
             .values()
             .filter(|worker| worker.kinds.contains(kind))
+            .filter(|worker| worker.tenant.as_ref().is_none_or(|own| own == tenant))
             .max_by_key(|worker| worker.slots.available_permits())?;
         let permit = Arc::clone(&worker.slots).try_acquire_owned().ok()?;
         Some(WorkerSlot {

@@ -278,6 +278,8 @@ fn record_at(limits: &Limits, checkpoints: CheckpointBudget) -> Task {
             timeout: Some(Duration::from_secs(u32::MAX.into())),
             request_id: id("r"),
             max_attempts: u32::MAX,
+            tenant: "t".repeat(crate::limits::MAX_TENANT_BYTES),
+            created_by: "p".repeat(crate::limits::MAX_PRINCIPAL_BYTES),
         },
         now,
     );
@@ -306,6 +308,7 @@ fn record_at(limits: &Limits, checkpoints: CheckpointBudget) -> Task {
         grace_deadline: Some(now),
         escalated: true,
         deadline_exceeded: true,
+        requested_by: "p".repeat(crate::limits::MAX_PRINCIPAL_BYTES),
     });
     task
 }
@@ -362,7 +365,7 @@ fn the_defaults_fit_the_default_message_size_and_a_config_that_cannot_is_refused
     let limits = defaults();
     let bound = limits.record_bound(CHECKPOINT_BUDGET);
     // The README's arithmetic.
-    assert_eq!(bound, 3_390_632);
+    assert_eq!(bound, 3_391_290);
     assert!(limits.check_fits(4 << 20, CHECKPOINT_BUDGET, "a").is_ok());
     let err = limits
         .check_fits(bound - 1, CHECKPOINT_BUDGET, "a")

@@ -49,7 +49,8 @@ struct Inner {
     active_by_session: HashMap<String, BTreeSet<TaskId>>,
     pending: BTreeSet<TaskId>,
     children: HashMap<TaskId, Vec<TaskId>>,
-    by_request_id: HashMap<String, TaskId>,
+    /// By tenant and request id: request ids are unique per tenant.
+    by_request_id: HashMap<(String, String), TaskId>,
     /// Finished tasks in the order they finished, for the retention sweep.
     finished: VecDeque<(SystemTime, TaskId)>,
     /// Control channels, by owner.
@@ -222,8 +223,9 @@ impl Inner {
             return;
         };
         let task = entry.task;
-        if !task.request_id.is_empty() && self.by_request_id.get(&task.request_id) == Some(&id) {
-            self.by_request_id.remove(&task.request_id);
+        let request = (task.tenant.clone(), task.request_id.clone());
+        if !task.request_id.is_empty() && self.by_request_id.get(&request) == Some(&id) {
+            self.by_request_id.remove(&request);
         }
         self.children.remove(&id);
         if let Some(parent) = task.parent_id
@@ -284,14 +286,15 @@ fn updates_of(receiver: broadcast::Receiver<Arc<Task>>) -> Updates {
 impl TaskRecords for MemoryStore {
     async fn create(&self, task: Task) -> StoreResult<Created> {
         let mut inner = self.lock();
+        let request = (task.tenant.clone(), task.request_id.clone());
         if !task.request_id.is_empty()
-            && let Some(existing) = inner.by_request_id.get(&task.request_id)
+            && let Some(existing) = inner.by_request_id.get(&request)
             && let Some(entry) = inner.tasks.get(existing)
         {
             return Ok(Created::Existing(entry.task.clone()));
         }
         if !task.request_id.is_empty() {
-            inner.by_request_id.insert(task.request_id.clone(), task.id);
+            inner.by_request_id.insert(request, task.id);
         }
         if let Some(parent) = task.parent_id {
             inner.children.entry(parent).or_default().push(task.id);

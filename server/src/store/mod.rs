@@ -67,6 +67,8 @@ pub enum Swap {
 /// must match.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ActiveFilter {
+    /// The tenant whose tasks are listed; `None`: every tenant's (an admin).
+    pub tenant: Option<String>,
     pub kind: Option<String>,
     pub session_id: Option<String>,
     pub parent_id: Option<TaskId>,
@@ -75,7 +77,10 @@ pub struct ActiveFilter {
 
 impl ActiveFilter {
     pub fn matches(&self, task: &Task) -> bool {
-        self.kind.as_ref().is_none_or(|kind| *kind == task.kind)
+        self.tenant
+            .as_ref()
+            .is_none_or(|tenant| *tenant == task.tenant)
+            && self.kind.as_ref().is_none_or(|kind| *kind == task.kind)
             && self
                 .session_id
                 .as_ref()

@@ -81,6 +81,10 @@ pub struct CancelInfo {
     pub escalated: bool,
     /// The cancel came from the task's own timeout: it ends FAILED, not CANCELLED.
     pub deadline_exceeded: bool,
+    /// Who asked: the principal's name, or the replica's id for the cancels the server
+    /// makes itself (timeout, escalation, parent finished, shutdown, lost replica).
+    #[serde(default)]
+    pub requested_by: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -94,6 +98,13 @@ pub struct Progress {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     pub id: TaskId,
+    /// The tenant of the principal that started it; every RPC sees only its tenant's
+    /// tasks. Records written before tenants existed belong to `default`.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// The principal that started it.
+    #[serde(default)]
+    pub created_by: String,
     pub kind: String,
     pub description: String,
     pub params: JsonMap,
@@ -138,6 +149,9 @@ pub struct Task {
 /// What a client asks for when it starts a task (already validated for shape).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NewTask {
+    /// The tenant and principal it is started for (set from the caller, not the request).
+    pub tenant: String,
+    pub created_by: String,
     pub kind: String,
     pub description: String,
     pub params: JsonMap,
@@ -155,11 +169,17 @@ fn one() -> u32 {
     1
 }
 
+fn default_tenant() -> String {
+    "default".to_owned()
+}
+
 impl Task {
     /// A fresh PENDING record at version 1.
     pub fn new(id: TaskId, spec: NewTask, now: SystemTime) -> Task {
         Task {
             id,
+            tenant: spec.tenant,
+            created_by: spec.created_by,
             kind: spec.kind,
             description: spec.description,
             params: spec.params,
@@ -211,7 +231,8 @@ impl Task {
     /// Whether a start request (kind, params, tree position) describes this same task:
     /// the test for a repeated `request_id`.
     pub fn matches_request(&self, spec: &NewTask) -> bool {
-        self.kind == spec.kind
+        self.tenant == spec.tenant
+            && self.kind == spec.kind
             && self.params == spec.params
             && self.parent_id == spec.parent_id
             && self.detached == spec.detached

@@ -175,6 +175,7 @@ pub fn apply_within(
                 grace_deadline: None,
                 escalated: false,
                 deadline_exceeded: false,
+                requested_by: String::new(),
             });
             finish_cancelled(&mut next, None, now);
             true
@@ -206,6 +207,7 @@ pub fn apply_within(
                     grace_deadline: Some(deadline(now, *grace)),
                     escalated: false,
                     deadline_exceeded: true,
+                    requested_by: String::new(),
                 });
                 true
             }
@@ -315,6 +317,7 @@ fn soft_cancel(next: &mut Task, reason: &str, grace_deadline: SystemTime, now: S
             grace_deadline: None,
             escalated: false,
             deadline_exceeded: false,
+            requested_by: String::new(),
         });
         finish_cancelled(next, None, now);
         return true;
@@ -335,6 +338,7 @@ fn soft_cancel(next: &mut Task, reason: &str, grace_deadline: SystemTime, now: S
                 grace_deadline: Some(grace_deadline),
                 escalated: false,
                 deadline_exceeded: false,
+                requested_by: String::new(),
             });
             true
         }

@@ -13,8 +13,10 @@ impl Keys {
     pub fn task_prefix(&self) -> String {
         format!("{}task:", self.prefix)
     }
-    pub fn request(&self, request_id: &str) -> String {
-        format!("{}request:{request_id}", self.prefix)
+    /// Request ids are unique per tenant. Tenant names hold no `:`, so the first one
+    /// after `request:` ends the tenant.
+    pub fn request(&self, tenant: &str, request_id: &str) -> String {
+        format!("{}request:{tenant}:{request_id}", self.prefix)
     }
     pub fn active(&self) -> String {
         format!("{}active", self.prefix)

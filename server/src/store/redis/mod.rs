@@ -260,7 +260,7 @@ impl TaskRecords for RedisStore {
         let reply: Vec<String> = self
             .create
             .key(self.keys.task(task.id))
-            .key(self.keys.request(&task.request_id))
+            .key(self.keys.request(&task.tenant, &task.request_id))
             .key(self.keys.active())
             .key(self.keys.pending())
             .key(parent)
@@ -304,7 +304,7 @@ impl TaskRecords for RedisStore {
             .key(self.keys.history(next.id))
             .key(self.keys.owned(&next.owner))
             .key(self.keys.owners())
-            .key(self.keys.request(&next.request_id))
+            .key(self.keys.request(&next.tenant, &next.request_id))
             .key(self.keys.children(next.id))
             .key(self.keys.checkpoints(next.id))
             .key(self.keys.active_of_kind(&next.kind))
