@@ -108,6 +108,15 @@ pub enum Error {
         role: &'static str,
         method: String,
     },
+    /// A tenant's quota (`[[tenant]]` of the auth config) is used up.
+    #[error("tenant {tenant} is at its {quota} quota ({limit})")]
+    QuotaExceeded {
+        tenant: String,
+        quota: &'static str,
+        limit: String,
+        /// When trying again may succeed (a start rate); `None`: once something ends.
+        retry_after: Option<std::time::Duration>,
+    },
     /// A worker principal's hello named a kind outside its `kinds`.
     #[error("{principal} may not serve kind {}", Echo(.kind))]
     KindNotAllowed { principal: String, kind: String },

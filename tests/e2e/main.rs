@@ -11,6 +11,7 @@ mod faults;
 mod limits;
 mod list;
 mod questions;
+mod quotas;
 mod records;
 mod replicas;
 mod server;

@@ -99,9 +99,7 @@ pub(crate) struct AuthConfig {
     /// Principals by mTLS identity.
     pub(super) by_cert: HashMap<String, Arc<Principal>>,
     pub(super) jwt: Option<JwtVerifier>,
-    // Read by the quotas, which come in a later commit.
-    #[allow(dead_code)]
-    pub(crate) tenants: HashMap<String, TenantQuotas>,
+    pub(crate) tenants: HashMap<String, Arc<TenantQuotas>>,
     /// The JWKS file, watched with the config itself.
     pub(super) jwks_file: Option<PathBuf>,
 }
@@ -189,8 +187,29 @@ impl AuthConfig {
         let mut tenants = HashMap::new();
         for tenant in file.tenant {
             check_tenant_name(&tenant.name)?;
-            if tenants.insert(tenant.name.clone(), tenant).is_some() {
+            if tenant
+                .max_starts_per_second
+                .is_some_and(|rate| !(rate > 0.0 && rate.is_finite()))
+            {
+                return Err(format!(
+                    "tenant {:?}: max_starts_per_second must be more than 0",
+                    tenant.name
+                ));
+            }
+            if tenants
+                .insert(tenant.name.clone(), Arc::new(tenant))
+                .is_some()
+            {
                 return Err("a [[tenant]] is listed twice".to_owned());
+            }
+        }
+        for tenant in tenants.values() {
+            if tenant.max_watchers.is_some() || tenant.max_workers.is_some() {
+                tracing::warn!(
+                    tenant = %tenant.name,
+                    "max_watchers and max_workers are not enforced yet (max_active_tasks, \
+                     max_starts_per_second, burst and exec are)"
+                );
             }
         }
         Ok(AuthConfig {

@@ -26,7 +26,7 @@ use std::sync::{Arc, RwLock};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-pub(crate) use self::config::AuthConfig;
+pub(crate) use self::config::{AuthConfig, TenantQuotas};
 pub(crate) use self::layer::AuthLayer;
 pub(crate) use self::principal::Caller;
 use self::principal::Principal;
@@ -103,7 +103,9 @@ impl Auth {
                 method: path.to_owned(),
             });
         }
-        Ok(Some(principal.caller()))
+        let mut caller = principal.caller();
+        caller.quotas = config.tenants.get(&*caller.tenant).cloned();
+        Ok(Some(caller))
     }
 }
 

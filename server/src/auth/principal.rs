@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::config::TenantQuotas;
 use super::roles::Role;
 use crate::error::Error;
 
@@ -32,12 +33,13 @@ impl Principal {
             tenant: self.tenant.clone().unwrap_or_else(|| DEFAULT_TENANT.into()),
             all_tenants: self.roles.contains(&Role::Admin),
             kinds: self.kinds.clone(),
+            quotas: None,
         }
     }
 }
 
 /// The authenticated caller of one request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Caller {
     pub name: Arc<str>,
     /// The tenant of the tasks it starts and the workers it connects.
@@ -45,6 +47,8 @@ pub(crate) struct Caller {
     /// An admin: sees and acts on every tenant's tasks.
     pub all_tenants: bool,
     pub kinds: Option<Arc<[String]>>,
+    /// The quotas of its tenant, if the auth config gives it any.
+    pub quotas: Option<Arc<TenantQuotas>>,
 }
 
 impl Caller {
@@ -56,6 +60,7 @@ impl Caller {
             tenant: DEFAULT_TENANT.into(),
             all_tenants: false,
             kinds: None,
+            quotas: None,
         }
     }
 
@@ -77,6 +82,7 @@ impl Caller {
             tenant: DEFAULT_TENANT.into(),
             all_tenants: true,
             kinds: None,
+            quotas: None,
         }
     }
 

@@ -36,7 +36,7 @@ use crate::error::{Error, Result};
 use crate::executor::Kinds;
 use crate::executor::remote::{Commands, Worker, WorkerPool};
 use crate::limits::Limits;
-use crate::store::{ActiveFilter, Store, TaskFeeds, Update, WorkerKinds};
+use crate::store::{ActiveFilter, StartRates, Store, TaskFeeds, Update, WorkerKinds};
 use crate::supervisor::Supervisor;
 use crate::task::state_machine::Event;
 use crate::task::{CheckpointLimits, Task, TaskId};
@@ -65,6 +65,8 @@ pub(crate) struct Engine {
     transitions: Arc<Transitions>,
     feeds: Arc<dyn TaskFeeds>,
     worker_kinds: Arc<dyn WorkerKinds>,
+    /// The tenants' start buckets (`max_starts_per_second`).
+    start_rates: Arc<dyn StartRates>,
     places: Arc<Places>,
     dispatcher: Arc<Dispatcher>,
     /// Cancelled when shutdown begins: no new task or worker is taken from then on.
@@ -121,6 +123,7 @@ impl Engine {
             transitions,
             feeds: Arc::clone(&store.feeds),
             worker_kinds: Arc::clone(&store.worker_kinds),
+            start_rates: Arc::clone(&store.start_rates),
             places,
             dispatcher,
             draining,

@@ -7,6 +7,9 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use serde_json::json;
 
+mod tenants;
+
+pub use self::tenants::*;
 use super::history::HISTORY_LEN;
 use super::{ActiveFilter, Created, Swap, TaskStore, Update};
 use crate::task::state_machine::{Event, Fence, Report, apply, apply_within};
@@ -28,7 +31,7 @@ fn sleep_task() -> Task {
 async fn insert(store: &dyn TaskStore, task: Task) -> Task {
     match store.create(task).await.unwrap() {
         Created::New(task) => task,
-        Created::Existing(task) => panic!("unexpected existing task {}", task.id),
+        other => panic!("unexpected {other:?}"),
     }
 }
 
@@ -99,7 +102,7 @@ pub async fn a_known_request_id_returns_the_existing_task(store: &dyn TaskStore)
     let first = insert(store, new_task(spec.clone())).await;
     match store.create(new_task(spec)).await.unwrap() {
         Created::Existing(existing) => assert_eq!(existing.id, first.id),
-        Created::New(task) => panic!("a second task {} was created", task.id),
+        other => panic!("not the existing task: {other:?}"),
     }
 }
 
@@ -690,6 +693,8 @@ macro_rules! suite {
             worker_kinds_are_remembered,
             a_learned_kind_expires_when_no_worker_served_it_since,
             bounded_checkpoints_keep_the_newest_and_their_dropped_count,
+            request_ids_and_the_active_cap_are_per_tenant,
+            the_start_bucket_allows_the_burst_then_says_how_long_to_wait,
         );
     };
     (@tests $make:expr; $($check:ident),* $(,)?) => {

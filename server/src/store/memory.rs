@@ -21,10 +21,11 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
+use super::bucket::Bucket;
 use super::history::{self, HISTORY_LEN};
 use super::{
-    ActiveFilter, Created, Membership, StoreResult, Swap, TaskFeeds, TaskQueue, TaskRecords,
-    Update, Updates, Wakeups, WorkerKinds,
+    ActiveFilter, Created, Membership, StartRates, StoreResult, Swap, TaskFeeds, TaskQueue,
+    TaskRecords, Update, Updates, Wakeups, WorkerKinds,
 };
 use crate::background::Background;
 use crate::task::{Task, TaskId, TaskState};
@@ -36,6 +37,8 @@ const SUBSCRIBER_BUFFER: usize = 1024;
 pub struct MemoryStore {
     retention: Duration,
     inner: Mutex<Inner>,
+    /// The tenants' start buckets, on this process's clock.
+    buckets: Mutex<HashMap<String, Bucket>>,
 }
 
 #[derive(Default)]
@@ -74,6 +77,7 @@ impl MemoryStore {
         MemoryStore {
             retention,
             inner: Mutex::new(Inner::default()),
+            buckets: Mutex::new(HashMap::new()),
         }
     }
 
@@ -284,7 +288,7 @@ fn updates_of(receiver: broadcast::Receiver<Arc<Task>>) -> Updates {
 
 #[async_trait]
 impl TaskRecords for MemoryStore {
-    async fn create(&self, task: Task) -> StoreResult<Created> {
+    async fn create_within(&self, task: Task, max_active: Option<u64>) -> StoreResult<Created> {
         let mut inner = self.lock();
         let request = (task.tenant.clone(), task.request_id.clone());
         if !task.request_id.is_empty()
@@ -292,6 +296,19 @@ impl TaskRecords for MemoryStore {
             && let Some(entry) = inner.tasks.get(existing)
         {
             return Ok(Created::Existing(entry.task.clone()));
+        }
+        if let Some(max_active) = max_active {
+            // One pass over the active tasks: the embedded store is for one replica and
+            // tests, where that is cheap.
+            let active = inner
+                .active
+                .iter()
+                .filter_map(|id| inner.tasks.get(id))
+                .filter(|entry| entry.task.tenant == task.tenant)
+                .count() as u64;
+            if active >= max_active {
+                return Ok(Created::OverQuota { max_active });
+            }
         }
         if !task.request_id.is_empty() {
             inner.by_request_id.insert(request, task.id);
@@ -379,6 +396,26 @@ impl TaskRecords for MemoryStore {
         Ok(inner.tasks.get(&id).and_then(|entry| {
             history::versions_after(entry.history.iter().map(Arc::as_ref), after_version)
         }))
+    }
+}
+
+#[async_trait]
+impl StartRates for MemoryStore {
+    async fn take_start(
+        &self,
+        tenant: &str,
+        per_second: f64,
+        burst: u64,
+    ) -> StoreResult<Option<Duration>> {
+        let now_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = buckets
+            .entry(tenant.to_owned())
+            .or_insert_with(|| Bucket::full(burst, now_ms));
+        Ok(bucket.take(now_ms, per_second, burst).err())
     }
 }
 

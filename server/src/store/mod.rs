@@ -14,6 +14,7 @@
 //! its fences allow the write. Components hold only the traits they use; [`Store`] hands
 //! them out from one backend.
 
+pub(crate) mod bucket;
 pub(crate) mod history;
 pub(crate) mod memory;
 pub(crate) mod redis;
@@ -51,6 +52,10 @@ pub enum Created {
     New(Task),
     /// A task with the same `request_id` already exists; nothing was written.
     Existing(Task),
+    /// Its tenant already has `max_active` active tasks; nothing was written.
+    OverQuota {
+        max_active: u64,
+    },
 }
 
 /// Result of [`TaskRecords::compare_and_swap`].
@@ -109,8 +114,17 @@ pub enum Update {
 #[async_trait]
 pub trait TaskRecords: Send + Sync + 'static {
     /// Inserts a new task, unless its non-empty `request_id` is already known, in which
-    /// case the existing task is returned and nothing is written.
-    async fn create(&self, task: Task) -> StoreResult<Created>;
+    /// case the existing task is returned and nothing is written. (The engine always
+    /// passes its tenant's cap: [`TaskRecords::create_within`].)
+    #[cfg(test)]
+    async fn create(&self, task: Task) -> StoreResult<Created> {
+        self.create_within(task, None).await
+    }
+
+    /// [`TaskRecords::create`], unless the task's tenant already has `max_active` active
+    /// (non-terminal) tasks: checked and written atomically, so the cap holds across
+    /// replicas.
+    async fn create_within(&self, task: Task, max_active: Option<u64>) -> StoreResult<Created>;
 
     async fn get(&self, id: TaskId) -> StoreResult<Option<Task>>;
 
@@ -195,10 +209,29 @@ pub trait WorkerKinds: Send + Sync + 'static {
     async fn forget_worker_kinds(&self, since: SystemTime) -> StoreResult<usize>;
 }
 
-/// A complete backend: every concern above. The conformance suite tests backends whole.
-pub trait TaskStore: TaskRecords + TaskFeeds + TaskQueue + Membership + WorkerKinds {}
+/// The tenants' start rates (`max_starts_per_second`, `burst`), shared by every replica.
+#[async_trait]
+pub trait StartRates: Send + Sync + 'static {
+    /// Takes a start token of `tenant`'s bucket ([`bucket::Bucket`]): `None` if there was
+    /// one, otherwise how long until there is.
+    async fn take_start(
+        &self,
+        tenant: &str,
+        per_second: f64,
+        burst: u64,
+    ) -> StoreResult<Option<Duration>>;
+}
 
-impl<T: TaskRecords + TaskFeeds + TaskQueue + Membership + WorkerKinds> TaskStore for T {}
+/// A complete backend: every concern above. The conformance suite tests backends whole.
+pub trait TaskStore:
+    TaskRecords + TaskFeeds + TaskQueue + Membership + WorkerKinds + StartRates
+{
+}
+
+impl<T: TaskRecords + TaskFeeds + TaskQueue + Membership + WorkerKinds + StartRates> TaskStore
+    for T
+{
+}
 
 /// One backend, handed out by concern: each component keeps only what it uses.
 #[derive(Clone)]
@@ -208,6 +241,7 @@ pub(crate) struct Store {
     pub queue: Arc<dyn TaskQueue>,
     pub membership: Arc<dyn Membership>,
     pub worker_kinds: Arc<dyn WorkerKinds>,
+    pub start_rates: Arc<dyn StartRates>,
 }
 
 impl Store {
@@ -217,7 +251,8 @@ impl Store {
             feeds: backend.clone(),
             queue: backend.clone(),
             membership: backend.clone(),
-            worker_kinds: backend,
+            worker_kinds: backend.clone(),
+            start_rates: backend,
         }
     }
 }

@@ -1,9 +1,11 @@
 -- Inserts a new task, unless its request_id already names a live task.
 -- KEYS: 1 task hash, 2 request_id key, 3 active zset, 4 pending zset,
 --       5 children zset of the parent, 6 history list, 7 active zset of the kind,
---       8 active zset of the session
+--       8 active zset of the session, 9 active zset of the tenant
 -- ARGV: 1 task JSON, 2 id, 3 version, 4 state, 5 has request_id ('1'/'0'),
---       6 has parent ('1'/'0'), 7 task-key prefix, 8 has session ('1'/'0')
+--       6 has parent ('1'/'0'), 7 task-key prefix, 8 has session ('1'/'0'),
+--       9 the tenant's most active tasks ('' for no cap)
+-- Returns {'new'}, {'existing', json}, or {'quota'} when the tenant is at its cap.
 if ARGV[5] == '1' then
   local existing = redis.call('GET', KEYS[2])
   if existing then
@@ -12,8 +14,14 @@ if ARGV[5] == '1' then
       return {'existing', json}
     end
   end
+end
+if ARGV[9] ~= '' and redis.call('ZCARD', KEYS[9]) >= tonumber(ARGV[9]) then
+  return {'quota'}
+end
+if ARGV[5] == '1' then
   redis.call('SET', KEYS[2], ARGV[2])
 end
+redis.call('ZADD', KEYS[9], 0, ARGV[2])
 redis.call('HSET', KEYS[1], 'json', ARGV[1], 'version', ARGV[3], 'state', ARGV[4],
   'owner', '', 'attempt', '0', 'terminal', '0')
 redis.call('ZADD', KEYS[3], 0, ARGV[2])

@@ -24,6 +24,12 @@ impl Keys {
     pub fn active_of_kind(&self, kind: &str) -> String {
         format!("{}active-kind:{kind}", self.prefix)
     }
+    pub fn active_of_tenant(&self, tenant: &str) -> String {
+        format!("{}active-tenant:{tenant}", self.prefix)
+    }
+    pub fn start_bucket(&self, tenant: &str) -> String {
+        format!("{}start-bucket:{tenant}", self.prefix)
+    }
     pub fn active_of_session(&self, session: &str) -> String {
         format!("{}active-session:{session}", self.prefix)
     }

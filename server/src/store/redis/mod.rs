@@ -26,8 +26,8 @@ use self::fanout::{Channel, Fanout};
 use self::keys::Keys;
 use super::history::{self, HISTORY_LEN};
 use super::{
-    ActiveFilter, Created, StoreError, StoreResult, Swap, TaskFeeds, TaskQueue, TaskRecords,
-    Updates, Wakeups,
+    ActiveFilter, Created, StartRates, StoreError, StoreResult, Swap, TaskFeeds, TaskQueue,
+    TaskRecords, Updates, Wakeups,
 };
 use crate::background::Background;
 use crate::task::{Checkpoints, Task, TaskId, TaskState};
@@ -41,6 +41,7 @@ const LIST_BATCH: usize = 256;
 
 const CREATE: &str = include_str!("create.lua");
 const SWAP: &str = include_str!("swap.lua");
+const BUCKET: &str = include_str!("bucket.lua");
 
 pub struct RedisStore {
     keys: Keys,
@@ -49,6 +50,7 @@ pub struct RedisStore {
     retention: Duration,
     create: Script,
     swap: Script,
+    bucket: Script,
 }
 
 fn unavailable(err: redis::RedisError) -> StoreError {
@@ -162,6 +164,7 @@ impl RedisStore {
             retention,
             create: Script::new(CREATE),
             swap: Script::new(SWAP),
+            bucket: Script::new(BUCKET),
         })
     }
 
@@ -252,7 +255,7 @@ impl RedisStore {
 
 #[async_trait]
 impl TaskRecords for RedisStore {
-    async fn create(&self, task: Task) -> StoreResult<Created> {
+    async fn create_within(&self, task: Task, max_active: Option<u64>) -> StoreResult<Created> {
         let parent = task
             .parent_id
             .map(|p| self.keys.children(p))
@@ -267,6 +270,7 @@ impl TaskRecords for RedisStore {
             .key(self.keys.history(task.id))
             .key(self.keys.active_of_kind(&task.kind))
             .key(self.keys.active_of_session(&task.session_id))
+            .key(self.keys.active_of_tenant(&task.tenant))
             .arg(encode_record(&task))
             .arg(task.id.to_string())
             .arg(task.version)
@@ -275,6 +279,7 @@ impl TaskRecords for RedisStore {
             .arg(flag(task.parent_id.is_some()))
             .arg(self.keys.task_prefix())
             .arg(flag(!task.session_id.is_empty()))
+            .arg(max_active.map(|max| max.to_string()).unwrap_or_default())
             .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
@@ -286,6 +291,9 @@ impl TaskRecords for RedisStore {
                     self.get(found.id).await?.unwrap_or(found),
                 ))
             }
+            [quota] if quota == "quota" => Ok(Created::OverQuota {
+                max_active: max_active.unwrap_or_default(),
+            }),
             _ => Ok(Created::New(task)),
         }
     }
@@ -309,6 +317,7 @@ impl TaskRecords for RedisStore {
             .key(self.keys.checkpoints(next.id))
             .key(self.keys.active_of_kind(&next.kind))
             .key(self.keys.active_of_session(&next.session_id))
+            .key(self.keys.active_of_tenant(&next.tenant))
             .arg(encode_record(next))
             .arg(next.version)
             .arg(state_name(next.state))
@@ -409,6 +418,26 @@ impl TaskRecords for RedisStore {
             .map(|json| decode_record(json, &list, list_end))
             .collect::<StoreResult<Vec<Task>>>()?;
         Ok(history::versions_after(versions.iter(), after_version))
+    }
+}
+
+#[async_trait]
+impl StartRates for RedisStore {
+    async fn take_start(
+        &self,
+        tenant: &str,
+        per_second: f64,
+        burst: u64,
+    ) -> StoreResult<Option<Duration>> {
+        let wait_ms: u64 = self
+            .bucket
+            .key(self.keys.start_bucket(tenant))
+            .arg(per_second)
+            .arg(burst)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
     }
 }
 

@@ -4,7 +4,8 @@
 -- starts the next attempt of a PENDING task): a replica that lost a task cannot write to it.
 -- KEYS: 1 task hash, 2 pending zset, 3 active zset, 4 history list, 5 owned set of the owner,
 --       6 owners set, 7 request_id key, 8 children zset of this task, 9 checkpoint list,
---       10 active zset of the task's kind, 11 active zset of its session
+--       10 active zset of the task's kind, 11 active zset of its session,
+--       12 active zset of its tenant
 -- ARGV: 1 task JSON without checkpoints, 2 new version, 3 state, 4 owner, 5 attempt,
 --       6 terminal ('1'/'0'), 7 id, 8 retention ms, 9 history length, 10 task channel,
 --       11 owner channel, 12 has request_id ('1'/'0'), 13 owned-set key prefix,
@@ -48,6 +49,7 @@ redis.call('LTRIM', KEYS[4], -tonumber(ARGV[9]), -1)
 if ARGV[6] == '1' then
   redis.call('ZREM', KEYS[3], ARGV[7])
   redis.call('ZREM', KEYS[10], ARGV[7])
+  redis.call('ZREM', KEYS[12], ARGV[7])
   if ARGV[18] == '1' then
     redis.call('ZREM', KEYS[11], ARGV[7])
   end
