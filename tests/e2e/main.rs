@@ -7,6 +7,7 @@ mod cancel;
 mod cli;
 mod connections;
 mod exec;
+mod fairness;
 mod faults;
 mod limits;
 mod list;

@@ -51,6 +51,8 @@ struct Inner {
     active_by_kind: HashMap<String, BTreeSet<TaskId>>,
     active_by_session: HashMap<String, BTreeSet<TaskId>>,
     pending: BTreeSet<TaskId>,
+    /// The same, by tenant (no empty sets).
+    pending_by_tenant: HashMap<String, BTreeSet<TaskId>>,
     children: HashMap<TaskId, Vec<TaskId>>,
     /// By tenant and request id: request ids are unique per tenant.
     by_request_id: HashMap<(String, String), TaskId>,
@@ -217,8 +219,18 @@ impl Inner {
         if task.state == TaskState::Pending {
             // New, or a lost run put back in the queue.
             self.pending.insert(task.id);
+            self.pending_by_tenant
+                .entry(task.tenant.clone())
+                .or_default()
+                .insert(task.id);
         } else {
             self.pending.remove(&task.id);
+            if let Some(queue) = self.pending_by_tenant.get_mut(&task.tenant) {
+                queue.remove(&task.id);
+                if queue.is_empty() {
+                    self.pending_by_tenant.remove(&task.tenant);
+                }
+            }
         }
     }
 
@@ -453,6 +465,29 @@ impl TaskQueue for MemoryStore {
         Ok(inner
             .pending
             .range((start, Bound::Unbounded))
+            .take(limit)
+            .filter_map(|id| inner.tasks.get(id))
+            .map(|entry| entry.task.clone())
+            .collect())
+    }
+
+    async fn pending_tenants(&self) -> StoreResult<Vec<String>> {
+        Ok(self.lock().pending_by_tenant.keys().cloned().collect())
+    }
+
+    async fn oldest_pending_of(
+        &self,
+        tenant: &str,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Task>> {
+        let inner = self.lock();
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(inner
+            .pending_by_tenant
+            .get(tenant)
+            .into_iter()
+            .flat_map(|queue| queue.range((start, Bound::Unbounded)))
             .take(limit)
             .filter_map(|id| inner.tasks.get(id))
             .map(|entry| entry.task.clone())

@@ -171,6 +171,18 @@ pub trait TaskQueue: Send + Sync + 'static {
     /// dispatch queue, read page by page.
     async fn oldest_pending(&self, after: Option<TaskId>, limit: usize) -> StoreResult<Vec<Task>>;
 
+    /// The tenants with PENDING tasks (possibly a few whose queue just emptied).
+    async fn pending_tenants(&self) -> StoreResult<Vec<String>>;
+
+    /// [`TaskQueue::oldest_pending`] of one tenant: the queue of each tenant, so that
+    /// dispatch can take from every tenant in turn.
+    async fn oldest_pending_of(
+        &self,
+        tenant: &str,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Task>>;
+
     /// A wake-up each time a replica announces queued work ([`TaskQueue::announce_queued`]),
     /// so idle replicas dispatch without polling.
     async fn subscribe_queue(&self) -> StoreResult<Wakeups>;

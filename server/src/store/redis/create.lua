@@ -1,10 +1,11 @@
 -- Inserts a new task, unless its request_id already names a live task.
 -- KEYS: 1 task hash, 2 request_id key, 3 active zset, 4 pending zset,
 --       5 children zset of the parent, 6 history list, 7 active zset of the kind,
---       8 active zset of the session, 9 active zset of the tenant
+--       8 active zset of the session, 9 active zset of the tenant,
+--       10 pending zset of the tenant, 11 set of tenants with pending tasks
 -- ARGV: 1 task JSON, 2 id, 3 version, 4 state, 5 has request_id ('1'/'0'),
 --       6 has parent ('1'/'0'), 7 task-key prefix, 8 has session ('1'/'0'),
---       9 the tenant's most active tasks ('' for no cap)
+--       9 the tenant's most active tasks ('' for no cap), 10 tenant
 -- Returns {'new'}, {'existing', json}, or {'quota'} when the tenant is at its cap.
 if ARGV[5] == '1' then
   local existing = redis.call('GET', KEYS[2])
@@ -31,6 +32,8 @@ if ARGV[8] == '1' then
 end
 if ARGV[4] == 'Pending' then
   redis.call('ZADD', KEYS[4], 0, ARGV[2])
+  redis.call('ZADD', KEYS[10], 0, ARGV[2])
+  redis.call('SADD', KEYS[11], ARGV[10])
 end
 if ARGV[6] == '1' then
   redis.call('ZADD', KEYS[5], 0, ARGV[2])

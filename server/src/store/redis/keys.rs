@@ -27,6 +27,12 @@ impl Keys {
     pub fn active_of_tenant(&self, tenant: &str) -> String {
         format!("{}active-tenant:{tenant}", self.prefix)
     }
+    pub fn pending_of_tenant(&self, tenant: &str) -> String {
+        format!("{}pending-tenant:{tenant}", self.prefix)
+    }
+    pub fn pending_tenants(&self) -> String {
+        format!("{}pending-tenants", self.prefix)
+    }
     pub fn start_bucket(&self, tenant: &str) -> String {
         format!("{}start-bucket:{tenant}", self.prefix)
     }

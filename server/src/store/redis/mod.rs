@@ -271,6 +271,8 @@ impl TaskRecords for RedisStore {
             .key(self.keys.active_of_kind(&task.kind))
             .key(self.keys.active_of_session(&task.session_id))
             .key(self.keys.active_of_tenant(&task.tenant))
+            .key(self.keys.pending_of_tenant(&task.tenant))
+            .key(self.keys.pending_tenants())
             .arg(encode_record(&task))
             .arg(task.id.to_string())
             .arg(task.version)
@@ -280,6 +282,7 @@ impl TaskRecords for RedisStore {
             .arg(self.keys.task_prefix())
             .arg(flag(!task.session_id.is_empty()))
             .arg(max_active.map(|max| max.to_string()).unwrap_or_default())
+            .arg(&task.tenant)
             .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
@@ -318,6 +321,8 @@ impl TaskRecords for RedisStore {
             .key(self.keys.active_of_kind(&next.kind))
             .key(self.keys.active_of_session(&next.session_id))
             .key(self.keys.active_of_tenant(&next.tenant))
+            .key(self.keys.pending_of_tenant(&next.tenant))
+            .key(self.keys.pending_tenants())
             .arg(encode_record(next))
             .arg(next.version)
             .arg(state_name(next.state))
@@ -342,6 +347,7 @@ impl TaskRecords for RedisStore {
                     .unwrap_or_default(),
             )
             .arg(flag(!next.session_id.is_empty()))
+            .arg(&next.tenant)
             .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
@@ -460,6 +466,30 @@ impl TaskFeeds for RedisStore {
 impl TaskQueue for RedisStore {
     async fn oldest_pending(&self, after: Option<TaskId>, limit: usize) -> StoreResult<Vec<Task>> {
         let ids = self.ids_after(self.keys.pending(), after, limit).await?;
+        Ok(self
+            .load(&ids)
+            .await?
+            .into_iter()
+            .filter(|task| task.state == TaskState::Pending)
+            .collect())
+    }
+
+    async fn pending_tenants(&self) -> StoreResult<Vec<String>> {
+        self.connection()
+            .smembers(self.keys.pending_tenants())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn oldest_pending_of(
+        &self,
+        tenant: &str,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Task>> {
+        let ids = self
+            .ids_after(self.keys.pending_of_tenant(tenant), after, limit)
+            .await?;
         Ok(self
             .load(&ids)
             .await?

@@ -5,13 +5,14 @@
 -- KEYS: 1 task hash, 2 pending zset, 3 active zset, 4 history list, 5 owned set of the owner,
 --       6 owners set, 7 request_id key, 8 children zset of this task, 9 checkpoint list,
 --       10 active zset of the task's kind, 11 active zset of its session,
---       12 active zset of its tenant
+--       12 active zset of its tenant, 13 pending zset of its tenant,
+--       14 set of tenants with pending tasks
 -- ARGV: 1 task JSON without checkpoints, 2 new version, 3 state, 4 owner, 5 attempt,
 --       6 terminal ('1'/'0'), 7 id, 8 retention ms, 9 history length, 10 task channel,
 --       11 owner channel, 12 has request_id ('1'/'0'), 13 owned-set key prefix,
 --       14 the whole task JSON (published), 15 checkpoints kept so far (position past the
 --       newest), 16 list entries to keep, 17 the newest checkpoint's JSON ('' if none),
---       18 has session ('1'/'0')
+--       18 has session ('1'/'0'), 19 tenant
 local current = redis.call('HMGET', KEYS[1], 'version', 'terminal', 'owner', 'attempt', 'state')
 if not current[1] then
   return 'missing'
@@ -35,9 +36,15 @@ redis.call('HSET', KEYS[1], 'json', ARGV[1], 'version', ARGV[2], 'state', ARGV[3
   'owner', ARGV[4], 'attempt', ARGV[5], 'terminal', ARGV[6], 'checkpoints', ARGV[15])
 if ARGV[3] ~= 'Pending' then
   redis.call('ZREM', KEYS[2], ARGV[7])
+  redis.call('ZREM', KEYS[13], ARGV[7])
+  if redis.call('ZCARD', KEYS[13]) == 0 then
+    redis.call('SREM', KEYS[14], ARGV[19])
+  end
 elseif requeued and current[5] ~= 'Pending' then
   -- A lost run goes back to the queue and off its former owner's list.
   redis.call('ZADD', KEYS[2], 0, ARGV[7])
+  redis.call('ZADD', KEYS[13], 0, ARGV[7])
+  redis.call('SADD', KEYS[14], ARGV[19])
   redis.call('SREM', ARGV[13] .. current[3], ARGV[7])
 end
 if started then
