@@ -12,6 +12,7 @@ use crate::engine::kinds::check_kind_name;
 use crate::executor::exec::{AllowedProgram, EnvName, EnvPolicy, ExecPolicy, Rlimits, SearchPath};
 use crate::limits::{CheckpointBudget, Limits};
 use crate::listener::{self, ConnectionLimits};
+use crate::store::redis::RedisAccess;
 use crate::task::{CheckpointLimits, MAX_DURATION};
 use crate::tls::TlsFiles;
 
@@ -200,6 +201,16 @@ pub struct Config {
     #[arg(long, env = "REINS_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// PEM CA certificate(s) of a `rediss://` Redis whose certificate the system's roots
+    /// do not cover.
+    #[arg(long, env = "REINS_REDIS_CA", value_name = "FILE")]
+    pub redis_ca: Option<PathBuf>,
+
+    /// A file holding the Redis password (its first line), e.g. a mounted Secret; wins
+    /// over a password in --redis-url. Passwords never appear in logs or errors.
+    #[arg(long, env = "REINS_REDIS_PASSWORD_FILE", value_name = "FILE")]
+    pub redis_password_file: Option<PathBuf>,
+
     /// Prefix of every Redis key and channel, so deployments can share a Redis.
     #[arg(long, env = "REINS_REDIS_PREFIX", default_value = "reins:")]
     pub redis_prefix: String,
@@ -369,6 +380,25 @@ impl Config {
                 .zip(self.max_connection_age_grace)
                 .map(|(age, grace)| age + grace),
         }
+    }
+
+    /// What `--redis-ca` and `--redis-password-file` add to the Redis URL.
+    pub fn redis_access(&self) -> Result<RedisAccess, String> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|err| format!("{}: {err}", path.display()))
+        };
+        let password = match &self.redis_password_file {
+            Some(path) => {
+                let text = String::from_utf8(read(path)?)
+                    .map_err(|_| format!("{}: not UTF-8", path.display()))?;
+                Some(text.lines().next().unwrap_or_default().to_owned())
+            }
+            None => None,
+        };
+        Ok(RedisAccess {
+            ca_pem: self.redis_ca.as_ref().map(read).transpose()?,
+            password,
+        })
     }
 
     /// The TLS files, when TLS is on.

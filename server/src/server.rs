@@ -29,7 +29,7 @@ use crate::executor::Kinds;
 use crate::listener;
 use crate::reload;
 use crate::store::memory::MemoryStore;
-use crate::store::redis::RedisStore;
+use crate::store::redis::{RedisStore, redact};
 use crate::store::{Store, TaskStore};
 use crate::tls::ServerTls;
 
@@ -90,9 +90,11 @@ pub async fn run(
     };
     let backend: Arc<dyn TaskStore> = match &config.redis_url {
         Some(url) => {
-            tracing::info!(prefix = %config.redis_prefix, "task state in Redis");
-            Arc::new(RedisStore::connect(
+            let redis = redact(url);
+            tracing::info!(%redis, prefix = %config.redis_prefix, "task state in Redis");
+            Arc::new(RedisStore::connect_with(
                 url,
+                &config.redis_access()?,
                 &config.redis_prefix,
                 config.retention,
                 &background,

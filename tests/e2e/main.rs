@@ -14,6 +14,7 @@ mod list;
 mod questions;
 mod quotas;
 mod records;
+mod redis_security;
 mod replicas;
 mod server;
 mod start;

@@ -123,26 +123,76 @@ fn flag(value: bool) -> &'static str {
     if value { "1" } else { "0" }
 }
 
+/// How to reach Redis beyond its URL: the CA of a `rediss://` server (`--redis-ca`) and a
+/// password read from a file (`REINS_REDIS_PASSWORD_FILE`), which wins over one in the
+/// URL.
+#[derive(Clone, Debug, Default)]
+pub struct RedisAccess {
+    pub ca_pem: Option<Vec<u8>>,
+    pub password: Option<String>,
+}
+
+/// `url` without its password, for logs and errors: `redis://user:***@host:port/db`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials
+                .split_once(':')
+                .map_or(credentials, |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 impl RedisStore {
-    /// Connects lazily: the server starts even while Redis is down and serves UNAVAILABLE
-    /// until it is back. The pub/sub watchdog runs on `background`.
+    /// [`RedisStore::connect_with`] without a CA or password file.
+    #[cfg(test)]
     pub fn connect(
         url: &str,
         prefix: &str,
         retention: Duration,
         background: &Background,
     ) -> StoreResult<RedisStore> {
+        RedisStore::connect_with(url, &RedisAccess::default(), prefix, retention, background)
+    }
+
+    /// Connects lazily: the server starts even while Redis is down and serves UNAVAILABLE
+    /// until it is back. The pub/sub watchdog runs on `background`.
+    pub fn connect_with(
+        url: &str,
+        access: &RedisAccess,
+        prefix: &str,
+        retention: Duration,
+        background: &Background,
+    ) -> StoreResult<RedisStore> {
         let client = Client::open(url).map_err(unavailable)?;
         let info = client.get_connection_info().clone();
-        let settings = info
+        let mut settings = info
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
+        if let Some(password) = &access.password {
+            settings = settings.set_password(password);
+        }
         // Small request/reply messages: Nagle's algorithm would hold them back ~40 ms.
         let info = info
             .set_redis_settings(settings)
             .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-        let client = Client::open(info).map_err(unavailable)?;
+        let client = match &access.ca_pem {
+            Some(ca) => Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            None => Client::open(info),
+        }
+        .map_err(unavailable)?;
         // One reconnect attempt per failed command: while Redis is down a call fails in
         // about a second instead of waiting out a long retry schedule. The next command
         // tries again, and the pub/sub connection has a watchdog that keeps trying.
