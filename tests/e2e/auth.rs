@@ -193,3 +193,19 @@ async fn a_rewritten_auth_config_is_used_without_a_restart() {
         .await
         .expect("the previous config is still in force");
 }
+
+#[tokio::test]
+async fn a_server_without_auth_on_a_non_loopback_address_warns_loudly() {
+    let open = Reinsd::with_args(&["--listen", "0.0.0.0:0"]);
+    eventually("the warning", || async {
+        open.log().contains("AUTHENTICATION IS OFF").then_some(())
+    })
+    .await;
+    let local = Reinsd::start();
+    local.client().await;
+    assert!(
+        !local.log().contains("AUTHENTICATION IS OFF"),
+        "{}",
+        local.log()
+    );
+}

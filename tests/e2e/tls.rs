@@ -135,3 +135,53 @@ async fn a_rotated_certificate_is_used_for_new_connections_while_open_streams_go
         .expect("a call on the old connection");
     assert!(server.log().contains("reloaded"), "{}", server.log());
 }
+
+/// The `reins` CLI over TLS with a token: `--ca-cert`, `--token` and an `https://` server.
+#[tokio::test]
+async fn the_cli_talks_tls_with_a_ca_and_a_token() {
+    use reins_e2e::auth::{AuthFile, sha256_hex};
+    let file = AuthFile::new(&format!(
+        "[[principal]]\nname = \"alice\"\ntenant = \"acme\"\nroles = [\"operator\"]\ntoken_sha256 = \"{}\"\n",
+        sha256_hex("cli-token")
+    ));
+    let pki = Pki::new("test CA");
+    let auth = file.path().to_str().unwrap().to_owned();
+    let (server, _) = tls_server(&pki, &["--auth-config", &auth]);
+    let url = format!("https://{}", server.address());
+    let ca = pki.ca().to_str().unwrap().to_owned();
+    let run = |args: Vec<&str>, token: Option<&str>| {
+        let mut command = std::process::Command::new(reins_e2e::reins_cli_binary());
+        command
+            .args(["--server", &url, "--ca-cert", &ca, "--json"])
+            .args(args);
+        command.env_remove("REINS_SERVER").env_remove("REINS_TOKEN");
+        if let Some(token) = token {
+            command.env("REINS_TOKEN", token);
+        }
+        command.output().expect("run reins")
+    };
+    let started = run(
+        vec![
+            "start",
+            "sleep",
+            "--params",
+            r#"{"steps": 1, "step_ms": 1}"#,
+        ],
+        Some("cli-token"),
+    );
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let task: serde_json::Value = serde_json::from_slice(&started.stdout).expect("JSON");
+    assert_eq!(task["tenant"], "acme");
+    assert_eq!(task["createdBy"], "alice");
+    let refused = run(vec!["list"], None);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("UNAUTHENTICATED"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
