@@ -15,6 +15,7 @@ fn config() -> String {
     format!(
         "{}\n[[principal]]\nname = \"rita\"\ntenant = \"rated\"\nroles = [\"operator\"]\ntoken_sha256 = \"{}\"\n\
          [[tenant]]\nname = \"acme\"\nmax_active_tasks = 2\nexec = [\"date\"]\n\
+         [[tenant]]\nname = \"globex\"\nmax_watchers = 1\nmax_workers = 1\n\
          [[tenant]]\nname = \"rated\"\nmax_starts_per_second = 0.2\nburst = 2\n",
         principals(),
         sha256_hex("rita-token")
@@ -121,4 +122,64 @@ async fn a_tenants_exec_list_narrows_allow_exec() {
     bob.start(exec(serde_json::json!(["sh", "-c", "true"])))
         .await
         .expect("globex has no exec list");
+}
+
+/// globex may hold one watch and one worker across the cluster: a second one, on the
+/// other replica, is refused until the first is gone.
+#[tokio::test]
+async fn watchers_and_workers_are_counted_across_replicas() {
+    let file = AuthFile::new(&config());
+    let mut args = args(&file);
+    args.extend(["--worker-kind".into(), "research".into()]);
+    let cluster = Cluster::start(2, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (a, b) = (cluster.replica(0).url(), cluster.replica(1).url());
+    let bob_a = client_with_token(&a, "bob-token").await;
+    let bob_b = client_with_token(&b, "bob-token").await;
+    let task = bob_a.start(long_sleep()).await.expect("start");
+    let first = bob_a
+        .watch(&task.id, reins_client::WatchOptions::default())
+        .await
+        .expect("the first watch");
+    let refused = match bob_b
+        .watch(&task.id, reins_client::WatchOptions::default())
+        .await
+    {
+        Err(status) => status,
+        Ok(_) => panic!("a second watch was allowed"),
+    };
+    assert_quota(&refused, "max_watchers", false);
+    drop(first);
+    reins_e2e::eventually("the first watch's place is free", || async {
+        bob_b
+            .watch(&task.id, reins_client::WatchOptions::default())
+            .await
+            .ok()
+            .map(drop)
+    })
+    .await;
+
+    let worker =
+        reins_e2e::FakeWorker::connect_as(&a, Some("globex-worker-token"), "w1", &["research"], 1)
+            .await;
+    let second = reins_e2e::FakeWorker::open_as(
+        &b,
+        Some("globex-worker-token"),
+        "w2",
+        vec![reins_e2e::worker::hello("w2", &["research"], 1)],
+    )
+    .await;
+    let refused = second.err().expect("a second worker was allowed");
+    assert_quota(&refused, "max_workers", false);
+    drop(worker);
+    reins_e2e::eventually("the first worker's place is free", || async {
+        reins_e2e::FakeWorker::open_as(
+            &b,
+            Some("globex-worker-token"),
+            "w3",
+            vec![reins_e2e::worker::hello("w3", &["research"], 1)],
+        )
+        .await
+        .ok()
+    })
+    .await;
 }

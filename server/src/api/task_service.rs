@@ -148,6 +148,7 @@ impl TaskService for TaskApi {
         // 0 is proto3's unset: start from the task as it is now.
         let after_version = (request.after_version != 0).then_some(request.after_version);
         let events = self.engine.watch(&caller, id, after_version).await?;
+        let held = self.engine.hold_watch(&caller).await?;
         let watch = WatchStream::new(
             Box::pin(events),
             self.shutdown.clone(),
@@ -156,7 +157,8 @@ impl TaskService for TaskApi {
             id,
             request.cancel_on_disconnect,
             view,
-        );
+        )
+        .holding(held);
         Ok(Response::new(pacing::paced(
             Box::pin(watch),
             self.watch_heartbeat,

@@ -14,7 +14,7 @@ use tonic::Status;
 
 use crate::auth::Caller;
 use crate::convert::{self, View};
-use crate::engine::{CancelRequest, Engine};
+use crate::engine::{CancelRequest, Engine, Held};
 use crate::task::{Task, TaskId};
 
 /// A watch: the task's versions as events until its terminal one. When the server shuts
@@ -24,6 +24,8 @@ use crate::task::{Task, TaskId};
 /// and asked for `cancel_on_disconnect`, the task is soft-cancelled.
 pub(crate) struct WatchStream {
     events: Pin<Box<dyn Stream<Item = Task> + Send>>,
+    /// The watch's place among its tenant's `max_watchers`, given back with the stream.
+    _held: Option<Held>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     engine: Arc<Engine>,
     /// Who watches: the soft cancel of `cancel_on_disconnect` is theirs.
@@ -57,6 +59,7 @@ impl WatchStream {
     ) -> WatchStream {
         WatchStream {
             events,
+            _held: None,
             shutdown: Box::pin(shutdown.cancelled_owned()),
             engine,
             caller,
@@ -66,6 +69,12 @@ impl WatchStream {
             cancel_on_disconnect,
             view,
         }
+    }
+
+    /// The stream holds `held` (its place among the tenant's `max_watchers`) until it ends.
+    pub fn holding(mut self, held: Option<Held>) -> WatchStream {
+        self._held = held;
+        self
     }
 
     /// The event for a version, noting that it was sent.

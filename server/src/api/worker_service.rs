@@ -116,6 +116,7 @@ impl WorkerService for WorkerApi {
             caller.check_kind(kind)?;
         }
         self.limits.hello(&hello.name, &kinds)?;
+        let held = self.engine.hold_worker(&caller).await?;
         let (commands, commands_rx): (Commands, _) = mpsc::unbounded_channel();
         let worker = self
             .engine
@@ -136,13 +137,18 @@ impl WorkerService for WorkerApi {
         }));
         tracing::info!(worker = %worker.label(), kinds = ?hello.kinds, max_concurrency, "worker connected");
         self.engine.serve_worker(&worker);
-        tokio::spawn(serve(
+        let serving = serve(
             Arc::clone(&self.engine),
             worker,
             inbound,
             commands,
             self.shutdown.clone(),
-        ));
+        );
+        tokio::spawn(async move {
+            serving.await;
+            // The worker's place among its tenant's `max_workers` goes back with it.
+            drop(held);
+        });
         Ok(Response::new(UnboundedReceiverStream::new(commands_rx)))
     }
 }

@@ -203,15 +203,6 @@ impl AuthConfig {
                 return Err("a [[tenant]] is listed twice".to_owned());
             }
         }
-        for tenant in tenants.values() {
-            if tenant.max_watchers.is_some() || tenant.max_workers.is_some() {
-                tracing::warn!(
-                    tenant = %tenant.name,
-                    "max_watchers and max_workers are not enforced yet (max_active_tasks, \
-                     max_starts_per_second, burst and exec are)"
-                );
-            }
-        }
         Ok(AuthConfig {
             by_token,
             by_cert,

@@ -15,6 +15,7 @@
 mod cancel;
 mod dispatch;
 mod drain;
+mod held;
 pub(crate) mod kinds;
 mod start;
 mod transitions;
@@ -28,6 +29,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use self::dispatch::{Dispatcher, Places};
+pub(crate) use self::held::Held;
+use self::held::{Counted, Holdings};
 pub(crate) use self::transitions::CancelRequest;
 use self::transitions::{Applied, Transitions};
 use crate::auth::Caller;
@@ -67,6 +70,8 @@ pub(crate) struct Engine {
     worker_kinds: Arc<dyn WorkerKinds>,
     /// The tenants' start buckets (`max_starts_per_second`).
     start_rates: Arc<dyn StartRates>,
+    /// The places of `max_watchers` and `max_workers` held here.
+    holdings: Arc<Holdings>,
     places: Arc<Places>,
     dispatcher: Arc<Dispatcher>,
     /// Cancelled when shutdown begins: no new task or worker is taken from then on.
@@ -118,12 +123,15 @@ impl Engine {
             wake_dispatch,
         ));
         background.spawn(Arc::clone(&dispatcher).follow_wakeups());
+        let holdings = Holdings::new(Arc::clone(&store.tenant_places), config.replica_id.clone());
+        background.spawn(Arc::clone(&holdings).refresh_loop());
         Arc::new(Engine {
             config,
             transitions,
             feeds: Arc::clone(&store.feeds),
             worker_kinds: Arc::clone(&store.worker_kinds),
             start_rates: Arc::clone(&store.start_rates),
+            holdings,
             places,
             dispatcher,
             draining,
@@ -245,6 +253,31 @@ impl Engine {
             max_concurrency,
             commands,
         )))
+    }
+
+    /// A place among the caller's tenant's watchers (`max_watchers`), held while the
+    /// watch is open; `None` when the tenant has no such quota.
+    pub async fn hold_watch(&self, caller: &Caller) -> Result<Option<Held>> {
+        self.hold(caller, Counted::Watchers).await
+    }
+
+    /// A place among the caller's tenant's workers (`max_workers`).
+    pub async fn hold_worker(&self, caller: &Caller) -> Result<Option<Held>> {
+        self.hold(caller, Counted::Workers).await
+    }
+
+    async fn hold(&self, caller: &Caller, what: Counted) -> Result<Option<Held>> {
+        let Some(quotas) = &caller.quotas else {
+            return Ok(None);
+        };
+        let max = match what {
+            Counted::Watchers => quotas.max_watchers,
+            Counted::Workers => quotas.max_workers,
+        };
+        match max {
+            None => Ok(None),
+            Some(max) => Ok(Some(self.holdings.hold(what, &quotas.name, max).await?)),
+        }
     }
 
     /// Gives tasks to an admitted worker from now on.

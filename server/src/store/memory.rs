@@ -25,7 +25,7 @@ use super::bucket::Bucket;
 use super::history::{self, HISTORY_LEN};
 use super::{
     ActiveFilter, Created, Membership, StartRates, StoreResult, Swap, TaskFeeds, TaskQueue,
-    TaskRecords, Update, Updates, Wakeups, WorkerKinds,
+    TaskRecords, TenantPlaces, Update, Updates, Wakeups, WorkerKinds,
 };
 use crate::background::Background;
 use crate::task::{Task, TaskId, TaskState};
@@ -39,6 +39,8 @@ pub struct MemoryStore {
     inner: Mutex<Inner>,
     /// The tenants' start buckets, on this process's clock.
     buckets: Mutex<HashMap<String, Bucket>>,
+    /// The tenants' counted places by what and tenant (one process: nothing lapses).
+    places: Mutex<HashMap<(String, String), std::collections::HashSet<String>>>,
 }
 
 #[derive(Default)]
@@ -80,6 +82,7 @@ impl MemoryStore {
             retention,
             inner: Mutex::new(Inner::default()),
             buckets: Mutex::new(HashMap::new()),
+            places: Mutex::new(HashMap::new()),
         }
     }
 
@@ -408,6 +411,40 @@ impl TaskRecords for MemoryStore {
         Ok(inner.tasks.get(&id).and_then(|entry| {
             history::versions_after(entry.history.iter().map(Arc::as_ref), after_version)
         }))
+    }
+}
+
+#[async_trait]
+impl TenantPlaces for MemoryStore {
+    async fn hold(
+        &self,
+        what: &str,
+        tenant: &str,
+        holder: &str,
+        max: u64,
+        _ttl: Duration,
+    ) -> StoreResult<bool> {
+        let mut places = self.places.lock().unwrap_or_else(|p| p.into_inner());
+        let held = places
+            .entry((what.to_owned(), tenant.to_owned()))
+            .or_default();
+        if held.len() as u64 >= max {
+            return Ok(false);
+        }
+        held.insert(holder.to_owned());
+        Ok(true)
+    }
+
+    async fn release(&self, what: &str, tenant: &str, holder: &str) -> StoreResult<()> {
+        let mut places = self.places.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = places.get_mut(&(what.to_owned(), tenant.to_owned())) {
+            held.remove(holder);
+        }
+        Ok(())
+    }
+
+    async fn refresh(&self, _: &str, _: &str, _: &[String], _: Duration) -> StoreResult<()> {
+        Ok(())
     }
 }
 

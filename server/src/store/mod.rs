@@ -234,14 +234,42 @@ pub trait StartRates: Send + Sync + 'static {
     ) -> StoreResult<Option<Duration>>;
 }
 
+/// A tenant's counted places (`max_watchers`, `max_workers`), shared by every replica.
+/// `what` names the count (`watchers`, `workers`); a holder is one watch or worker. A
+/// holder lapses `ttl` after it was taken or last refreshed, so those of a replica that
+/// died free themselves.
+#[async_trait]
+pub trait TenantPlaces: Send + Sync + 'static {
+    /// Takes a place for `holder` unless `tenant` already has `max`; whether it did.
+    async fn hold(
+        &self,
+        what: &str,
+        tenant: &str,
+        holder: &str,
+        max: u64,
+        ttl: Duration,
+    ) -> StoreResult<bool>;
+
+    async fn release(&self, what: &str, tenant: &str, holder: &str) -> StoreResult<()>;
+
+    /// Keeps `holders` (still alive) from lapsing for another `ttl`.
+    async fn refresh(
+        &self,
+        what: &str,
+        tenant: &str,
+        holders: &[String],
+        ttl: Duration,
+    ) -> StoreResult<()>;
+}
+
 /// A complete backend: every concern above. The conformance suite tests backends whole.
 pub trait TaskStore:
-    TaskRecords + TaskFeeds + TaskQueue + Membership + WorkerKinds + StartRates
+    TaskRecords + TaskFeeds + TaskQueue + Membership + WorkerKinds + StartRates + TenantPlaces
 {
 }
 
-impl<T: TaskRecords + TaskFeeds + TaskQueue + Membership + WorkerKinds + StartRates> TaskStore
-    for T
+impl<T: TaskRecords + TaskFeeds + TaskQueue + Membership + WorkerKinds + StartRates + TenantPlaces>
+    TaskStore for T
 {
 }
 
@@ -254,6 +282,7 @@ pub(crate) struct Store {
     pub membership: Arc<dyn Membership>,
     pub worker_kinds: Arc<dyn WorkerKinds>,
     pub start_rates: Arc<dyn StartRates>,
+    pub tenant_places: Arc<dyn TenantPlaces>,
 }
 
 impl Store {
@@ -264,7 +293,8 @@ impl Store {
             queue: backend.clone(),
             membership: backend.clone(),
             worker_kinds: backend.clone(),
-            start_rates: backend,
+            start_rates: backend.clone(),
+            tenant_places: backend,
         }
     }
 }

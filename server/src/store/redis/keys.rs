@@ -33,6 +33,9 @@ impl Keys {
     pub fn pending_tenants(&self) -> String {
         format!("{}pending-tenants", self.prefix)
     }
+    pub fn held(&self, what: &str, tenant: &str) -> String {
+        format!("{}held-{what}:{tenant}", self.prefix)
+    }
     pub fn start_bucket(&self, tenant: &str) -> String {
         format!("{}start-bucket:{tenant}", self.prefix)
     }

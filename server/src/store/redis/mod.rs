@@ -27,7 +27,7 @@ use self::keys::Keys;
 use super::history::{self, HISTORY_LEN};
 use super::{
     ActiveFilter, Created, StartRates, StoreError, StoreResult, Swap, TaskFeeds, TaskQueue,
-    TaskRecords, Updates, Wakeups,
+    TaskRecords, TenantPlaces, Updates, Wakeups,
 };
 use crate::background::Background;
 use crate::task::{Checkpoints, Task, TaskId, TaskState};
@@ -42,6 +42,8 @@ const LIST_BATCH: usize = 256;
 const CREATE: &str = include_str!("create.lua");
 const SWAP: &str = include_str!("swap.lua");
 const BUCKET: &str = include_str!("bucket.lua");
+const HOLD: &str = include_str!("hold.lua");
+const REFRESH: &str = include_str!("refresh.lua");
 
 pub struct RedisStore {
     keys: Keys,
@@ -51,6 +53,8 @@ pub struct RedisStore {
     create: Script,
     swap: Script,
     bucket: Script,
+    hold: Script,
+    refresh: Script,
 }
 
 fn unavailable(err: redis::RedisError) -> StoreError {
@@ -215,6 +219,8 @@ impl RedisStore {
             create: Script::new(CREATE),
             swap: Script::new(SWAP),
             bucket: Script::new(BUCKET),
+            hold: Script::new(HOLD),
+            refresh: Script::new(REFRESH),
         })
     }
 
@@ -474,6 +480,57 @@ impl TaskRecords for RedisStore {
             .map(|json| decode_record(json, &list, list_end))
             .collect::<StoreResult<Vec<Task>>>()?;
         Ok(history::versions_after(versions.iter(), after_version))
+    }
+}
+
+#[async_trait]
+impl TenantPlaces for RedisStore {
+    async fn hold(
+        &self,
+        what: &str,
+        tenant: &str,
+        holder: &str,
+        max: u64,
+        ttl: Duration,
+    ) -> StoreResult<bool> {
+        let taken: u64 = self
+            .hold
+            .key(self.keys.held(what, tenant))
+            .arg(holder)
+            .arg(max)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(taken == 1)
+    }
+
+    async fn release(&self, what: &str, tenant: &str, holder: &str) -> StoreResult<()> {
+        let _: () = self
+            .connection()
+            .zrem(self.keys.held(what, tenant), holder)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn refresh(
+        &self,
+        what: &str,
+        tenant: &str,
+        holders: &[String],
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let mut call = self.refresh.key(self.keys.held(what, tenant));
+        call.arg(ttl.as_millis() as u64);
+        for holder in holders {
+            call.arg(holder);
+        }
+        let _: u64 = call
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 }
 
