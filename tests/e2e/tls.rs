@@ -185,3 +185,82 @@ async fn the_cli_talks_tls_with_a_ca_and_a_token() {
         String::from_utf8_lossy(&refused.stderr)
     );
 }
+
+/// A worker principal named by its client certificate's URI SAN (the auth config's
+/// `client_cert`): connected over mutual TLS with no token, it serves its kinds and
+/// receives its tenant's task; a certificate naming no principal is UNAUTHENTICATED.
+#[tokio::test]
+async fn a_worker_is_authenticated_by_the_uri_san_of_its_client_certificate() {
+    use reins_e2e::auth::{AuthFile, sha256_hex};
+    use reins_e2e::worker::hello;
+    use reins_proto::v1::worker_command::Command;
+    let spiffe = "spiffe://cluster.local/ns/agents/sa/research";
+    let file = AuthFile::new(&format!(
+        "[[principal]]\nname = \"research-workers\"\ntenant = \"acme\"\nroles = [\"worker\"]\n\
+         kinds = [\"research\"]\nclient_cert = \"{spiffe}\"\n\
+         [[principal]]\nname = \"alice\"\ntenant = \"acme\"\nroles = [\"operator\"]\ntoken_sha256 = \"{}\"\n",
+        sha256_hex("alice-token")
+    ));
+    let pki = Pki::new("test CA");
+    let (auth, ca) = (
+        file.path().to_str().unwrap().to_owned(),
+        pki.ca().to_str().unwrap().to_owned(),
+    );
+    let (server, _) = tls_server(
+        &pki,
+        &[
+            "--tls-client-ca",
+            &ca,
+            "--auth-config",
+            &auth,
+            "--worker-kind",
+            "research",
+        ],
+    );
+    let url = format!("https://{}", server.address());
+    let cert = pki.client_uri("research", spiffe);
+    let mut worker = reins_e2e::FakeWorker::open_on(
+        mtls_channel(&url, &pki, &cert).await,
+        None,
+        "research",
+        vec![hello("research", &["research"], 1)],
+    )
+    .await
+    .expect("the worker is admitted");
+    assert!(matches!(worker.next().await, Command::Welcome(_)));
+
+    let caller = pki.client_uri("alice-client", "spiffe://cluster.local/ns/apps/sa/alice");
+    let alice = Client::connect_with(
+        url.clone(),
+        &pki::credentials(&pki, Some(&caller)).token("alice-token"),
+    )
+    .await
+    .expect("alice connects");
+    let task = alice
+        .start(reins_client::StartTask::new("research"))
+        .await
+        .expect("start");
+    match worker.next().await {
+        Command::Assign(assignment) => assert_eq!(assignment.task.expect("task").id, task.id),
+        other => panic!("expected the assignment, got {other:?}"),
+    }
+
+    let stranger = pki.client_uri("stranger", "spiffe://cluster.local/ns/x/sa/nobody");
+    let refused = reins_e2e::FakeWorker::open_on(
+        mtls_channel(&url, &pki, &stranger).await,
+        None,
+        "stranger",
+        vec![hello("stranger", &["research"], 1)],
+    )
+    .await;
+    assert_eq!(
+        refused.err().map(|status| status.code()),
+        Some(tonic::Code::Unauthenticated)
+    );
+}
+
+async fn mtls_channel(url: &str, pki: &Pki, cert: &pki::CertFiles) -> tonic::transport::Channel {
+    reins_client::connect_channel(url.to_owned(), &pki::credentials(pki, Some(cert)))
+        .await
+        .expect("an mTLS channel")
+}

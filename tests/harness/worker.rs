@@ -102,6 +102,17 @@ impl FakeWorker {
             .connect()
             .await
             .expect("connect to reinsd");
+        FakeWorker::open_on(channel, token, name, first).await
+    }
+
+    /// [`FakeWorker::open_as`] on a channel of the caller's (e.g. TLS with a client
+    /// certificate: `reins_client::connect_channel`).
+    pub async fn open_on(
+        channel: Channel,
+        token: Option<&str>,
+        name: &str,
+        first: Vec<WorkerMessage>,
+    ) -> Result<FakeWorker, Status> {
         let (outbox, inbox) = mpsc::unbounded_channel();
         for message in first {
             outbox.send(message).expect("the stream is open");
