@@ -148,3 +148,6 @@ fn strings(value: Option<&Value>) -> Vec<String> {
         _ => Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests;
