@@ -40,7 +40,8 @@ task finished, 130 on Ctrl-C (which, with --cancel-on-disconnect, soft-cancels t
 #[derive(Debug, Parser)]
 #[command(name = "reins", version, after_help = EXIT_STATUS_HELP)]
 pub struct Cli {
-    /// Server address: `http://host:port` or `host:port`.
+    /// Server address: `http://host:port`, `https://host:port` or `host:port` (TLS when
+    /// --ca-cert or --cert is given).
     #[arg(
         long,
         global = true,
@@ -49,6 +50,40 @@ pub struct Cli {
         value_name = "URL"
     )]
     pub server: String,
+
+    /// Bearer token sent with every call (a token of the server's auth config, or a JWT).
+    #[arg(
+        long,
+        global = true,
+        env = "REINS_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+
+    /// PEM CA certificate(s) that signed the server's certificate [default: the system's].
+    #[arg(long, global = true, env = "REINS_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
+
+    /// PEM client certificate for mutual TLS (with --key).
+    #[arg(
+        long,
+        global = true,
+        env = "REINS_CERT",
+        value_name = "FILE",
+        requires = "key"
+    )]
+    pub cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --cert.
+    #[arg(
+        long,
+        global = true,
+        env = "REINS_KEY",
+        value_name = "FILE",
+        requires = "cert"
+    )]
+    pub key: Option<std::path::PathBuf>,
 
     /// Print the response as canonical proto3 JSON instead of a summary.
     #[arg(long, global = true)]

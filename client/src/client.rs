@@ -15,12 +15,17 @@ use reins_proto::v1::{
 use tokio_stream::{Stream, StreamExt};
 use tonic::{
     Status,
+    service::interceptor::InterceptedService,
     transport::{Channel, Endpoint},
 };
 
+use crate::credentials::BearerToken;
 use crate::propagation::traced;
 use crate::retry::{self, ServiceConfig};
-use crate::{Error, duration, json};
+use crate::{Credentials, Error, duration, json};
+
+/// The generated stub, with the credentials' token on every call.
+pub type Stub = TaskServiceClient<InterceptedService<Channel, BearerToken>>;
 
 /// How long [`Client::connect`] (and each later reconnect) waits for a TCP connection;
 /// without a limit a silently dropped SYN blocks for the OS default of minutes.
@@ -45,7 +50,7 @@ const RESET_STREAMS_REMEMBERED: usize = 4096;
 /// StartTask and RunTask when they carry a `request_id`. [`Client::with_service_config`] replaces the policy.
 #[derive(Debug, Clone)]
 pub struct Client {
-    stub: TaskServiceClient<Channel>,
+    stub: Stub,
     config: Arc<ServiceConfig>,
 }
 
@@ -54,27 +59,27 @@ impl Client {
     /// (taken as plain-text `http`). Fails right away when the server cannot be reached,
     /// and gives up on an unresponsive address after [`CONNECT_TIMEOUT`].
     pub async fn connect(url: impl Into<String>) -> Result<Client, Error> {
-        let given = url.into();
-        let url = if given.contains("://") {
-            given.clone()
-        } else {
-            format!("http://{given}")
-        };
-        let endpoint = Endpoint::from_shared(url)
-            .map_err(|err| Error::InvalidUrl(format!("`{given}`: {err}")))?;
-        let channel = endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
-            .connect()
-            .await
-            .map_err(Error::Connect)?;
-        Ok(Self::from_channel(channel))
+        Client::connect_with(url, &Credentials::default()).await
+    }
+
+    /// Connects to `url` with `credentials`: their token goes with every call; TLS is used
+    /// for `https://` URLs, and for a bare `host:port` when the credentials have a CA or a
+    /// client certificate.
+    pub async fn connect_with(
+        url: impl Into<String>,
+        credentials: &Credentials,
+    ) -> Result<Client, Error> {
+        let channel = connect_channel(url.into(), credentials).await?;
+        Ok(Client {
+            stub: TaskServiceClient::with_interceptor(channel, credentials.interceptor()?),
+            config: Arc::new(ServiceConfig::shipped().clone()),
+        })
     }
 
     /// Uses an existing channel, e.g. one with custom timeouts or TLS settings.
     pub fn from_channel(channel: Channel) -> Client {
         Client {
-            stub: TaskServiceClient::new(channel),
+            stub: TaskServiceClient::with_interceptor(channel, BearerToken::none()),
             config: Arc::new(ServiceConfig::shipped().clone()),
         }
     }
@@ -89,7 +94,7 @@ impl Client {
     /// Runs one call of `method` with its retry policy.
     async fn retried<T, F, Fut>(&self, method: &str, call: F) -> Result<T, Status>
     where
-        F: FnMut(TaskServiceClient<Channel>) -> Fut,
+        F: FnMut(Stub) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         self.retried_if(method, true, call).await
@@ -103,7 +108,7 @@ impl Client {
         mut call: F,
     ) -> Result<T, Status>
     where
-        F: FnMut(TaskServiceClient<Channel>) -> Fut,
+        F: FnMut(Stub) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let policy = idempotent.then(|| self.config.policy(method)).flatten();
@@ -116,7 +121,7 @@ impl Client {
 
     /// The generated stub (a clone sharing this client's channel), for calls that need
     /// request metadata or anything else this wrapper does not expose.
-    pub fn raw(&self) -> TaskServiceClient<Channel> {
+    pub fn raw(&self) -> Stub {
         self.stub.clone()
     }
 
@@ -368,6 +373,30 @@ pub struct WatchOptions {
 #[must_use = "a StartTask does nothing until it is passed to Client::start"]
 pub struct StartTask {
     request: StartTaskRequest,
+}
+
+/// A channel to `given` (see [`Client::connect_with`]).
+pub async fn connect_channel(given: String, credentials: &Credentials) -> Result<Channel, Error> {
+    let url = if given.contains("://") {
+        given.clone()
+    } else if credentials.wants_tls() {
+        format!("https://{given}")
+    } else {
+        format!("http://{given}")
+    };
+    let mut endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|err| Error::InvalidUrl(format!("`{given}`: {err}")))?;
+    if url.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(credentials.tls_config())
+            .map_err(Error::Connect)?;
+    }
+    endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
+        .connect()
+        .await
+        .map_err(Error::Connect)
 }
 
 impl StartTask {

@@ -10,6 +10,9 @@ pub enum Error {
     /// The server could not be reached (refused, unresolvable host, TLS, ...).
     #[error("cannot connect to the server")]
     Connect(#[source] tonic::transport::Error),
+    /// A token, CA or client certificate that cannot be used; says why.
+    #[error("bad credentials: {0}")]
+    Credentials(String),
     /// The server address is not a valid URI; holds the address and why.
     #[error("invalid server URL {0}")]
     InvalidUrl(String),

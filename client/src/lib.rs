@@ -19,12 +19,14 @@
 //! ```
 
 mod client;
+mod credentials;
 pub mod duration;
 mod error;
 pub mod propagation;
 pub mod retry;
 
-pub use client::{CONNECT_TIMEOUT, Client, StartTask, WatchOptions};
+pub use client::{CONNECT_TIMEOUT, Client, StartTask, Stub, WatchOptions, connect_channel};
+pub use credentials::{BearerToken, Credentials};
 pub use error::{Error, describe_status};
 /// JSON ⇄ `google.protobuf.Value`/`Struct`, shared with the server.
 pub use reins_proto::json;

@@ -8,7 +8,7 @@ use std::{
 };
 
 use reins_client::{
-    Client, describe_status,
+    Client, Credentials, describe_status,
     proto::{ListActiveResponse, Task},
 };
 use tokio_stream::StreamExt;
@@ -47,7 +47,14 @@ impl CliError {
 }
 
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    let client = connect(&cli.server).await?;
+    let credentials = Credentials::from_files(
+        cli.token.clone(),
+        cli.ca_cert.as_deref(),
+        cli.cert.as_deref(),
+        cli.key.as_deref(),
+    )
+    .map_err(CliError::InvalidServer)?;
+    let client = connect(&cli.server, &credentials).await?;
     let json = cli.json;
     match cli.command {
         Command::Start(args) => {
@@ -82,14 +89,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn connect(server: &str) -> Result<Client, CliError> {
-    Client::connect(server).await.map_err(|err| match err {
-        reins_client::Error::Connect(transport) => CliError::Unreachable {
-            url: server.to_owned(),
-            cause: error_chain(&transport),
-        },
-        other => CliError::InvalidServer(other),
-    })
+async fn connect(server: &str, credentials: &Credentials) -> Result<Client, CliError> {
+    Client::connect_with(server, credentials)
+        .await
+        .map_err(|err| match err {
+            reins_client::Error::Connect(transport) => CliError::Unreachable {
+                url: server.to_owned(),
+                cause: error_chain(&transport),
+            },
+            other => CliError::InvalidServer(other),
+        })
 }
 
 /// tonic's transport error says only "transport error"; the useful part (e.g.

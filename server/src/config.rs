@@ -2,6 +2,7 @@
 //! durations take the usual human form (`500ms`, `3s`, `2m`, `24h`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -11,7 +12,9 @@ use crate::engine::kinds::check_kind_name;
 use crate::executor::exec::{AllowedProgram, EnvName, EnvPolicy, ExecPolicy, Rlimits, SearchPath};
 use crate::limits::{CheckpointBudget, Limits};
 use crate::listener::{self, ConnectionLimits};
+use crate::store::redis::RedisAccess;
 use crate::task::{CheckpointLimits, MAX_DURATION};
+use crate::tls::TlsFiles;
 
 /// A human duration (`500ms`, `3s`) no longer than the service's [`MAX_DURATION`].
 fn duration(text: &str) -> Result<Duration, String> {
@@ -203,6 +206,16 @@ pub struct Config {
     #[arg(long, env = "REINS_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// PEM CA certificate(s) of a `rediss://` Redis whose certificate the system's roots
+    /// do not cover.
+    #[arg(long, env = "REINS_REDIS_CA", value_name = "FILE")]
+    pub redis_ca: Option<PathBuf>,
+
+    /// A file holding the Redis password (its first line), e.g. a mounted Secret; wins
+    /// over a password in --redis-url. Passwords never appear in logs or errors.
+    #[arg(long, env = "REINS_REDIS_PASSWORD_FILE", value_name = "FILE")]
+    pub redis_password_file: Option<PathBuf>,
+
     /// Prefix of every Redis key and channel, so deployments can share a Redis.
     #[arg(long, env = "REINS_REDIS_PREFIX", default_value = "reins:")]
     pub redis_prefix: String,
@@ -279,6 +292,46 @@ pub struct Config {
     /// Unset: no metrics endpoint.
     #[arg(long, env = "REINS_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// PEM certificate chain to serve TLS with (with --tls-key). Re-read when it changes
+    /// (see --reload-interval): new connections get the new certificate, open ones go on.
+    /// Unset: plaintext.
+    #[arg(
+        long,
+        env = "REINS_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "REINS_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates for mutual TLS: every client must present a certificate signed
+    /// by one of them; its identity (URI SAN, else DNS SAN, else subject CN) can name a
+    /// principal in --auth-config (`client_cert`).
+    #[arg(
+        long,
+        env = "REINS_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// The auth config (TOML): principals with their tenant and roles, the JWT issuer, the
+    /// tenants' quotas; re-read when it changes. Unset: auth is off (one tenant, `default`,
+    /// every call allowed).
+    #[arg(long, env = "REINS_AUTH_CONFIG", value_name = "FILE")]
+    pub auth_config: Option<PathBuf>,
+
+    /// How often the TLS files and the auth config are checked for changes.
+    #[arg(long, env = "REINS_RELOAD_INTERVAL", default_value = "5s", value_parser = positive_duration)]
+    pub reload_interval: Duration,
 
     #[arg(long, env = "REINS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -337,6 +390,34 @@ impl Config {
                 .zip(self.max_connection_age_grace)
                 .map(|(age, grace)| age + grace),
         }
+    }
+
+    /// What `--redis-ca` and `--redis-password-file` add to the Redis URL.
+    pub fn redis_access(&self) -> Result<RedisAccess, String> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|err| format!("{}: {err}", path.display()))
+        };
+        let password = match &self.redis_password_file {
+            Some(path) => {
+                let text = String::from_utf8(read(path)?)
+                    .map_err(|_| format!("{}: not UTF-8", path.display()))?;
+                Some(text.lines().next().unwrap_or_default().to_owned())
+            }
+            None => None,
+        };
+        Ok(RedisAccess {
+            ca_pem: self.redis_ca.as_ref().map(read).transpose()?,
+            password,
+        })
+    }
+
+    /// The TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
     }
 
     /// What `exec` tasks may run and with what, from the `exec` flags and the server's

@@ -75,6 +75,8 @@ pub fn task_view(task: &Task, view: View) -> pb::Task {
         budget: usage(&task.budget),
         answer_timed_out: task.answer_timed_out,
         question_deadline: task.question_deadline.map(timestamp),
+        tenant: task.tenant.clone(),
+        created_by: task.created_by.clone(),
     }
 }
 
@@ -95,6 +97,7 @@ fn cancel_info(cancel: &CancelInfo) -> pb::CancelInfo {
         escalated: cancel.escalated,
         deadline_exceeded: cancel.deadline_exceeded,
         budget_exhausted: cancel.budget_exhausted.clone(),
+        requested_by: cancel.requested_by.clone(),
     }
 }
 

@@ -111,6 +111,27 @@ pub enum Error {
     WorkerProtocol(String),
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// No credentials, or credentials that name no principal.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    #[error("{principal} may not call {method}: it needs the {role} role")]
+    RoleRequired {
+        principal: String,
+        role: &'static str,
+        method: String,
+    },
+    /// A tenant's quota (`[[tenant]]` of the auth config) is used up.
+    #[error("tenant {tenant} is at its {quota} quota ({limit})")]
+    QuotaExceeded {
+        tenant: String,
+        quota: &'static str,
+        limit: String,
+        /// When trying again may succeed (a start rate); `None`: once something ends.
+        retry_after: Option<std::time::Duration>,
+    },
+    /// A worker principal's hello named a kind outside its `kinds`.
+    #[error("{principal} may not serve kind {}", Echo(.kind))]
+    KindNotAllowed { principal: String, kind: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -57,7 +57,7 @@ pub fn params(bytes: &[u8]) {
 /// A ListActiveRequest from the wire, page token included.
 pub fn list_request(bytes: &[u8]) {
     if let Ok(request) = pb::ListActiveRequest::decode(bytes) {
-        let _ = request::list_query(&request);
+        let _ = request::list_query(&request, Some("tenant".to_owned()));
     }
 }
 
@@ -66,9 +66,10 @@ pub fn page_token(bytes: &[u8]) {
     let Ok(token) = std::str::from_utf8(bytes) else {
         return;
     };
-    if let Ok(Some(after)) = request::decode_page_token(token) {
+    let filter = crate::store::ActiveFilter::default();
+    if let Ok(Some(after)) = request::decode_page_token(token, &filter) {
         assert_eq!(
-            request::decode_page_token(&request::encode_page_token(after)).ok(),
+            request::decode_page_token(&request::encode_page_token(after, &filter), &filter).ok(),
             Some(Some(after))
         );
     }

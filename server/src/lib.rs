@@ -14,14 +14,17 @@
 //! - `convert`: domain → protobuf, shared by the api and the remote executor.
 //! - `limits`: the limits that bound one client or worker, and the record-size arithmetic.
 //! - `api`: the gRPC services.
+//! - `auth`: who is calling (tokens, JWTs, client certificates), roles, the caller's tenant.
 //! - `listener`: the accept loop and the limits on connections; `open_files`: the
 //!   process's open-files limit, raised at start-up.
 //! - `telemetry`: what the process tells operators (Prometheus metrics, `telemetry::metrics`);
 //!   `readiness`: whether this replica can serve now (gRPC health and `/readyz`).
+//! - `tls`: the server's TLS configuration (reloaded by `reload`) and client identities.
 //! - [`server`]: assembly, health, reflection and graceful shutdown.
 //! - [`telemetry`]: traces (OpenTelemetry), set up by the binary.
 
 mod api;
+mod auth;
 mod background;
 mod cluster;
 pub mod config;
@@ -36,11 +39,13 @@ mod listener;
 mod open_files;
 mod port;
 mod readiness;
+mod reload;
 pub mod server;
 mod store;
 mod supervisor;
 mod task;
 pub mod telemetry;
+mod tls;
 
 /// The exec kind's per-task subreaper: `reinsd` re-executes itself in that mode
 /// (`executor/exec/subreaper.rs`), and `main` hands over to it before anything else.

@@ -20,6 +20,13 @@ use crate::error::{Echo, Error, FieldViolation, Result};
 use crate::task::state_machine::Report;
 use crate::task::{Json, JsonMap, NewTask, budget};
 
+/// The longest tenant name (auth config, JWT claim).
+pub(crate) const MAX_TENANT_BYTES: usize = 128;
+/// The longest principal name (auth config, a JWT's `sub`), recorded in `created_by` and
+/// `requested_by` (which may also hold a replica id, of at most `--max-id-bytes`… no more
+/// than this by default).
+pub(crate) const MAX_PRINCIPAL_BYTES: usize = 253;
+
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
 
@@ -277,6 +284,9 @@ impl Limits {
             + text(self.max_result_bytes)
             + text(self.max_error_bytes)
             + text(self.max_reason_bytes)
+            // The tenant, `created_by` and `CancelInfo.requested_by`.
+            + text(MAX_TENANT_BYTES)
+            + 2 * text(MAX_PRINCIPAL_BYTES)
             + checkpoints.bytes
             + checkpoints.count * ELEMENT_OVERHEAD
             // budget, usage and subtree_usage: at most 16 dimensions each (a name, a double).

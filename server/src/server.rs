@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 use crate::api::{TaskApi, WorkerApi};
+use crate::auth::{Auth, AuthLayer};
 use crate::background::Background;
 use crate::cluster;
 use crate::config::Config;
@@ -29,10 +30,12 @@ use crate::engine::{Engine, EngineConfig};
 use crate::executor::Kinds;
 use crate::listener;
 use crate::readiness::Readiness;
+use crate::reload;
 use crate::store::memory::MemoryStore;
-use crate::store::redis::RedisStore;
+use crate::store::redis::{RedisStore, redact};
 use crate::store::{Store, TaskStore};
 use crate::telemetry::metrics::{self, GrpcMetricsLayer, MeteredStore};
+use crate::tls::ServerTls;
 
 /// How long tasks still running at the end of the shutdown grace get to stop after their
 /// soft cancel, before escalation.
@@ -64,11 +67,48 @@ pub async fn run(
     };
     let stop_serving = CancellationToken::new();
     let background = Background::new();
+    let tls = match config.tls_files() {
+        Some(files) => {
+            let tls = ServerTls::load(files)?;
+            let reloaded = Arc::clone(&tls);
+            reload::watch(
+                &background,
+                "TLS certificate",
+                tls.files().paths(),
+                config.reload_interval,
+                move || reloaded.reload(),
+            );
+            tracing::info!(files = ?tls.files(), "serving TLS");
+            Some(tls)
+        }
+        None => None,
+    };
+    let auth = match &config.auth_config {
+        Some(file) => {
+            let auth = Auth::load(file)?;
+            let reloaded = Arc::clone(&auth);
+            reload::watch(
+                &background,
+                "auth config",
+                auth.files(),
+                config.reload_interval,
+                move || reloaded.reload(),
+            );
+            tracing::info!(file = %file.display(), "authentication on");
+            auth
+        }
+        None => {
+            warn_if_open(&listener);
+            Auth::off()
+        }
+    };
     let backend: Arc<dyn TaskStore> = match &config.redis_url {
         Some(url) => {
-            tracing::info!(prefix = %config.redis_prefix, "task state in Redis");
-            Arc::new(RedisStore::connect(
+            let redis = redact(url);
+            tracing::info!(%redis, prefix = %config.redis_prefix, "task state in Redis");
+            Arc::new(RedisStore::connect_with(
                 url,
+                &config.redis_access()?,
                 &config.redis_prefix,
                 config.retention,
                 &background,
@@ -152,6 +192,7 @@ pub async fn run(
         .layer(tower::util::MapResponseLayer::new(
             crate::api::status::client_mistakes,
         ))
+        .layer(AuthLayer::new(Arc::clone(&auth)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -166,7 +207,7 @@ pub async fn run(
             .max_decoding_message_size(config.max_message_size)
             .max_encoding_message_size(config.max_message_size),
         );
-    let incoming = listener::Incoming::new(listener, connection_limits);
+    let incoming = listener::Incoming::new(listener, connection_limits, tls);
     let go_away = CancellationToken::new();
     let serving = tokio::spawn(
         router
@@ -235,6 +276,21 @@ const DESCRIPTOR_SETS: &[&[u8]] = &[
     tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
     tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
 ];
+
+/// Without auth anyone who reaches the port can read and control every task: fine on
+/// loopback, worth a loud warning anywhere else.
+fn warn_if_open(listener: &TcpListener) {
+    let loopback = listener
+        .local_addr()
+        .is_ok_and(|address| address.ip().is_loopback());
+    if !loopback {
+        tracing::warn!(
+            "AUTHENTICATION IS OFF on a non-loopback address: anyone who can reach this port \
+             can read, start and cancel every task and connect as a worker. Give \
+             --auth-config (and --tls-cert) to serve beyond this machine."
+        );
+    }
+}
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     DESCRIPTOR_SETS

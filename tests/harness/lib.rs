@@ -17,7 +17,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+pub mod auth;
 pub mod http2;
+pub mod pki;
 pub mod prometheus;
 pub mod proxy;
 pub mod raw;

@@ -17,6 +17,8 @@ pub struct RedisServer {
     port: u16,
     append_only: bool,
     dir: tempfile::TempDir,
+    /// More flags of redis-server (`--requirepass`, the TLS port and its files).
+    extra: Vec<String>,
 }
 
 fn redis_server_binary() -> PathBuf {
@@ -38,9 +40,10 @@ fn answers_ping(port: u16) -> bool {
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
     let mut reply = [0u8; 7];
+    // With --requirepass the answer is an error that starts `-NOAUTH`: up all the same.
     stream.write_all(b"PING\r\n").is_ok()
         && stream.read_exact(&mut reply).is_ok()
-        && &reply == b"+PONG\r\n"
+        && (&reply == b"+PONG\r\n" || reply.starts_with(b"-NOAUTH"))
 }
 
 impl RedisServer {
@@ -55,7 +58,17 @@ impl RedisServer {
         RedisServer::launch(true)
     }
 
+    /// A server with more flags, e.g. `--requirepass`; readiness is checked on its plain
+    /// port (give a TLS server both `--port` and `--tls-port`: see [`RedisServer::port`]).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        RedisServer::launch_with(false, extra.iter().map(|&arg| arg.to_owned()).collect())
+    }
+
     fn launch(append_only: bool) -> RedisServer {
+        RedisServer::launch_with(append_only, Vec::new())
+    }
+
+    fn launch_with(append_only: bool, extra: Vec<String>) -> RedisServer {
         // Another process may take the port between the probe and the bind: try again.
         for _ in 0..5 {
             let mut server = RedisServer {
@@ -63,6 +76,7 @@ impl RedisServer {
                 port: free_port(),
                 append_only,
                 dir: tempfile::tempdir().expect("temp dir"),
+                extra: extra.clone(),
             };
             if server.spawn() {
                 return server;
@@ -96,6 +110,7 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

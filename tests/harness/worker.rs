@@ -81,12 +81,34 @@ pub struct FakeWorker {
 impl FakeWorker {
     /// Connects to the server at `url`, says `hello` and waits for the `welcome`.
     pub async fn connect(url: &str, name: &str, kinds: &[&str], max_concurrency: u32) -> Self {
-        FakeWorker::connect_with(url, name, hello(name, kinds, max_concurrency)).await
+        FakeWorker::connect_as(url, None, name, kinds, max_concurrency).await
+    }
+
+    /// [`FakeWorker::connect`] with a bearer token.
+    pub async fn connect_as(
+        url: &str,
+        token: Option<&str>,
+        name: &str,
+        kinds: &[&str],
+        max_concurrency: u32,
+    ) -> Self {
+        let hello = hello(name, kinds, max_concurrency);
+        FakeWorker::connect_with_as(url, token, name, hello).await
     }
 
     /// Connects with this `hello` (e.g. [`moving_hello`]) and waits for the `welcome`.
     pub async fn connect_with(url: &str, name: &str, hello: WorkerMessage) -> Self {
-        let mut worker = FakeWorker::open(url, name, vec![hello])
+        FakeWorker::connect_with_as(url, None, name, hello).await
+    }
+
+    /// [`FakeWorker::connect_with`] with a bearer token.
+    pub async fn connect_with_as(
+        url: &str,
+        token: Option<&str>,
+        name: &str,
+        hello: WorkerMessage,
+    ) -> Self {
+        let mut worker = FakeWorker::open_as(url, token, name, vec![hello])
             .await
             .unwrap_or_else(|status| panic!("worker {name} could not connect: {status:?}"));
         match worker.next().await {
@@ -103,17 +125,45 @@ impl FakeWorker {
         name: &str,
         first: Vec<WorkerMessage>,
     ) -> Result<FakeWorker, Status> {
+        FakeWorker::open_as(url, None, name, first).await
+    }
+
+    /// [`FakeWorker::open`] with a bearer token.
+    pub async fn open_as(
+        url: &str,
+        token: Option<&str>,
+        name: &str,
+        first: Vec<WorkerMessage>,
+    ) -> Result<FakeWorker, Status> {
         let channel = Endpoint::from_shared(url.to_owned())
             .expect("a valid url")
             .connect()
             .await
             .expect("connect to reinsd");
+        FakeWorker::open_on(channel, token, name, first).await
+    }
+
+    /// [`FakeWorker::open_as`] on a channel of the caller's (e.g. TLS with a client
+    /// certificate: `reins_client::connect_channel`).
+    pub async fn open_on(
+        channel: Channel,
+        token: Option<&str>,
+        name: &str,
+        first: Vec<WorkerMessage>,
+    ) -> Result<FakeWorker, Status> {
         let (outbox, inbox) = mpsc::unbounded_channel();
         for message in first {
             outbox.send(message).expect("the stream is open");
         }
+        let mut request = tonic::Request::new(UnboundedReceiverStream::new(inbox));
+        if let Some(token) = token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .expect("a printable token");
+            request.metadata_mut().insert("authorization", value);
+        }
         let commands = WorkerServiceClient::new(channel.clone())
-            .connect(UnboundedReceiverStream::new(inbox))
+            .connect(request)
             .await?
             .into_inner();
         Ok(FakeWorker {

@@ -92,6 +92,7 @@ the package is built).
 from ._backoff import Backoff
 from ._calls import TaskInfo
 from ._client import Client
+from ._credentials import Credentials
 from ._errors import Aborted, AnswerTimedOut, Cancelled, CancelRequested, ReinsError
 from ._values import from_value, to_value
 from ._worker import Handler, TaskContext, Worker
@@ -105,6 +106,7 @@ __all__ = [
     "CancelRequested",
     "Cancelled",
     "Client",
+    "Credentials",
     "Handler",
     "ReinsError",
     "TaskContext",

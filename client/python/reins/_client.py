@@ -18,6 +18,7 @@ from ._calls import (
     soft_cancel_request,
     start_request,
 )
+from ._credentials import Credentials
 from ._errors import ReinsError
 from ._proto import tasks_pb2
 from ._tracing import trace_metadata
@@ -26,12 +27,18 @@ _T = TypeVar("_T")
 ChannelOptions = Sequence[tuple[str, Any]]
 
 
-def open_channel(server: str, options: ChannelOptions = ()) -> grpc.Channel:
-    """A channel to ``server`` (``host:port`` or a URL; ``https://`` is TLS)."""
+def open_channel(
+    server: str, options: ChannelOptions = (), credentials: Credentials | None = None
+) -> grpc.Channel:
+    """A channel to ``server`` (``host:port`` or a URL; ``https://`` is TLS, and so is any
+    server when ``credentials`` hold a CA or a client certificate)."""
     target = parse_server(server)
-    if target.secure:
+    channel_credentials = (credentials or Credentials()).channel_credentials(
+        target.address, target.secure
+    )
+    if channel_credentials is not None:
         return grpc.secure_channel(
-            target.address, grpc.ssl_channel_credentials(), options=builtins.list(options)
+            target.address, channel_credentials, options=builtins.list(options)
         )
     return grpc.insecure_channel(target.address, options=builtins.list(options))
 
@@ -40,7 +47,8 @@ class Client:
     """Start, watch, cancel and answer tasks; blocking calls, safe to share among threads.
 
     ``server``: ``"host:port"``, a URL (``http://…``, ``https://…`` for TLS) or a
-    ``grpc.Channel`` (not closed by :meth:`close`). ``timeout``: seconds each unary call
+    ``grpc.Channel`` (not closed by :meth:`close`). ``credentials``: a token and TLS
+    material (:class:`reins.Credentials`). ``timeout``: seconds each unary call
     may take (``None``: no limit). Every failed call raises :class:`reins.ReinsError`
     (``code``, ``reason``).
 
@@ -54,9 +62,14 @@ class Client:
         *,
         timeout: float | None = 30.0,
         channel_options: ChannelOptions = (),
+        credentials: Credentials | None = None,
     ) -> None:
         self._owns_channel = isinstance(server, str)
-        self._channel = open_channel(server, channel_options) if isinstance(server, str) else server
+        self._channel = (
+            open_channel(server, channel_options, credentials)
+            if isinstance(server, str)
+            else server
+        )
         self.timeout = timeout
         ch = self._channel
         ser, Task = tasks_pb2, tasks_pb2.Task

@@ -19,6 +19,7 @@ import grpc
 
 from ._calls import WORKER_CONNECT, Seconds, TaskInfo, default_worker_name, duration
 from ._client import ChannelOptions, open_channel
+from ._credentials import Credentials
 from ._errors import Aborted, AnswerTimedOut, Cancelled, CancelRequested, ReinsError
 from ._proto import tasks_pb2, workers_pb2
 from ._tracing import handler_span
@@ -351,6 +352,7 @@ class Worker:
         name: str | None = None,
         trace: Trace | None = None,
         channel_options: ChannelOptions = (),
+        credentials: Credentials | None = None,
     ) -> None:
         if not callable(handler):
             raise TypeError(f"the handler must be a function, not {type(handler).__name__}")
@@ -369,7 +371,11 @@ class Worker:
         self.handler = handler
         self._trace = trace
         self._owns_channel = isinstance(server, str)
-        self._channel = open_channel(server, channel_options) if isinstance(server, str) else server
+        self._channel = (
+            open_channel(server, channel_options, credentials)
+            if isinstance(server, str)
+            else server
+        )
         self._connect: grpc.StreamStreamMultiCallable[
             workers_pb2.WorkerMessage, workers_pb2.WorkerCommand
         ] = self._channel.stream_stream(

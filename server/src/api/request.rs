@@ -128,7 +128,9 @@ pub fn new_task(request: pb::StartTaskRequest, limits: &Limits) -> Result<NewTas
         max_attempts: request.max_attempts.max(1),
         trace_context: Default::default(),
         budget,
-        ancestors: Vec::new(),
+        // The engine sets the tenant and creator from the caller, the ancestors from the
+        // parent.
+        ..NewTask::default()
     };
     violations.extend(limits.new_task(&spec));
     if !violations.is_empty() {
@@ -179,9 +181,11 @@ fn labels(field: &str, labels: &std::collections::HashMap<String, String>) -> Re
     }
 }
 
-/// A `ListActive` request as a filter, a start position and a page size.
+/// A `ListActive` request as a filter (within `tenant`; `None`: every tenant), a start
+/// position and a page size.
 pub fn list_query(
     request: &pb::ListActiveRequest,
+    tenant: Option<String>,
 ) -> Result<(ActiveFilter, Option<TaskId>, usize)> {
     let mut violations = Vec::new();
     let page_size = match request.page_size {
@@ -199,16 +203,21 @@ pub fn list_query(
         optional_task_id("parent_id", &request.parent_id),
     )
     .flatten();
-    let after = collect(&mut violations, decode_page_token(&request.page_token)).flatten();
-    if !violations.is_empty() {
-        return Err(Error::InvalidArgument(violations));
-    }
     let filter = ActiveFilter {
+        tenant,
         kind: non_empty(&request.kind),
         session_id: non_empty(&request.session_id),
         parent_id,
         labels: request.labels.clone().into_iter().collect(),
     };
+    let after = collect(
+        &mut violations,
+        decode_page_token(&request.page_token, &filter),
+    )
+    .flatten();
+    if !violations.is_empty() {
+        return Err(Error::InvalidArgument(violations));
+    }
     Ok((filter, after, page_size))
 }
 
@@ -223,7 +232,10 @@ pub struct BulkCancelQuery {
 
 /// A CancelTasks request: at least one filter; a known mode (unspecified: soft); a grace
 /// period only for soft cancels.
-pub fn bulk_cancel(request: &pb::CancelTasksRequest) -> Result<BulkCancelQuery> {
+pub fn bulk_cancel(
+    request: &pb::CancelTasksRequest,
+    tenant: Option<String>,
+) -> Result<BulkCancelQuery> {
     let mut violations = Vec::new();
     collect(&mut violations, labels("labels", &request.labels));
     let parent_id = collect(
@@ -232,12 +244,17 @@ pub fn bulk_cancel(request: &pb::CancelTasksRequest) -> Result<BulkCancelQuery> 
     )
     .flatten();
     let filter = ActiveFilter {
+        tenant,
         kind: non_empty(&request.kind),
         session_id: non_empty(&request.session_id),
         parent_id,
         labels: request.labels.clone().into_iter().collect(),
     };
-    if filter == ActiveFilter::default() && request.parent_id.is_empty() {
+    let unfiltered = ActiveFilter {
+        tenant: filter.tenant.clone(),
+        ..ActiveFilter::default()
+    };
+    if filter == unfiltered && request.parent_id.is_empty() {
         violations.push(FieldViolation::new(
             "kind",
             "at least one filter is required (kind, session_id, parent_id or labels); to cancel everything, cancel by kind",
@@ -284,22 +301,58 @@ fn non_empty(text: &str) -> Option<String> {
 }
 
 /// Page tokens are opaque to clients: a versioned, base64url-encoded position (the last
-/// task id of the previous page). Keyset positions stay valid while tasks come and go.
-const PAGE_TOKEN_PREFIX: &str = "v1:";
+/// task id of the previous page) and the digest of the tenant and filter it was issued
+/// for, so a token reused with another filter or by another tenant is refused rather than
+/// quietly continuing a different listing. Keyset positions stay valid while tasks come
+/// and go.
+const PAGE_TOKEN_PREFIX: &str = "v2:";
 
-pub fn encode_page_token(after: TaskId) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{after}"))
+/// The first 8 bytes of the SHA-256 of the tenant and the filter's fields, in hex.
+fn filter_digest(filter: &ActiveFilter) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    let mut field = |text: &str| {
+        hash.update((text.len() as u64).to_le_bytes());
+        hash.update(text.as_bytes());
+    };
+    field(filter.tenant.as_deref().unwrap_or("*"));
+    field(filter.kind.as_deref().unwrap_or_default());
+    field(filter.session_id.as_deref().unwrap_or_default());
+    field(
+        &filter
+            .parent_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+    );
+    for (key, value) in &filter.labels {
+        field(key);
+        field(value);
+    }
+    hex::encode(&hash.finalize()[..8])
 }
 
-pub fn decode_page_token(token: &str) -> Result<Option<TaskId>> {
+pub fn encode_page_token(after: TaskId, filter: &ActiveFilter) -> String {
+    let digest = filter_digest(filter);
+    URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{after}:{digest}"))
+}
+
+pub fn decode_page_token(token: &str, filter: &ActiveFilter) -> Result<Option<TaskId>> {
     if token.is_empty() {
         return Ok(None);
     }
     let invalid = || Error::invalid("page_token", "not a page token returned by ListActive");
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    let id = text.strip_prefix(PAGE_TOKEN_PREFIX).ok_or_else(invalid)?;
-    TaskId::try_parse(id).map(Some).map_err(|_| invalid())
+    let rest = text.strip_prefix(PAGE_TOKEN_PREFIX).ok_or_else(invalid)?;
+    let (id, digest) = rest.split_once(':').ok_or_else(invalid)?;
+    let id = TaskId::try_parse(id).map_err(|_| invalid())?;
+    if digest != filter_digest(filter) {
+        return Err(Error::invalid(
+            "page_token",
+            "the page token was issued for another filter or tenant: list again from the first page",
+        ));
+    }
+    Ok(Some(id))
 }
 
 #[cfg(test)]
@@ -390,7 +443,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            fields(list_query(&request).unwrap_err()),
+            fields(list_query(&request, None).unwrap_err()),
             ["page_size", "parent_id", "page_token"]
         );
     }
@@ -406,10 +459,13 @@ mod tests {
     #[test]
     fn page_sizes_default_clamp_and_refuse_negatives() {
         let size = |page_size| {
-            list_query(&pb::ListActiveRequest {
-                page_size,
-                ..Default::default()
-            })
+            list_query(
+                &pb::ListActiveRequest {
+                    page_size,
+                    ..Default::default()
+                },
+                None,
+            )
             .map(|q| q.2)
         };
         assert_eq!(size(0).unwrap(), DEFAULT_PAGE_SIZE);
@@ -422,9 +478,39 @@ mod tests {
     fn foreign_page_tokens_are_refused() {
         for token in ["???", "aGVsbG8", &URL_SAFE_NO_PAD.encode("v1:nope")] {
             assert_eq!(
-                fields(decode_page_token(token).unwrap_err()),
+                fields(decode_page_token(token, &ActiveFilter::default()).unwrap_err()),
                 ["page_token"],
                 "{token}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_page_token_is_refused_with_another_filter_or_tenant() {
+        let id = TaskId::now_v7();
+        let mine = ActiveFilter {
+            tenant: Some("acme".into()),
+            kind: Some("sleep".into()),
+            ..ActiveFilter::default()
+        };
+        let token = encode_page_token(id, &mine);
+        assert_eq!(decode_page_token(&token, &mine).unwrap(), Some(id));
+        let other_tenant = ActiveFilter {
+            tenant: Some("globex".into()),
+            ..mine.clone()
+        };
+        let other_kind = ActiveFilter {
+            kind: Some("exec".into()),
+            ..mine.clone()
+        };
+        let every_tenant = ActiveFilter {
+            tenant: None,
+            ..mine.clone()
+        };
+        for filter in [other_tenant, other_kind, every_tenant] {
+            assert_eq!(
+                fields(decode_page_token(&token, &filter).unwrap_err()),
+                ["page_token"]
             );
         }
     }
@@ -433,7 +519,11 @@ mod tests {
         #[test]
         fn page_tokens_round_trip(bytes in any::<[u8; 16]>()) {
             let id = TaskId::from_bytes(bytes);
-            prop_assert_eq!(decode_page_token(&encode_page_token(id)).unwrap(), Some(id));
+            let filter = ActiveFilter::default();
+            prop_assert_eq!(
+                decode_page_token(&encode_page_token(id, &filter), &filter).unwrap(),
+                Some(id)
+            );
         }
     }
 }

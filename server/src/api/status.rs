@@ -33,6 +33,10 @@ fn code_and_reason(err: &Error) -> (Code, &'static str) {
         Error::MessageTooLarge(_) => (Code::ResourceExhausted, "MESSAGE_TOO_LARGE"),
         Error::WorkerProtocol(_) => (Code::FailedPrecondition, "WORKER_PROTOCOL"),
         Error::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN"),
+        Error::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
+        Error::RoleRequired { .. } => (Code::PermissionDenied, "ROLE_REQUIRED"),
+        Error::KindNotAllowed { .. } => (Code::PermissionDenied, "KIND_NOT_ALLOWED"),
+        Error::QuotaExceeded { .. } => (Code::ResourceExhausted, "QUOTA_EXCEEDED"),
         Error::Store(StoreError::Unavailable(_)) => (Code::Unavailable, "STORE_UNAVAILABLE"),
         // Retrying cannot fix a record that does not decode: not a retryable code.
         Error::Store(StoreError::Corrupt(_)) => (Code::DataLoss, "RECORD_CORRUPT"),
@@ -56,6 +60,19 @@ fn to_status(err: Error) -> Status {
         }
         Error::Undecodable(description) => {
             details.add_bad_request_violation("request", description.clone());
+        }
+        Error::QuotaExceeded {
+            tenant,
+            quota,
+            retry_after,
+            ..
+        } => {
+            details
+                .add_quota_failure_violation(format!("tenant:{tenant}"), format!("{quota}: {err}"));
+            // Only when it is known (a start rate); a cap frees when a task ends.
+            if retry_after.is_some() {
+                details.set_retry_info(*retry_after);
+            }
         }
         _ => {}
     }

@@ -1,5 +1,6 @@
-//! `reins.v1.TaskService`: each RPC converts its request, calls the engine and converts
-//! the answer back.
+//! `reins.v1.TaskService`: each RPC converts its request, calls the engine on behalf of
+//! the caller the auth layer found (its tenant scopes everything) and converts the answer
+//! back. Starts, cancels and answers leave an audit line (`auth::audit`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use super::pacing::{self, Events};
 use super::request;
 use super::ties::Ties;
 use super::watch_stream::WatchStream;
+use crate::auth::{Caller, audit};
 use crate::convert::{self, View};
 use crate::engine::{CancelRequest, Engine};
 use crate::error::Error;
@@ -51,21 +53,24 @@ impl TaskApi {
     /// The stream of a watch (or a run) of task `id`, tied to it if `tie` names a reason.
     async fn stream(
         &self,
+        caller: Caller,
         id: TaskId,
         after_version: Option<u64>,
         view: View,
         tie: Option<&'static str>,
         deadline: Option<Duration>,
     ) -> Result<Events, Status> {
-        let events = self.engine.watch(id, after_version).await?;
+        let events = self.engine.watch(&caller, id, after_version).await?;
+        let held = self.engine.hold_watch(&caller).await?;
         let watch = WatchStream::new(
             Box::pin(events),
             self.shutdown.clone(),
             Arc::clone(&self.engine),
             id,
-            tie.map(|reason| self.ties.tie(id, reason)),
+            tie.map(|reason| self.ties.tie(id, reason, caller)),
             view,
-        );
+        )
+        .holding(held);
         Ok(pacing::paced(
             Box::pin(watch),
             self.watch_heartbeat,
@@ -90,18 +95,23 @@ type TaskResult = Result<Response<pb::Task>, Status>;
 #[tonic::async_trait]
 impl TaskService for TaskApi {
     async fn start_task(&self, request: Request<pb::StartTaskRequest>) -> TaskResult {
+        let caller = Caller::of(&request)?;
         let mut spec = request::new_task(request.into_inner(), &self.limits)?;
         spec.trace_context = traces::current_context();
-        let task = self.engine.start(spec).await?;
+        let started = self.engine.start(&caller, spec).await;
+        let id = started.as_ref().ok().map(|task| task.id);
+        audit::record(&caller, "start", id, &started);
+        let task = started?;
         record_task(&task);
         Ok(Response::new(convert::task(&task)))
     }
 
     async fn check_task(&self, request: Request<pb::CheckTaskRequest>) -> TaskResult {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let id = request::task_id("task_id", &request.task_id)?;
         let view = request::view("view", request.view, View::Full)?;
-        let task = self.engine.check(id).await?;
+        let task = self.engine.check_as(&caller, id).await?;
         record_task(&task);
         Ok(Response::new(convert::task_view(&task, view)))
     }
@@ -110,6 +120,7 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::SoftCancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let id = request::task_id("task_id", &request.task_id)?;
         let grace = request::duration("grace_period", request.grace_period)?
@@ -117,30 +128,35 @@ impl TaskService for TaskApi {
         self.limits.reason(&request.reason)?;
         let done = self
             .engine
-            .cancel(id, CancelRequest::Soft { grace }, request.reason)
-            .await?;
-        Ok(Response::new(self.cancel_response(done)))
+            .cancel(&caller, id, CancelRequest::Soft { grace }, request.reason)
+            .await;
+        audit::record(&caller, "soft_cancel", Some(id), &done);
+        Ok(Response::new(self.cancel_response(done?)))
     }
 
     async fn hard_cancel(
         &self,
         request: Request<pb::HardCancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let id = request::task_id("task_id", &request.task_id)?;
         self.limits.reason(&request.reason)?;
         let done = self
             .engine
-            .cancel(id, CancelRequest::Hard, request.reason)
-            .await?;
-        Ok(Response::new(self.cancel_response(done)))
+            .cancel(&caller, id, CancelRequest::Hard, request.reason)
+            .await;
+        audit::record(&caller, "hard_cancel", Some(id), &done);
+        Ok(Response::new(self.cancel_response(done?)))
     }
 
     async fn list_active(
         &self,
         request: Request<pb::ListActiveRequest>,
     ) -> Result<Response<pb::ListActiveResponse>, Status> {
-        let (filter, after, page_size) = request::list_query(request.get_ref())?;
+        let caller = Caller::of(&request)?;
+        let (filter, after, page_size) =
+            request::list_query(request.get_ref(), caller.list_scope())?;
         // BASIC unless asked: a page of FULL tasks could exceed the message size.
         let view = request::view("view", request.get_ref().view, View::Basic)?;
         let page = self.engine.list_active(&filter, after, page_size).await?;
@@ -152,7 +168,7 @@ impl TaskService for TaskApi {
                 .collect(),
             next_page_token: page
                 .next_after
-                .map(request::encode_page_token)
+                .map(|after| request::encode_page_token(after, &filter))
                 .unwrap_or_default(),
         }))
     }
@@ -167,6 +183,7 @@ impl TaskService for TaskApi {
             // Draining: watch through a replica that stays.
             return Err(Error::ShuttingDown.into());
         }
+        let caller = Caller::of(&request)?;
         let deadline = pacing::client_deadline(request.metadata());
         let request = request.into_inner();
         let id = request::task_id("task_id", &request.task_id)?;
@@ -177,7 +194,8 @@ impl TaskService for TaskApi {
             .cancel_on_disconnect
             .then_some("watcher disconnected");
         Ok(Response::new(
-            self.stream(id, after_version, view, tie, deadline).await?,
+            self.stream(caller, id, after_version, view, tie, deadline)
+                .await?,
         ))
     }
 
@@ -187,17 +205,23 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::RunTaskRequest>,
     ) -> Result<Response<Events>, Status> {
+        let caller = Caller::of(&request)?;
         let deadline = pacing::client_deadline(request.metadata());
         let request = request.into_inner();
         let Some(start) = request.task else {
             return Err(Error::invalid("task", "required").into());
         };
-        let spec = request::new_task(start, &self.limits).map_err(request::nested("task"))?;
+        let mut spec = request::new_task(start, &self.limits).map_err(request::nested("task"))?;
+        spec.trace_context = traces::current_context();
         // Idempotent on request_id: a second RunTask re-attaches to the same task.
-        let task = self.engine.start(spec).await?;
+        let started = self.engine.start(&caller, spec).await;
+        let id = started.as_ref().ok().map(|task| task.id);
+        audit::record(&caller, "run", id, &started);
+        let task = started?;
+        record_task(&task);
         let tie = (!request.continue_on_disconnect).then_some("caller disconnected");
         Ok(Response::new(
-            self.stream(task.id, None, View::Full, tie, deadline)
+            self.stream(caller, task.id, None, View::Full, tie, deadline)
                 .await?,
         ))
     }
@@ -206,8 +230,9 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::CancelTasksRequest>,
     ) -> Result<Response<pb::CancelTasksResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
-        let query = request::bulk_cancel(&request)?;
+        let query = request::bulk_cancel(&request, caller.list_scope())?;
         self.limits.reason(&request.reason)?;
         let mode = match query.mode {
             pb::CancelMode::Hard => CancelRequest::Hard,
@@ -217,8 +242,10 @@ impl TaskService for TaskApi {
         };
         let done = self
             .engine
-            .cancel_tasks(&query.filter, mode, request.reason, query.dry_run)
-            .await?;
+            .cancel_tasks(&caller, &query.filter, mode, request.reason, query.dry_run)
+            .await;
+        audit::record(&caller, "cancel_tasks", None, &done);
+        let done = done?;
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Ok(Response::new(pb::CancelTasksResponse {
             matched: count(done.matched),
@@ -231,10 +258,13 @@ impl TaskService for TaskApi {
     }
 
     async fn answer_task(&self, request: Request<pb::AnswerTaskRequest>) -> TaskResult {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let id = request::task_id("task_id", &request.task_id)?;
         self.limits.answer(&request.answer)?;
-        let task = self.engine.answer(id, request.answer).await?;
+        let answered = self.engine.answer(&caller, id, request.answer).await;
+        audit::record(&caller, "answer", Some(id), &answered);
+        let task = answered?;
         record_task(&task);
         Ok(Response::new(convert::task(&task)))
     }

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::auth::Caller;
 use crate::engine::{CancelRequest, Engine};
 use crate::task::TaskId;
 
@@ -35,14 +36,15 @@ impl Ties {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Ties a call to task `id`: when it leaves as the last, the task is cancelled with
-    /// `reason`.
-    pub fn tie(self: &Arc<Ties>, id: TaskId, reason: &'static str) -> Tie {
+    /// Ties a call of `caller` to task `id`: when it leaves as the last, the task is
+    /// cancelled with `reason`, on `caller`'s behalf.
+    pub fn tie(self: &Arc<Ties>, id: TaskId, reason: &'static str, caller: Caller) -> Tie {
         *self.open().entry(id).or_default() += 1;
         Tie {
             ties: Arc::clone(self),
             id,
             reason,
+            caller,
             armed: true,
         }
     }
@@ -67,6 +69,8 @@ pub(crate) struct Tie {
     ties: Arc<Ties>,
     id: TaskId,
     reason: &'static str,
+    /// Whose call it is: the cancel is theirs.
+    caller: Caller,
     armed: bool,
 }
 
@@ -84,11 +88,17 @@ impl Drop for Tie {
             return;
         }
         let (engine, id, reason) = (Arc::clone(&self.ties.engine), self.id, self.reason);
+        let caller = self.caller.clone();
         let grace = engine.default_grace();
         tracing::info!(task = %id, reason, "the last tied call left; soft-cancelling the task");
         tokio::spawn(async move {
             let _ = engine
-                .cancel(id, CancelRequest::Soft { grace }, reason.to_owned())
+                .cancel(
+                    &caller,
+                    id,
+                    CancelRequest::Soft { grace },
+                    reason.to_owned(),
+                )
                 .await;
         });
     }

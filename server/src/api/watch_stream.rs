@@ -15,7 +15,7 @@ use tonic::Status;
 
 use super::ties::Tie;
 use crate::convert::{self, View};
-use crate::engine::Engine;
+use crate::engine::{Engine, Held};
 use crate::task::{Task, TaskId};
 use crate::telemetry::metrics::{Tracked, metrics};
 
@@ -26,6 +26,8 @@ use crate::telemetry::metrics::{Tracked, metrics};
 /// and the call is tied to the task, dropping the tie may cancel it ([`super::ties`]).
 pub(crate) struct WatchStream {
     events: Pin<Box<dyn Stream<Item = Task> + Send>>,
+    /// The watch's place among its tenant's `max_watchers`, given back with the stream.
+    _held: Option<Held>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     engine: Arc<Engine>,
     id: TaskId,
@@ -58,6 +60,7 @@ impl WatchStream {
     ) -> WatchStream {
         WatchStream {
             events,
+            _held: None,
             shutdown: Box::pin(shutdown.cancelled_owned()),
             engine,
             id,
@@ -67,6 +70,12 @@ impl WatchStream {
             view,
             _counted: metrics().watching(),
         }
+    }
+
+    /// The stream holds `held` (its place among the tenant's `max_watchers`) until it ends.
+    pub fn holding(mut self, held: Option<Held>) -> WatchStream {
+        self._held = held;
+        self
     }
 
     /// The event for a version, noting that it was sent.

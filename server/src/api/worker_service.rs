@@ -14,8 +14,9 @@
 //! HTTP/2 keepalive pings (`--keepalive-interval`, `--keepalive-timeout`); its tasks are then retried, failed or
 //! cancelled (see `task::state_machine`).
 //!
-//! Authentication will sit in front of both services alike (a later issue): workers and
-//! clients present the same credentials, checked by one layer.
+//! Authentication sits in front of both services alike (`auth`): workers and clients
+//! present the same credentials. A worker principal's `kinds` bound what its hello may
+//! name (PERMISSION_DENIED `KIND_NOT_ALLOWED`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{request, status};
+use crate::auth::Caller;
 use crate::engine::Engine;
 use crate::engine::kinds::{MAX_KINDS_PER_HELLO, check_kind_name};
 use crate::error::{Echo, Error};
@@ -132,6 +134,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        let caller = Caller::of(&request)?;
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await.map_err(status::inbound)? {
             Some(pb::WorkerMessage {
@@ -140,12 +143,22 @@ impl WorkerService for WorkerApi {
             _ => return Err(protocol_violation("the first message must be `hello`")),
         };
         let (kinds, max_concurrency) = checked_hello(&hello)?;
+        for kind in &kinds {
+            caller.check_kind(kind)?;
+        }
         self.limits.hello(&hello.name, &kinds)?;
         let running = running_tasks(&hello, max_concurrency)?;
+        let held = self.engine.hold_worker(&caller).await?;
         let (commands, commands_rx): (Commands, _) = mpsc::unbounded_channel();
         let worker = self
             .engine
-            .admit_worker(hello.name.clone(), kinds, max_concurrency, commands.clone())
+            .admit_worker(
+                &caller,
+                hello.name.clone(),
+                kinds,
+                max_concurrency,
+                commands.clone(),
+            )
             .await?;
         let adopted = self.engine.adopt(&worker, running).await;
         let welcome = pb::WorkerWelcome {
@@ -158,13 +171,18 @@ impl WorkerService for WorkerApi {
         }));
         tracing::info!(worker = %worker.label(), kinds = ?hello.kinds, max_concurrency, "worker connected");
         self.engine.serve_worker(&worker);
-        tokio::spawn(serve(
+        let serving = serve(
             Arc::clone(&self.engine),
             worker,
             inbound,
             commands,
             self.shutdown.clone(),
-        ));
+        );
+        tokio::spawn(async move {
+            serving.await;
+            // The worker's place among its tenant's `max_workers` goes back with it.
+            drop(held);
+        });
         Ok(Response::new(UnboundedReceiverStream::new(commands_rx)))
     }
 }

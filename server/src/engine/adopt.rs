@@ -17,7 +17,7 @@ use crate::task::state_machine::Event;
 impl Engine {
     /// Takes over the tasks `worker` says it still runs, as `(task, attempt)`. Returns the
     /// ones adopted; the worker stops the others (they ended, went back to the queue, or
-    /// are of a kind it does not serve).
+    /// are of a kind it does not serve or of another tenant than its principal's).
     pub async fn adopt(&self, worker: &Arc<Worker>, running: Vec<(TaskId, u32)>) -> Vec<TaskId> {
         let mut adopted = Vec::new();
         for (id, attempt) in running {
@@ -25,9 +25,9 @@ impl Engine {
                 .transitions
                 .check(id)
                 .await
-                .is_ok_and(|task| worker.serves(&task.kind));
+                .is_ok_and(|task| worker.may_run(&task));
             let Some(slot) = serves.then(|| WorkerSlot::adopted(worker)).flatten() else {
-                tracing::warn!(task = %id, worker = %worker.label(), "not adopting a task the worker has no place for or does not serve");
+                tracing::warn!(task = %id, worker = %worker.label(), "not adopting a task the worker has no place for, does not serve or is of another tenant");
                 continue;
             };
             let event = Event::Adopt {

@@ -53,6 +53,7 @@ impl Transitions {
                 CancelRequest::Soft { grace },
                 &reason,
                 &CancelOrigin::default(),
+                &self.replica_id,
             )
             .await
         {

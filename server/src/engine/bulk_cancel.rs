@@ -11,6 +11,7 @@
 //!   through.
 //! - A dry run only reads.
 
+use crate::auth::Caller;
 use futures_util::StreamExt;
 
 use super::Engine;
@@ -60,8 +61,11 @@ pub fn is_whole_session(filter: &ActiveFilter) -> bool {
 }
 
 impl Engine {
+    /// The filter is scoped to `caller`'s tenant (every tenant for an admin); each cancel
+    /// is `caller`'s. A whole-session cancel marks the session in `caller`'s tenant.
     pub async fn cancel_tasks(
         &self,
+        caller: &Caller,
         filter: &ActiveFilter,
         request: CancelRequest,
         reason: String,
@@ -73,7 +77,7 @@ impl Engine {
         {
             self.transitions
                 .records()
-                .cancel_session(session, self.config.cancelled_session_ttl)
+                .cancel_session(&caller.tenant, session, self.config.cancelled_session_ttl)
                 .await?;
         }
         let matched = self.matching(filter).await?;
@@ -95,7 +99,8 @@ impl Engine {
         // Every queued task first, then the started ones (see the module docs).
         for phase in [pending, started] {
             let ids = phase.into_iter().map(|(id, _)| id);
-            self.cancel_each(ids, request, &reason, &mut done).await?;
+            self.cancel_each(caller, ids, request, &reason, &mut done)
+                .await?;
         }
         Ok(done)
     }
@@ -104,13 +109,17 @@ impl Engine {
     /// outcomes into `done`.
     async fn cancel_each(
         &self,
+        caller: &Caller,
         ids: impl Iterator<Item = TaskId>,
         request: CancelRequest,
         reason: &str,
         done: &mut BulkCancel,
     ) -> Result<()> {
         let mut cancels = futures_util::stream::iter(ids)
-            .map(|id| async move { (id, self.cancel(id, request, reason.to_owned()).await) })
+            .map(|id| async move {
+                let cancelled = self.cancel(caller, id, request, reason.to_owned()).await;
+                (id, cancelled)
+            })
             .buffer_unordered(CONCURRENCY);
         while let Some((id, result)) = cancels.next().await {
             match result {

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::Engine;
 use super::transitions::{Applied, CancelRequest};
+use crate::auth::Caller;
 use crate::error::Result;
 use crate::task::cancel::CancelOutcome;
 use crate::task::{CancelMode, CancelOrigin, Task, TaskId};
@@ -15,13 +16,16 @@ const STOP_WAIT: Duration = Duration::from_secs(5);
 impl Engine {
     /// Cancels a task and all its active descendants in the same mode. A hard cancel returns
     /// once the task is CANCELLED and its local code has stopped.
+    /// Only `caller`'s tenant is touched: the root must be visible to it, and its
+    /// descendants are of its tenant (`start` gives a child its parent's tenant).
     pub async fn cancel(
         &self,
+        caller: &Caller,
         id: TaskId,
         request: CancelRequest,
         reason: String,
     ) -> Result<(Task, CancelOutcome)> {
-        let answered = self.cancel_subtree(id, request, reason).await?;
+        let answered = self.cancel_subtree(caller, id, request, reason).await?;
         let mode = match request {
             CancelRequest::Soft { .. } => CancelMode::Soft,
             CancelRequest::Hard => CancelMode::Hard,
@@ -32,11 +36,12 @@ impl Engine {
 
     async fn cancel_subtree(
         &self,
+        caller: &Caller,
         id: TaskId,
         request: CancelRequest,
         reason: String,
     ) -> Result<(Task, CancelOutcome)> {
-        let root = self.check(id).await?;
+        let root = self.check_as(caller, id).await?;
         if root.state.is_terminal() {
             return Ok((root.clone(), CancelOutcome::of(&root, &root)));
         }
@@ -46,7 +51,14 @@ impl Engine {
         };
         let (descendants, applied) = self
             .transitions
-            .cancel_tree(id, request.event(reason.clone()), request, &reason, &origin)
+            .cancel_tree(
+                id,
+                request.event(reason.clone()),
+                request,
+                &reason,
+                &origin,
+                &caller.name,
+            )
             .await?;
         let (before, after) = match applied {
             Applied::Changed { before, after } => (before, after),

@@ -1,4 +1,12 @@
-//! Dispatch: starting queued tasks where this replica has room, oldest first.
+//! Dispatch: starting queued tasks where this replica has room, oldest first within each
+//! tenant and fair across tenants.
+//!
+//! A round first takes from every tenant's queue in turn — one task per tenant per pass,
+//! the tenant it starts with rotating from round to round — so one tenant's 100,000 queued
+//! tasks delay another tenant's next task by at most one pass, not by their number. Then,
+//! with room left, it looks down the whole queue oldest first (tasks queued before the
+//! per-tenant queues existed are found there; a task already started is not started twice,
+//! the compare-and-set refuses it).
 //!
 //! One [`Dispatcher`] per replica. Rounds are single-flight: one runs at a time, and a
 //! request while one runs only asks for another, so concurrent callers (every StartTask,
@@ -6,8 +14,9 @@
 //! ([`Dispatcher::follow_wakeups`]) runs a round whenever it is woken: a place was freed, a
 //! worker connected, another replica queued work, or the periodic look came round.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -46,7 +55,11 @@ impl Places {
                 let job = kind.prepare(&task.params).ok()?;
                 Some(Placement::Local(self.supervisor.try_reserve()?, job))
             }
-            Err(_) => self.workers.reserve(&task.kind).map(Placement::Worker),
+            // A worker receives only its own tenant's tasks.
+            Err(_) => self
+                .workers
+                .reserve(&task.kind, &task.tenant)
+                .map(Placement::Worker),
         }
     }
 }
@@ -64,6 +77,51 @@ pub(crate) struct Dispatcher {
     wanted: AtomicBool,
     /// Wakes the dispatch loop.
     wake: Arc<Notify>,
+    /// Where the next round starts among the tenants, so that none is always first.
+    next_tenant: AtomicUsize,
+}
+
+/// One tenant's queue as a round reads it, page by page.
+struct TenantQueue {
+    tenant: String,
+    after: Option<crate::task::TaskId>,
+    page: VecDeque<Task>,
+    scanned: usize,
+    exhausted: bool,
+}
+
+impl TenantQueue {
+    fn new(tenant: String) -> TenantQueue {
+        TenantQueue {
+            tenant,
+            after: None,
+            page: VecDeque::new(),
+            scanned: 0,
+            exhausted: false,
+        }
+    }
+
+    /// The tenant's next queued task this round, if any is left within the scan limit.
+    async fn next(&mut self, queue: &dyn TaskQueue) -> Option<Task> {
+        if self.page.is_empty() && !self.exhausted && self.scanned < DISPATCH_SCAN {
+            match queue
+                .oldest_pending_of(&self.tenant, self.after, DISPATCH_BATCH)
+                .await
+            {
+                Ok(page) => {
+                    self.exhausted = page.len() < DISPATCH_BATCH;
+                    self.scanned += page.len();
+                    self.after = page.last().map(|task| task.id);
+                    self.page.extend(page);
+                }
+                Err(err) => {
+                    tracing::warn!(%err, tenant = %self.tenant, "cannot read a tenant's queue");
+                    self.exhausted = true;
+                }
+            }
+        }
+        self.page.pop_front()
+    }
 }
 
 impl Dispatcher {
@@ -84,6 +142,7 @@ impl Dispatcher {
             dispatching: tokio::sync::Mutex::new(()),
             wanted: AtomicBool::new(false),
             wake,
+            next_tenant: AtomicUsize::new(0),
         }
     }
 
@@ -112,7 +171,9 @@ impl Dispatcher {
     /// (no queue to contend for); otherwise lets a dispatch round take the oldest first,
     /// and returns the task as that round left it.
     pub async fn start_new(&self, task: Task) -> Result<Task> {
-        let oldest = self.queue.oldest_pending(None, 1).await?;
+        // Oldest first within the tenant; another tenant's older tasks wait their turn in
+        // the rounds, which are fair across tenants.
+        let oldest = self.queue.oldest_pending_of(&task.tenant, None, 1).await?;
         if oldest.first().is_some_and(|oldest| oldest.id != task.id) {
             self.rounds(true).await;
         } else if let Some(placement) = self.places.reserve(&task) {
@@ -155,10 +216,70 @@ impl Dispatcher {
         }
     }
 
+    /// One round: the tenants in turn, then the whole queue oldest first.
+    async fn round(&self) {
+        self.tenants_in_turn().await;
+        self.oldest_first().await;
+    }
+
+    /// Passes over the tenants' queues, starting at most one task of each tenant per pass,
+    /// while this replica has room and some tenant had a task it could place.
+    async fn tenants_in_turn(&self) {
+        let mut tenants = match self.queue.pending_tenants().await {
+            Ok(tenants) => tenants,
+            Err(err) => {
+                tracing::warn!(%err, "cannot read the tenants with queued tasks");
+                return;
+            }
+        };
+        if tenants.len() < 2 {
+            // Nothing to share: the oldest-first pass is the same.
+            return;
+        }
+        tenants.sort();
+        let first = self.next_tenant.fetch_add(1, Ordering::Relaxed) % tenants.len();
+        tenants.rotate_left(first);
+        let mut queues: Vec<TenantQueue> = tenants.into_iter().map(TenantQueue::new).collect();
+        loop {
+            let mut started_any = false;
+            for queue in &mut queues {
+                if self.draining.is_cancelled() || !self.places.have_room() {
+                    return;
+                }
+                while let Some(candidate) = queue.next(self.queue.as_ref()).await {
+                    if self.try_start(&candidate).await {
+                        started_any = true;
+                        break;
+                    }
+                }
+            }
+            if !started_any {
+                return;
+            }
+        }
+    }
+
+    /// Starts `candidate` here if there is a place for it; whether it started (it is passed
+    /// over when there is no place: no worker for its kind or tenant here, no slot).
+    async fn try_start(&self, candidate: &Task) -> bool {
+        let Some(placement) = self.places.reserve(candidate) else {
+            return false;
+        };
+        let worker = placement.worker_label();
+        match self.start_here(candidate, worker).await {
+            Ok(Applied::Changed { after, .. }) => {
+                self.places.supervisor.launch(after, placement);
+                true
+            }
+            // Started elsewhere meanwhile, or cancelled: the place goes back.
+            _ => false,
+        }
+    }
+
     /// One pass over the queue, oldest first, starting every task this replica can place
     /// while it has room. Tasks it cannot place (no worker for their kind here, another
     /// exec allowlist) are passed over, so they do not hold up the rest.
-    async fn round(&self) {
+    async fn oldest_first(&self) {
         let mut after = None;
         let mut scanned = 0;
         while !self.draining.is_cancelled() && self.places.have_room() && scanned < DISPATCH_SCAN {
@@ -174,15 +295,7 @@ impl Dispatcher {
             scanned += page.len();
             let exhausted = page.len() < DISPATCH_BATCH;
             for candidate in page {
-                let Some(placement) = self.places.reserve(&candidate) else {
-                    continue;
-                };
-                let worker = placement.worker_label();
-                if let Ok(Applied::Changed { after, .. }) =
-                    self.start_here(&candidate, worker).await
-                {
-                    self.places.supervisor.launch(after, placement);
-                }
+                self.try_start(&candidate).await;
             }
             if exhausted {
                 return;

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use super::Engine;
 use super::transitions::CancelRequest;
+use crate::auth::Caller;
 
 /// The cancel reason of the tasks a drain cancels.
 const SHUTTING_DOWN: &str = "server shutting down";
@@ -31,6 +32,7 @@ impl Engine {
         if self.places.supervisor.wait_idle(grace).await {
             return;
         }
+        let server = Caller::server(self.replica_id());
         let running = self.places.supervisor.running();
         let mut handed_back = 0;
         for &id in &running {
@@ -46,6 +48,7 @@ impl Engine {
             }
             let _ = self
                 .cancel(
+                    &server,
                     id,
                     CancelRequest::Soft { grace: soft_window },
                     SHUTTING_DOWN.to_owned(),
@@ -69,7 +72,7 @@ impl Engine {
         }
         for id in self.places.supervisor.running() {
             let _ = self
-                .cancel(id, CancelRequest::Hard, SHUTTING_DOWN.to_owned())
+                .cancel(&server, id, CancelRequest::Hard, SHUTTING_DOWN.to_owned())
                 .await;
         }
     }

@@ -18,6 +18,7 @@ pub(crate) mod bulk_cancel;
 mod cancel;
 mod dispatch;
 mod drain;
+mod held;
 pub(crate) mod kinds;
 mod start;
 mod transitions;
@@ -31,14 +32,17 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use self::dispatch::{Dispatcher, Places};
+pub(crate) use self::held::Held;
+use self::held::{Counted, Holdings};
 pub(crate) use self::transitions::CancelRequest;
 use self::transitions::{Applied, Transitions};
+use crate::auth::Caller;
 use crate::background::Background;
 use crate::error::{Error, Result};
 use crate::executor::Kinds;
 use crate::executor::remote::{Commands, Worker, WorkerPool};
 use crate::limits::Limits;
-use crate::store::{ActiveFilter, Store, TaskFeeds, Update, WorkerKinds};
+use crate::store::{ActiveFilter, StartRates, Store, TaskFeeds, Update, WorkerKinds};
 use crate::supervisor::Supervisor;
 use crate::task::state_machine::Event;
 use crate::task::{CheckpointLimits, Task, TaskId};
@@ -73,6 +77,10 @@ pub(crate) struct Engine {
     transitions: Arc<Transitions>,
     feeds: Arc<dyn TaskFeeds>,
     worker_kinds: Arc<dyn WorkerKinds>,
+    /// The tenants' start buckets (`max_starts_per_second`).
+    start_rates: Arc<dyn StartRates>,
+    /// The places of `max_watchers` and `max_workers` held here.
+    holdings: Arc<Holdings>,
     places: Arc<Places>,
     dispatcher: Arc<Dispatcher>,
     /// Cancelled when shutdown begins: no new task or worker is taken from then on.
@@ -95,6 +103,7 @@ impl Engine {
         background: &Background,
     ) -> Arc<Engine> {
         let transitions = Arc::new(Transitions::new(
+            config.replica_id.clone(),
             Arc::clone(&store.records),
             Arc::clone(&store.queue),
             config.default_grace,
@@ -123,11 +132,15 @@ impl Engine {
             wake_dispatch,
         ));
         background.spawn(Arc::clone(&dispatcher).follow_wakeups());
+        let holdings = Holdings::new(Arc::clone(&store.tenant_places), config.replica_id.clone());
+        background.spawn(Arc::clone(&holdings).refresh_loop());
         Arc::new(Engine {
             config,
             transitions,
             feeds: Arc::clone(&store.feeds),
             worker_kinds: Arc::clone(&store.worker_kinds),
+            start_rates: Arc::clone(&store.start_rates),
+            holdings,
             places,
             dispatcher,
             draining,
@@ -150,7 +163,18 @@ impl Engine {
         self.transitions.check(id).await
     }
 
-    pub async fn answer(&self, id: TaskId, answer: String) -> Result<Task> {
+    /// The task as `caller` may see it: another tenant's task is not found, exactly as an
+    /// unknown id (its existence does not leak).
+    pub async fn check_as(&self, caller: &Caller, id: TaskId) -> Result<Task> {
+        let task = self.check(id).await?;
+        if !caller.sees(&task.tenant) {
+            return Err(Error::TaskNotFound(id));
+        }
+        Ok(task)
+    }
+
+    pub async fn answer(&self, caller: &Caller, id: TaskId, answer: String) -> Result<Task> {
+        self.check_as(caller, id).await?;
         match self.transitions.apply(id, Event::Answer { answer }).await? {
             Applied::Changed { after, .. } => Ok(after),
             Applied::Unchanged(task) | Applied::Rejected(task, _) => Err(Error::TaskNotWaiting {
@@ -218,8 +242,10 @@ impl Engine {
     /// once [`Engine::serve_worker`] is called (after its welcome is on its stream).
     /// Built-in kinds cannot be served by workers; the others are learned cluster-wide, so
     /// that any replica accepts their tasks, or must be declared ([`kinds`]).
+    /// The worker serves `caller`'s tenant only (an admin's worker: every tenant).
     pub async fn admit_worker(
         &self,
+        caller: &Caller,
         name: String,
         kinds: Vec<String>,
         max_concurrency: usize,
@@ -233,9 +259,35 @@ impl Engine {
             TaskId::now_v7().to_string(),
             name,
             kinds.into_iter().collect::<HashSet<_>>(),
+            caller.list_scope(),
             max_concurrency,
             commands,
         )))
+    }
+
+    /// A place among the caller's tenant's watchers (`max_watchers`), held while the
+    /// watch is open; `None` when the tenant has no such quota.
+    pub async fn hold_watch(&self, caller: &Caller) -> Result<Option<Held>> {
+        self.hold(caller, Counted::Watchers).await
+    }
+
+    /// A place among the caller's tenant's workers (`max_workers`).
+    pub async fn hold_worker(&self, caller: &Caller) -> Result<Option<Held>> {
+        self.hold(caller, Counted::Workers).await
+    }
+
+    async fn hold(&self, caller: &Caller, what: Counted) -> Result<Option<Held>> {
+        let Some(quotas) = &caller.quotas else {
+            return Ok(None);
+        };
+        let max = match what {
+            Counted::Watchers => quotas.max_watchers,
+            Counted::Workers => quotas.max_workers,
+        };
+        match max {
+            None => Ok(None),
+            Some(max) => Ok(Some(self.holdings.hold(what, &quotas.name, max).await?)),
+        }
     }
 
     /// Gives tasks to an admitted worker from now on.

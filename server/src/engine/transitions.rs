@@ -57,6 +57,8 @@ impl Applied {
 }
 
 pub(crate) struct Transitions {
+    /// This replica: recorded as who asked for the cancels the server makes itself.
+    pub(super) replica_id: String,
     records: Arc<dyn TaskRecords>,
     queue: Arc<dyn TaskQueue>,
     /// Grace period of the soft cancels the server itself makes (parent finished, timeout).
@@ -69,6 +71,7 @@ pub(crate) struct Transitions {
 
 impl Transitions {
     pub fn new(
+        replica_id: String,
         records: Arc<dyn TaskRecords>,
         queue: Arc<dyn TaskQueue>,
         default_grace: Duration,
@@ -76,6 +79,7 @@ impl Transitions {
         checkpoint_limits: CheckpointLimits,
     ) -> Transitions {
         Transitions {
+            replica_id,
             records,
             queue,
             default_grace,
@@ -105,19 +109,22 @@ impl Transitions {
     /// releases the task's attached children.
     pub async fn apply(&self, id: TaskId, event: Event) -> Result<Applied> {
         Ok(self
-            .apply_spending(id, event, &CancelOrigin::default())
+            .apply_spending(id, event, &CancelOrigin::default(), &self.replica_id)
             .await?
             .0)
     }
 
-    /// [`Transitions::apply`], recording `origin` on a cancel the event starts; a report
-    /// that spent something is stored with its usage rolled up to every ancestor in the
-    /// same transaction, and the spending of the chain's budgets is returned with the change.
+    /// [`Transitions::apply`], recording `origin` and `by` (`CancelInfo.requested_by`: a
+    /// principal, or this replica for the server's own cancels) on a cancel the event
+    /// starts; a report that spent something is stored with its usage rolled up to every
+    /// ancestor in the same transaction, and the spending of the chain's budgets is
+    /// returned with the change.
     async fn apply_spending(
         &self,
         id: TaskId,
         event: Event,
         origin: &CancelOrigin,
+        by: &str,
     ) -> Result<(Applied, Vec<Spending>)> {
         let increment = match &event {
             Event::Report {
@@ -139,6 +146,9 @@ impl Transitions {
                         && let Some(cancel) = after.cancel.as_mut()
                     {
                         cancel.origin.clone_from(origin);
+                        if cancel.requested_by.is_empty() {
+                            cancel.requested_by = by.to_owned();
+                        }
                     }
                     after
                 }
@@ -186,9 +196,10 @@ impl Transitions {
         request: CancelRequest,
         reason: String,
         origin: &CancelOrigin,
+        by: &str,
     ) -> Result<Applied> {
         Ok(self
-            .apply_spending(id, request.event(reason), origin)
+            .apply_spending(id, request.event(reason), origin, by)
             .await?
             .0)
     }
@@ -204,6 +215,7 @@ impl Transitions {
         request: CancelRequest,
         reason: &str,
         origin: &CancelOrigin,
+        by: &str,
     ) -> Result<(Vec<Task>, Applied)> {
         // Deepest first: when a task ends, its own descendants are already settled with the
         // ancestor's mode and reason, so its end cannot release them as "parent finished".
@@ -212,13 +224,19 @@ impl Transitions {
         let descendant_reason = cancel::ancestor_cancelled_reason(root, reason);
         for descendant in &descendants {
             if let Err(err) = self
-                .cancel_one(descendant.id, request, descendant_reason.clone(), origin)
+                .cancel_one(
+                    descendant.id,
+                    request,
+                    descendant_reason.clone(),
+                    origin,
+                    by,
+                )
                 .await
             {
                 tracing::warn!(task = %descendant.id, ancestor = %root, %err, "cancelling a descendant failed");
             }
         }
-        let (applied, _) = self.apply_spending(root, event, origin).await?;
+        let (applied, _) = self.apply_spending(root, event, origin, by).await?;
         Ok((descendants, applied))
     }
 
@@ -256,7 +274,13 @@ impl Transitions {
         {
             let reason = cancel::parent_finished_reason(parent.id);
             if let Err(err) = self
-                .cancel_one(child.id, request, reason, &CancelOrigin::default())
+                .cancel_one(
+                    child.id,
+                    request,
+                    reason,
+                    &CancelOrigin::default(),
+                    &self.replica_id,
+                )
                 .await
             {
                 tracing::warn!(task = %child.id, %err, "releasing a child failed");
@@ -276,7 +300,7 @@ impl Transitions {
             report,
         };
         match self
-            .apply_spending(id, event, &CancelOrigin::default())
+            .apply_spending(id, event, &CancelOrigin::default(), &self.replica_id)
             .await
         {
             Ok((Applied::Changed { after: task, .. } | Applied::Unchanged(task), spent)) => {

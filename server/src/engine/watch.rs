@@ -8,6 +8,7 @@ use std::sync::Arc;
 use futures_util::{Stream, StreamExt};
 
 use super::Engine;
+use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::store::{TaskRecords, Update, Updates};
 use crate::task::{Task, TaskId};
@@ -17,11 +18,12 @@ impl Engine {
     /// from the history), or from the task as it is now; ends after the terminal version.
     pub async fn watch(
         &self,
+        caller: &Caller,
         id: TaskId,
         after_version: Option<u64>,
     ) -> Result<impl Stream<Item = Task> + Send + 'static> {
         let updates = self.feeds.subscribe(id).await?;
-        let current = self.check(id).await?;
+        let current = self.check_as(caller, id).await?;
         if let Some(after) = after_version.filter(|after| *after > current.version) {
             // No watch ever returned that version: the client confused tasks or versions.
             return Err(Error::VersionAhead {

@@ -54,6 +54,8 @@ pub struct Worker {
     pub id: String,
     pub name: String,
     kinds: HashSet<String>,
+    /// The only tenant whose tasks it receives; `None`: every tenant's (an admin's worker).
+    tenant: Option<String>,
     slots: Arc<Semaphore>,
     /// How many tasks it runs at once (its slots, used or free).
     capacity: usize,
@@ -68,6 +70,7 @@ impl Worker {
         id: String,
         name: String,
         kinds: HashSet<String>,
+        tenant: Option<String>,
         max_concurrency: usize,
         commands: Commands,
     ) -> Worker {
@@ -75,6 +78,7 @@ impl Worker {
             id,
             name,
             kinds,
+            tenant,
             slots: Arc::new(Semaphore::new(max_concurrency)),
             capacity: max_concurrency,
             commands,
@@ -88,9 +92,10 @@ impl Worker {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Whether this worker serves `kind`.
-    pub fn serves(&self, kind: &str) -> bool {
-        self.kinds.contains(kind)
+    /// Whether this worker may run `task`: a kind it serves, of its tenant.
+    pub fn may_run(&self, task: &Task) -> bool {
+        self.kinds.contains(&task.kind)
+            && self.tenant.as_ref().is_none_or(|own| *own == task.tenant)
     }
 
     /// `name/id`, as recorded on the tasks it runs.
@@ -211,12 +216,13 @@ impl WorkerPool {
             .any(|worker| worker.slots.available_permits() > 0)
     }
 
-    /// A free slot on the least busy worker serving `kind`.
-    pub fn reserve(&self, kind: &str) -> Option<WorkerSlot> {
+    /// A free slot on the least busy worker serving `kind` for `tenant`.
+    pub fn reserve(&self, kind: &str, tenant: &str) -> Option<WorkerSlot> {
         let workers = self.workers();
         let worker = workers
             .values()
             .filter(|worker| worker.kinds.contains(kind))
+            .filter(|worker| worker.tenant.as_ref().is_none_or(|own| own == tenant))
             .max_by_key(|worker| worker.slots.available_permits())?;
         let permit = Arc::clone(&worker.slots).try_acquire_owned().ok()?;
         Some(WorkerSlot {

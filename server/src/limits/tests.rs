@@ -303,6 +303,8 @@ fn record_at(limits: &Limits, checkpoints: CheckpointBudget) -> Task {
                 .map(|i| (format!("{i:a>63}"), f64::MAX))
                 .collect(),
             ancestors: Vec::new(),
+            tenant: "t".repeat(crate::limits::MAX_TENANT_BYTES),
+            created_by: "p".repeat(crate::limits::MAX_PRINCIPAL_BYTES),
         },
         now,
     );
@@ -337,6 +339,7 @@ fn record_at(limits: &Limits, checkpoints: CheckpointBudget) -> Task {
         deadline_exceeded: true,
         origin: Default::default(),
         budget_exhausted: "b".repeat(crate::task::budget::MAX_DIMENSION_CHARS),
+        requested_by: "p".repeat(crate::limits::MAX_PRINCIPAL_BYTES),
     });
     task
 }
@@ -395,7 +398,7 @@ fn the_defaults_fit_the_default_message_size_and_a_config_that_cannot_is_refused
     let limits = defaults();
     let bound = limits.record_bound(CHECKPOINT_BUDGET);
     // The README's arithmetic.
-    assert_eq!(bound, 3_394_856);
+    assert_eq!(bound, 3_395_514);
     assert!(limits.check_fits(4 << 20, CHECKPOINT_BUDGET, "a").is_ok());
     let err = limits
         .check_fits(bound - 1, CHECKPOINT_BUDGET, "a")

@@ -52,7 +52,8 @@ impl Calls {
 
 /// Counts each call on its connection (found in the request's extensions). It also puts the
 /// connection's [`TcpConnectInfo`](tonic::transport::server::TcpConnectInfo) there, as
-/// tonic does for plain TCP streams, so `Request::remote_addr` keeps working.
+/// tonic does for plain TCP streams, so `Request::remote_addr` keeps working, and the
+/// client certificate's [`ClientIdentity`](crate::tls::ClientIdentity) for the auth layer.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CountCallsLayer;
 
@@ -89,6 +90,9 @@ where
             .cloned()
             .map(|info| {
                 request.extensions_mut().insert(info.tcp);
+                if let Some(client) = info.client {
+                    request.extensions_mut().insert(client);
+                }
                 OpenCall::start(info.signals)
             });
         let response = self.inner.call(request);

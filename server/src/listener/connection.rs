@@ -18,13 +18,14 @@ use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use super::ConnectionLimits;
 use super::calls::Calls;
 use super::slots::Slot;
+use super::transport::Transport;
+use crate::tls::ClientIdentity;
 
 /// The length of the HTTP/2 client preface, `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`.
 const PREFACE_LEN: usize = 24;
@@ -60,6 +61,16 @@ impl Signals {
         self.displaced.load(Ordering::Acquire)
     }
 
+    /// Ready once displaced; for a connection still in its TLS handshake.
+    pub(super) fn poll_displaced(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.reader.register(cx.waker());
+        if self.is_displaced() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
     fn idle_since(&self) -> Option<Instant> {
         self.lock_calls().idle_since()
     }
@@ -84,7 +95,7 @@ enum Phase {
 
 /// An accepted connection, served by tonic, holding its place among `--max-connections`.
 pub struct Connection {
-    stream: TcpStream,
+    stream: Transport,
     slot: Slot,
     phase: Phase,
     handshake_deadline: Instant,
@@ -101,11 +112,18 @@ pub struct Connection {
 pub struct ConnectionInfo {
     pub(super) tcp: TcpConnectInfo,
     pub(super) signals: Arc<Signals>,
+    /// The client certificate's identity (mTLS).
+    pub(super) client: Option<ClientIdentity>,
 }
 
 impl Connection {
-    pub(super) fn new(stream: TcpStream, slot: Slot, limits: &ConnectionLimits) -> Connection {
-        let accepted = Instant::now();
+    /// A connection accepted at `accepted` (its TLS handshake, if any, is done).
+    pub(super) fn new(
+        stream: Transport,
+        slot: Slot,
+        limits: &ConnectionLimits,
+        accepted: Instant,
+    ) -> Connection {
         let handshake_deadline = accepted + limits.handshake_timeout;
         Connection {
             stream,
@@ -242,8 +260,9 @@ impl Connected for Connection {
 
     fn connect_info(&self) -> ConnectionInfo {
         ConnectionInfo {
-            tcp: self.stream.connect_info(),
+            tcp: self.stream.tcp_info(),
             signals: Arc::clone(self.slot.signals()),
+            client: self.stream.client_identity(),
         }
     }
 }

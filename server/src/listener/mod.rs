@@ -21,25 +21,35 @@
 //! wrapped instead ([`Connection`]), and an idle one is closed when nothing is waiting to
 //! be read, so no request that reached the server is lost.
 //!
+//! - **TLS** ([`transport`]): with `--tls-cert`, each accepted connection does its TLS
+//!   handshake (with the certificate current at that moment, see `tls`) concurrently with
+//!   the others, within `--handshake-timeout`, holding its place among `--max-connections`
+//!   meanwhile; it is handed to tonic once the handshake is done.
+//!
 //! A warning says when connections are turned away or displaced, at most every
 //! [`WARNING_INTERVAL`], with how many since the last one.
 
 mod calls;
 mod connection;
 mod slots;
+mod transport;
 
 use std::convert::Infallible;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::Stream;
-use tokio::net::TcpListener;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{Stream, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 pub use self::calls::CountCallsLayer;
 pub use self::connection::Connection;
-use self::slots::{Admission, Slots};
+use self::slots::{Admission, Slot, Slots};
+use self::transport::Transport;
+use crate::tls::ServerTls;
 
 /// The most connections held by default; lower when the open-files limit is low.
 const DEFAULT_MAX_CONNECTIONS: u64 = 4096;
@@ -72,16 +82,23 @@ pub fn default_max_connections(open_files: u64) -> usize {
 /// take turns serving them: the one that runs until a drain begins (it sends every
 /// connection a GOAWAY then) and the one that serves newcomers during the drain (health
 /// probes, and clients not yet told that this replica is going), until the end. The
-/// listening socket stays open until the last copy is dropped.
+/// listening socket stays open until the last copy is dropped. Over TLS when `tls` is given
+/// (each handshake with the configuration in force when it begins).
 #[derive(Clone)]
 pub struct Incoming(Arc<tokio::sync::Mutex<Accepting>>);
 
 impl Incoming {
-    pub fn new(listener: TcpListener, limits: ConnectionLimits) -> Incoming {
+    pub fn new(
+        listener: TcpListener,
+        limits: ConnectionLimits,
+        tls: Option<Arc<ServerTls>>,
+    ) -> Incoming {
         Incoming(Arc::new(tokio::sync::Mutex::new(Accepting {
             listener,
             slots: Slots::new(limits.max_connections),
             limits,
+            tls,
+            handshakes: FuturesUnordered::new(),
             refused: Throttled::default(),
             displaced: Throttled::default(),
             failed: Throttled::default(),
@@ -104,6 +121,9 @@ struct Accepting {
     listener: TcpListener,
     slots: Arc<Slots>,
     limits: ConnectionLimits,
+    tls: Option<Arc<ServerTls>>,
+    /// The TLS handshakes in progress.
+    handshakes: FuturesUnordered<BoxFuture<'static, Option<Connection>>>,
     /// Warnings of connections closed at once at the limit…
     refused: Throttled,
     /// …of connections closed to make room for a newer one…
@@ -115,47 +135,79 @@ struct Accepting {
 impl Accepting {
     async fn next(&mut self) -> Connection {
         loop {
-            let stream = match self.listener.accept().await {
-                Ok((stream, _peer)) => stream,
-                // The client gave up before it was accepted: nothing to do.
-                Err(err) if is_connection_error(&err) => continue,
-                Err(err) => {
-                    if let Some(count) = self.failed.ready(Instant::now()) {
-                        tracing::warn!(%err, count, "cannot accept connections");
+            tokio::select! {
+                Some(handshaken) = self.handshakes.next() => {
+                    if let Some(connection) = handshaken {
+                        return connection;
                     }
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
                 }
-            };
-            // Small request/reply messages: Nagle's algorithm would hold them back ~40 ms
-            // (tonic applies its own nodelay setting only to listeners it binds itself).
-            let _ = stream.set_nodelay(true);
-            let slot = match self.slots.admit() {
-                Admission::Free(slot) => slot,
-                Admission::Displacing(slot) => {
-                    if let Some(count) = self.displaced.ready(Instant::now()) {
-                        tracing::warn!(
-                            count,
-                            max_connections = self.limits.max_connections,
-                            "at --max-connections: closed connections that had not sent the \
-                             HTTP/2 preface to make room for newer ones"
-                        );
+                accepted = self.listener.accept() => {
+                    let Some((stream, slot)) = self.admit(accepted).await else {
+                        continue;
+                    };
+                    let now = Instant::now();
+                    match &self.tls {
+                        None => {
+                            return Connection::new(Transport::Plain(stream), slot, &self.limits, now);
+                        }
+                        Some(tls) => self.handshakes.push(Box::pin(transport::handshake(
+                            Arc::clone(tls),
+                            stream,
+                            slot,
+                            self.limits,
+                            now,
+                        ))),
                     }
-                    slot
                 }
-                Admission::Refused => {
-                    if let Some(count) = self.refused.ready(Instant::now()) {
-                        tracing::warn!(
-                            count,
-                            max_connections = self.limits.max_connections,
-                            "at --max-connections: refused new connections"
-                        );
-                    }
-                    continue;
-                }
-            };
-            return Connection::new(stream, slot, &self.limits);
+            }
         }
+    }
+
+    /// A place for an accepted socket; `None` when it is refused or the accept failed.
+    async fn admit(
+        &mut self,
+        accepted: io::Result<(TcpStream, std::net::SocketAddr)>,
+    ) -> Option<(TcpStream, Slot)> {
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            // The client gave up before it was accepted: nothing to do.
+            Err(err) if is_connection_error(&err) => return None,
+            Err(err) => {
+                if let Some(count) = self.failed.ready(Instant::now()) {
+                    tracing::warn!(%err, count, "cannot accept connections");
+                }
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                return None;
+            }
+        };
+        // Small request/reply messages: Nagle's algorithm would hold them back ~40 ms
+        // (tonic applies its own nodelay setting only to listeners it binds itself).
+        let _ = stream.set_nodelay(true);
+        let slot = match self.slots.admit() {
+            Admission::Free(slot) => slot,
+            Admission::Displacing(slot) => {
+                if let Some(count) = self.displaced.ready(Instant::now()) {
+                    tracing::warn!(
+                        count,
+                        max_connections = self.limits.max_connections,
+                        "at --max-connections: closed connections that had not sent the \
+                         HTTP/2 preface to make room for newer ones"
+                    );
+                }
+                slot
+            }
+            Admission::Refused => {
+                if let Some(count) = self.refused.ready(Instant::now()) {
+                    tracing::warn!(
+                        count,
+                        max_connections = self.limits.max_connections,
+                        "at --max-connections: refused new connections"
+                    );
+                }
+                return None;
+            }
+        };
+        Some((stream, slot))
     }
 }
 

@@ -7,6 +7,9 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use serde_json::json;
 
+mod tenants;
+
+pub use self::tenants::*;
 use super::history::HISTORY_LEN;
 use super::{ActiveFilter, Created, Swap, TaskStore, Update};
 use crate::task::budget::Spending;
@@ -29,8 +32,7 @@ fn sleep_task() -> Task {
 async fn insert(store: &dyn TaskStore, task: Task) -> Task {
     match store.create(task).await.unwrap() {
         Created::New(task) => task,
-        Created::Existing(task) => panic!("unexpected existing task {}", task.id),
-        Created::SessionCancelled => panic!("unexpected cancelled session"),
+        other => panic!("unexpected {other:?}"),
     }
 }
 
@@ -885,12 +887,19 @@ pub async fn a_cancelled_session_takes_no_new_task_until_its_mark_expires(store:
     };
     let first = insert(store, in_session("stopped", "req-1")).await;
     store
-        .cancel_session("stopped", Duration::from_millis(300))
+        .cancel_session(&first.tenant, "stopped", Duration::from_millis(300))
         .await
         .unwrap();
     assert!(matches!(
         store.create(in_session("stopped", "")).await.unwrap(),
         Created::SessionCancelled
+    ));
+    // Sessions are per tenant: another tenant's session of the same name goes on.
+    let mut elsewhere = in_session("stopped", "");
+    elsewhere.tenant = "another-tenant".into();
+    assert!(matches!(
+        store.create(elsewhere).await.unwrap(),
+        Created::New(_)
     ));
     // A retried start still gets the task it created before.
     match store.create(in_session("stopped", "req-1")).await.unwrap() {
@@ -941,6 +950,8 @@ macro_rules! suite {
             concurrent_reports_of_many_children_never_lose_an_increment,
             a_usage_counts_at_most_sixteen_dimensions,
             a_cancelled_session_takes_no_new_task_until_its_mark_expires,
+            request_ids_and_the_active_cap_are_per_tenant,
+            the_start_bucket_allows_the_burst_then_says_how_long_to_wait,
         );
     };
     (@tests $make:expr; $($check:ident),* $(,)?) => {

@@ -21,10 +21,11 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
+use super::bucket::Bucket;
 use super::history::{self, HISTORY_LEN};
 use super::{
-    ActiveFilter, Created, Membership, StoreResult, Swap, TaskFeeds, TaskQueue, TaskRecords,
-    Update, Updates, Wakeups, WorkerKinds,
+    ActiveFilter, Created, Membership, StartRates, StoreResult, Swap, TaskFeeds, TaskQueue,
+    TaskRecords, TenantPlaces, Update, Updates, Wakeups, WorkerKinds,
 };
 use crate::background::Background;
 use crate::task::budget::{self, Spending};
@@ -37,6 +38,10 @@ const SUBSCRIBER_BUFFER: usize = 1024;
 pub struct MemoryStore {
     retention: Duration,
     inner: Mutex<Inner>,
+    /// The tenants' start buckets, on this process's clock.
+    buckets: Mutex<HashMap<String, Bucket>>,
+    /// The tenants' counted places by what and tenant (one process: nothing lapses).
+    places: Mutex<HashMap<(String, String), std::collections::HashSet<String>>>,
 }
 
 #[derive(Default)]
@@ -49,16 +54,19 @@ struct Inner {
     active_by_kind: HashMap<String, BTreeSet<TaskId>>,
     active_by_session: HashMap<String, BTreeSet<TaskId>>,
     pending: BTreeSet<TaskId>,
+    /// The same, by tenant (no empty sets).
+    pending_by_tenant: HashMap<String, BTreeSet<TaskId>>,
     children: HashMap<TaskId, Vec<TaskId>>,
-    by_request_id: HashMap<String, TaskId>,
+    /// By tenant and request id: request ids are unique per tenant.
+    by_request_id: HashMap<(String, String), TaskId>,
     /// Finished tasks in the order they finished, for the retention sweep.
     finished: VecDeque<(SystemTime, TaskId)>,
     /// Control channels, by owner.
     owner_channels: HashMap<String, broadcast::Sender<Arc<Task>>>,
     /// Learned kinds and when a worker last served each.
     worker_kinds: HashMap<String, SystemTime>,
-    /// Sessions marked cancelled, until when.
-    cancelled_sessions: HashMap<String, SystemTime>,
+    /// Sessions (by tenant) marked cancelled, until when.
+    cancelled_sessions: HashMap<(String, String), SystemTime>,
     queue: Option<broadcast::Sender<()>>,
 }
 
@@ -76,6 +84,8 @@ impl MemoryStore {
         MemoryStore {
             retention,
             inner: Mutex::new(Inner::default()),
+            buckets: Mutex::new(HashMap::new()),
+            places: Mutex::new(HashMap::new()),
         }
     }
 
@@ -215,8 +225,18 @@ impl Inner {
         if task.state == TaskState::Pending {
             // New, or a lost run put back in the queue.
             self.pending.insert(task.id);
+            self.pending_by_tenant
+                .entry(task.tenant.clone())
+                .or_default()
+                .insert(task.id);
         } else {
             self.pending.remove(&task.id);
+            if let Some(queue) = self.pending_by_tenant.get_mut(&task.tenant) {
+                queue.remove(&task.id);
+                if queue.is_empty() {
+                    self.pending_by_tenant.remove(&task.tenant);
+                }
+            }
         }
     }
 
@@ -257,8 +277,9 @@ impl Inner {
             return;
         };
         let task = entry.task;
-        if !task.request_id.is_empty() && self.by_request_id.get(&task.request_id) == Some(&id) {
-            self.by_request_id.remove(&task.request_id);
+        let request = (task.tenant.clone(), task.request_id.clone());
+        if !task.request_id.is_empty() && self.by_request_id.get(&request) == Some(&id) {
+            self.by_request_id.remove(&request);
         }
         self.children.remove(&id);
         if let Some(parent) = task.parent_id
@@ -324,24 +345,40 @@ fn updates_of(receiver: broadcast::Receiver<Arc<Task>>) -> Updates {
 
 #[async_trait]
 impl TaskRecords for MemoryStore {
-    async fn create(&self, task: Task) -> StoreResult<Created> {
+    async fn create_within(&self, task: Task, max_active: Option<u64>) -> StoreResult<Created> {
         let mut inner = self.lock();
+        let request = (task.tenant.clone(), task.request_id.clone());
         if !task.request_id.is_empty()
-            && let Some(existing) = inner.by_request_id.get(&task.request_id)
+            && let Some(existing) = inner.by_request_id.get(&request)
             && let Some(entry) = inner.tasks.get(existing)
         {
             return Ok(Created::Existing(entry.task.clone()));
         }
+        // Sessions are per tenant, like request ids.
+        let session = (task.tenant.clone(), task.session_id.clone());
         if !task.session_id.is_empty()
-            && let Some(&until) = inner.cancelled_sessions.get(&task.session_id)
+            && let Some(&until) = inner.cancelled_sessions.get(&session)
         {
             if until > SystemTime::now() {
                 return Ok(Created::SessionCancelled);
             }
-            inner.cancelled_sessions.remove(&task.session_id);
+            inner.cancelled_sessions.remove(&session);
+        }
+        if let Some(max_active) = max_active {
+            // One pass over the active tasks: the embedded store is for one replica and
+            // tests, where that is cheap.
+            let active = inner
+                .active
+                .iter()
+                .filter_map(|id| inner.tasks.get(id))
+                .filter(|entry| entry.task.tenant == task.tenant)
+                .count() as u64;
+            if active >= max_active {
+                return Ok(Created::OverQuota { max_active });
+            }
         }
         if !task.request_id.is_empty() {
-            inner.by_request_id.insert(task.request_id.clone(), task.id);
+            inner.by_request_id.insert(request, task.id);
         }
         if let Some(parent) = task.parent_id {
             inner.children.entry(parent).or_default().push(task.id);
@@ -355,14 +392,14 @@ impl TaskRecords for MemoryStore {
         Ok(Created::New(task))
     }
 
-    async fn cancel_session(&self, session: &str, ttl: Duration) -> StoreResult<()> {
+    async fn cancel_session(&self, tenant: &str, session: &str, ttl: Duration) -> StoreResult<()> {
         let now = SystemTime::now();
         let mut inner = self.lock();
         // Expired marks are dropped here too, so they cannot pile up.
         inner.cancelled_sessions.retain(|_, until| *until > now);
         inner
             .cancelled_sessions
-            .insert(session.to_owned(), now + ttl);
+            .insert((tenant.to_owned(), session.to_owned()), now + ttl);
         Ok(())
     }
 
@@ -466,6 +503,60 @@ impl TaskRecords for MemoryStore {
 }
 
 #[async_trait]
+impl TenantPlaces for MemoryStore {
+    async fn hold(
+        &self,
+        what: &str,
+        tenant: &str,
+        holder: &str,
+        max: u64,
+        _ttl: Duration,
+    ) -> StoreResult<bool> {
+        let mut places = self.places.lock().unwrap_or_else(|p| p.into_inner());
+        let held = places
+            .entry((what.to_owned(), tenant.to_owned()))
+            .or_default();
+        if held.len() as u64 >= max {
+            return Ok(false);
+        }
+        held.insert(holder.to_owned());
+        Ok(true)
+    }
+
+    async fn release(&self, what: &str, tenant: &str, holder: &str) -> StoreResult<()> {
+        let mut places = self.places.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = places.get_mut(&(what.to_owned(), tenant.to_owned())) {
+            held.remove(holder);
+        }
+        Ok(())
+    }
+
+    async fn refresh(&self, _: &str, _: &str, _: &[String], _: Duration) -> StoreResult<()> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StartRates for MemoryStore {
+    async fn take_start(
+        &self,
+        tenant: &str,
+        per_second: f64,
+        burst: u64,
+    ) -> StoreResult<Option<Duration>> {
+        let now_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = buckets
+            .entry(tenant.to_owned())
+            .or_insert_with(|| Bucket::full(burst, now_ms));
+        Ok(bucket.take(now_ms, per_second, burst).err())
+    }
+}
+
+#[async_trait]
 impl TaskFeeds for MemoryStore {
     async fn subscribe(&self, id: TaskId) -> StoreResult<Updates> {
         let mut inner = self.lock();
@@ -499,6 +590,29 @@ impl TaskQueue for MemoryStore {
         Ok(inner
             .pending
             .range((start, Bound::Unbounded))
+            .take(limit)
+            .filter_map(|id| inner.tasks.get(id))
+            .map(|entry| entry.task.clone())
+            .collect())
+    }
+
+    async fn pending_tenants(&self) -> StoreResult<Vec<String>> {
+        Ok(self.lock().pending_by_tenant.keys().cloned().collect())
+    }
+
+    async fn oldest_pending_of(
+        &self,
+        tenant: &str,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Task>> {
+        let inner = self.lock();
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(inner
+            .pending_by_tenant
+            .get(tenant)
+            .into_iter()
+            .flat_map(|queue| queue.range((start, Bound::Unbounded)))
             .take(limit)
             .filter_map(|id| inner.tasks.get(id))
             .map(|entry| entry.task.clone())

@@ -14,6 +14,7 @@
 //! its fences allow the write. Components hold only the traits they use; [`Store`] hands
 //! them out from one backend.
 
+pub(crate) mod bucket;
 pub(crate) mod history;
 pub(crate) mod memory;
 pub(crate) mod redis;
@@ -55,6 +56,10 @@ pub enum Created {
     /// The task's session is marked cancelled ([`TaskRecords::cancel_session`]); nothing
     /// was written.
     SessionCancelled,
+    /// Its tenant already has `max_active` active tasks; nothing was written.
+    OverQuota {
+        max_active: u64,
+    },
 }
 
 /// Result of [`TaskRecords::compare_and_swap`].
@@ -71,6 +76,8 @@ pub enum Swap {
 /// must match.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ActiveFilter {
+    /// The tenant whose tasks are listed; `None`: every tenant's (an admin).
+    pub tenant: Option<String>,
     pub kind: Option<String>,
     pub session_id: Option<String>,
     pub parent_id: Option<TaskId>,
@@ -79,7 +86,10 @@ pub struct ActiveFilter {
 
 impl ActiveFilter {
     pub fn matches(&self, task: &Task) -> bool {
-        self.kind.as_ref().is_none_or(|kind| *kind == task.kind)
+        self.tenant
+            .as_ref()
+            .is_none_or(|tenant| *tenant == task.tenant)
+            && self.kind.as_ref().is_none_or(|kind| *kind == task.kind)
             && self
                 .session_id
                 .as_ref()
@@ -109,12 +119,21 @@ pub enum Update {
 pub trait TaskRecords: Send + Sync + 'static {
     /// Inserts a new task, unless its non-empty `request_id` is already known, in which
     /// case the existing task is returned and nothing is written, or its session is
-    /// marked cancelled.
-    async fn create(&self, task: Task) -> StoreResult<Created>;
+    /// marked cancelled. (The engine always
+    /// passes its tenant's cap: [`TaskRecords::create_within`].)
+    #[cfg(test)]
+    async fn create(&self, task: Task) -> StoreResult<Created> {
+        self.create_within(task, None).await
+    }
+
+    /// [`TaskRecords::create`], unless the task's tenant already has `max_active` active
+    /// (non-terminal) tasks: checked and written atomically, so the cap holds across
+    /// replicas.
+    async fn create_within(&self, task: Task, max_active: Option<u64>) -> StoreResult<Created>;
 
     /// Marks `session` cancelled for `ttl`: [`TaskRecords::create`] refuses its new tasks
     /// until then (a repeated mark extends it).
-    async fn cancel_session(&self, session: &str, ttl: Duration) -> StoreResult<()>;
+    async fn cancel_session(&self, tenant: &str, session: &str, ttl: Duration) -> StoreResult<()>;
 
     async fn get(&self, id: TaskId) -> StoreResult<Option<Task>>;
 
@@ -176,6 +195,18 @@ pub trait TaskQueue: Send + Sync + 'static {
     /// dispatch queue, read page by page.
     async fn oldest_pending(&self, after: Option<TaskId>, limit: usize) -> StoreResult<Vec<Task>>;
 
+    /// The tenants with PENDING tasks (possibly a few whose queue just emptied).
+    async fn pending_tenants(&self) -> StoreResult<Vec<String>>;
+
+    /// [`TaskQueue::oldest_pending`] of one tenant: the queue of each tenant, so that
+    /// dispatch can take from every tenant in turn.
+    async fn oldest_pending_of(
+        &self,
+        tenant: &str,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Task>>;
+
     /// A wake-up each time a replica announces queued work ([`TaskQueue::announce_queued`]),
     /// so idle replicas dispatch without polling.
     async fn subscribe_queue(&self) -> StoreResult<Wakeups>;
@@ -217,10 +248,57 @@ pub trait WorkerKinds: Send + Sync + 'static {
     async fn forget_worker_kinds(&self, since: SystemTime) -> StoreResult<usize>;
 }
 
-/// A complete backend: every concern above. The conformance suite tests backends whole.
-pub trait TaskStore: TaskRecords + TaskFeeds + TaskQueue + Membership + WorkerKinds {}
+/// The tenants' start rates (`max_starts_per_second`, `burst`), shared by every replica.
+#[async_trait]
+pub trait StartRates: Send + Sync + 'static {
+    /// Takes a start token of `tenant`'s bucket ([`bucket::Bucket`]): `None` if there was
+    /// one, otherwise how long until there is.
+    async fn take_start(
+        &self,
+        tenant: &str,
+        per_second: f64,
+        burst: u64,
+    ) -> StoreResult<Option<Duration>>;
+}
 
-impl<T: TaskRecords + TaskFeeds + TaskQueue + Membership + WorkerKinds> TaskStore for T {}
+/// A tenant's counted places (`max_watchers`, `max_workers`), shared by every replica.
+/// `what` names the count (`watchers`, `workers`); a holder is one watch or worker. A
+/// holder lapses `ttl` after it was taken or last refreshed, so those of a replica that
+/// died free themselves.
+#[async_trait]
+pub trait TenantPlaces: Send + Sync + 'static {
+    /// Takes a place for `holder` unless `tenant` already has `max`; whether it did.
+    async fn hold(
+        &self,
+        what: &str,
+        tenant: &str,
+        holder: &str,
+        max: u64,
+        ttl: Duration,
+    ) -> StoreResult<bool>;
+
+    async fn release(&self, what: &str, tenant: &str, holder: &str) -> StoreResult<()>;
+
+    /// Keeps `holders` (still alive) from lapsing for another `ttl`.
+    async fn refresh(
+        &self,
+        what: &str,
+        tenant: &str,
+        holders: &[String],
+        ttl: Duration,
+    ) -> StoreResult<()>;
+}
+
+/// A complete backend: every concern above. The conformance suite tests backends whole.
+pub trait TaskStore:
+    TaskRecords + TaskFeeds + TaskQueue + Membership + WorkerKinds + StartRates + TenantPlaces
+{
+}
+
+impl<T: TaskRecords + TaskFeeds + TaskQueue + Membership + WorkerKinds + StartRates + TenantPlaces>
+    TaskStore for T
+{
+}
 
 /// One backend, handed out by concern: each component keeps only what it uses.
 #[derive(Clone)]
@@ -230,6 +308,8 @@ pub(crate) struct Store {
     pub queue: Arc<dyn TaskQueue>,
     pub membership: Arc<dyn Membership>,
     pub worker_kinds: Arc<dyn WorkerKinds>,
+    pub start_rates: Arc<dyn StartRates>,
+    pub tenant_places: Arc<dyn TenantPlaces>,
 }
 
 impl Store {
@@ -239,7 +319,9 @@ impl Store {
             feeds: backend.clone(),
             queue: backend.clone(),
             membership: backend.clone(),
-            worker_kinds: backend,
+            worker_kinds: backend.clone(),
+            start_rates: backend.clone(),
+            tenant_places: backend,
         }
     }
 }

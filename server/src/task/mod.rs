@@ -90,6 +90,10 @@ pub struct CancelInfo {
     /// of its budget; empty otherwise.
     #[serde(default)]
     pub budget_exhausted: String,
+    /// Who asked: the principal's name, or the replica's id for the cancels the server
+    /// makes itself (timeout, escalation, parent finished, shutdown, lost replica).
+    #[serde(default)]
+    pub requested_by: String,
 }
 
 /// Who asked for a cancel: the replica that took the call, and the call's trace context
@@ -117,6 +121,13 @@ pub struct Progress {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     pub id: TaskId,
+    /// The tenant of the principal that started it; every RPC sees only its tenant's
+    /// tasks. Records written before tenants existed belong to `default`.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// The principal that started it.
+    #[serde(default)]
+    pub created_by: String,
     pub kind: String,
     pub description: String,
     pub params: JsonMap,
@@ -186,6 +197,9 @@ pub struct Task {
 /// What a client asks for when it starts a task (already validated for shape).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NewTask {
+    /// The tenant and principal it is started for (set from the caller, not the request).
+    pub tenant: String,
+    pub created_by: String,
     pub kind: String,
     pub description: String,
     pub params: JsonMap,
@@ -217,11 +231,17 @@ pub fn connection_id(worker: &str) -> Option<&str> {
         .filter(|id| !id.is_empty())
 }
 
+fn default_tenant() -> String {
+    "default".to_owned()
+}
+
 impl Task {
     /// A fresh PENDING record at version 1.
     pub fn new(id: TaskId, spec: NewTask, now: SystemTime) -> Task {
         Task {
             id,
+            tenant: spec.tenant,
+            created_by: spec.created_by,
             kind: spec.kind,
             description: spec.description,
             params: spec.params,
@@ -291,7 +311,8 @@ impl Task {
     /// Whether a start request (kind, params, tree position) describes this same task:
     /// the test for a repeated `request_id`.
     pub fn matches_request(&self, spec: &NewTask) -> bool {
-        self.kind == spec.kind
+        self.tenant == spec.tenant
+            && self.kind == spec.kind
             && self.params == spec.params
             && self.parent_id == spec.parent_id
             && self.detached == spec.detached

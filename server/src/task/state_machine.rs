@@ -233,6 +233,7 @@ pub fn apply_within(
                 deadline_exceeded: false,
                 origin: CancelOrigin::default(),
                 budget_exhausted: String::new(),
+                requested_by: String::new(),
             });
             finish_cancelled(&mut next, None, now);
             true
@@ -266,6 +267,7 @@ pub fn apply_within(
                     deadline_exceeded: true,
                     origin: CancelOrigin::default(),
                     budget_exhausted: String::new(),
+                    requested_by: String::new(),
                 });
                 true
             }
@@ -408,6 +410,7 @@ fn soft_cancel(next: &mut Task, reason: &str, grace_deadline: SystemTime, now: S
             deadline_exceeded: false,
             origin: CancelOrigin::default(),
             budget_exhausted: String::new(),
+            requested_by: String::new(),
         });
         finish_cancelled(next, None, now);
         return true;
@@ -430,6 +433,7 @@ fn soft_cancel(next: &mut Task, reason: &str, grace_deadline: SystemTime, now: S
                 deadline_exceeded: false,
                 origin: CancelOrigin::default(),
                 budget_exhausted: String::new(),
+                requested_by: String::new(),
             });
             true
         }

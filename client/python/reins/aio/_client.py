@@ -18,6 +18,7 @@ from .._calls import (
     soft_cancel_request,
     start_request,
 )
+from .._credentials import Credentials
 from .._errors import ReinsError
 from .._proto import tasks_pb2
 from .._tracing import trace_metadata
@@ -26,13 +27,16 @@ _T = TypeVar("_T")
 ChannelOptions = Sequence[tuple[str, Any]]
 
 
-def open_channel(server: str, options: ChannelOptions = ()) -> grpc.aio.Channel:
+def open_channel(
+    server: str, options: ChannelOptions = (), credentials: Credentials | None = None
+) -> grpc.aio.Channel:
     """A ``grpc.aio`` channel to ``server`` (``host:port`` or a URL; ``https://`` is TLS)."""
     target = parse_server(server)
-    if target.secure:
-        return grpc.aio.secure_channel(
-            target.address, grpc.ssl_channel_credentials(), options=list(options)
-        )
+    channel_credentials = (credentials or Credentials()).channel_credentials(
+        target.address, target.secure
+    )
+    if channel_credentials is not None:
+        return grpc.aio.secure_channel(target.address, channel_credentials, options=list(options))
     return grpc.aio.insecure_channel(target.address, options=list(options))
 
 
@@ -54,9 +58,14 @@ class AsyncClient:
         *,
         timeout: float | None = 30.0,
         channel_options: ChannelOptions = (),
+        credentials: Credentials | None = None,
     ) -> None:
         self._owns_channel = isinstance(server, str)
-        self._channel = open_channel(server, channel_options) if isinstance(server, str) else server
+        self._channel = (
+            open_channel(server, channel_options, credentials)
+            if isinstance(server, str)
+            else server
+        )
         self.timeout = timeout
         ch, pb, Task = self._channel, tasks_pb2, tasks_pb2.Task
 

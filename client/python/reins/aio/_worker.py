@@ -50,11 +50,13 @@ from .._calls import (
     duration,
     parse_server,
 )
+from .._credentials import Credentials
 from .._errors import AnswerTimedOut, Cancelled, CancelRequested, ReinsError
 from .._proto import tasks_pb2, workers_pb2
 from .._tracing import handler_span
 from .._values import to_value
 from .._worker import is_async_callable
+from ._client import open_channel
 from ._current import _enter
 
 log = logging.getLogger("reins.aio.worker")
@@ -300,6 +302,7 @@ class AsyncWorker:
         reconnect: Backoff | None = None,
         trace: Trace | None = None,
         channel_options: Iterable[tuple[str, Any]] = (),
+        credentials: Credentials | None = None,
     ) -> None:
         if not callable(handler) or not is_async_callable(handler):
             raise TypeError(
@@ -315,6 +318,7 @@ class AsyncWorker:
         if isinstance(server, str):
             parse_server(server)  # a bad address fails here, not in run()
         self.server = server
+        self._credentials = credentials
         self.kinds = list(kinds)
         self.handler = handler
         self.max_concurrency = max_concurrency
@@ -456,12 +460,7 @@ class AsyncWorker:
 
     def _open_channel(self) -> grpc.aio.Channel:
         assert isinstance(self.server, str)
-        target = parse_server(self.server)
-        if target.secure:
-            return grpc.aio.secure_channel(
-                target.address, grpc.ssl_channel_credentials(), options=self._channel_options
-            )
-        return grpc.aio.insecure_channel(target.address, options=self._channel_options)
+        return open_channel(self.server, self._channel_options, self._credentials)
 
     # -- one connection -----------------------------------------------------------------
 

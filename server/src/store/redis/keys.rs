@@ -13,8 +13,10 @@ impl Keys {
     pub fn task_prefix(&self) -> String {
         format!("{}task:", self.prefix)
     }
-    pub fn request(&self, request_id: &str) -> String {
-        format!("{}request:{request_id}", self.prefix)
+    /// Request ids are unique per tenant. Tenant names hold no `:`, so the first one
+    /// after `request:` ends the tenant.
+    pub fn request(&self, tenant: &str, request_id: &str) -> String {
+        format!("{}request:{tenant}:{request_id}", self.prefix)
     }
     pub fn active(&self) -> String {
         format!("{}active", self.prefix)
@@ -22,11 +24,27 @@ impl Keys {
     pub fn active_of_kind(&self, kind: &str) -> String {
         format!("{}active-kind:{kind}", self.prefix)
     }
+    pub fn active_of_tenant(&self, tenant: &str) -> String {
+        format!("{}active-tenant:{tenant}", self.prefix)
+    }
+    pub fn pending_of_tenant(&self, tenant: &str) -> String {
+        format!("{}pending-tenant:{tenant}", self.prefix)
+    }
+    pub fn pending_tenants(&self) -> String {
+        format!("{}pending-tenants", self.prefix)
+    }
+    pub fn held(&self, what: &str, tenant: &str) -> String {
+        format!("{}held-{what}:{tenant}", self.prefix)
+    }
+    pub fn start_bucket(&self, tenant: &str) -> String {
+        format!("{}start-bucket:{tenant}", self.prefix)
+    }
     pub fn active_of_session(&self, session: &str) -> String {
         format!("{}active-session:{session}", self.prefix)
     }
-    pub fn cancelled_session(&self, session: &str) -> String {
-        format!("{}cancelled-session:{session}", self.prefix)
+    /// Sessions are per tenant, like request ids (tenant names hold no `:`).
+    pub fn cancelled_session(&self, tenant: &str, session: &str) -> String {
+        format!("{}cancelled-session:{tenant}:{session}", self.prefix)
     }
     pub fn pending(&self) -> String {
         format!("{}pending", self.prefix)

@@ -27,8 +27,8 @@ use self::fanout::{Channel, Fanout};
 use self::keys::Keys;
 use super::history::{self, HISTORY_LEN};
 use super::{
-    ActiveFilter, Created, StoreError, StoreResult, Swap, TaskFeeds, TaskQueue, TaskRecords,
-    Updates, Wakeups,
+    ActiveFilter, Created, StartRates, StoreError, StoreResult, Swap, TaskFeeds, TaskQueue,
+    TaskRecords, TenantPlaces, Updates, Wakeups,
 };
 use crate::background::Background;
 use crate::task::budget::Spending;
@@ -43,6 +43,9 @@ const LIST_BATCH: usize = 256;
 
 const CREATE: &str = include_str!("create.lua");
 const SWAP: &str = include_str!("swap.lua");
+const BUCKET: &str = include_str!("bucket.lua");
+const HOLD: &str = include_str!("hold.lua");
+const REFRESH: &str = include_str!("refresh.lua");
 
 pub struct RedisStore {
     keys: Keys,
@@ -51,6 +54,9 @@ pub struct RedisStore {
     retention: Duration,
     create: Script,
     swap: Script,
+    bucket: Script,
+    hold: Script,
+    refresh: Script,
 }
 
 fn unavailable(err: redis::RedisError) -> StoreError {
@@ -223,26 +229,76 @@ fn flag(value: bool) -> &'static str {
     if value { "1" } else { "0" }
 }
 
+/// How to reach Redis beyond its URL: the CA of a `rediss://` server (`--redis-ca`) and a
+/// password read from a file (`REINS_REDIS_PASSWORD_FILE`), which wins over one in the
+/// URL.
+#[derive(Clone, Debug, Default)]
+pub struct RedisAccess {
+    pub ca_pem: Option<Vec<u8>>,
+    pub password: Option<String>,
+}
+
+/// `url` without its password, for logs and errors: `redis://user:***@host:port/db`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials
+                .split_once(':')
+                .map_or(credentials, |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 impl RedisStore {
-    /// Connects lazily: the server starts even while Redis is down and serves UNAVAILABLE
-    /// until it is back. The pub/sub watchdog runs on `background`.
+    /// [`RedisStore::connect_with`] without a CA or password file.
+    #[cfg(test)]
     pub fn connect(
         url: &str,
         prefix: &str,
         retention: Duration,
         background: &Background,
     ) -> StoreResult<RedisStore> {
+        RedisStore::connect_with(url, &RedisAccess::default(), prefix, retention, background)
+    }
+
+    /// Connects lazily: the server starts even while Redis is down and serves UNAVAILABLE
+    /// until it is back. The pub/sub watchdog runs on `background`.
+    pub fn connect_with(
+        url: &str,
+        access: &RedisAccess,
+        prefix: &str,
+        retention: Duration,
+        background: &Background,
+    ) -> StoreResult<RedisStore> {
         let client = Client::open(url).map_err(unavailable)?;
         let info = client.get_connection_info().clone();
-        let settings = info
+        let mut settings = info
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
+        if let Some(password) = &access.password {
+            settings = settings.set_password(password);
+        }
         // Small request/reply messages: Nagle's algorithm would hold them back ~40 ms.
         let info = info
             .set_redis_settings(settings)
             .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-        let client = Client::open(info).map_err(unavailable)?;
+        let client = match &access.ca_pem {
+            Some(ca) => Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            None => Client::open(info),
+        }
+        .map_err(unavailable)?;
         // One reconnect attempt per failed command: while Redis is down a call fails in
         // about a second instead of waiting out a long retry schedule. The next command
         // tries again, and the pub/sub connection has a watchdog that keeps trying.
@@ -264,6 +320,9 @@ impl RedisStore {
             retention,
             create: Script::new(CREATE),
             swap: Script::new(SWAP),
+            bucket: Script::new(BUCKET),
+            hold: Script::new(HOLD),
+            refresh: Script::new(REFRESH),
         })
     }
 
@@ -358,7 +417,7 @@ impl RedisStore {
 
 #[async_trait]
 impl TaskRecords for RedisStore {
-    async fn create(&self, task: Task) -> StoreResult<Created> {
+    async fn create_within(&self, task: Task, max_active: Option<u64>) -> StoreResult<Created> {
         let parent = task
             .parent_id
             .map(|p| self.keys.children(p))
@@ -366,14 +425,17 @@ impl TaskRecords for RedisStore {
         let reply: Vec<String> = self
             .create
             .key(self.keys.task(task.id))
-            .key(self.keys.request(&task.request_id))
+            .key(self.keys.request(&task.tenant, &task.request_id))
             .key(self.keys.active())
             .key(self.keys.pending())
             .key(parent)
             .key(self.keys.history(task.id))
             .key(self.keys.active_of_kind(&task.kind))
             .key(self.keys.active_of_session(&task.session_id))
-            .key(self.keys.cancelled_session(&task.session_id))
+            .key(self.keys.cancelled_session(&task.tenant, &task.session_id))
+            .key(self.keys.active_of_tenant(&task.tenant))
+            .key(self.keys.pending_of_tenant(&task.tenant))
+            .key(self.keys.pending_tenants())
             .arg(encode_record(&task))
             .arg(task.id.to_string())
             .arg(task.version)
@@ -383,6 +445,8 @@ impl TaskRecords for RedisStore {
             .arg(self.keys.task_prefix())
             .arg(flag(!task.session_id.is_empty()))
             .arg(budget_field(&task.budget))
+            .arg(max_active.map(|max| max.to_string()).unwrap_or_default())
+            .arg(&task.tenant)
             .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
@@ -395,13 +459,16 @@ impl TaskRecords for RedisStore {
                 ))
             }
             [refused] if refused == "session-cancelled" => Ok(Created::SessionCancelled),
+            [quota] if quota == "quota" => Ok(Created::OverQuota {
+                max_active: max_active.unwrap_or_default(),
+            }),
             _ => Ok(Created::New(task)),
         }
     }
 
-    async fn cancel_session(&self, session: &str, ttl: Duration) -> StoreResult<()> {
+    async fn cancel_session(&self, tenant: &str, session: &str, ttl: Duration) -> StoreResult<()> {
         let _: () = redis::cmd("SET")
-            .arg(self.keys.cancelled_session(session))
+            .arg(self.keys.cancelled_session(tenant, session))
             .arg("1")
             .arg("PX")
             .arg(ttl.as_millis().max(1) as u64)
@@ -433,11 +500,14 @@ impl TaskRecords for RedisStore {
             .key(self.keys.history(next.id))
             .key(self.keys.owned(&next.owner))
             .key(self.keys.owners())
-            .key(self.keys.request(&next.request_id))
+            .key(self.keys.request(&next.tenant, &next.request_id))
             .key(self.keys.children(next.id))
             .key(self.keys.checkpoints(next.id))
             .key(self.keys.active_of_kind(&next.kind))
             .key(self.keys.active_of_session(&next.session_id))
+            .key(self.keys.active_of_tenant(&next.tenant))
+            .key(self.keys.pending_of_tenant(&next.tenant))
+            .key(self.keys.pending_tenants())
             .arg(encode_record(next))
             .arg(next.version)
             .arg(state_name(next.state))
@@ -464,6 +534,7 @@ impl TaskRecords for RedisStore {
             .arg(flag(!next.session_id.is_empty()))
             .arg(self.keys.owner_channel(""))
             .arg(&next.worker)
+            .arg(&next.tenant)
             .arg(increment.len());
         for (dimension, amount) in increment {
             script.arg(dimension).arg(amount.to_string());
@@ -604,6 +675,77 @@ impl TaskRecords for RedisStore {
 }
 
 #[async_trait]
+impl TenantPlaces for RedisStore {
+    async fn hold(
+        &self,
+        what: &str,
+        tenant: &str,
+        holder: &str,
+        max: u64,
+        ttl: Duration,
+    ) -> StoreResult<bool> {
+        let taken: u64 = self
+            .hold
+            .key(self.keys.held(what, tenant))
+            .arg(holder)
+            .arg(max)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(taken == 1)
+    }
+
+    async fn release(&self, what: &str, tenant: &str, holder: &str) -> StoreResult<()> {
+        let _: () = self
+            .connection()
+            .zrem(self.keys.held(what, tenant), holder)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn refresh(
+        &self,
+        what: &str,
+        tenant: &str,
+        holders: &[String],
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let mut call = self.refresh.key(self.keys.held(what, tenant));
+        call.arg(ttl.as_millis() as u64);
+        for holder in holders {
+            call.arg(holder);
+        }
+        let _: u64 = call
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StartRates for RedisStore {
+    async fn take_start(
+        &self,
+        tenant: &str,
+        per_second: f64,
+        burst: u64,
+    ) -> StoreResult<Option<Duration>> {
+        let wait_ms: u64 = self
+            .bucket
+            .key(self.keys.start_bucket(tenant))
+            .arg(per_second)
+            .arg(burst)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
+    }
+}
+
+#[async_trait]
 impl TaskFeeds for RedisStore {
     async fn subscribe(&self, id: TaskId) -> StoreResult<Updates> {
         self.fanout
@@ -622,6 +764,30 @@ impl TaskFeeds for RedisStore {
 impl TaskQueue for RedisStore {
     async fn oldest_pending(&self, after: Option<TaskId>, limit: usize) -> StoreResult<Vec<Task>> {
         let ids = self.ids_after(self.keys.pending(), after, limit).await?;
+        Ok(self
+            .load(&ids)
+            .await?
+            .into_iter()
+            .filter(|task| task.state == TaskState::Pending)
+            .collect())
+    }
+
+    async fn pending_tenants(&self) -> StoreResult<Vec<String>> {
+        self.connection()
+            .smembers(self.keys.pending_tenants())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn oldest_pending_of(
+        &self,
+        tenant: &str,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Task>> {
+        let ids = self
+            .ids_after(self.keys.pending_of_tenant(tenant), after, limit)
+            .await?;
         Ok(self
             .load(&ids)
             .await?

@@ -4,15 +4,18 @@
 -- starts the next attempt of a PENDING task): a replica that lost a task cannot write to it.
 -- KEYS: 1 task hash, 2 pending zset, 3 active zset, 4 history list, 5 owned set of the owner,
 --       6 owners set, 7 request_id key, 8 children zset of this task, 9 checkpoint list,
---       10 active zset of the task's kind, 11 active zset of its session
+--       10 active zset of the task's kind, 11 active zset of its session,
+--       12 active zset of its tenant, 13 pending zset of its tenant,
+--       14 set of tenants with pending tasks
 -- ARGV: 1 task JSON without checkpoints, 2 new version, 3 state, 4 owner, 5 attempt,
 --       6 terminal ('1'/'0'), 7 id, 8 retention ms, 9 history length, 10 task channel,
 --       11 owner channel, 12 has request_id ('1'/'0'), 13 owned-set key prefix,
 --       14 the whole task JSON (published), 15 checkpoints kept so far (position past the
 --       newest), 16 list entries to keep, 17 the newest checkpoint's JSON ('' if none),
---       18 has session ('1'/'0'), 19 owner-channel key prefix, 20 worker, 21 number n of
---       usage dimensions spent (optional, 0), 22 .. 21 + 2n: dimension, increment pairs
--- KEYS 12..: the task hashes of the task's ancestors, nearest first (usage roll-up)
+--       18 has session ('1'/'0'), 19 owner-channel key prefix, 20 worker, 21 tenant,
+--       22 number n of usage dimensions spent (optional, 0), 23 .. 22 + 2n: dimension,
+--       increment pairs
+-- KEYS 15..: the task hashes of the task's ancestors, nearest first (usage roll-up)
 -- Returns 'ok' | 'conflict' | 'missing'; with usage spent, {'ok', spending...} where each
 -- spending is {chain index (0 = this task), dimension, limit, before, after, ...} for the
 -- budget of each task of the chain that has one.
@@ -49,9 +52,15 @@ redis.call('HSET', KEYS[1], 'json', ARGV[1], 'version', ARGV[2], 'state', ARGV[3
   'worker', ARGV[20])
 if ARGV[3] ~= 'Pending' then
   redis.call('ZREM', KEYS[2], ARGV[7])
+  redis.call('ZREM', KEYS[13], ARGV[7])
+  if redis.call('ZCARD', KEYS[13]) == 0 then
+    redis.call('SREM', KEYS[14], ARGV[21])
+  end
 elseif requeued and current[5] ~= 'Pending' then
   -- A lost run goes back to the queue and off its former owner's list.
   redis.call('ZADD', KEYS[2], 0, ARGV[7])
+  redis.call('ZADD', KEYS[13], 0, ARGV[7])
+  redis.call('SADD', KEYS[14], ARGV[21])
   redis.call('SREM', ARGV[13] .. current[3], ARGV[7])
 end
 if started or moved then
@@ -68,6 +77,7 @@ redis.call('LTRIM', KEYS[4], -tonumber(ARGV[9]), -1)
 if ARGV[6] == '1' then
   redis.call('ZREM', KEYS[3], ARGV[7])
   redis.call('ZREM', KEYS[10], ARGV[7])
+  redis.call('ZREM', KEYS[12], ARGV[7])
   if ARGV[18] == '1' then
     redis.call('ZREM', KEYS[11], ARGV[7])
   end
@@ -89,12 +99,12 @@ if ARGV[4] ~= '' then
 end
 -- Usage roll-up: the increments go to the subtree usage ('s:<dimension>' fields) of the
 -- task and of every ancestor still stored, in this same transaction.
-local n = tonumber(ARGV[21] or '0')
+local n = tonumber(ARGV[22] or '0')
 if n == 0 then
   return 'ok'
 end
 local chain = {KEYS[1]}
-for k = 12, #KEYS do
+for k = 15, #KEYS do
   chain[#chain + 1] = KEYS[k]
 end
 local reply = {'ok'}
@@ -113,13 +123,13 @@ for index, key in ipairs(chain) do
     -- At most 16 dimensions per task (budget::MAX_DIMENSIONS; a budget's are there from
     -- the start): further ones are not counted, so a record stays bounded.
     for d = 0, n - 1 do
-      local field = 's:' .. ARGV[22 + 2 * d]
+      local field = 's:' .. ARGV[23 + 2 * d]
       local known = redis.call('HEXISTS', key, field) == 1
       if known or tonumber(redis.call('HGET', key, 'dimensions') or '0') < 16 then
         if not known then
           redis.call('HINCRBY', key, 'dimensions', 1)
         end
-        redis.call('HINCRBYFLOAT', key, field, ARGV[23 + 2 * d])
+        redis.call('HINCRBYFLOAT', key, field, ARGV[24 + 2 * d])
       end
     end
     local entry = {tostring(index - 1)}

@@ -319,3 +319,19 @@ async fn a_selective_filter_reads_only_the_tasks_it_can_match() {
         );
     }
 }
+
+#[test]
+fn passwords_are_redacted_from_urls() {
+    use super::redact;
+    assert_eq!(
+        redact("redis://:secret@host:6379/0"),
+        "redis://:***@host:6379/0"
+    );
+    assert_eq!(
+        redact("rediss://user:secret@host:6380"),
+        "rediss://user:***@host:6380"
+    );
+    assert_eq!(redact("redis://user@host"), "redis://user:***@host");
+    assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+    assert_eq!(redact("not a url"), "not a url");
+}

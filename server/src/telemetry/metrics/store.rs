@@ -20,8 +20,8 @@ use prometheus_client::registry::Registry;
 
 use super::{Histograms, STORE_BUCKETS, histograms, metrics};
 use crate::store::{
-    ActiveFilter, Created, Membership, StoreError, StoreResult, Swap, TaskFeeds, TaskQueue,
-    TaskRecords, TaskStore, Updates, Wakeups, WorkerKinds,
+    ActiveFilter, Created, Membership, StartRates, StoreError, StoreResult, Swap, TaskFeeds,
+    TaskQueue, TaskRecords, TaskStore, TenantPlaces, Updates, Wakeups, WorkerKinds,
 };
 use crate::task::budget::Spending;
 use crate::task::{Task, TaskId, Usage};
@@ -42,6 +42,7 @@ enum Op {
     Subscribe,
     SubscribeOwner,
     OldestPending,
+    PendingTenants,
     SubscribeQueue,
     AnnounceQueued,
     QueueDepth,
@@ -51,10 +52,14 @@ enum Op {
     MarkServed,
     IsWorkerKind,
     ForgetWorkerKinds,
+    TakeStart,
+    HoldPlace,
+    ReleasePlace,
+    RefreshPlaces,
 }
 
 impl Op {
-    const ALL: [Op; 22] = [
+    const ALL: [Op; 27] = [
         Op::Create,
         Op::CancelSession,
         Op::Get,
@@ -68,6 +73,7 @@ impl Op {
         Op::Subscribe,
         Op::SubscribeOwner,
         Op::OldestPending,
+        Op::PendingTenants,
         Op::SubscribeQueue,
         Op::AnnounceQueued,
         Op::QueueDepth,
@@ -77,6 +83,10 @@ impl Op {
         Op::MarkServed,
         Op::IsWorkerKind,
         Op::ForgetWorkerKinds,
+        Op::TakeStart,
+        Op::HoldPlace,
+        Op::ReleasePlace,
+        Op::RefreshPlaces,
     ];
 
     fn label(self) -> &'static str {
@@ -94,6 +104,7 @@ impl Op {
             Op::Subscribe => "subscribe",
             Op::SubscribeOwner => "subscribe_owner",
             Op::OldestPending => "oldest_pending",
+            Op::PendingTenants => "pending_tenants",
             Op::SubscribeQueue => "subscribe_queue",
             Op::AnnounceQueued => "announce_queued",
             Op::QueueDepth => "queue_depth",
@@ -103,6 +114,10 @@ impl Op {
             Op::MarkServed => "mark_served",
             Op::IsWorkerKind => "is_worker_kind",
             Op::ForgetWorkerKinds => "forget_worker_kinds",
+            Op::TakeStart => "take_start",
+            Op::HoldPlace => "hold_place",
+            Op::ReleasePlace => "release_place",
+            Op::RefreshPlaces => "refresh_places",
         }
     }
 }
@@ -284,13 +299,17 @@ impl MeteredStore {
 
 #[async_trait]
 impl TaskRecords for MeteredStore {
-    async fn create(&self, task: Task) -> StoreResult<Created> {
-        self.measure(Op::Create, self.inner.create(task)).await
+    async fn create_within(&self, task: Task, max_active: Option<u64>) -> StoreResult<Created> {
+        self.measure(Op::Create, self.inner.create_within(task, max_active))
+            .await
     }
 
-    async fn cancel_session(&self, session: &str, ttl: Duration) -> StoreResult<()> {
-        self.measure(Op::CancelSession, self.inner.cancel_session(session, ttl))
-            .await
+    async fn cancel_session(&self, tenant: &str, session: &str, ttl: Duration) -> StoreResult<()> {
+        self.measure(
+            Op::CancelSession,
+            self.inner.cancel_session(tenant, session, ttl),
+        )
+        .await
     }
 
     async fn get(&self, id: TaskId) -> StoreResult<Option<Task>> {
@@ -360,6 +379,24 @@ impl TaskQueue for MeteredStore {
             .await
     }
 
+    async fn pending_tenants(&self) -> StoreResult<Vec<String>> {
+        self.measure(Op::PendingTenants, self.inner.pending_tenants())
+            .await
+    }
+
+    async fn oldest_pending_of(
+        &self,
+        tenant: &str,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Task>> {
+        self.measure(
+            Op::OldestPending,
+            self.inner.oldest_pending_of(tenant, after, limit),
+        )
+        .await
+    }
+
     async fn subscribe_queue(&self) -> StoreResult<Wakeups> {
         self.measure_as(Op::SubscribeQueue, false, self.inner.subscribe_queue())
             .await
@@ -408,6 +445,59 @@ impl WorkerKinds for MeteredStore {
     async fn forget_worker_kinds(&self, since: SystemTime) -> StoreResult<usize> {
         self.measure(Op::ForgetWorkerKinds, self.inner.forget_worker_kinds(since))
             .await
+    }
+}
+
+#[async_trait]
+impl StartRates for MeteredStore {
+    async fn take_start(
+        &self,
+        tenant: &str,
+        per_second: f64,
+        burst: u64,
+    ) -> StoreResult<Option<Duration>> {
+        self.measure(
+            Op::TakeStart,
+            self.inner.take_start(tenant, per_second, burst),
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl TenantPlaces for MeteredStore {
+    async fn hold(
+        &self,
+        what: &str,
+        tenant: &str,
+        holder: &str,
+        max: u64,
+        ttl: Duration,
+    ) -> StoreResult<bool> {
+        self.measure(
+            Op::HoldPlace,
+            self.inner.hold(what, tenant, holder, max, ttl),
+        )
+        .await
+    }
+
+    async fn release(&self, what: &str, tenant: &str, holder: &str) -> StoreResult<()> {
+        self.measure(Op::ReleasePlace, self.inner.release(what, tenant, holder))
+            .await
+    }
+
+    async fn refresh(
+        &self,
+        what: &str,
+        tenant: &str,
+        holders: &[String],
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        self.measure(
+            Op::RefreshPlaces,
+            self.inner.refresh(what, tenant, holders, ttl),
+        )
+        .await
     }
 }
 

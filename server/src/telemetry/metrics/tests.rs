@@ -69,6 +69,7 @@ fn terminal_states_and_escalations_count_on_the_change_that_made_them() {
         deadline_exceeded: false,
         origin: CancelOrigin::default(),
         budget_exhausted: String::new(),
+        requested_by: String::new(),
     });
     metrics.task_changed(&running, &cancelled);
     // A terminal record is never changed again; were it, nothing would count twice.
@@ -97,6 +98,7 @@ fn a_stop_is_timed_from_the_recorded_cancel() {
         deadline_exceeded: false,
         origin: CancelOrigin::default(),
         budget_exhausted: String::new(),
+        requested_by: String::new(),
     };
     metrics.code_stopped("exec", &cancel, requested_at + Duration::from_micros(150));
     // Another replica's clock may be ahead: never a negative duration.

@@ -32,6 +32,7 @@ fn cancel(origin: CancelOrigin) -> CancelInfo {
         deadline_exceeded: false,
         origin,
         budget_exhausted: String::new(),
+        requested_by: String::new(),
     }
 }
 
