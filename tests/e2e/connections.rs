@@ -194,8 +194,9 @@ async fn past_max_connection_age_a_goaway_then_the_grace_then_the_end() {
         .start(long_sleep())
         .await
         .expect("start");
-    let watcher = server.client().await;
+    // Before the watcher connects: its connection's age counts from then.
     let start = Instant::now();
+    let watcher = server.client().await;
     let mut events = watcher
         .watch(&task.id, WatchOptions::default())
         .await

@@ -43,6 +43,9 @@ pub async fn wait_closed(stream: &mut TcpStream, within: Duration) {
 /// makes no call.
 pub struct Http2Connection {
     stream: TcpStream,
+    /// Bytes read and not yet taken as a frame: kept across a cancelled read, so that
+    /// waiting for a frame can be raced against a timer without losing one.
+    received: Vec<u8>,
 }
 
 /// One frame's header.
@@ -58,6 +61,7 @@ impl Http2Connection {
     pub async fn open(address: &str) -> Http2Connection {
         let mut connection = Http2Connection {
             stream: TcpStream::connect(address).await.expect("connect"),
+            received: Vec::new(),
         };
         connection.send(PREFACE).await.expect("send the preface");
         connection
@@ -117,8 +121,15 @@ impl Http2Connection {
                         return goaway;
                     }
                 }
-                frame = self.answer_next() => match frame {
-                    Some(frame) => goaway |= frame.kind == GOAWAY,
+                // Only the read is raced against the timer (it is cancel-safe); the answer
+                // to a frame is sent in full.
+                frame = self.next_frame() => match frame {
+                    Some(frame) => {
+                        goaway |= frame.kind == GOAWAY;
+                        if self.answer(&frame).await.is_err() {
+                            return goaway;
+                        }
+                    }
                     None => return goaway,
                 },
             }
@@ -134,25 +145,51 @@ impl Http2Connection {
     /// The next frame, after answering it if it is a PING or settings; `None` once the
     /// server has closed the connection.
     async fn answer_next(&mut self) -> Option<Frame> {
-        let mut header = [0; 9];
-        self.stream.read_exact(&mut header).await.ok()?;
-        let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
-        let mut payload = vec![0; length];
-        self.stream.read_exact(&mut payload).await.ok()?;
-        let frame = Frame {
-            kind: header[3],
-            flags: header[4],
-            payload,
-        };
-        if frame.flags & ACK == 0 {
-            let answer = match frame.kind {
-                PING => self.send_frame(PING, ACK, &frame.payload.clone()).await,
-                SETTINGS => self.send_frame(SETTINGS, ACK, &[]).await,
-                _ => Ok(()),
-            };
-            answer.ok()?;
-        }
+        let frame = self.next_frame().await?;
+        self.answer(&frame).await.ok()?;
         Some(frame)
+    }
+
+    /// The next frame; `None` once the server has closed the connection. Cancel-safe:
+    /// what a cancelled call had read stays in `received`.
+    async fn next_frame(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(frame) = self.take_frame() {
+                return Some(frame);
+            }
+            match self.stream.read_buf(&mut self.received).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// A whole frame from the front of `received`, if one is there.
+    fn take_frame(&mut self) -> Option<Frame> {
+        let header = self.received.get(..9)?;
+        let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        if self.received.len() < 9 + length {
+            return None;
+        }
+        let frame = Frame {
+            kind: self.received[3],
+            flags: self.received[4],
+            payload: self.received[9..9 + length].to_vec(),
+        };
+        self.received.drain(..9 + length);
+        Some(frame)
+    }
+
+    /// Acknowledges a PING or the server's settings; other frames need no answer.
+    async fn answer(&mut self, frame: &Frame) -> std::io::Result<()> {
+        if frame.flags & ACK != 0 {
+            return Ok(());
+        }
+        match frame.kind {
+            PING => self.send_frame(PING, ACK, &frame.payload).await,
+            SETTINGS => self.send_frame(SETTINGS, ACK, &[]).await,
+            _ => Ok(()),
+        }
     }
 
     async fn send_frame(&mut self, kind: u8, flags: u8, payload: &[u8]) -> std::io::Result<()> {
