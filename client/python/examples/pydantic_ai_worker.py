@@ -11,7 +11,12 @@ sources to make it real; nothing else changes.
 What Reins sees of a run:
 
 - **usage**: each model response's token usage (``input_tokens``, ``output_tokens``) is
-  reported as it arrives (:func:`report_usage`), and the totals are in the result.
+  reported as it arrives, as usage counted against the task's budgets
+  (:func:`report_usage`), and the run's totals are in the result.
+- **budgets**: started with ``budget={"output_tokens": N}`` (or any dimension above), the
+  task stops by itself when the server reports the budget exhausted: a soft cancel
+  (``cancel.budget_exhausted``), honoured before the next model request, with the partial
+  findings.
 - **checkpoints**: each tool call is a checkpoint ``{"tool", "args", "result"}`` (a partial
   result, kept if the task is cancelled).
 - **soft cancel**: the agent stops before its next model request (a response being
@@ -202,22 +207,21 @@ def build_agent() -> Agent[Deps, str]:
 
 
 async def report_usage(ctx: AsyncTaskContext, usage: RequestUsage, totals: RunUsage) -> None:
-    """Reports one model response's token usage.
-
-    SEAM (budgets, issue 12): until ``TaskProgress.usage`` exists the tokens travel in the
-    progress message. Once it does, this becomes ``await ctx.progress(fraction, message,
-    usage={"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens})``,
-    the server adds the increment to the task (and its ancestors) and soft-cancels the
-    subtree when a budget is spent, which the handler honours like any soft cancel.
-    """
+    """Reports one model response's token usage as budget usage: the increment
+    ``{"input_tokens", "output_tokens"}`` is added to the task's usage and to the subtree
+    usage of the task and its ancestors. Once a budget of one of them is spent the server
+    soft-cancels the subtree (reason ``"budget exhausted: …"``,
+    ``CancelInfo.budget_exhausted``), which :func:`research` honours like any soft cancel:
+    before the next model request, so a budget is overshot by one response at most.
+    ``ctx.task.budget_remaining`` follows each acknowledged report."""
     # An agent cannot know how far along it is: the fraction grows with each request
     # and never reaches 1 before the end.
     fraction = 1 - 1 / (totals.requests + 1)
-    message = (
-        f"model response {totals.requests}: input_tokens={usage.input_tokens} "
-        f"output_tokens={usage.output_tokens}"
+    await ctx.progress(
+        fraction,
+        f"model response {totals.requests}",
+        usage={"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens},
     )
-    await ctx.progress(fraction, message)
 
 
 async def _checkpoint_tool_call(ctx: AsyncTaskContext, call: dict[str, Any]) -> None:
