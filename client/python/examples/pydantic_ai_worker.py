@@ -16,7 +16,8 @@ What Reins sees of a run:
 - **budgets**: started with ``budget={"output_tokens": N}`` (or any dimension above), the
   task stops by itself when the server reports the budget exhausted: a soft cancel
   (``cancel.budget_exhausted``), honoured before the next model request, with the partial
-  findings.
+  findings. Meanwhile each request's ``max_tokens`` is capped at the output tokens the
+  budget has left (:class:`BudgetedModel`).
 - **checkpoints**: each tool call is a checkpoint ``{"tool", "args", "result"}`` (a partial
   result, kept if the task is cancelled).
 - **soft cancel**: the agent stops before its next model request (a response being
@@ -49,6 +50,7 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 from pydantic_ai import Agent, RunContext
@@ -57,13 +59,16 @@ from pydantic_ai.messages import (
     FunctionToolResultEvent,
     ModelMessage,
     ModelRequest,
+    ModelResponse,
     PartDeltaEvent,
     TextPartDelta,
     ToolReturnPart,
     UserPromptPart,
 )
-from pydantic_ai.models import Model
+from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
+from pydantic_ai.models.wrapper import WrapperModel
+from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import RequestUsage, RunUsage
 
 from reins import Cancelled, CancelRequested, TaskInfo
@@ -111,7 +116,9 @@ class OfflineResearcher:
     call) while fewer than ``searches`` results came back, then streams a report of
     ``report_words`` words, one every ``token_delay`` seconds. ``tokens_streamed`` counts the
     words handed to the agent; ``stream_closed`` is set when a report stream ends, early
-    (closed by a cancel: ``finished_report`` stays False) or not.
+    (closed by a cancel: ``finished_report`` stays False) or not. Like an LLM it honours
+    the request's ``max_tokens`` setting (one word per token here); ``max_tokens`` lists
+    what each request was given (None: no limit).
     """
 
     def __init__(
@@ -124,6 +131,7 @@ class OfflineResearcher:
         self.tokens_streamed = 0
         self.finished_report = False
         self.stream_closed = asyncio.Event()
+        self.max_tokens: list[int | None] = []
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> OfflineResearcher:
@@ -141,6 +149,8 @@ class OfflineResearcher:
         self, messages: list[ModelMessage], info: AgentInfo
     ) -> AsyncIterator[str | DeltaToolCalls]:
         self.requests += 1
+        limit = (info.model_settings or {}).get("max_tokens")
+        self.max_tokens.append(limit)
         results = [
             part.content
             for message in messages
@@ -158,7 +168,8 @@ class OfflineResearcher:
         words = f"Report on {_topic(messages)}: " + " ".join(str(r) for r in results)
         padding = [f"point-{i}" for i in range(self.report_words)]
         try:
-            for word in [*words.split(), *padding][: self.report_words]:
+            length = self.report_words if limit is None else min(self.report_words, limit)
+            for word in [*words.split(), *padding][:length]:
                 await asyncio.sleep(self.token_delay)  # the next token "arrives"
                 self.tokens_streamed += 1
                 yield word + " "
@@ -179,6 +190,53 @@ def _topic(messages: list[ModelMessage]) -> str:
 def offline_model(task: TaskInfo) -> Model:
     """The default model factory: an :class:`OfflineResearcher` configured by the params."""
     return OfflineResearcher.from_params(task.params).model()
+
+
+# -- the budget ----------------------------------------------------------------------
+
+
+class BudgetedModel(WrapperModel):
+    """A model whose requests are given at most the ``output_tokens`` the task's budget has
+    left (``ctx.task.budget_remaining``, refreshed by the server after each usage
+    report), so an agent asks for shorter answers as its budget shrinks; a request's own
+    smaller ``max_tokens`` is kept. Without an ``output_tokens`` budget it changes nothing.
+    """
+
+    def __init__(self, wrapped: Model, ctx: AsyncTaskContext) -> None:
+        super().__init__(wrapped)
+        self.ctx = ctx
+
+    def _capped(self, settings: ModelSettings | None) -> ModelSettings | None:
+        left = self.ctx.task.budget_remaining.get("output_tokens")
+        if left is None:
+            return settings
+        capped: ModelSettings = {**(settings or {})}
+        # At least one token: a spent budget stops the run (a soft cancel), not the model.
+        capped["max_tokens"] = max(1, min(int(left), capped.get("max_tokens", int(left))))
+        return capped
+
+    async def request(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+    ) -> ModelResponse:
+        return await super().request(
+            messages, self._capped(model_settings), model_request_parameters
+        )
+
+    @asynccontextmanager
+    async def request_stream(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+        run_context: RunContext[Any] | None = None,
+    ) -> AsyncIterator[StreamedResponse]:
+        async with super().request_stream(
+            messages, self._capped(model_settings), model_request_parameters, run_context
+        ) as stream:
+            yield stream
 
 
 # -- the agent -------------------------------------------------------------------------
@@ -251,7 +309,8 @@ async def research(
     totals = RunUsage()
     calls: dict[str, dict[str, Any]] = {}
     try:
-        async with agent.iter(f"Research: {topic}", model=model, deps=deps) as run:
+        budgeted = BudgetedModel(model, ctx)
+        async with agent.iter(f"Research: {topic}", model=budgeted, deps=deps) as run:
             async for node in run:
                 if Agent.is_model_request_node(node):
                     # Soft cancel: no new model request (and no more tokens billed).

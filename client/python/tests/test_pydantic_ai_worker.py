@@ -285,3 +285,31 @@ def test_the_agent_stops_by_itself_when_the_server_reports_the_budget_exhausted(
         assert budget <= spent < budget + second
 
     run_async(scenario)
+
+
+def test_each_request_is_given_the_output_tokens_the_budget_has_left(cluster, kind):
+    researchers = Researchers()
+    sources = GatedSources(gate_at=1)
+    trace = Trace()
+
+    async def scenario() -> None:
+        async with (
+            AsyncClient(cluster.b.address) as b,
+            serving(cluster.a.address, [kind], make_handler(researchers, sources), trace=trace),
+        ):
+            params = {"topic": "geothermal", "searches": 1, "report_words": 12, "token_ms": 1}
+            task = await b.start(kind, params, budget={"output_tokens": 1000})
+            # The search waits until the server acknowledged the first response's usage
+            # (with what the budget has left), so the next request knows it.
+            await asyncio.wait_for(sources.gated.wait(), PATIENCE)
+            await eventually(lambda: "usage_ack" in trace.received, "usage acknowledged")
+            sources.release.set()
+            versions = await asyncio.wait_for(history(b, task), PATIENCE)
+            done = versions[-1]
+            assert done.state == COMPLETED, done
+            first = per_response(versions)[1]["output_tokens"]
+            researcher = researchers.by_task[task.id]
+            assert researcher.max_tokens == [1000, 1000 - first]
+            assert researcher.finished_report and researcher.tokens_streamed == 12
+
+    run_async(scenario)
