@@ -11,7 +11,13 @@ sources to make it real; nothing else changes.
 What Reins sees of a run:
 
 - **usage**: each model response's token usage (``input_tokens``, ``output_tokens``) is
-  reported as it arrives (:func:`report_usage`), and the totals are in the result.
+  reported as it arrives, as usage counted against the task's budgets
+  (:func:`report_usage`), and the run's totals are in the result.
+- **budgets**: started with ``budget={"output_tokens": N}`` (or any dimension above), the
+  task stops by itself when the server reports the budget exhausted: a soft cancel
+  (``cancel.budget_exhausted``), honoured before the next model request, with the partial
+  findings. Meanwhile each request's ``max_tokens`` is capped at the output tokens the
+  budget has left (:class:`BudgetedModel`).
 - **checkpoints**: each tool call is a checkpoint ``{"tool", "args", "result"}`` (a partial
   result, kept if the task is cancelled).
 - **soft cancel**: the agent stops before its next model request (a response being
@@ -44,6 +50,7 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 from pydantic_ai import Agent, RunContext
@@ -52,13 +59,16 @@ from pydantic_ai.messages import (
     FunctionToolResultEvent,
     ModelMessage,
     ModelRequest,
+    ModelResponse,
     PartDeltaEvent,
     TextPartDelta,
     ToolReturnPart,
     UserPromptPart,
 )
-from pydantic_ai.models import Model
+from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
+from pydantic_ai.models.wrapper import WrapperModel
+from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import RequestUsage, RunUsage
 
 from reins import Cancelled, CancelRequested, TaskInfo
@@ -106,7 +116,9 @@ class OfflineResearcher:
     call) while fewer than ``searches`` results came back, then streams a report of
     ``report_words`` words, one every ``token_delay`` seconds. ``tokens_streamed`` counts the
     words handed to the agent; ``stream_closed`` is set when a report stream ends, early
-    (closed by a cancel: ``finished_report`` stays False) or not.
+    (closed by a cancel: ``finished_report`` stays False) or not. Like an LLM it honours
+    the request's ``max_tokens`` setting (one word per token here); ``max_tokens`` lists
+    what each request was given (None: no limit).
     """
 
     def __init__(
@@ -119,6 +131,7 @@ class OfflineResearcher:
         self.tokens_streamed = 0
         self.finished_report = False
         self.stream_closed = asyncio.Event()
+        self.max_tokens: list[int | None] = []
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> OfflineResearcher:
@@ -136,6 +149,8 @@ class OfflineResearcher:
         self, messages: list[ModelMessage], info: AgentInfo
     ) -> AsyncIterator[str | DeltaToolCalls]:
         self.requests += 1
+        limit = (info.model_settings or {}).get("max_tokens")
+        self.max_tokens.append(limit)
         results = [
             part.content
             for message in messages
@@ -153,7 +168,8 @@ class OfflineResearcher:
         words = f"Report on {_topic(messages)}: " + " ".join(str(r) for r in results)
         padding = [f"point-{i}" for i in range(self.report_words)]
         try:
-            for word in [*words.split(), *padding][: self.report_words]:
+            length = self.report_words if limit is None else min(self.report_words, limit)
+            for word in [*words.split(), *padding][:length]:
                 await asyncio.sleep(self.token_delay)  # the next token "arrives"
                 self.tokens_streamed += 1
                 yield word + " "
@@ -174,6 +190,53 @@ def _topic(messages: list[ModelMessage]) -> str:
 def offline_model(task: TaskInfo) -> Model:
     """The default model factory: an :class:`OfflineResearcher` configured by the params."""
     return OfflineResearcher.from_params(task.params).model()
+
+
+# -- the budget ----------------------------------------------------------------------
+
+
+class BudgetedModel(WrapperModel):
+    """A model whose requests are given at most the ``output_tokens`` the task's budget has
+    left (``ctx.task.budget_remaining``, refreshed by the server after each usage
+    report), so an agent asks for shorter answers as its budget shrinks; a request's own
+    smaller ``max_tokens`` is kept. Without an ``output_tokens`` budget it changes nothing.
+    """
+
+    def __init__(self, wrapped: Model, ctx: AsyncTaskContext) -> None:
+        super().__init__(wrapped)
+        self.ctx = ctx
+
+    def _capped(self, settings: ModelSettings | None) -> ModelSettings | None:
+        left = self.ctx.task.budget_remaining.get("output_tokens")
+        if left is None:
+            return settings
+        capped: ModelSettings = {**(settings or {})}
+        # At least one token: a spent budget stops the run (a soft cancel), not the model.
+        capped["max_tokens"] = max(1, min(int(left), capped.get("max_tokens", int(left))))
+        return capped
+
+    async def request(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+    ) -> ModelResponse:
+        return await super().request(
+            messages, self._capped(model_settings), model_request_parameters
+        )
+
+    @asynccontextmanager
+    async def request_stream(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+        run_context: RunContext[Any] | None = None,
+    ) -> AsyncIterator[StreamedResponse]:
+        async with super().request_stream(
+            messages, self._capped(model_settings), model_request_parameters, run_context
+        ) as stream:
+            yield stream
 
 
 # -- the agent -------------------------------------------------------------------------
@@ -202,22 +265,21 @@ def build_agent() -> Agent[Deps, str]:
 
 
 async def report_usage(ctx: AsyncTaskContext, usage: RequestUsage, totals: RunUsage) -> None:
-    """Reports one model response's token usage.
-
-    SEAM (budgets, issue 12): until ``TaskProgress.usage`` exists the tokens travel in the
-    progress message. Once it does, this becomes ``await ctx.progress(fraction, message,
-    usage={"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens})``,
-    the server adds the increment to the task (and its ancestors) and soft-cancels the
-    subtree when a budget is spent, which the handler honours like any soft cancel.
-    """
+    """Reports one model response's token usage as budget usage: the increment
+    ``{"input_tokens", "output_tokens"}`` is added to the task's usage and to the subtree
+    usage of the task and its ancestors. Once a budget of one of them is spent the server
+    soft-cancels the subtree (reason ``"budget exhausted: …"``,
+    ``CancelInfo.budget_exhausted``), which :func:`research` honours like any soft cancel:
+    before the next model request, so a budget is overshot by one response at most.
+    ``ctx.task.budget_remaining`` follows each acknowledged report."""
     # An agent cannot know how far along it is: the fraction grows with each request
     # and never reaches 1 before the end.
     fraction = 1 - 1 / (totals.requests + 1)
-    message = (
-        f"model response {totals.requests}: input_tokens={usage.input_tokens} "
-        f"output_tokens={usage.output_tokens}"
+    await ctx.progress(
+        fraction,
+        f"model response {totals.requests}",
+        usage={"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens},
     )
-    await ctx.progress(fraction, message)
 
 
 async def _checkpoint_tool_call(ctx: AsyncTaskContext, call: dict[str, Any]) -> None:
@@ -247,7 +309,8 @@ async def research(
     totals = RunUsage()
     calls: dict[str, dict[str, Any]] = {}
     try:
-        async with agent.iter(f"Research: {topic}", model=model, deps=deps) as run:
+        budgeted = BudgetedModel(model, ctx)
+        async with agent.iter(f"Research: {topic}", model=budgeted, deps=deps) as run:
             async for node in run:
                 if Agent.is_model_request_node(node):
                     # Soft cancel: no new model request (and no more tokens billed).

@@ -79,11 +79,16 @@ _STATE = tasks_pb2.TaskState
 @dataclasses.dataclass(frozen=True)
 class Subagent:
     """A subagent type: the Reins ``kind`` its tasks run as, a description for the model,
-    and params every task of it gets (``{"description": …}`` is added)."""
+    params every task of it gets (``{"description": …}`` is added) and the ``budget``
+    each of its tasks is started with (limits per usage dimension, e.g.
+    ``{"output_tokens": 20000}``; none by default: only its ancestors' budgets apply).
+    A subagent whose budget is exhausted is soft-cancelled by the server; ``check_task``
+    says so."""
 
     kind: str
     description: str = ""
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    budget: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
 class Delegation(FunctionToolset[Any]):
@@ -194,6 +199,7 @@ class Delegation(FunctionToolset[Any]):
                 parent_id=self.parent_id(),
                 session_id=self.session_id(),
                 labels={DELEGATION_LABEL: self.delegation_id},
+                budget=spec.budget,
             )
         except ReinsError as err:
             return _error(err)
@@ -289,7 +295,9 @@ class Delegation(FunctionToolset[Any]):
         if state == _STATE.TASK_STATE_FAILED:
             return f"Task failed: {task.error}. Partial results: {partial}"
         if state == _STATE.TASK_STATE_CANCELLED:
-            text = f"Task cancelled. Partial results: {partial}"
+            spent = task.cancel.budget_exhausted
+            why = f" (its budget of {spent} was exhausted)" if spent else ""
+            text = f"Task cancelled{why}. Partial results: {partial}"
             return f"{text}\nFinal result: {result}" if result else text
         text = f"Task is {_status_line(task)}"
         return f"{text}. Partial results so far: {partial}" if task.partial_results else text

@@ -316,3 +316,44 @@ def test_outside_a_worker_a_cancelled_run_soft_cancels_the_subagents_it_started(
             assert report.startswith("Research was cancelled. Partial findings:"), report
 
     run_async(scenario)
+
+
+def test_a_subagent_type_with_a_budget_starts_its_tasks_with_it(cluster, kind):
+    researcher_kind = f"{kind}-researcher"
+    replies: list[str] = []
+    ids: list[str] = []
+
+    async def scenario() -> None:
+        async with (
+            AsyncClient(cluster.b.address) as b,
+            serving(cluster.a.address, [researcher_kind], make_handler(sources=StallingSources())),
+        ):
+
+            async def script() -> AsyncGenerator[Step, str]:
+                research = {"description": "tidal power", "subagent_type": "researcher"}
+                ids.append(started_id((yield ("task", research))))
+                await done_async(b, ids[0])
+                replies.append((yield ("check_task", {"task_id": ids[0]})))
+                yield "done"
+
+            # The researcher's first model response spends the whole budget; its second
+            # search stalls until the server's cancel arrives.
+            researcher = Subagent(
+                researcher_kind, params={"searches": 3}, budget={"output_tokens": 1}
+            )
+            delegation = Delegation(b, {"researcher": researcher})
+            agent = Agent(ScriptedModel(script).model(), toolsets=[delegation])
+            assert (await agent.run("Research tidal power")).output == "done"
+
+            child = await b.check(ids[0])
+            assert child.state == CANCELLED, child
+            assert dict(child.budget) == {"output_tokens": 1}
+            assert child.cancel.budget_exhausted == "output_tokens", child.cancel
+            assert child.usage["output_tokens"] >= 1
+            expected = (
+                "Task cancelled (its budget of output_tokens was exhausted). Partial results: "
+            )
+            assert replies[0].startswith(expected), replies[0]
+            assert "3 sources on tidal power market size" in replies[0], replies[0]
+
+    run_async(scenario)
