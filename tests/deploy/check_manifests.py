@@ -194,6 +194,34 @@ def contract(overlay: str, rendered: str) -> None:
             >= {"reins-tls", "reins-auth", "reins-redis"},
             str(pod.get("volumes")),
         )
+        attributes = env.get("OTEL_RESOURCE_ATTRIBUTES", {}).get("value", "")
+        check(
+            "OTEL_RESOURCE_ATTRIBUTES names the pod, namespace and node (downward API)",
+            all(f"k8s.{k}.name=$(" in attributes for k in ("pod", "namespace", "node")),
+            attributes,
+        )
+        worker = by_kind.get("Deployment", {}).get("reins-research-worker")
+        if worker is not None:
+            wpod = worker["spec"]["template"]["spec"]
+            wcontainer = wpod["containers"][0]
+            wenv = {e["name"]: e.get("value", "") for e in wcontainer.get("env", [])}
+            secret_mounts = {
+                m["mountPath"]: m
+                for m in wcontainer.get("volumeMounts", [])
+                for v in wpod.get("volumes", [])
+                if v["name"] == m["name"] and "secret" in v
+            }
+            check(
+                "the example worker: CA and token as files of read-only Secret mounts",
+                all(
+                    any(
+                        wenv.get(var, "").startswith(path.rstrip("/") + "/") and m.get("readOnly")
+                        for path, m in secret_mounts.items()
+                    )
+                    for var in ("REINS_CA_CERT", "REINS_TOKEN_FILE")
+                ),
+                f"env {wenv}, Secret mounts {sorted(secret_mounts)}",
+            )
     if overlay == "dev":
         check("2 replicas, no autoscaler", deployment["spec"].get("replicas") == 2 and hpa is None,
               str(deployment["spec"].get("replicas")))

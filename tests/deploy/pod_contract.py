@@ -11,7 +11,13 @@ and secret keys — and `$(VAR)` expanded), nothing else but PATH and HOSTNAME (
 REINS_REDIS_URL points at a redis-server of the test's own, and the container ports are
 mapped to free loopback ports (no network namespace here). It runs as uid/gid 65532 with
 no capabilities and no_new_privs (setpriv; when not root the switch is skipped, saying
-so), in a read-only working directory. Then, as the kubelet does:
+so), in a read-only working directory. The Secrets the container mounts (production: TLS,
+auth config, Redis password) become files in the test's temp dir, read-only and readable
+by group 65532 as `defaultMode: 0440` + `fsGroup` make them, holding a throwaway CA's
+server certificate (trustme), an auth.toml with one operator token (its sha256) and the
+password of the test's Redis (started with `requirepass`); every variable pointing into a
+mount is rewritten to the temp dir, and the gRPC calls go over TLS with the token. Then, as
+the kubelet does:
 
 - the startup probe until it succeeds (period, timeout and failure threshold from the
   manifest), then readiness SERVING and liveness;
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import os
 import re
@@ -41,8 +48,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from secrets import token_hex
 from typing import Any
 
+import trustme
 import yaml
 
 UID = 65532
@@ -52,6 +61,8 @@ NAMESPACE = "reins"
 RUNTIME_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: Where the image puts reinsd (deploy/Containerfile's ENTRYPOINT).
 IMAGE_ENTRYPOINT = ["/usr/local/bin/reinsd"]
+#: The tenant of the test's token (production's auth config).
+TENANT = "contract"
 
 failures = 0
 
@@ -109,7 +120,11 @@ def environment(
         else:
             values = secrets[source["secretRef"]["name"]]
         env.update({prefix + k: v for k, v in values.items()})
-    fields = {"metadata.name": POD_NAME, "metadata.namespace": NAMESPACE}
+    fields = {
+        "metadata.name": POD_NAME,
+        "metadata.namespace": NAMESPACE,
+        "spec.nodeName": "node-a",
+    }
     for var in container.get("env") or []:
         if "value" in var:
             # $(VAR) refers to a variable defined before; $$ escapes.
@@ -137,25 +152,50 @@ def environment(
 
 
 class Grpc:
-    """grpcurl calls, as plaintext gRPC on one address."""
+    """grpcurl calls on one address: plaintext, or TLS (the CA) with a bearer token."""
 
-    def __init__(self, grpcurl: str, address: str) -> None:
+    def __init__(
+        self,
+        grpcurl: str,
+        address: str,
+        ca_cert: Path | None = None,
+        token: str | None = None,
+    ) -> None:
         self.grpcurl, self.address = grpcurl, address
+        self.ca_cert, self.token = ca_cert, token
+
+    def at(self, address: str) -> Grpc:
+        return Grpc(self.grpcurl, address, self.ca_cert, self.token)
+
+    def argv(self, method: str, request: dict, *, plaintext: bool = False) -> list[str]:
+        """grpcurl's command line; `plaintext` forces it (to check TLS is required)."""
+        transport = (
+            ["-plaintext"]
+            if plaintext or self.ca_cert is None
+            else ["-cacert", str(self.ca_cert)]
+        )
+        auth = ["-H", f"authorization: Bearer {self.token}"] if self.token else []
+        return [
+            self.grpcurl,
+            *transport,
+            *auth,
+            "-d",
+            json.dumps(request),
+            self.address,
+            method,
+        ]
 
     def call(
-        self, method: str, request: dict, timeout: float = 5.0
+        self,
+        method: str,
+        request: dict,
+        timeout: float = 5.0,
+        *,
+        plaintext: bool = False,
     ) -> tuple[bool, Any]:
+        argv = self.argv(method, request, plaintext=plaintext)
         run = subprocess.run(
-            [
-                self.grpcurl,
-                "-plaintext",
-                "-max-time",
-                str(timeout),
-                "-d",
-                json.dumps(request),
-                self.address,
-                method,
-            ],
+            [argv[0], "-max-time", str(timeout), *argv[1:]],
             capture_output=True,
             text=True,
             timeout=timeout + 5,
@@ -172,11 +212,115 @@ class Grpc:
         return answer.get("status", "") if ok else f"error: {answer}"
 
 
+class Mounted:
+    """The Secret volumes of the container, as files in the test's temp dir, and what a
+    client then needs: the CA of the server's certificate, the bearer token; and the
+    password the test's Redis must require."""
+
+    #: The variables naming a file of a mounted Secret, and what the test puts there.
+    FILES = (
+        "REINS_TLS_CERT",
+        "REINS_TLS_KEY",
+        "REINS_AUTH_CONFIG",
+        "REINS_REDIS_PASSWORD_FILE",
+    )
+
+    def __init__(self) -> None:
+        self.ca_cert: Path | None = None
+        self.token: str | None = None
+        self.redis_password: str | None = None
+        self._leaf: trustme.LeafCert | None = None
+
+    def materialise(
+        self, pod: dict[str, Any], container: dict[str, Any], env: dict, work: Path
+    ) -> None:
+        """Write the files and point `env` at them."""
+        volumes = {v["name"]: v for v in pod.get("volumes") or []}
+        mounts = [
+            m
+            for m in container.get("volumeMounts") or []
+            if "secret" in volumes.get(m["name"], {})
+        ]
+        for mount in mounts:
+            secret = volumes[mount["name"]]["secret"]
+            report(
+                mount.get("readOnly") is True and "subPath" not in mount,
+                f"Secret {secret['secretName']} mounted read-only at {mount['mountPath']} "
+                "(whole, so rotations reach the files)",
+                str(mount),
+            )
+        root = work / "secrets"
+        written: list[Path] = []
+        for var in self.FILES:
+            if var not in env:
+                continue
+            mount = next(
+                (
+                    m
+                    for m in mounts
+                    if env[var].startswith(m["mountPath"].rstrip("/") + "/")
+                ),
+                None,
+            )
+            if not report(
+                mount is not None,
+                f"{var} names a file of a mounted Secret",
+                env[var],
+            ):
+                continue
+            target = root / env[var].lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self._contents(var, work))
+            written.append(target)
+            env[var] = str(target)
+        if not written:
+            return
+        # defaultMode 0440 with fsGroup 65532: readable by the pod's group, by no one else.
+        for path in written:
+            path.chmod(0o440)
+        for directory in [p for p in root.rglob("*") if p.is_dir()] + [root]:
+            directory.chmod(0o555)
+        if os.geteuid() == 0:
+            for path in [*written, *root.rglob("*"), root]:
+                os.chown(path, 0, UID)
+
+    def _contents(self, var: str, work: Path) -> bytes:
+        if var in ("REINS_TLS_CERT", "REINS_TLS_KEY"):
+            server = self._server_cert(work)
+            if var == "REINS_TLS_CERT":
+                return b"".join(blob.bytes() for blob in server.cert_chain_pems)
+            return server.private_key_pem.bytes()
+        if var == "REINS_AUTH_CONFIG":
+            self.token = token_hex(32)
+            digest = hashlib.sha256(self.token.encode()).hexdigest()
+            return (
+                "[[principal]]\n"
+                'name = "pod-contract"\n'
+                f'tenant = "{TENANT}"\n'
+                'roles = ["operator"]\n'
+                f'token_sha256 = "{digest}"\n'
+            ).encode()
+        self.redis_password = token_hex(16)
+        return (self.redis_password + "\n").encode()
+
+    def _server_cert(self, work: Path) -> trustme.LeafCert:
+        """One throwaway CA and its server certificate, for the names clients dial."""
+        if self._leaf is None:
+            ca = trustme.CA()
+            self._leaf = ca.issue_cert(
+                "127.0.0.1", "localhost", "reins", f"reins.{NAMESPACE}.svc"
+            )
+            self.ca_cert = work / "ca.pem"
+            ca.cert_pem.write_to_path(str(self.ca_cert))
+        return self._leaf
+
+
 def probe(kind: str, spec: dict[str, Any], grpc: Grpc, ports: dict[Any, int]) -> bool:
     """One probe, as the kubelet runs it: success or not, within its timeout."""
     timeout = float(spec.get("timeoutSeconds", 1))
     if "grpc" in spec:
         port = ports[spec["grpc"]["port"]]
+        # The kubelet's gRPC probe: plaintext, no credentials.
         return (
             Grpc(grpc.grpcurl, f"127.0.0.1:{port}").health(
                 spec["grpc"].get("service", ""), timeout
@@ -230,11 +374,19 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="reins-pod-"))
     redis = reinsd = None
     try:
-        # The test's own Redis.
+        env = environment(container, config_maps, secrets)
+        mounted = Mounted()
+        mounted.materialise(pod, container, env, work)
+        # The test's own Redis, with the password of the mounted Secret if there is one.
         redis_port = free_port()
         redis = subprocess.Popen(
             [
                 "redis-server",
+                *(
+                    ["--requirepass", mounted.redis_password]
+                    if mounted.redis_password
+                    else []
+                ),
                 "--port",
                 str(redis_port),
                 "--bind",
@@ -249,7 +401,6 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        env = environment(container, config_maps, secrets)
         env["REINS_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}"
         # Container ports → free loopback ports (no network namespace).
         ports: dict[Any, int] = {}
@@ -303,7 +454,9 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
-        grpc = Grpc(args.grpcurl, f"127.0.0.1:{grpc_port}")
+        grpc = Grpc(
+            args.grpcurl, f"127.0.0.1:{grpc_port}", mounted.ca_cert, mounted.token
+        )
 
         # Startup probe: every periodSeconds, at most failureThreshold times.
         startup = container["startupProbe"]
@@ -333,6 +486,26 @@ def main() -> int:
             probe("liveness", container["livenessProbe"], grpc, ports),
             "liveness probe succeeds",
         )
+        if mounted.ca_cert is not None:
+            ok, answer = grpc.call(
+                "reins.v1.TaskService/ListActive", {}, 5, plaintext=True
+            )
+            report(not ok, "TLS: a plaintext gRPC call is refused", str(answer))
+            ok, answer = grpc.call("grpc.health.v1.Health/Check", {}, 5)
+            report(
+                ok and answer.get("status") == "SERVING",
+                "TLS: gRPC health over TLS, verified against the Secret's CA",
+                str(answer),
+            )
+        if mounted.token is not None:
+            ok, answer = Grpc(grpc.grpcurl, grpc.address, mounted.ca_cert).call(
+                "reins.v1.TaskService/ListActive", {}, 5
+            )
+            report(
+                not ok and "Unauthenticated" in str(answer),
+                "auth: a call without the token is UNAUTHENTICATED",
+                str(answer),
+            )
 
         # Two long tasks: one may be handed back, one may not; a watch on the first.
         def start(max_attempts: int) -> str:
@@ -350,14 +523,7 @@ def main() -> int:
 
         movable, last_chance = start(3), start(1)
         watch = subprocess.Popen(
-            [
-                args.grpcurl,
-                "-plaintext",
-                "-d",
-                json.dumps({"task_id": movable}),
-                grpc.address,
-                "reins.v1.TaskService/WatchTask",
-            ],
+            grpc.argv("reins.v1.TaskService/WatchTask", {"task_id": movable}),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -416,26 +582,23 @@ def main() -> int:
             reinsd.kill()
             return 1
 
-        # What became of the tasks, read through a fresh replica on the same Redis.
+        # What became of the tasks, read through a fresh replica on the same Redis, with
+        # the pod's configuration (TLS, auth: the tasks are the token's tenant's).
         reader_port = free_port()
-        reader_env = {"PATH": RUNTIME_PATH}
+        reader_env = {
+            **{k: v for k, v in env.items() if k != "REINS_METRICS_LISTEN"},
+            "REINS_LISTEN": f"127.0.0.1:{reader_port}",
+            "REINS_REPLICA_ID": "reader",
+        }
         reader = subprocess.Popen(
-            [
-                args.reinsd,
-                "--listen",
-                f"127.0.0.1:{reader_port}",
-                "--replica-id",
-                "reader",
-                "--redis-url",
-                env["REINS_REDIS_URL"],
-            ],
+            [args.reinsd],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             cwd=work,
             env=reader_env,
         )
         try:
-            read = Grpc(args.grpcurl, f"127.0.0.1:{reader_port}")
+            read = grpc.at(f"127.0.0.1:{reader_port}")
             tasks: dict[str, Any] = {}
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and len(tasks) < 2:
@@ -469,6 +632,8 @@ def main() -> int:
             if process is not None and process.poll() is None:
                 process.kill()
                 process.wait()
+        for directory, _, _ in os.walk(work):  # the read-only Secret dirs, removable again
+            os.chmod(directory, 0o755)
         shutil.rmtree(work, ignore_errors=True)
     return 1 if failures else 0
 

@@ -109,6 +109,41 @@ for name in "${rendered[@]}"; do
   done
 done
 
+# -- the production overlay's example Secrets: placeholders, valid, the ones it mounts -----
+examples="$kube/overlays/production/examples"
+for version in $versions; do
+  if "$venv/bin/kubernetes-validate" --strict -k "$version" --quiet "$examples/secrets.yaml" \
+    >"$work/examples.$version.log" 2>&1; then
+    pass "production examples/secrets.yaml valid for Kubernetes $version (--strict)"
+  else
+    fail "production examples/secrets.yaml: kubernetes-validate $version" "$(grep -v '^INFO' "$work/examples.$version.log" | head -5)"
+  fi
+done
+if keys="$(grep -rlE -- '-----BEGIN ([A-Z]+ )?PRIVATE KEY-----' "$repo/deploy")"; then
+  fail "no private key under deploy/" "$keys"
+else
+  pass "no private key under deploy/ (the example Secrets are placeholders)"
+fi
+if [[ -f "$work/production.yaml" ]]; then
+  if mismatch="$("$venv/bin/python" - "$work/production.yaml" "$examples/secrets.yaml" <<'PY'
+import sys, yaml
+mounted = {
+    v["secret"]["secretName"]
+    for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "Deployment"
+    for v in d["spec"]["template"]["spec"].get("volumes", []) if "secret" in v
+}
+examples = {d["metadata"]["name"] for d in yaml.safe_load_all(open(sys.argv[2])) if d}
+if mounted != examples:
+    print(f"mounted {sorted(mounted)}, examples {sorted(examples)}")
+    sys.exit(1)
+PY
+)"; then
+    pass "production: examples/secrets.yaml has exactly the Secrets its pods mount"
+  else
+    fail "production: examples/secrets.yaml against the mounted Secrets" "$mismatch"
+  fi
+fi
+
 # -- policy: checkov ---------------------------------------------------------------------
 if [[ ${#rendered[@]} -gt 0 ]]; then
   files=()
