@@ -20,6 +20,11 @@ The result: ``{"topic", "phases_done", "summary", "answer", "stopped_early", "re
 Run it (``--kind`` defaults to ``research``)::
 
     python examples/research_worker.py --server 127.0.0.1:50051 --concurrency 4
+
+Credentials, as the Kubernetes manifests give them (all optional): ``REINS_TOKEN_FILE``
+(a file holding the bearer token; ``REINS_TOKEN`` for the token itself), ``REINS_CA_CERT``
+(the PEM CA of the server's certificate: TLS), ``REINS_CLIENT_CERT`` and
+``REINS_CLIENT_KEY`` (mutual TLS).
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 
-from reins import Aborted, Cancelled, CancelRequested, TaskContext, Worker
+from reins import Aborted, Cancelled, CancelRequested, Credentials, TaskContext, Worker
 
 #: The phases and how many steps each takes.
 PHASES = (("search", 3), ("read", 3), ("summarize", 2))
@@ -85,6 +91,26 @@ def research(ctx: TaskContext) -> dict:
     }
 
 
+def credentials_from_env() -> Credentials:
+    """The worker's credentials from the environment (see the module doc)."""
+    token = os.environ.get("REINS_TOKEN")
+    token_file = os.environ.get("REINS_TOKEN_FILE")
+    if token_file:
+        token = Path(token_file).read_text().strip()
+    ca_cert = os.environ.get("REINS_CA_CERT") or None
+    if token and ca_cert is None:
+        # reins sends a token only over TLS (or to loopback): without a CA the channel is
+        # plaintext, as in the dev overlay, whose server has no auth config.
+        logging.warning("no REINS_CA_CERT: the token is not sent over a plaintext channel")
+        token = None
+    return Credentials.from_files(
+        token=token or None,
+        ca_cert=ca_cert,
+        cert=os.environ.get("REINS_CLIENT_CERT") or None,
+        key=os.environ.get("REINS_CLIENT_KEY") or None,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", default=os.environ.get("REINS_SERVER", "127.0.0.1:50051"))
@@ -101,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         research,
         max_concurrency=args.concurrency,
         name=args.name,
+        credentials=credentials_from_env(),
     )
     signal.signal(signal.SIGTERM, lambda *_: worker.stop(timeout=0))
     try:
