@@ -111,13 +111,20 @@ impl Dispatcher {
     /// Starts a new task here at once if nothing older waits and this replica has room
     /// (no queue to contend for); otherwise lets a dispatch round take the oldest first,
     /// and returns the task as that round left it.
-    pub async fn start_new(&self, task: Task) -> Result<Task> {
-        let oldest = self.queue.oldest_pending(None, 1).await?;
-        if oldest.first().is_some_and(|oldest| oldest.id != task.id) {
+    /// `first`: the store said that no older task waits (no need to look).
+    pub async fn start_new(&self, task: Task, first: bool) -> Result<Task> {
+        let behind = !first
+            && self
+                .queue
+                .oldest_pending(None, 1)
+                .await?
+                .first()
+                .is_some_and(|oldest| oldest.id != task.id);
+        if behind {
             self.rounds(true).await;
         } else if let Some(placement) = self.places.reserve(&task) {
             let worker = placement.worker_label();
-            if let Applied::Changed { after, .. } = self.start_here(&task, worker).await? {
+            if let Applied::Changed { after, .. } = self.start_here(task.clone(), worker).await? {
                 self.places.supervisor.launch(after.clone(), placement);
                 return Ok(after);
             }
@@ -178,8 +185,7 @@ impl Dispatcher {
                     continue;
                 };
                 let worker = placement.worker_label();
-                if let Ok(Applied::Changed { after, .. }) =
-                    self.start_here(&candidate, worker).await
+                if let Ok(Applied::Changed { after, .. }) = self.start_here(candidate, worker).await
                 {
                     self.places.supervisor.launch(after, placement);
                 }
@@ -190,12 +196,13 @@ impl Dispatcher {
         }
     }
 
-    /// Records the start of `task` on this replica (on `worker` for a worker kind).
-    async fn start_here(&self, task: &Task, worker: String) -> Result<Applied> {
+    /// Records the start of `task` on this replica (on `worker` for a worker kind),
+    /// deciding on `task` as just created or listed (no read before the write).
+    async fn start_here(&self, task: Task, worker: String) -> Result<Applied> {
         let event = Event::Start {
             owner: self.replica_id.clone(),
             worker,
         };
-        self.transitions.apply(task.id, event).await
+        self.transitions.apply_to(task, event).await
     }
 }

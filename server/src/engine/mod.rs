@@ -12,9 +12,9 @@
 //! signal a soft cancel, deliver an answer). The engine never reaches into a running job,
 //! and running code reaches back only through the narrow [`crate::port::TaskPort`].
 
+mod adopt;
 mod budget;
 pub(crate) mod bulk_cancel;
-mod adopt;
 mod cancel;
 mod dispatch;
 mod drain;

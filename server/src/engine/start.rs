@@ -30,15 +30,8 @@ impl Engine {
         }
         let task = Task::new(TaskId::now_v7(), spec.clone(), std::time::SystemTime::now());
         match self.transitions.records().create(task).await? {
-            Created::New(task) => {
-                let task = self.dispatcher.start_new(task).await?;
-                if task.state == TaskState::Pending {
-                    // This replica is full: wake the others. (Announcing every start would
-                    // have them race this replica for work it can take itself.)
-                    self.dispatcher.announce_queued().await;
-                }
-                Ok(task)
-            }
+            Created::New(task) => self.start_created(task, false).await,
+            Created::NewFirst(task) => self.start_created(task, true).await,
             Created::Existing(existing) if existing.matches_request(&spec) => Ok(existing),
             Created::SessionCancelled => Err(Error::SessionCancelled(spec.session_id)),
             Created::Existing(existing) => Err(Error::RequestIdConflict {
@@ -51,6 +44,17 @@ impl Engine {
     /// The ancestors of a new child of `parent`, nearest first: refused if the tree would
     /// be deeper than [`MAX_DEPTH`] levels, or if any of them has exhausted its budget (the
     /// child would only be cancelled at its first report).
+    /// Starts a task just created (`first`: nothing older waits), or leaves it queued.
+    async fn start_created(&self, task: Task, first: bool) -> Result<Task> {
+        let task = self.dispatcher.start_new(task, first).await?;
+        if task.state == TaskState::Pending {
+            // This replica is full: wake the others. (Announcing every start would
+            // have them race this replica for work it can take itself.)
+            self.dispatcher.announce_queued().await;
+        }
+        Ok(task)
+    }
+
     async fn ancestors_of_child(&self, parent: &Task) -> Result<Vec<TaskId>> {
         if parent.ancestors.len() + 2 > MAX_DEPTH {
             return Err(Error::TreeTooDeep { parent: parent.id });

@@ -203,7 +203,7 @@ async fn run(port: &Arc<dyn TaskPort>, started: Task, job: Box<dyn Job>, told: T
                     Ok(outcome) => outcome.into_report(),
                     Err(_) => Report::Fail { error: "the task's code panicked".to_owned(), result: None },
                 };
-                if let Ok(recorded) = port.report(id, &fence, report).await {
+                if let Ok(recorded) = port.report_from(&latest, &fence, report).await {
                     traces::record_changes(&latest, &recorded);
                 }
                 return Ended::after(&record, Some(returned_at));

@@ -5,6 +5,8 @@
 -- ARGV: 1 task JSON, 2 id, 3 version, 4 state, 5 has request_id ('1'/'0'),
 --       6 has parent ('1'/'0'), 7 task-key prefix, 8 has session ('1'/'0'),
 --       9 the budget as a JSON object ('' if none): read by swap.lua's usage roll-up
+-- Returns {'existing', json} | {'session-cancelled'} | {'new-first'} (no older task
+-- pending) | {'new'}
 if ARGV[5] == '1' then
   local existing = redis.call('GET', KEYS[2])
   if existing then
@@ -38,11 +40,17 @@ redis.call('ZADD', KEYS[7], 0, ARGV[2])
 if ARGV[8] == '1' then
   redis.call('ZADD', KEYS[8], 0, ARGV[2])
 end
+local first = false
 if ARGV[4] == 'Pending' then
   redis.call('ZADD', KEYS[4], 0, ARGV[2])
+  -- Ids sort by creation time: the first member is the oldest task waiting.
+  first = redis.call('ZRANGE', KEYS[4], 0, 0)[1] == ARGV[2]
 end
 if ARGV[6] == '1' then
   redis.call('ZADD', KEYS[5], 0, ARGV[2])
 end
 redis.call('RPUSH', KEYS[6], ARGV[1])
+if first then
+  return {'new-first'}
+end
 return {'new'}
