@@ -62,6 +62,10 @@ pub(crate) struct Dispatcher {
     dispatching: tokio::sync::Mutex<()>,
     /// A round was asked for since the running one started.
     wanted: AtomicBool,
+    /// The last round found the queue empty and nothing was queued since (every way a
+    /// task is queued or a look is due goes through [`Dispatcher::wake`] or
+    /// [`Dispatcher::announce_queued`]): a freed place then costs no look at the queue.
+    queue_empty: AtomicBool,
     /// Wakes the dispatch loop.
     wake: Arc<Notify>,
 }
@@ -83,12 +87,16 @@ impl Dispatcher {
             draining,
             dispatching: tokio::sync::Mutex::new(()),
             wanted: AtomicBool::new(false),
+            queue_empty: AtomicBool::new(false),
             wake,
         }
     }
 
-    /// Asks the dispatch loop for a round.
+    /// Asks the dispatch loop for a round that looks at the queue (queued work may be
+    /// there). A freed place notifies the loop directly, and its round looks only if the
+    /// queue may hold something.
     pub fn wake(&self) {
+        self.queue_empty.store(false, Ordering::SeqCst);
         self.wake.notify_one();
     }
 
@@ -103,6 +111,7 @@ impl Dispatcher {
 
     /// Tells the other replicas that a task waits that this one could not start.
     pub async fn announce_queued(&self) {
+        self.queue_empty.store(false, Ordering::SeqCst);
         if let Err(err) = self.queue.announce_queued().await {
             tracing::warn!(%err, "cannot wake the other replicas; they look every few seconds");
         }
@@ -121,6 +130,7 @@ impl Dispatcher {
                 .first()
                 .is_some_and(|oldest| oldest.id != task.id);
         if behind {
+            self.queue_empty.store(false, Ordering::SeqCst);
             self.rounds(true).await;
         } else if let Some(placement) = self.places.reserve(&task) {
             let worker = placement.worker_label();
@@ -166,17 +176,29 @@ impl Dispatcher {
     /// while it has room. Tasks it cannot place (no worker for their kind here, another
     /// exec allowlist) are passed over, so they do not hold up the rest.
     async fn round(&self) {
+        if self.queue_empty.load(Ordering::SeqCst) {
+            return;
+        }
         let mut after = None;
         let mut scanned = 0;
         while !self.draining.is_cancelled() && self.places.have_room() && scanned < DISPATCH_SCAN {
+            // Set before the read: a task queued meanwhile clears it again (its
+            // announcement comes after its write), so no queued task is passed over.
+            if after.is_none() {
+                self.queue_empty.store(true, Ordering::SeqCst);
+            }
             let page = match self.queue.oldest_pending(after, DISPATCH_BATCH).await {
                 Ok(page) => page,
                 Err(err) => {
                     tracing::warn!(%err, "cannot read the dispatch queue");
+                    self.queue_empty.store(false, Ordering::SeqCst);
                     return;
                 }
             };
             let Some(last) = page.last() else { return };
+            if after.is_none() {
+                self.queue_empty.store(false, Ordering::SeqCst);
+            }
             after = Some(last.id);
             scanned += page.len();
             let exhausted = page.len() < DISPATCH_BATCH;
