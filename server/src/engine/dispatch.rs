@@ -132,10 +132,13 @@ impl Dispatcher {
         if behind {
             self.queue_empty.store(false, Ordering::SeqCst);
             self.rounds(true).await;
-        } else if let Some(placement) = self.places.reserve(&task) {
+        } else if let Some(placement) = self.places.reserve(&task)
+            && let Some(starting) = self.places.supervisor.expect(task.id)
+        {
             let worker = placement.worker_label();
             if let Applied::Changed { after, .. } = self.start_here(task.clone(), worker).await? {
-                self.places.supervisor.launch(after.clone(), placement);
+                let supervisor = &self.places.supervisor;
+                supervisor.launch_started(starting, after.clone(), placement);
                 return Ok(after);
             }
         }
@@ -206,10 +209,16 @@ impl Dispatcher {
                 let Some(placement) = self.places.reserve(&candidate) else {
                     continue;
                 };
+                // Registered before the write: a start of it under way here is left alone.
+                let Some(starting) = self.places.supervisor.expect(candidate.id) else {
+                    continue;
+                };
                 let worker = placement.worker_label();
                 if let Ok(Applied::Changed { after, .. }) = self.start_here(candidate, worker).await
                 {
-                    self.places.supervisor.launch(after, placement);
+                    self.places
+                        .supervisor
+                        .launch_started(starting, after, placement);
                 }
             }
             if exhausted {
