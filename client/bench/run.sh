@@ -26,7 +26,9 @@
 #     a or b, woken by the queue channel, takes it.
 # With --memory only reinsd a runs, on the embedded store: cancels go through the owner.
 # Every replica serves metrics (--metrics-listen on a free port), as in production: the
-# figures include what recording them costs.
+# figures include what recording them costs. reins-bench gets the Redis URL and the metrics
+# endpoints (--redis, --metrics) for the `cost` scenario: Redis commands (INFO
+# commandstats, script-internal calls included) and store round trips per short task.
 #
 # The replicas find `python3` (for the heartbeat tasks) first in the directory of the
 # python3 this script runs, so a version manager's shim does not sit in front of it.
@@ -140,14 +142,19 @@ if [ "$traces" != off ]; then
   echo "== traces: exported to the sink on port $sink_port, sampler $OTEL_TRACES_SAMPLER ${OTEL_TRACES_SAMPLER_ARG:-}" >&2
 fi
 
-declare -A url pid
+declare -A url pid metrics
 python_dir=$(dirname "$(python3 -c 'import sys; print(sys.executable)')")
 # start_reinsd NAME [reinsd flags…]: replica NAME on a free port (reinsd prints it).
 start_reinsd() {
   local name=$1
   shift
+  local metrics_port
+  metrics_port=$(free_port)
+  metrics[$name]="http://127.0.0.1:$metrics_port"
+  # Created here: the background replica opens them a moment later than the polls below.
+  : >"$work/$name.out"
   PATH="$python_dir:$PATH" "$bin/reinsd" --listen 127.0.0.1:0 --replica-id "$name" \
-    --allow-exec python3 --shutdown-grace 1s --metrics-listen 127.0.0.1:0 "$@" \
+    --allow-exec python3 --shutdown-grace 1s --metrics-listen "127.0.0.1:$metrics_port" "$@" \
     >"$work/$name.out" 2>"$work/$name.log" &
   pid[$name]=$!
   children+=("${pid[$name]}")
@@ -170,7 +177,8 @@ if [ "$store" = redis ]; then
   start_reinsd a --redis-url "$redis_url" --max-concurrency 4096
   start_reinsd b --redis-url "$redis_url" --max-concurrency 4096
   start_reinsd c --redis-url "$redis_url" --max-concurrency 1
-  servers=(--server "a=${url[a]}" --server "b=${url[b]}" --full-server "c=${url[c]}")
+  servers=(--server "a=${url[a]}" --server "b=${url[b]}" --full-server "c=${url[c]}"
+    --redis "$redis_url" --metrics "${metrics[a]}" --metrics "${metrics[b]}" --metrics "${metrics[c]}")
   echo "== store: Redis $redis_url; replicas a ${url[a]}, b ${url[b]}, c ${url[c]} (full)" >&2
 else
   start_reinsd a --max-concurrency 4096

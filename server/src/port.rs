@@ -22,6 +22,18 @@ pub(crate) trait TaskPort: Send + Sync + 'static {
     /// the report was refused (the task ended, or another run owns it): the code must stop.
     async fn report(&self, id: TaskId, fence: &Fence, report: Report) -> Result<Task, Rejection>;
 
+    /// [`TaskPort::report`] when the caller holds `latest`, a version of the record it
+    /// read or was sent: the report may be decided on it without reading the record again
+    /// (the store still refuses it if the record moved on).
+    async fn report_from(
+        &self,
+        latest: &Task,
+        fence: &Fence,
+        report: Report,
+    ) -> Result<Task, Rejection> {
+        self.report(latest.id, fence, report).await
+    }
+
     /// The grace period of a soft cancel ran out. Returns the record after the attempt,
     /// `None` if the store could not be reached.
     async fn escalate(&self, id: TaskId) -> Option<Task>;

@@ -86,6 +86,16 @@ pub struct Args {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub bulk_tasks: u32,
 
+    /// The Redis the replicas share (`redis://host:port`), whose `INFO commandstats` the
+    /// `cost` scenario reads.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+
+    /// A replica's metrics endpoint (`http://host:port`, its `--metrics-listen`), whose
+    /// `reins_store_requests_total` the `cost` scenario counts. Repeat for every replica.
+    #[arg(long = "metrics", value_name = "URL")]
+    pub metrics: Vec<String>,
+
     /// Process id of replica A, whose memory (VmRSS) `watch-fanout` reports. Default: the
     /// process listening on its port, found through /proc.
     #[arg(long, value_name = "PID")]
@@ -111,6 +121,9 @@ pub enum Scenario {
     SoftCancel,
     /// CancelTasks of a session of `--bulk-tasks` tasks → every one stopped.
     BulkCancel,
+    /// Redis commands and round trips per short task, no watcher (needs `--redis`, and
+    /// `--metrics` for the round trips); skipped in a full run without `--redis`.
+    Cost,
 }
 
 impl Scenario {

@@ -4,6 +4,7 @@
 
 mod cli;
 mod cluster;
+mod counters;
 mod heartbeat;
 mod load;
 mod process;
@@ -100,7 +101,12 @@ pub struct Outcome {
 pub async fn run(args: Args) -> BenchResult<Outcome> {
     let cluster = Arc::new(Cluster::connect(&args.servers, args.full_server.as_ref()).await?);
     let scenarios = if args.scenarios.is_empty() {
-        Scenario::value_variants().to_vec()
+        // `cost` reads Redis itself: only with `--redis`.
+        Scenario::value_variants()
+            .iter()
+            .copied()
+            .filter(|scenario| *scenario != Scenario::Cost || args.redis.is_some())
+            .collect()
     } else {
         args.scenarios.clone()
     };

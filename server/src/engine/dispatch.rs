@@ -79,6 +79,10 @@ pub(crate) struct Dispatcher {
     wake: Arc<Notify>,
     /// Where the next round starts among the tenants, so that none is always first.
     next_tenant: AtomicUsize,
+    /// The last round found the queue empty and nothing was queued since (every way a
+    /// task is queued or a look is due goes through [`Dispatcher::wake`] or
+    /// [`Dispatcher::announce_queued`]): a freed place then costs no look at the queue.
+    queue_empty: AtomicBool,
 }
 
 /// One tenant's queue as a round reads it, page by page.
@@ -143,11 +147,15 @@ impl Dispatcher {
             wanted: AtomicBool::new(false),
             wake,
             next_tenant: AtomicUsize::new(0),
+            queue_empty: AtomicBool::new(false),
         }
     }
 
-    /// Asks the dispatch loop for a round.
+    /// Asks the dispatch loop for a round that looks at the queue (queued work may be
+    /// there). A freed place notifies the loop directly, and its round looks only if the
+    /// queue may hold something.
     pub fn wake(&self) {
+        self.queue_empty.store(false, Ordering::SeqCst);
         self.wake.notify_one();
     }
 
@@ -162,6 +170,7 @@ impl Dispatcher {
 
     /// Tells the other replicas that a task waits that this one could not start.
     pub async fn announce_queued(&self) {
+        self.queue_empty.store(false, Ordering::SeqCst);
         if let Err(err) = self.queue.announce_queued().await {
             tracing::warn!(%err, "cannot wake the other replicas; they look every few seconds");
         }
@@ -170,16 +179,28 @@ impl Dispatcher {
     /// Starts a new task here at once if nothing older waits and this replica has room
     /// (no queue to contend for); otherwise lets a dispatch round take the oldest first,
     /// and returns the task as that round left it.
-    pub async fn start_new(&self, task: Task) -> Result<Task> {
+    ///
+    /// `first`: the store said that no older task waits (no need to look).
+    pub async fn start_new(&self, task: Task, first: bool) -> Result<Task> {
         // Oldest first within the tenant; another tenant's older tasks wait their turn in
         // the rounds, which are fair across tenants.
-        let oldest = self.queue.oldest_pending_of(&task.tenant, None, 1).await?;
-        if oldest.first().is_some_and(|oldest| oldest.id != task.id) {
+        let behind = !first
+            && self
+                .queue
+                .oldest_pending_of(&task.tenant, None, 1)
+                .await?
+                .first()
+                .is_some_and(|oldest| oldest.id != task.id);
+        if behind {
+            self.queue_empty.store(false, Ordering::SeqCst);
             self.rounds(true).await;
-        } else if let Some(placement) = self.places.reserve(&task) {
+        } else if let Some(placement) = self.places.reserve(&task)
+            && let Some(starting) = self.places.supervisor.expect(task.id)
+        {
             let worker = placement.worker_label();
-            if let Applied::Changed { after, .. } = self.start_here(&task, worker).await? {
-                self.places.supervisor.launch(after.clone(), placement);
+            if let Applied::Changed { after, .. } = self.start_here(task.clone(), worker).await? {
+                let supervisor = &self.places.supervisor;
+                supervisor.launch_started(starting, after.clone(), placement);
                 return Ok(after);
             }
         }
@@ -218,6 +239,9 @@ impl Dispatcher {
 
     /// One round: the tenants in turn, then the whole queue oldest first.
     async fn round(&self) {
+        if self.queue_empty.load(Ordering::SeqCst) {
+            return;
+        }
         self.tenants_in_turn().await;
         self.oldest_first().await;
     }
@@ -265,10 +289,16 @@ impl Dispatcher {
         let Some(placement) = self.places.reserve(candidate) else {
             return false;
         };
+        // Registered before the write: a start of it under way here is left alone.
+        let Some(starting) = self.places.supervisor.expect(candidate.id) else {
+            return false;
+        };
         let worker = placement.worker_label();
-        match self.start_here(candidate, worker).await {
+        match self.start_here(candidate.clone(), worker).await {
             Ok(Applied::Changed { after, .. }) => {
-                self.places.supervisor.launch(after, placement);
+                self.places
+                    .supervisor
+                    .launch_started(starting, after, placement);
                 true
             }
             // Started elsewhere meanwhile, or cancelled: the place goes back.
@@ -283,14 +313,23 @@ impl Dispatcher {
         let mut after = None;
         let mut scanned = 0;
         while !self.draining.is_cancelled() && self.places.have_room() && scanned < DISPATCH_SCAN {
+            // Set before the read: a task queued meanwhile clears it again (its
+            // announcement comes after its write), so no queued task is passed over.
+            if after.is_none() {
+                self.queue_empty.store(true, Ordering::SeqCst);
+            }
             let page = match self.queue.oldest_pending(after, DISPATCH_BATCH).await {
                 Ok(page) => page,
                 Err(err) => {
                     tracing::warn!(%err, "cannot read the dispatch queue");
+                    self.queue_empty.store(false, Ordering::SeqCst);
                     return;
                 }
             };
             let Some(last) = page.last() else { return };
+            if after.is_none() {
+                self.queue_empty.store(false, Ordering::SeqCst);
+            }
             after = Some(last.id);
             scanned += page.len();
             let exhausted = page.len() < DISPATCH_BATCH;
@@ -303,12 +342,13 @@ impl Dispatcher {
         }
     }
 
-    /// Records the start of `task` on this replica (on `worker` for a worker kind).
-    async fn start_here(&self, task: &Task, worker: String) -> Result<Applied> {
+    /// Records the start of `task` on this replica (on `worker` for a worker kind),
+    /// deciding on `task` as just created or listed (no read before the write).
+    async fn start_here(&self, task: Task, worker: String) -> Result<Applied> {
         let event = Event::Start {
             owner: self.replica_id.clone(),
             worker,
         };
-        self.transitions.apply(task.id, event).await
+        self.transitions.apply_to(task, event).await
     }
 }

@@ -90,15 +90,8 @@ impl Engine {
                 limit: format!("{max_active} active tasks"),
                 retry_after: None,
             }),
-            Created::New(task) => {
-                let task = self.dispatcher.start_new(task).await?;
-                if task.state == TaskState::Pending {
-                    // This replica is full: wake the others. (Announcing every start would
-                    // have them race this replica for work it can take itself.)
-                    self.dispatcher.announce_queued().await;
-                }
-                Ok(task)
-            }
+            Created::New(task) => self.start_created(task, false).await,
+            Created::NewFirst(task) => self.start_created(task, true).await,
             Created::Existing(existing) if existing.matches_request(&spec) => Ok(existing),
             Created::SessionCancelled => Err(Error::SessionCancelled(spec.session_id)),
             Created::Existing(existing) => Err(Error::RequestIdConflict {
@@ -106,6 +99,17 @@ impl Engine {
                 existing: existing.id,
             }),
         }
+    }
+
+    /// Starts a task just created (`first`: nothing older waits), or leaves it queued.
+    async fn start_created(&self, task: Task, first: bool) -> Result<Task> {
+        let task = self.dispatcher.start_new(task, first).await?;
+        if task.state == TaskState::Pending {
+            // This replica is full: wake the others. (Announcing every start would
+            // have them race this replica for work it can take itself.)
+            self.dispatcher.announce_queued().await;
+        }
+        Ok(task)
     }
 
     /// The ancestors of a new child of `parent`, nearest first: refused if the tree would

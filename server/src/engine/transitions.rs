@@ -109,7 +109,24 @@ impl Transitions {
     /// releases the task's attached children.
     pub async fn apply(&self, id: TaskId, event: Event) -> Result<Applied> {
         Ok(self
-            .apply_spending(id, event, &CancelOrigin::default(), &self.replica_id)
+            .apply_spending(id, None, event, &CancelOrigin::default(), &self.replica_id)
+            .await?
+            .0)
+    }
+
+    /// [`Transitions::apply`] deciding first on `known`, a version of the record the caller
+    /// has just read or written, instead of reading it again: the compare-and-set refuses
+    /// it if the record moved on since, and then the record is read as usual. One round
+    /// trip less for a dispatch that starts the task it just created or listed.
+    pub async fn apply_to(&self, known: Task, event: Event) -> Result<Applied> {
+        Ok(self
+            .apply_spending(
+                known.id,
+                Some(known),
+                event,
+                &CancelOrigin::default(),
+                &self.replica_id,
+            )
             .await?
             .0)
     }
@@ -122,6 +139,7 @@ impl Transitions {
     async fn apply_spending(
         &self,
         id: TaskId,
+        mut known: Option<Task>,
         event: Event,
         origin: &CancelOrigin,
         by: &str,
@@ -134,7 +152,12 @@ impl Transitions {
             _ => Usage::new(),
         };
         loop {
-            let before = self.check(id).await?;
+            // A decision on `known` that changes nothing is taken again on the stored
+            // record: only a compare-and-set proves that `known` is still current.
+            let (before, from_known) = match known.take() {
+                Some(known) => (known, true),
+                None => (self.check(id).await?, false),
+            };
             let after = match state_machine::apply_within(
                 &before,
                 &event,
@@ -152,6 +175,7 @@ impl Transitions {
                     }
                     after
                 }
+                Ok(None) | Err(_) if from_known => continue,
                 Ok(None) => return Ok((Applied::Unchanged(before), Vec::new())),
                 Err(rejection) => return Ok((Applied::Rejected(before, rejection), Vec::new())),
             };
@@ -161,7 +185,7 @@ impl Transitions {
                 self.records.swap_spending(&after, &increment).await?
             };
             match swap {
-                Swap::Swapped => {
+                Swap::Swapped | Swap::SwappedChildless => {
                     metrics().task_changed(&before, &after);
                     if after.state == TaskState::Pending && before.state != TaskState::Pending {
                         // A lost run went back to the queue: any replica with room may take it.
@@ -171,7 +195,9 @@ impl Transitions {
                     }
                     if after.state.is_terminal() {
                         tracing::info!(task = %id, state = ?after.state, "task finished");
-                        Box::pin(self.release_children(&after)).await;
+                        if matches!(swap, Swap::Swapped) {
+                            Box::pin(self.release_children(&after)).await;
+                        }
                     }
                     return Ok((Applied::Changed { before, after }, spent));
                 }
@@ -199,7 +225,7 @@ impl Transitions {
         by: &str,
     ) -> Result<Applied> {
         Ok(self
-            .apply_spending(id, request.event(reason), origin, by)
+            .apply_spending(id, None, request.event(reason), origin, by)
             .await?
             .0)
     }
@@ -236,7 +262,7 @@ impl Transitions {
                 tracing::warn!(task = %descendant.id, ancestor = %root, %err, "cancelling a descendant failed");
             }
         }
-        let (applied, _) = self.apply_spending(root, event, origin, by).await?;
+        let (applied, _) = self.apply_spending(root, None, event, origin, by).await?;
         Ok((descendants, applied))
     }
 
@@ -292,6 +318,7 @@ impl Transitions {
     async fn report_once(
         &self,
         id: TaskId,
+        known: Option<Task>,
         fence: &Fence,
         report: Report,
     ) -> Result<(Task, Vec<Spending>), ReportError> {
@@ -300,7 +327,7 @@ impl Transitions {
             report,
         };
         match self
-            .apply_spending(id, event, &CancelOrigin::default(), &self.replica_id)
+            .apply_spending(id, known, event, &CancelOrigin::default(), &self.replica_id)
             .await
         {
             Ok((Applied::Changed { after: task, .. } | Applied::Unchanged(task), spent)) => {
@@ -342,31 +369,17 @@ impl TaskPort for Transitions {
     }
 
     async fn report(&self, id: TaskId, fence: &Fence, report: Report) -> Result<Task, Rejection> {
-        // A report over a limit is not stored: the task fails naming the limit, and the
-        // code is told that the task has ended.
-        let over_limit = self.limits.report_violation(&report);
-        let report = match &over_limit {
-            Some(error) => {
-                tracing::warn!(task = %id, %error, "a report over a limit; failing the task");
-                Report::Fail {
-                    error: error.clone(),
-                    result: None,
-                }
-            }
-            None => report,
-        };
-        let mut backoff = store_backoff();
-        loop {
-            match self.report_once(id, fence, report.clone()).await {
-                Ok((task, _)) if over_limit.is_some() => {
-                    return Err(Rejection::Terminal(task.state));
-                }
-                Ok((task, spent)) if spent.is_empty() => return Ok(task),
-                Ok((task, spent)) => return Ok(self.enforce_budgets(task, &spent).await),
-                Err(ReportError::Rejected(rejection)) => return Err(rejection),
-                Err(ReportError::Unavailable) => wait(&mut backoff).await,
-            }
-        }
+        self.report_known(id, None, fence, report).await
+    }
+
+    async fn report_from(
+        &self,
+        latest: &Task,
+        fence: &Fence,
+        report: Report,
+    ) -> Result<Task, Rejection> {
+        self.report_known(latest.id, Some(latest.clone()), fence, report)
+            .await
     }
 
     async fn escalate(&self, id: TaskId) -> Option<Task> {
@@ -393,6 +406,47 @@ impl TaskPort for Transitions {
             Err(err) => {
                 tracing::warn!(task = %task.id, %err, "cannot read the budgets left");
                 Usage::new()
+            }
+        }
+    }
+}
+
+impl Transitions {
+    /// [`TaskPort::report`], deciding first on `known` (see [`Transitions::apply_to`]);
+    /// a retry after an outage reads the record again.
+    async fn report_known(
+        &self,
+        id: TaskId,
+        mut known: Option<Task>,
+        fence: &Fence,
+        report: Report,
+    ) -> Result<Task, Rejection> {
+        // A report over a limit is not stored: the task fails naming the limit, and the
+        // code is told that the task has ended.
+        let over_limit = self.limits.report_violation(&report);
+        let report = match &over_limit {
+            Some(error) => {
+                tracing::warn!(task = %id, %error, "a report over a limit; failing the task");
+                Report::Fail {
+                    error: error.clone(),
+                    result: None,
+                }
+            }
+            None => report,
+        };
+        let mut backoff = store_backoff();
+        loop {
+            match self
+                .report_once(id, known.take(), fence, report.clone())
+                .await
+            {
+                Ok((task, _)) if over_limit.is_some() => {
+                    return Err(Rejection::Terminal(task.state));
+                }
+                Ok((task, spent)) if spent.is_empty() => return Ok(task),
+                Ok((task, spent)) => return Ok(self.enforce_budgets(task, &spent).await),
+                Err(ReportError::Rejected(rejection)) => return Err(rejection),
+                Err(ReportError::Unavailable) => wait(&mut backoff).await,
             }
         }
     }

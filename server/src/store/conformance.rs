@@ -31,7 +31,7 @@ fn sleep_task() -> Task {
 
 async fn insert(store: &dyn TaskStore, task: Task) -> Task {
     match store.create(task).await.unwrap() {
-        Created::New(task) => task,
+        Created::New(task) | Created::NewFirst(task) => task,
         other => panic!("unexpected {other:?}"),
     }
 }
@@ -41,7 +41,7 @@ async fn advance(store: &dyn TaskStore, task: &Task, event: Event) -> Task {
     let next = apply(task, &event, SystemTime::now()).unwrap().unwrap();
     assert!(matches!(
         store.compare_and_swap(&next).await.unwrap(),
-        Swap::Swapped
+        Swap::Swapped | Swap::SwappedChildless
     ));
     next
 }
@@ -320,6 +320,74 @@ pub async fn children_are_found_by_parent(store: &dyn TaskStore) {
     assert!(store.children(second.id).await.unwrap().is_empty());
 }
 
+/// The write that ends a task says whether it has children (the engine releases them
+/// only then); any other write says nothing about them.
+pub async fn ending_a_task_says_whether_it_has_children(store: &dyn TaskStore) {
+    let finish = |task: Task| async move {
+        let task = start(store, &task).await;
+        let fence = Fence {
+            owner: task.owner.clone(),
+            attempt: task.attempt,
+        };
+        let report = Report::Complete { result: json!(1) };
+        let next = apply(&task, &Event::Report { fence, report }, SystemTime::now())
+            .unwrap()
+            .unwrap();
+        store.compare_and_swap(&next).await.unwrap()
+    };
+    let leaf = insert(store, sleep_task()).await;
+    let started = apply(
+        &leaf,
+        &Event::Start {
+            owner: OWNER.to_owned(),
+            worker: String::new(),
+        },
+        SystemTime::now(),
+    )
+    .unwrap()
+    .unwrap();
+    assert!(
+        matches!(
+            store.compare_and_swap(&started).await.unwrap(),
+            Swap::Swapped
+        ),
+        "a start is not an end"
+    );
+    let leaf = insert(store, sleep_task()).await;
+    assert!(matches!(finish(leaf).await, Swap::SwappedChildless));
+    let parent = insert(store, sleep_task()).await;
+    insert(
+        store,
+        new_task(NewTask {
+            kind: "sleep".into(),
+            parent_id: Some(parent.id),
+            ..NewTask::default()
+        }),
+    )
+    .await;
+    assert!(matches!(finish(parent).await, Swap::Swapped));
+}
+
+/// A create says when the new task is first in the queue (StartTask then starts it
+/// without reading the queue); behind an older waiting task it does not.
+pub async fn a_create_says_when_nothing_older_waits(store: &dyn TaskStore) {
+    let first = store.create(sleep_task()).await.unwrap();
+    let Created::NewFirst(first) = first else {
+        panic!("an empty queue: {first:?}")
+    };
+    let second = store.create(sleep_task()).await.unwrap();
+    let Created::New(second) = second else {
+        panic!("behind an older pending task: {second:?}")
+    };
+    start(store, &first).await;
+    start(store, &second).await;
+    let third = store.create(sleep_task()).await.unwrap();
+    assert!(
+        matches!(third, Created::NewFirst(_)),
+        "started tasks wait no more: {third:?}"
+    );
+}
+
 pub async fn the_pending_queue_is_oldest_first_and_forgets_started_tasks(store: &dyn TaskStore) {
     // Other tests share the store: look only at the tasks made here.
     let depth_before = store.queue_depth().await.unwrap();
@@ -544,6 +612,38 @@ pub async fn checkpoints_within(
     task
 }
 
+/// A record as a subscriber received it is the record as stored, checkpoint positions
+/// included: the owner's driver writes the final report on its copy without a read.
+pub async fn a_subscribers_copy_is_a_faithful_base_for_the_next_write(store: &dyn TaskStore) {
+    let limits = CheckpointLimits {
+        max_count: 4,
+        max_bytes: 1024,
+    };
+    let running = start(store, &insert(store, sleep_task()).await).await;
+    let mut updates = store.subscribe(running.id).await.unwrap();
+    let task = checkpoints_within(store, &running, 30, limits).await;
+    let copy = loop {
+        match tokio::time::timeout(Duration::from_secs(5), updates.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Update::Changed(seen) if seen.version == task.version => break Task::clone(&seen),
+            Update::Changed(_) => {}
+            Update::Lagged => panic!("a subscriber of one task lagged"),
+        }
+    };
+    assert_eq!(copy, task);
+    let done = complete_as_owner(store, &copy).await;
+    let finished = store.get(done.id).await.unwrap().unwrap();
+    let newest: Vec<_> = (26..30).map(|step| json!({ "step": step })).collect();
+    assert_eq!(
+        finished.partial_results, newest,
+        "the same checkpoints once finished"
+    );
+    assert_eq!(finished.partial_results_dropped, 26);
+}
+
 pub async fn bounded_checkpoints_keep_the_newest_and_their_dropped_count(store: &dyn TaskStore) {
     let limits = CheckpointLimits {
         max_count: 4,
@@ -762,7 +862,7 @@ async fn spend(store: &dyn TaskStore, task: &Task, usage: Usage) -> (Task, Vec<S
         .unwrap()
         .unwrap();
     let (swap, spending) = store.swap_spending(&next, &usage).await.unwrap();
-    assert!(matches!(swap, Swap::Swapped));
+    assert!(matches!(swap, Swap::Swapped | Swap::SwappedChildless));
     (next, spending)
 }
 
@@ -932,6 +1032,8 @@ macro_rules! suite {
             listing_filters_orders_and_pages_active_tasks,
             each_indexed_filter_finds_its_active_tasks_only,
             children_are_found_by_parent,
+            ending_a_task_says_whether_it_has_children,
+            a_create_says_when_nothing_older_waits,
             the_pending_queue_is_oldest_first_and_forgets_started_tasks,
             subscribers_see_every_change_in_order_until_the_end,
             a_write_from_another_owner_is_refused_whatever_its_version,
@@ -945,6 +1047,7 @@ macro_rules! suite {
             worker_kinds_are_remembered,
             a_learned_kind_expires_when_no_worker_served_it_since,
             bounded_checkpoints_keep_the_newest_and_their_dropped_count,
+            a_subscribers_copy_is_a_faithful_base_for_the_next_write,
             usage_rolls_up_to_every_ancestor_in_the_same_write,
             a_refused_swap_adds_no_usage,
             concurrent_reports_of_many_children_never_lose_an_increment,

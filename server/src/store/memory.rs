@@ -269,7 +269,11 @@ impl Inner {
                 self.owner_channels.remove(owner);
             }
         }
-        Swap::Swapped
+        if next.state.is_terminal() && !self.children.contains_key(&next.id) {
+            Swap::SwappedChildless
+        } else {
+            Swap::Swapped
+        }
     }
 
     fn forget(&mut self, id: TaskId) {
@@ -389,6 +393,9 @@ impl TaskRecords for MemoryStore {
         }
         inner.index(&task);
         inner.tasks.insert(task.id, Entry::new(task.clone()));
+        if inner.pending.first() == Some(&task.id) {
+            return Ok(Created::NewFirst(task));
+        }
         Ok(Created::New(task))
     }
 
@@ -423,7 +430,7 @@ impl TaskRecords for MemoryStore {
             .map(|entry| entry.task.subtree_usage.clone())
             .unwrap_or_default();
         let swap = inner.swap(next, increment);
-        if !matches!(swap, Swap::Swapped) {
+        if !matches!(swap, Swap::Swapped | Swap::SwappedChildless) {
             return Ok((swap, Vec::new()));
         }
         let mut chain: Vec<Spending> = inner

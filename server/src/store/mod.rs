@@ -51,6 +51,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Debug)]
 pub enum Created {
     New(Task),
+    /// New, and first in the dispatch queue: no older task waits, so the engine may start
+    /// it without looking at the queue (a backend that knows it in the same write).
+    NewFirst(Task),
     /// A task with the same `request_id` already exists; nothing was written.
     Existing(Task),
     /// The task's session is marked cancelled ([`TaskRecords::cancel_session`]); nothing
@@ -66,6 +69,9 @@ pub enum Created {
 #[derive(Debug)]
 pub enum Swap {
     Swapped,
+    /// Stored, and the write ended a task with no child stored: no child to release, so
+    /// the engine skips looking for them.
+    SwappedChildless,
     /// The stored record moved on (or is terminal, or the fences refuse the write): read
     /// it and decide again.
     Conflict,

@@ -98,6 +98,9 @@ pub(super) struct Told {
     pub updates: mpsc::UnboundedReceiver<Update>,
     /// The end of the hand-back window, once asked.
     pub hand_back: watch::Receiver<Option<Instant>>,
+    /// The started record is current: the driver was registered before the write that
+    /// started the task, so every later change is in `updates` and no first read is needed.
+    pub current: bool,
 }
 
 /// Why a handed-back run ended, as recorded on the requeued task.
@@ -155,6 +158,7 @@ async fn run(port: &Arc<dyn TaskPort>, started: Task, job: Box<dyn Job>, told: T
     let Told {
         mut updates,
         mut hand_back,
+        current,
     } = told;
     let id = started.id;
     let fence = Fence {
@@ -163,7 +167,12 @@ async fn run(port: &Arc<dyn TaskPort>, started: Task, job: Box<dyn Job>, told: T
     };
     // The supervisor routes changes here from now on; the record read after that
     // registration is the starting point.
-    let mut latest = match port.read(id).await {
+    let first_read = if current {
+        Ok(Some(started.clone()))
+    } else {
+        port.read(id).await
+    };
+    let mut latest = match first_read {
         Ok(Some(current)) if current.state.is_terminal() || current.attempt != fence.attempt => {
             // Cancelled before its code began: it stopped now, as it never runs.
             return Ended {
@@ -203,7 +212,7 @@ async fn run(port: &Arc<dyn TaskPort>, started: Task, job: Box<dyn Job>, told: T
                     Ok(outcome) => outcome.into_report(),
                     Err(_) => Report::Fail { error: "the task's code panicked".to_owned(), result: None },
                 };
-                if let Ok(recorded) = port.report(id, &fence, report).await {
+                if let Ok(recorded) = port.report_from(&latest, &fence, report).await {
                     traces::record_changes(&latest, &recorded);
                 }
                 return Ended::after(&record, Some(returned_at));

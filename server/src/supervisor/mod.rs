@@ -10,6 +10,7 @@
 mod driver;
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -66,6 +67,27 @@ struct Running {
     hand_back: watch::Sender<Option<Instant>>,
 }
 
+/// A task registered before the write that starts it ([`Supervisor::expect`]).
+pub struct Starting {
+    supervisor: Arc<Supervisor>,
+    id: TaskId,
+    /// What its driver gets; taken at the launch.
+    told: Option<(
+        mpsc::UnboundedReceiver<Update>,
+        watch::Receiver<Option<Instant>>,
+        CancellationToken,
+    )>,
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if self.told.is_some() {
+            // Never launched: as if its code had stopped.
+            self.supervisor.forget(self.id);
+        }
+    }
+}
+
 pub struct Supervisor {
     slots: Arc<Semaphore>,
     running: Mutex<HashMap<TaskId, Running>>,
@@ -109,19 +131,53 @@ impl Supervisor {
             .map(|permit| Slot { _permit: permit })
     }
 
-    /// Runs a task that this replica has just started (RUNNING, owned here).
+    /// Runs a task that this replica has just started (RUNNING, owned here). Its driver
+    /// reads the record first: a change may have come before it was registered.
     pub fn launch(self: &Arc<Self>, task: Task, placement: Placement) {
+        if let Some(starting) = self.expect(task.id) {
+            self.start_driver(starting, task, placement, false);
+        }
+    }
+
+    /// Registers task `id` before the write that starts it here, so that every change
+    /// after that write reaches its driver ([`Supervisor::launch_started`]). Dropped
+    /// without a launch (the write was refused), it leaves nothing behind. `None` if the
+    /// task is already registered here (another start of it is under way, or it runs).
+    pub fn expect(self: &Arc<Self>, id: TaskId) -> Option<Starting> {
         let stopped = CancellationToken::new();
         let (updates, updates_rx) = mpsc::unbounded_channel();
         let (hand_back, hand_back_rx) = watch::channel(None);
-        self.table().insert(
-            task.id,
-            Running {
+        match self.table().entry(id) {
+            Entry::Occupied(_) => return None,
+            Entry::Vacant(place) => place.insert(Running {
                 updates,
                 stopped: stopped.clone(),
                 hand_back,
-            },
-        );
+            }),
+        };
+        Some(Starting {
+            supervisor: Arc::clone(self),
+            id,
+            told: Some((updates_rx, hand_back_rx, stopped)),
+        })
+    }
+
+    /// Runs a task registered with [`Supervisor::expect`] that the write made RUNNING here
+    /// (`task`, as written): its driver needs no first read.
+    pub fn launch_started(self: &Arc<Self>, starting: Starting, task: Task, placement: Placement) {
+        self.start_driver(starting, task, placement, true);
+    }
+
+    fn start_driver(
+        self: &Arc<Self>,
+        mut starting: Starting,
+        task: Task,
+        placement: Placement,
+        current: bool,
+    ) {
+        let Some((updates_rx, hand_back_rx, stopped)) = starting.told.take() else {
+            return;
+        };
         let (job, place) = match placement {
             Placement::Local(slot, job) => (job, Held::Local(slot)),
             Placement::Worker(worker) => {
@@ -138,6 +194,7 @@ impl Supervisor {
             driver::Told {
                 updates: updates_rx,
                 hand_back: hand_back_rx,
+                current,
             },
             stopped,
         ));

@@ -155,3 +155,73 @@ async fn a_soft_cancel_reaches_the_code_which_stops_at_its_checkpoint() {
         "the result says what was done"
     );
 }
+
+#[tokio::test]
+async fn a_registration_before_the_start_is_the_only_one_and_a_refused_start_leaves_nothing() {
+    let record = Arc::new(OneRecord(Mutex::new(Task::new(
+        TaskId::now_v7(),
+        NewTask {
+            kind: "sleep".into(),
+            ..NewTask::default()
+        },
+        SystemTime::now(),
+    ))));
+    let id = record.current().id;
+    let supervisor = Arc::new(Supervisor::new(1, record, Arc::new(Notify::new())));
+    let starting = supervisor.expect(id).expect("nothing registered yet");
+    assert!(
+        supervisor.expect(id).is_none(),
+        "a second start of the same task here is left out"
+    );
+    assert_eq!(supervisor.running(), vec![id]);
+    drop(starting);
+    assert!(
+        supervisor.running().is_empty(),
+        "the refused start is forgotten"
+    );
+    assert!(supervisor.wait_idle(Duration::ZERO).await);
+}
+
+#[tokio::test]
+async fn a_change_routed_between_the_registration_and_the_launch_reaches_the_driver() {
+    let spec = NewTask {
+        kind: "sleep".into(),
+        params: json!({"steps": 100_000, "step_ms": 10})
+            .as_object()
+            .unwrap()
+            .clone(),
+        ..NewTask::default()
+    };
+    let record = Arc::new(OneRecord(Mutex::new(Task::new(
+        TaskId::now_v7(),
+        spec,
+        SystemTime::now(),
+    ))));
+    let freed = Arc::new(Notify::new());
+    let supervisor = Arc::new(Supervisor::new(1, record.clone(), Arc::clone(&freed)));
+    let starting = supervisor.expect(record.current().id).unwrap();
+    let started = record
+        .apply(Event::Start {
+            owner: "here".into(),
+            worker: String::new(),
+        })
+        .unwrap();
+    // A hard cancel lands before the driver exists: it must not be lost.
+    let cancelled = record
+        .apply(Event::HardCancel {
+            reason: "test".into(),
+        })
+        .unwrap();
+    supervisor.route(Update::Changed(Arc::new(cancelled)));
+    let kinds = Kinds::builtin(Config::parse_from(["reinsd"]).exec_policy());
+    let job = kinds
+        .get("sleep")
+        .unwrap()
+        .prepare(&started.params)
+        .unwrap();
+    let slot = supervisor.try_reserve().expect("a free slot");
+    supervisor.launch_started(starting, started, Placement::Local(slot, job));
+    tokio::time::timeout(PATIENCE, freed.notified())
+        .await
+        .expect("the driver stopped the code on the cancel it was routed");
+}

@@ -2,6 +2,7 @@
 
 mod bulk_cancel;
 mod cancel;
+mod cost;
 mod dispatch;
 mod fanout;
 mod lifecycle;
@@ -20,5 +21,6 @@ pub async fn run(scenario: Scenario, bench: &Bench) -> BenchResult<Report> {
         Scenario::SoftCancel => cancel::run(bench, cancel::Mode::Soft).await,
         Scenario::WatchFanout => fanout::run(bench).await,
         Scenario::BulkCancel => bulk_cancel::run(bench).await,
+        Scenario::Cost => cost::run(bench).await,
     }
 }

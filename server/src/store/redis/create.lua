@@ -7,8 +7,8 @@
 --       6 has parent ('1'/'0'), 7 task-key prefix, 8 has session ('1'/'0'),
 --       9 the budget as a JSON object ('' if none): read by swap.lua's usage roll-up,
 --       10 the tenant's most active tasks ('' for no cap), 11 tenant
--- Returns {'new'}, {'existing', json}, {'session-cancelled'}, or {'quota'} when the tenant
--- is at its cap.
+-- Returns {'existing', json} | {'session-cancelled'} | {'quota'} (the tenant is at its
+-- cap) | {'new-first'} (no older task pending) | {'new'}
 if ARGV[5] == '1' then
   local existing = redis.call('GET', KEYS[2])
   if existing then
@@ -46,13 +46,19 @@ redis.call('ZADD', KEYS[7], 0, ARGV[2])
 if ARGV[8] == '1' then
   redis.call('ZADD', KEYS[8], 0, ARGV[2])
 end
+local first = false
 if ARGV[4] == 'Pending' then
   redis.call('ZADD', KEYS[4], 0, ARGV[2])
   redis.call('ZADD', KEYS[11], 0, ARGV[2])
   redis.call('SADD', KEYS[12], ARGV[11])
+  -- Ids sort by creation time: the first member is the oldest task waiting.
+  first = redis.call('ZRANGE', KEYS[4], 0, 0)[1] == ARGV[2]
 end
 if ARGV[6] == '1' then
   redis.call('ZADD', KEYS[5], 0, ARGV[2])
 end
 redis.call('RPUSH', KEYS[6], ARGV[1])
+if first then
+  return {'new-first'}
+end
 return {'new'}

@@ -93,7 +93,7 @@ fn route(table: &Table, queue_channel: &str, disconnected: &AtomicBool, push: Pu
             let message = if channel == queue_channel {
                 Message::Queued
             } else {
-                match serde_json::from_str::<Task>(&payload) {
+                match super::decode_published(&payload) {
                     Ok(task) => Message::Changed(Arc::new(task)),
                     Err(err) => {
                         tracing::warn!(%channel, %err, "undecodable task change");

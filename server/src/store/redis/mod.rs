@@ -67,10 +67,6 @@ fn decode(json: &str) -> StoreResult<Task> {
     serde_json::from_str(json).map_err(StoreError::Corrupt)
 }
 
-fn encode(task: &Task) -> String {
-    serde_json::to_string(task).expect("a task always serializes")
-}
-
 /// Where a stored record's checkpoints are: the key of the JSON field naming the window
 /// `[end - len, end)` of positions in `{p}checkpoints:{id}`.
 const WINDOW: &str = "checkpoints_window";
@@ -85,6 +81,36 @@ fn encode_record(task: &Task) -> String {
     let end = task.partial_results.end_position();
     value[WINDOW] = serde_json::json!([end, task.partial_results.values().len()]);
     value.to_string()
+}
+
+/// The record as `swap.lua` publishes it: whole, plus the window of its checkpoints (their
+/// JSON array does not carry their positions), so a subscriber's copy is the record as
+/// stored and may be the base of the next write (the driver's final report is).
+fn encode_published(task: &Task) -> String {
+    let mut value = serde_json::to_value(task).expect("a task always serializes");
+    let end = task.partial_results.end_position();
+    value[WINDOW] = serde_json::json!([end, task.partial_results.values().len()]);
+    value.to_string()
+}
+
+/// A record as published ([`encode_published`]), its checkpoints at their positions.
+fn decode_published(json: &str) -> serde_json::Result<Task> {
+    let mut value: serde_json::Value = serde_json::from_str(json)?;
+    let window = value
+        .as_object_mut()
+        .and_then(|fields| fields.remove(WINDOW));
+    let mut task: Task = serde_json::from_value(value)?;
+    if let Some(window) = window {
+        let (end, _len): (u64, u64) = serde_json::from_value(window)?;
+        let values: Vec<_> = task
+            .partial_results
+            .values()
+            .iter()
+            .map(|value| (**value).clone())
+            .collect();
+        task.partial_results = Checkpoints::from_values_at(Some(end), values);
+    }
+    Ok(task)
 }
 
 /// A record of the hash or the history, with its checkpoints taken from `list`, the
@@ -164,7 +190,7 @@ fn text(value: &redis::Value) -> Option<String> {
     }
 }
 
-/// `swap.lua`'s reply: `'ok'`, `'conflict'`, `'missing'`, or after a roll-up `{'ok',
+/// `swap.lua`'s reply: `'ok'`, `'ok-childless'`, `'conflict'`, `'missing'`, or after a roll-up `{'ok',
 /// spending…}` with each spending `{chain index, (dimension, limit, before, after)…}`.
 fn swap_reply(reply: &redis::Value, chain: &[TaskId]) -> (Swap, Vec<Spending>) {
     let corrupt = || {
@@ -176,6 +202,7 @@ fn swap_reply(reply: &redis::Value, chain: &[TaskId]) -> (Swap, Vec<Spending>) {
         single => {
             return match text(single).as_deref() {
                 Some("ok") => (Swap::Swapped, Vec::new()),
+                Some("ok-childless") => (Swap::SwappedChildless, Vec::new()),
                 Some("missing") => (Swap::Missing, Vec::new()),
                 _ => (Swap::Conflict, Vec::new()),
             };
@@ -462,6 +489,7 @@ impl TaskRecords for RedisStore {
             [quota] if quota == "quota" => Ok(Created::OverQuota {
                 max_active: max_active.unwrap_or_default(),
             }),
+            [first] if first == "new-first" => Ok(Created::NewFirst(task)),
             _ => Ok(Created::New(task)),
         }
     }
@@ -521,7 +549,7 @@ impl TaskRecords for RedisStore {
             .arg(self.keys.owner_channel(&next.owner))
             .arg(flag(!next.request_id.is_empty()))
             .arg(self.keys.owned(""))
-            .arg(encode(next))
+            .arg(encode_published(next))
             .arg(next.partial_results.end_position())
             .arg(next.partial_results.values().len() + HISTORY_LEN)
             .arg(

@@ -16,7 +16,8 @@
 --       22 number n of usage dimensions spent (optional, 0), 23 .. 22 + 2n: dimension,
 --       increment pairs
 -- KEYS 15..: the task hashes of the task's ancestors, nearest first (usage roll-up)
--- Returns 'ok' | 'conflict' | 'missing'; with usage spent, {'ok', spending...} where each
+-- Returns 'ok' | 'ok-childless' (a terminal write, no children set) | 'conflict' | 'missing';
+-- with usage spent, {'ok', spending...} where each
 -- spending is {chain index (0 = this task), dimension, limit, before, after, ...} for the
 -- budget of each task of the chain that has one.
 local current = redis.call('HMGET', KEYS[1], 'version', 'terminal', 'owner', 'attempt', 'state', 'worker')
@@ -74,6 +75,7 @@ if moved then
 end
 redis.call('RPUSH', KEYS[4], ARGV[1])
 redis.call('LTRIM', KEYS[4], -tonumber(ARGV[9]), -1)
+local childless = false
 if ARGV[6] == '1' then
   redis.call('ZREM', KEYS[3], ARGV[7])
   redis.call('ZREM', KEYS[10], ARGV[7])
@@ -87,7 +89,8 @@ if ARGV[6] == '1' then
   local retention = tonumber(ARGV[8])
   redis.call('PEXPIRE', KEYS[1], retention)
   redis.call('PEXPIRE', KEYS[4], retention)
-  redis.call('PEXPIRE', KEYS[8], retention)
+  -- 0: no children set, so the engine need not look for children to release.
+  childless = redis.call('PEXPIRE', KEYS[8], retention) == 0
   redis.call('PEXPIRE', KEYS[9], retention)
   if ARGV[12] == '1' then
     redis.call('PEXPIRE', KEYS[7], retention)
@@ -101,6 +104,9 @@ end
 -- task and of every ancestor still stored, in this same transaction.
 local n = tonumber(ARGV[22] or '0')
 if n == 0 then
+  if childless then
+    return 'ok-childless'
+  end
   return 'ok'
 end
 local chain = {KEYS[1]}
