@@ -162,6 +162,9 @@ impl Replica {
             match self.queue.subscribe_queue().await {
                 Ok(mut wakeups) => {
                     backoff = store_backoff();
+                    // What was queued before the subscription (at start-up, or while the
+                    // store was away) was announced to nobody here: look once now.
+                    self.engine.wake_dispatch();
                     while wakeups.next().await.is_some() {
                         self.engine.wake_dispatch();
                     }
