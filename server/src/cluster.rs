@@ -17,13 +17,15 @@ use tokio::time::Instant;
 
 use crate::background::{Background, store_backoff, wait};
 use crate::engine::Engine;
-use crate::store::{Membership, Store, TaskFeeds, TaskQueue};
+use crate::store::{Membership, Store, TaskFeeds, TaskQueue, Wakeups};
 use crate::telemetry::metrics::metrics;
 
 /// How often a replica re-reads the records of the tasks it runs.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 /// How often a replica looks at the queue without being told (a lost wake-up).
 pub const DISPATCH_EVERY: Duration = Duration::from_secs(5);
+/// How long start-up waits for the queue's wake-ups before serving without them.
+const FIRST_SUBSCRIBE_WITHIN: Duration = Duration::from_secs(2);
 
 /// The parts of the store and the engine the cluster loops work with.
 struct Replica {
@@ -71,7 +73,14 @@ pub async fn start(
         tracing::warn!(%err, "cannot take this replica's lease yet");
     }
     background.spawn(Arc::clone(&replica).follow_control_channel());
-    background.spawn(Arc::clone(&replica).follow_queue());
+    // Subscribed before the server serves: a task another replica queues from then on
+    // wakes this one (missed wake-ups of a later reconnect are told by the fan-out).
+    // (Bounded: with the store away the loop subscribes when it is back.)
+    let wakeups = tokio::time::timeout(FIRST_SUBSCRIBE_WITHIN, replica.queue.subscribe_queue())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    background.spawn(Arc::clone(&replica).follow_queue(wakeups));
     background.spawn(every(RECONCILE_EVERY, {
         let engine = Arc::clone(engine);
         move || {
@@ -155,16 +164,17 @@ impl Replica {
         }
     }
 
-    /// Dispatches when any replica queues a task.
-    async fn follow_queue(self: Arc<Self>) {
+    /// Dispatches when any replica queues a task; starts from `subscribed` if given.
+    async fn follow_queue(self: Arc<Self>, mut subscribed: Option<Wakeups>) {
         let mut backoff = store_backoff();
         loop {
-            match self.queue.subscribe_queue().await {
+            let subscription = match subscribed.take() {
+                Some(wakeups) => Ok(wakeups),
+                None => self.queue.subscribe_queue().await,
+            };
+            match subscription {
                 Ok(mut wakeups) => {
                     backoff = store_backoff();
-                    // What was queued before the subscription (at start-up, or while the
-                    // store was away) was announced to nobody here: look once now.
-                    self.engine.wake_dispatch();
                     while wakeups.next().await.is_some() {
                         self.engine.wake_dispatch();
                     }
