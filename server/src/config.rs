@@ -292,6 +292,7 @@ pub struct Config {
     /// Unset: no metrics endpoint.
     #[arg(long, env = "REINS_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+
     /// PEM certificate chain to serve TLS with (with --tls-key). Re-read when it changes
     /// (see --reload-interval): new connections get the new certificate, open ones go on.
     /// Unset: plaintext.

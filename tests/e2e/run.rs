@@ -113,10 +113,9 @@ async fn a_reattached_run_keeps_the_task_until_the_last_watcher_leaves() {
     assert_eq!(cancel_reason(&client, &id).await, "watcher disconnected");
 }
 
-#[tokio::test]
-async fn a_run_that_saw_the_end_cancels_nothing_and_bad_runs_name_the_field() {
-    let server = Reinsd::start();
-    let client = server.client().await;
+/// Runs the short task of request id `short` (starting it or re-attaching) and collects
+/// every version the run streams.
+async fn short_run_to_its_end(client: &Client) -> Vec<reins_client::proto::Task> {
     let events = client
         .run(
             StartTask::new("sleep")
@@ -126,26 +125,21 @@ async fn a_run_that_saw_the_end_cancels_nothing_and_bad_runs_name_the_field() {
         )
         .await
         .unwrap();
-    let last = events
-        .map(|e| e.unwrap().task.unwrap())
-        .collect::<Vec<_>>()
-        .await;
+    events
+        .map(|event| event.unwrap().task.unwrap())
+        .collect()
+        .await
+}
+
+#[tokio::test]
+async fn a_run_that_saw_the_end_cancels_nothing_and_bad_runs_name_the_field() {
+    let server = Reinsd::start();
+    let client = server.client().await;
+    let last = short_run_to_its_end(&client).await;
     let done = last.last().unwrap();
     assert_eq!(done.state(), TaskState::Completed);
     // Re-attaching to a finished task replays its end.
-    let again = client
-        .run(
-            StartTask::new("sleep")
-                .params(sleep_params(1, 1))
-                .request_id("short"),
-            false,
-        )
-        .await
-        .unwrap();
-    let again = again
-        .map(|e| e.unwrap().task.unwrap())
-        .collect::<Vec<_>>()
-        .await;
+    let again = short_run_to_its_end(&client).await;
     assert_eq!(again.last().unwrap().id, done.id);
     assert_eq!(again.last().unwrap().state(), TaskState::Completed);
 
