@@ -29,6 +29,11 @@ fn sleep_task() -> Task {
     })
 }
 
+/// Creates a task of `spec`; returns it as stored (a store may place it, changing its id).
+pub async fn insert_new(store: &dyn TaskStore, spec: NewTask) -> Task {
+    insert(store, new_task(spec)).await
+}
+
 async fn insert(store: &dyn TaskStore, task: Task) -> Task {
     match store.create(task).await.unwrap() {
         Created::New(task) | Created::NewFirst(task) => task,
