@@ -263,15 +263,16 @@ impl Cluster {
     /// `n` replicas with the extra flags `args`, on a Redis of their own (a prefix of
     /// their own on the shared Redis Cluster under `REINS_E2E_STORE=redis-cluster`).
     pub fn start(n: usize, args: &[&str]) -> Cluster {
-        Cluster::on_redis(TestRedis::new(), n, args)
+        Cluster::on_store(TestRedis::new(), n, args)
     }
 
     /// `n` replicas with the extra flags `args`, on `redis`.
     pub fn on(redis: RedisServer, n: usize, args: &[&str]) -> Cluster {
-        Cluster::on_redis(TestRedis::Server(redis), n, args)
+        Cluster::on_store(TestRedis::Server(redis), n, args)
     }
 
-    fn on_redis(redis: TestRedis, n: usize, args: &[&str]) -> Cluster {
+    /// `n` replicas with the extra flags `args`, keeping their state in `redis`.
+    pub fn on_store(redis: TestRedis, n: usize, args: &[&str]) -> Cluster {
         let mut cluster = Cluster {
             replicas: Vec::new(),
             retired: Vec::new(),

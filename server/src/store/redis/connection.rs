@@ -15,6 +15,10 @@ use super::RedisAccess;
 
 /// How long a command may take before the call fails with UNAVAILABLE.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a command may take on a cluster node. Longer than on one Redis: a call's
+/// commands fan out over the shards, so a burst queues several times as many commands
+/// per call on the nodes' connections.
+const CLUSTER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the cluster client retries a command that met a moved slot, a failover or a
@@ -137,7 +141,7 @@ impl Connector {
                     .use_protocol(ProtocolVersion::RESP3)
                     .tcp_settings(tcp)
                     .connection_timeout(CONNECT_TIMEOUT)
-                    .response_timeout(RESPONSE_TIMEOUT)
+                    .response_timeout(CLUSTER_RESPONSE_TIMEOUT)
                     .retries(CLUSTER_RETRIES)
                     .max_retry_wait(CLUSTER_MAX_RETRY_WAIT_MS);
                 if let Some(password) = &access.password {
@@ -165,7 +169,7 @@ impl Connector {
     fn cluster_config() -> ClusterConfig {
         ClusterConfig::new()
             .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_response_timeout(RESPONSE_TIMEOUT)
+            .set_response_timeout(CLUSTER_RESPONSE_TIMEOUT)
     }
 
     pub fn commands(&self) -> redis::RedisResult<Commands> {
