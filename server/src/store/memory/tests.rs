@@ -1,5 +1,5 @@
 use super::*;
-use crate::store::{TaskStore, conformance};
+use crate::store::{TaskRecords, TaskStore, conformance};
 
 fn store() -> Arc<dyn TaskStore> {
     Arc::new(MemoryStore::new(Duration::from_secs(3600)))

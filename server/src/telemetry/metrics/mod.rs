@@ -26,13 +26,13 @@
 
 mod grpc;
 pub mod http;
+mod labels;
 mod store;
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::SystemTime;
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -44,6 +44,10 @@ pub(crate) use store::{MeteredStore, StoreHealth};
 
 use crate::task::cancel::CancelOutcome;
 use crate::task::{CancelInfo, CancelMode, Task, TaskState};
+use labels::{
+    CancelLabels, KindLabel, KindStateLabels, StateLabel, StopLabels, VersionLabel, mode_label,
+    outcome_label, state_label,
+};
 
 /// Bucket bounds (seconds) of `reins_cancel_stop_seconds`: a 1-2-5 series from 0.1 ms, so
 /// that the 0.1–5 ms a local stop takes is resolved, up to the 5 minutes a soft cancel's
@@ -68,67 +72,6 @@ type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn histograms<L: Clone + std::hash::Hash + Eq>(make: fn() -> Histogram) -> Histograms<L> {
     Family::new_with_constructor(make)
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabel {
-    kind: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindStateLabels {
-    kind: String,
-    state: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CancelLabels {
-    mode: &'static str,
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StopLabels {
-    mode: &'static str,
-    kind: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabel {
-    state: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct VersionLabel {
-    version: &'static str,
-}
-
-/// The `state` label of a task state.
-fn state_label(state: TaskState) -> &'static str {
-    match state {
-        TaskState::Pending => "pending",
-        TaskState::Running => "running",
-        TaskState::WaitingForAnswer => "waiting_for_answer",
-        TaskState::Completed => "completed",
-        TaskState::Failed => "failed",
-        TaskState::Cancelled => "cancelled",
-    }
-}
-
-fn mode_label(mode: CancelMode) -> &'static str {
-    match mode {
-        CancelMode::Soft => "soft",
-        CancelMode::Hard => "hard",
-    }
-}
-
-fn outcome_label(outcome: CancelOutcome) -> &'static str {
-    match outcome {
-        CancelOutcome::Cancelled => "cancelled",
-        CancelOutcome::Requested => "requested",
-        CancelOutcome::AlreadyCancelled => "already_cancelled",
-        CancelOutcome::AlreadyFinished => "already_finished",
-    }
 }
 
 /// Seconds from `from` to `to`; 0 if the clocks of two replicas put `to` first.
