@@ -185,14 +185,8 @@ impl Dispatcher {
         // Oldest first within the tenant; another tenant's older tasks wait their turn in
         // the rounds, which are fair across tenants. Without room here the task waits
         // whatever is ahead of it, so the queue is not read.
-        let behind = !first
-            && self.places.have_room()
-            && self
-                .queue
-                .oldest_pending_of(&task.tenant, None, 1)
-                .await?
-                .first()
-                .is_some_and(|oldest| oldest.id != task.id);
+        let behind =
+            !first && self.places.have_room() && !self.queue.first_of_its_tenant(&task).await?;
         if behind {
             self.queue_empty.store(false, Ordering::SeqCst);
             self.rounds(true).await;

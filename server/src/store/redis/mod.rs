@@ -47,6 +47,10 @@ const SWAP: &str = include_str!("swap.lua");
 const BUCKET: &str = include_str!("bucket.lua");
 const HOLD: &str = include_str!("hold.lua");
 const REFRESH: &str = include_str!("refresh.lua");
+/// Reads of records with their checkpoints: scripts rather than `MULTI`/`EXEC`, which a
+/// cluster aborts on a moved slot instead of following it.
+const READ: &str = include_str!("read.lua");
+const HISTORY: &str = include_str!("history.lua");
 
 pub struct RedisStore {
     keys: Keys,
@@ -58,6 +62,8 @@ pub struct RedisStore {
     bucket: Script,
     hold: Script,
     refresh: Script,
+    read: Script,
+    history: Script,
 }
 
 fn unavailable(err: redis::RedisError) -> StoreError {
@@ -149,6 +155,8 @@ impl RedisStore {
             bucket: Script::new(BUCKET),
             hold: Script::new(HOLD),
             refresh: Script::new(REFRESH),
+            read: Script::new(READ),
+            history: Script::new(HISTORY),
         })
     }
 
@@ -223,28 +231,32 @@ impl RedisStore {
             .collect())
     }
 
-    /// [`RedisStore::load`] of ids of one shard, in one `MULTI`/`EXEC`.
+    /// [`RedisStore::load`] of ids of one shard, in one script call ([`READ`]).
     async fn load_in_shard(&self, ids: Vec<&String>) -> StoreResult<Vec<Task>> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+        let mut read = self.read.prepare_invoke();
         for id in &ids {
             let id = TaskId::try_parse(id).expect("parsed by load");
-            pipe.hgetall(self.keys.task(id))
-                .lrange(self.keys.checkpoints(id), 0, -1);
+            read.key(self.keys.task(id)).key(self.keys.checkpoints(id));
         }
-        let found: Vec<(HashMap<String, String>, Vec<String>)> = pipe
-            .query_async(&mut self.connection())
+        let found: Vec<(Vec<String>, Vec<String>)> = read
+            .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
-        found
-            .iter()
-            .filter_map(|(hash, list)| hash.get("json").map(|json| (hash, json, list)))
-            .map(|(hash, json, list)| {
-                let mut task = decode_record(json, list, window_end(json)?)?;
-                task.subtree_usage = subtree_usage(hash);
-                Ok(task)
-            })
-            .collect()
+        let mut tasks = Vec::with_capacity(found.len());
+        for (fields, list) in found {
+            let hash: HashMap<String, String> = fields
+                .chunks_exact(2)
+                .map(|pair| (pair[0].clone(), pair[1].clone()))
+                .collect();
+            // A task that expired or never was has no fields.
+            let Some(json) = hash.get("json") else {
+                continue;
+            };
+            let mut task = decode_record(json, &list, window_end(json)?)?;
+            task.subtree_usage = subtree_usage(&hash);
+            tasks.push(task);
+        }
+        Ok(tasks)
     }
 }
 

@@ -80,6 +80,20 @@ impl TaskQueue for RedisStore {
         self.still_pending(&ids).await
     }
 
+    /// The first member of the tenant's queue in the task's shard: `swap.lua` removes a task
+    /// from it in the write that starts or ends it, so its members are PENDING.
+    async fn first_of_its_tenant(&self, task: &Task) -> StoreResult<bool> {
+        let shard = self.keys.shard_of(task.id);
+        let oldest: Vec<String> = self
+            .connection()
+            .zrange(self.keys.pending_of_tenant(shard, &task.tenant), 0, 0)
+            .await
+            .map_err(unavailable)?;
+        Ok(oldest
+            .first()
+            .is_none_or(|oldest| *oldest == task.id.to_string()))
+    }
+
     async fn subscribe_queue(&self) -> StoreResult<Wakeups> {
         self.fanout.wakeups().await
     }

@@ -40,23 +40,6 @@ impl RedisStore {
         shard
     }
 
-    /// Whether no other shard's queue holds a task older than `task` (the script saw its
-    /// own shard's): on a cluster, one command per other shard, all at once.
-    async fn nothing_older_elsewhere(&self, task: &Task) -> StoreResult<bool> {
-        let own = self.keys.shard_of(task.id);
-        let oldest = try_join_all(self.keys.shards().filter(|shard| *shard != own).map(
-            |shard| async move {
-                self.connection()
-                    .zrange::<_, Vec<String>>(self.keys.pending(shard), 0, 0)
-                    .await
-                    .map_err(unavailable)
-            },
-        ))
-        .await?;
-        let id = task.id.to_string();
-        Ok(oldest.iter().flatten().all(|other| *other > id))
-    }
-
     /// The sorted set a listing with `filter` reads in `shard`: the smallest of the indexes
     /// the filter names (the active tasks of a kind or of a session, the children of a
     /// parent), or every active task. One round trip.
@@ -227,9 +210,7 @@ impl TaskRecords for RedisStore {
             [quota] if quota == "quota" => Ok(Created::OverQuota {
                 max_active: max_active.unwrap_or_default(),
             }),
-            [first] if first == "new-first" && self.nothing_older_elsewhere(&task).await? => {
-                Ok(Created::NewFirst(task))
-            }
+            [first] if first == "new-first" => Ok(Created::NewFirst(task)),
             _ => Ok(Created::New(task)),
         }
     }
@@ -398,12 +379,12 @@ impl TaskRecords for RedisStore {
     }
 
     async fn history(&self, id: TaskId, after_version: u64) -> StoreResult<Option<Vec<Task>>> {
-        let (entries, current, list): (Vec<String>, Option<String>, Vec<String>) = redis::pipe()
-            .atomic()
-            .lrange(self.keys.history(id), 0, -1)
-            .hget(self.keys.task(id), "json")
-            .lrange(self.keys.checkpoints(id), 0, -1)
-            .query_async(&mut self.connection())
+        let (entries, current, list): (Vec<String>, Option<String>, Vec<String>) = self
+            .history
+            .key(self.keys.history(id))
+            .key(self.keys.task(id))
+            .key(self.keys.checkpoints(id))
+            .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
         let list_end = current.as_deref().map(window_end).transpose()?.unwrap_or(0);
