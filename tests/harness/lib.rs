@@ -119,7 +119,7 @@ impl Reinsd {
             ("--shutdown-grace", "2s"),
         ];
         let mut command = Command::new(reinsd_binary());
-        let redis = (on_redis() && !args.contains(&"--redis-url")).then(TestRedis::new);
+        let redis = (on_redis() && !args.contains(&"--redis-url")).then(TestRedis::for_this_run);
         if let Some(redis) = &redis {
             command.args(redis.args());
         }
@@ -263,7 +263,7 @@ impl Cluster {
     /// `n` replicas with the extra flags `args`, on a Redis of their own (a prefix of
     /// their own on the shared Redis Cluster under `REINS_E2E_STORE=redis-cluster`).
     pub fn start(n: usize, args: &[&str]) -> Cluster {
-        Cluster::on_store(TestRedis::new(), n, args)
+        Cluster::on_store(TestRedis::for_this_run(), n, args)
     }
 
     /// `n` replicas with the extra flags `args`, on `redis`.

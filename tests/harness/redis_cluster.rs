@@ -164,7 +164,7 @@ pub enum TestRedis {
 impl TestRedis {
     /// A new one for a test: on the shared cluster under `REINS_E2E_STORE=redis-cluster`,
     /// else a `redis-server` of its own.
-    pub fn new() -> TestRedis {
+    pub fn for_this_run() -> TestRedis {
         if crate::on_redis_cluster() {
             TestRedis::InCluster {
                 url: RedisCluster::shared().url(),

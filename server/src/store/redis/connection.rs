@@ -105,6 +105,10 @@ impl ConnectionLike for Commands {
 
 /// What makes connections to a [`Target`]: one for commands, and one per pub/sub
 /// subscriber with its pushes handed to a function.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one is made per store, and not moved"
+)]
 pub enum Connector {
     Single(Client),
     Cluster(ClusterClient),
