@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: formatting, lints, unit tests, the store
-# conformance suite, the end-to-end tests against real reinsd processes (embedded store,
-# then Redis), the Python and Node SDKs against real replicas, and the deploy checks.
+# conformance suite (on the memory store, a Redis and a Redis Cluster), the end-to-end
+# tests against real reinsd processes (embedded store, then Redis, then a Redis Cluster),
+# the Python and Node SDKs against real replicas, and the deploy checks.
 #
 #   tests/run.sh
 #
@@ -72,6 +73,14 @@ cargo test --workspace --locked
 
 echo "== end-to-end tests again, every server on Redis"
 REINS_E2E_STORE=redis cargo test --locked -p reins-e2e --test e2e
+
+# A real Redis Cluster (three redis-server --cluster-enabled yes joined by redis-cli
+# --cluster create, shared by the run, a key prefix per test); the store's conformance
+# suite ran on one in `cargo test` above. Then a six-node cluster with replicas and a
+# failover of every master in the middle of a load.
+echo "== end-to-end tests again, every server on a Redis Cluster; a failover mid-load"
+REINS_E2E_STORE=redis-cluster cargo test --locked -p reins-e2e --test e2e
+cargo test --locked -p reins-e2e --test e2e cluster:: -- --ignored
 
 # Includes the OpenTelemetry end-to-end test (tests/test_traces.py): its packages
 # (opentelemetry-api/-sdk/-proto) come with the package's [test] extra into the venv.

@@ -17,6 +17,15 @@ use crate::task::{CheckpointLimits, MAX_DURATION};
 use crate::tls::TlsFiles;
 
 /// A human duration (`500ms`, `3s`) no longer than the service's [`MAX_DURATION`].
+/// A `--redis-prefix`: anything but braces, which would make a hash tag of it on a
+/// cluster (and put every key in one slot).
+fn redis_prefix(text: &str) -> Result<String, String> {
+    if text.contains(['{', '}']) {
+        return Err("may not hold `{` or `}`".to_owned());
+    }
+    Ok(text.to_owned())
+}
+
 fn duration(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text).map_err(|err| err.to_string())?;
     if duration > MAX_DURATION {
@@ -201,7 +210,9 @@ pub struct Config {
     #[arg(long, env = "REINS_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
     pub shutdown_grace: Duration,
 
-    /// Redis holding the shared state of every replica, e.g. `redis://127.0.0.1:6379`.
+    /// Redis holding the shared state of every replica, e.g. `redis://127.0.0.1:6379`
+    /// (`rediss://` for TLS), or a Redis Cluster:
+    /// `redis+cluster://host1:port,host2:port,…` (`rediss+cluster://`), any of its nodes.
     /// Unset: the embedded in-memory store (a single replica).
     #[arg(long, env = "REINS_REDIS_URL")]
     pub redis_url: Option<String>,
@@ -216,9 +227,18 @@ pub struct Config {
     #[arg(long, env = "REINS_REDIS_PASSWORD_FILE", value_name = "FILE")]
     pub redis_password_file: Option<PathBuf>,
 
-    /// Prefix of every Redis key and channel, so deployments can share a Redis.
-    #[arg(long, env = "REINS_REDIS_PREFIX", default_value = "reins:")]
+    /// Prefix of every Redis key and channel, so deployments can share a Redis. No `{` or
+    /// `}`: on a cluster the key's hash tag follows it.
+    #[arg(long, env = "REINS_REDIS_PREFIX", default_value = "reins:", value_parser = redis_prefix)]
     pub redis_prefix: String,
+
+    /// On a Redis Cluster, the number of shards (hash tags) tasks are spread over, at most
+    /// 256; each holds whole task trees. Fixed for the life of a deployment's data: every
+    /// replica must use the same, and changing it makes existing tasks unreachable. More
+    /// shards than masters, so a resharding can move them (16 spreads over up to 16
+    /// masters). Ignored on one Redis.
+    #[arg(long, env = "REINS_REDIS_SHARDS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub redis_shards: u16,
 
     /// How long a replica's lease lives without renewal (renewed every third of it). A
     /// replica that stops renewing has its tasks settled by the others within about this.

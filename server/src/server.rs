@@ -110,6 +110,7 @@ pub async fn run(
                 url,
                 &config.redis_access()?,
                 &config.redis_prefix,
+                usize::from(config.redis_shards),
                 config.retention,
                 &background,
             )?)

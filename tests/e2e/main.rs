@@ -7,6 +7,7 @@ mod budgets;
 mod bulk_cancel;
 mod cancel;
 mod cli;
+mod cluster;
 mod connections;
 mod drain;
 mod exec;

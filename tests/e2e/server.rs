@@ -254,13 +254,15 @@ async fn shut_down_while_running(grace: &str, task: StartTask) -> Shutdown {
     let (tasks, ended_with) = watch_to_end(events).await;
     let status = server.wait_exit(EXIT_BOUND).await.expect("reinsd to exit");
     assert!(status.success(), "reinsd exited with {status}");
-    let last = match server.own_redis_url() {
+    let last = match server.own_redis_args() {
         // With a shared store the watch ends at once, UNAVAILABLE: the watcher watches
         // again through another replica, which tells how the task ended.
-        Some(redis_url) => {
+        Some(redis_args) => {
             let ended_with = ended_with.expect("the watch ends with a status");
             assert_eq!(ended_with.code(), Code::Unavailable, "{ended_with:?}");
-            let other = Reinsd::with_args(&["--redis-url", &redis_url, "--replica-id", "other"]);
+            let mut args: Vec<&str> = redis_args.iter().map(String::as_str).collect();
+            args.extend(["--replica-id", "other"]);
+            let other = Reinsd::with_args(&args);
             let (tasks, _) = watch_to_end(
                 other
                     .client()

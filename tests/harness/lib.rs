@@ -6,7 +6,9 @@
 //! the process, panicking or not.
 //!
 //! `REINS_E2E_STORE=redis` runs every server on Redis (a `redis-server` of its own, started
-//! on a free port): the same suite holds for both stores.
+//! on a free port), `REINS_E2E_STORE=redis-cluster` on a Redis Cluster (three masters
+//! shared by the test process, a key prefix per server or deployment): the same suite
+//! holds for every store.
 //!
 //! The binary is looked up next to the test executable (`target/<profile>/reinsd`), or at
 //! `$REINSD_BIN`. Build it first: `cargo build --bins` (the test script does).
@@ -23,9 +25,11 @@ pub mod pki;
 pub mod prometheus;
 pub mod proxy;
 pub mod raw;
+mod redis_cluster;
 mod redis_server;
 pub mod worker;
 
+pub use redis_cluster::{RedisCluster, TestRedis};
 pub use redis_server::{RedisServer, free_port};
 pub use worker::FakeWorker;
 
@@ -70,12 +74,18 @@ pub struct Reinsd {
     log: PathBuf,
     _dir: tempfile::TempDir,
     /// The Redis of a server started on Redis by `REINS_E2E_STORE`; stopped after it.
-    _redis: Option<RedisServer>,
+    redis: Option<TestRedis>,
 }
 
-/// Whether the suite runs on Redis (`REINS_E2E_STORE=redis`) rather than the embedded store.
+/// Whether the suite runs on Redis (`REINS_E2E_STORE=redis` or `redis-cluster`) rather
+/// than the embedded store.
 pub fn on_redis() -> bool {
-    std::env::var("REINS_E2E_STORE").is_ok_and(|store| store == "redis")
+    std::env::var("REINS_E2E_STORE").is_ok_and(|store| store == "redis" || store == "redis-cluster")
+}
+
+/// Whether the suite runs on a Redis Cluster (`REINS_E2E_STORE=redis-cluster`).
+pub fn on_redis_cluster() -> bool {
+    std::env::var("REINS_E2E_STORE").is_ok_and(|store| store == "redis-cluster")
 }
 
 impl Reinsd {
@@ -109,9 +119,9 @@ impl Reinsd {
             ("--shutdown-grace", "2s"),
         ];
         let mut command = Command::new(reinsd_binary());
-        let redis = (on_redis() && !args.contains(&"--redis-url")).then(RedisServer::start);
+        let redis = (on_redis() && !args.contains(&"--redis-url")).then(TestRedis::for_this_run);
         if let Some(redis) = &redis {
-            command.args(["--redis-url", &redis.url()]);
+            command.args(redis.args());
         }
         for (flag, value) in defaults {
             if !args.contains(&flag) {
@@ -156,14 +166,14 @@ impl Reinsd {
             child,
             log,
             _dir: dir,
-            _redis: redis,
+            redis,
         }
     }
 
-    /// The URL of the Redis it was started on by `REINS_E2E_STORE=redis`, if any: another
-    /// replica started there sees the same tasks.
-    pub fn own_redis_url(&self) -> Option<String> {
-        self._redis.as_ref().map(RedisServer::url)
+    /// The flags of the Redis it was started on by `REINS_E2E_STORE`, if any: another
+    /// replica started with them sees the same tasks.
+    pub fn own_redis_args(&self) -> Option<Vec<String>> {
+        self.redis.as_ref().map(TestRedis::args)
     }
 
     /// The address it serves on, `host:port`.
@@ -246,17 +256,23 @@ pub struct Cluster {
     retired: Vec<Reinsd>,
     ids: Vec<String>,
     args: Vec<String>,
-    redis: RedisServer,
+    redis: TestRedis,
 }
 
 impl Cluster {
-    /// `n` replicas with the extra flags `args`, on a Redis of their own.
+    /// `n` replicas with the extra flags `args`, on a Redis of their own (a prefix of
+    /// their own on the shared Redis Cluster under `REINS_E2E_STORE=redis-cluster`).
     pub fn start(n: usize, args: &[&str]) -> Cluster {
-        Cluster::on(RedisServer::start(), n, args)
+        Cluster::on_store(TestRedis::for_this_run(), n, args)
     }
 
     /// `n` replicas with the extra flags `args`, on `redis`.
     pub fn on(redis: RedisServer, n: usize, args: &[&str]) -> Cluster {
+        Cluster::on_store(TestRedis::Server(redis), n, args)
+    }
+
+    /// `n` replicas with the extra flags `args`, keeping their state in `redis`.
+    pub fn on_store(redis: TestRedis, n: usize, args: &[&str]) -> Cluster {
         let mut cluster = Cluster {
             replicas: Vec::new(),
             retired: Vec::new(),
@@ -270,9 +286,10 @@ impl Cluster {
         cluster
     }
 
-    fn spawn(redis: &RedisServer, id: &str, args: &[String]) -> Reinsd {
-        let url = redis.url();
-        let mut all = vec!["--redis-url", &url, "--replica-id", id];
+    fn spawn(redis: &TestRedis, id: &str, args: &[String]) -> Reinsd {
+        let store = redis.args();
+        let mut all: Vec<&str> = store.iter().map(String::as_str).collect();
+        all.extend(["--replica-id", id]);
         all.extend(args.iter().map(String::as_str));
         Reinsd::with_args(&all)
     }
@@ -349,7 +366,7 @@ impl Cluster {
     }
 
     pub fn redis(&mut self) -> &mut RedisServer {
-        &mut self.redis
+        self.redis.server()
     }
 
     /// Replaces replica `i` with a new process under the same replica id and flags (the

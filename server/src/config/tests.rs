@@ -75,6 +75,21 @@ fn connection_limits_from_flags() {
 }
 
 #[test]
+fn redis_prefixes_with_braces_and_shard_counts_out_of_range_are_refused() {
+    for (flag, value, why) in [
+        ("--redis-prefix", "app{1}:", "may not hold"),
+        ("--redis-shards", "0", "0 is not in 1..=256"),
+        ("--redis-shards", "257", "257 is not in 1..=256"),
+    ] {
+        let err = Config::try_parse_from(["reinsd", flag, value]).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains(flag) && message.contains(why), "{message}");
+    }
+    let config = Config::try_parse_from(["reinsd", "--redis-shards", "64"]).unwrap();
+    assert_eq!(config.redis_shards, 64);
+}
+
+#[test]
 fn bad_connection_limits_are_refused() {
     for (flag, value, why) in [
         ("--max-connections", "0", "0 is not in 1.."),

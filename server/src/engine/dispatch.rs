@@ -183,14 +183,10 @@ impl Dispatcher {
     /// `first`: the store said that no older task waits (no need to look).
     pub async fn start_new(&self, task: Task, first: bool) -> Result<Task> {
         // Oldest first within the tenant; another tenant's older tasks wait their turn in
-        // the rounds, which are fair across tenants.
-        let behind = !first
-            && self
-                .queue
-                .oldest_pending_of(&task.tenant, None, 1)
-                .await?
-                .first()
-                .is_some_and(|oldest| oldest.id != task.id);
+        // the rounds, which are fair across tenants. Without room here the task waits
+        // whatever is ahead of it, so the queue is not read.
+        let behind =
+            !first && self.places.have_room() && !self.queue.first_of_its_tenant(&task).await?;
         if behind {
             self.queue_empty.store(false, Ordering::SeqCst);
             self.rounds(true).await;
@@ -239,7 +235,9 @@ impl Dispatcher {
 
     /// One round: the tenants in turn, then the whole queue oldest first.
     async fn round(&self) {
-        if self.queue_empty.load(Ordering::SeqCst) {
+        // Without room a round can start nothing: the queue is not read (a slot freed
+        // later asks for another round).
+        if self.queue_empty.load(Ordering::SeqCst) || !self.places.have_room() {
             return;
         }
         self.tenants_in_turn().await;

@@ -29,6 +29,11 @@ fn sleep_task() -> Task {
     })
 }
 
+/// Creates a task of `spec`; returns it as stored (a store may place it, changing its id).
+pub async fn insert_new(store: &dyn TaskStore, spec: NewTask) -> Task {
+    insert(store, new_task(spec)).await
+}
+
 async fn insert(store: &dyn TaskStore, task: Task) -> Task {
     match store.create(task).await.unwrap() {
         Created::New(task) | Created::NewFirst(task) => task,
@@ -369,8 +374,19 @@ pub async fn ending_a_task_says_whether_it_has_children(store: &dyn TaskStore) {
 }
 
 /// A create says when the new task is first in the queue (StartTask then starts it
-/// without reading the queue); behind an older waiting task it does not.
+/// without reading the queue); behind an older waiting task it does not. (The tasks are
+/// children of one parent: on a Redis Cluster "first" is within a shard, and a tree is in
+/// one.)
 pub async fn a_create_says_when_nothing_older_waits(store: &dyn TaskStore) {
+    let parent = insert(store, sleep_task()).await;
+    let parent = start(store, &parent).await;
+    let sleep_task = || {
+        new_task(NewTask {
+            kind: "sleep".into(),
+            parent_id: Some(parent.id),
+            ..NewTask::default()
+        })
+    };
     let first = store.create(sleep_task()).await.unwrap();
     let Created::NewFirst(first) = first else {
         panic!("an empty queue: {first:?}")
@@ -386,6 +402,27 @@ pub async fn a_create_says_when_nothing_older_waits(store: &dyn TaskStore) {
         matches!(third, Created::NewFirst(_)),
         "started tasks wait no more: {third:?}"
     );
+}
+
+/// The oldest waiting task of a tenant is first of its tenant; the next one is once it
+/// started. (Children of one parent: on a Redis Cluster this is within a shard.)
+pub async fn the_first_of_a_tenant_is_its_oldest_waiting_task(store: &dyn TaskStore) {
+    let parent = insert(store, sleep_task()).await;
+    let parent = start(store, &parent).await;
+    let child = |tenant: &str| NewTask {
+        kind: "sleep".into(),
+        tenant: tenant.into(),
+        parent_id: Some(parent.id),
+        ..NewTask::default()
+    };
+    let older = insert(store, new_task(child("t1"))).await;
+    let other_tenant = insert(store, new_task(child("t2"))).await;
+    let newer = insert(store, new_task(child("t1"))).await;
+    assert!(store.first_of_its_tenant(&older).await.unwrap());
+    assert!(store.first_of_its_tenant(&other_tenant).await.unwrap());
+    assert!(!store.first_of_its_tenant(&newer).await.unwrap());
+    start(store, &older).await;
+    assert!(store.first_of_its_tenant(&newer).await.unwrap());
 }
 
 pub async fn the_pending_queue_is_oldest_first_and_forgets_started_tasks(store: &dyn TaskStore) {
@@ -1034,6 +1071,7 @@ macro_rules! suite {
             children_are_found_by_parent,
             ending_a_task_says_whether_it_has_children,
             a_create_says_when_nothing_older_waits,
+            the_first_of_a_tenant_is_its_oldest_waiting_task,
             the_pending_queue_is_oldest_first_and_forgets_started_tasks,
             subscribers_see_every_change_in_order_until_the_end,
             a_write_from_another_owner_is_refused_whatever_its_version,

@@ -52,7 +52,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub enum Created {
     New(Task),
     /// New, and first in the dispatch queue: no older task waits, so the engine may start
-    /// it without looking at the queue (a backend that knows it in the same write).
+    /// it without looking at the queue (a backend that knows it in the same write). On a
+    /// Redis Cluster, first in its shard's queue: the rounds keep the order across shards.
     NewFirst(Task),
     /// A task with the same `request_id` already exists; nothing was written.
     Existing(Task),
@@ -212,6 +213,17 @@ pub trait TaskQueue: Send + Sync + 'static {
         after: Option<TaskId>,
         limit: usize,
     ) -> StoreResult<Vec<Task>>;
+
+    /// Whether PENDING `task` is the oldest waiting task of its tenant, so StartTask may
+    /// start it at once. On a Redis Cluster, of its tenant in its shard (one command, not
+    /// one per shard): the rounds keep the order across shards.
+    async fn first_of_its_tenant(&self, task: &Task) -> StoreResult<bool> {
+        Ok(self
+            .oldest_pending_of(&task.tenant, None, 1)
+            .await?
+            .first()
+            .is_none_or(|oldest| oldest.id == task.id))
+    }
 
     /// A wake-up each time a replica announces queued work ([`TaskQueue::announce_queued`]),
     /// so idle replicas dispatch without polling.

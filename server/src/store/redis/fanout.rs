@@ -18,11 +18,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, PushInfo, PushKind};
+use redis::{PushInfo, PushKind};
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
+use super::connection::{Commands, Connector};
 use super::unavailable;
 use crate::background::Background;
 use crate::store::{StoreResult, Update, Updates, Wakeups};
@@ -37,8 +37,9 @@ const WATCHDOG_EVERY: Duration = Duration::from_millis(500);
 pub enum Channel {
     /// Changes of one task; the stream ends after the terminal version.
     Task(String),
-    /// Changes of the tasks of one owner (a replica's control channel).
-    Owner(String),
+    /// Changes of the tasks of one owner (a replica's control channel): one channel per
+    /// shard, merged.
+    Owner(Vec<String>),
 }
 
 #[derive(Clone, Debug)]
@@ -53,7 +54,9 @@ enum Message {
 type Table = Mutex<HashMap<String, broadcast::Sender<Message>>>;
 
 pub struct Fanout {
-    connection: ConnectionManager,
+    connection: Commands,
+    /// Whether task and owner channels are shard channels (`SSUBSCRIBE`, on a cluster).
+    sharded: bool,
     channels: Arc<Table>,
     /// Serializes SUBSCRIBE/UNSUBSCRIBE so a channel's first subscriber has its
     /// subscription confirmed before any other local subscriber of it returns.
@@ -76,7 +79,8 @@ fn lock(table: &Table) -> MutexGuard<'_, HashMap<String, broadcast::Sender<Messa
 /// connection's task, so it only decodes and sends.
 fn route(table: &Table, queue_channel: &str, disconnected: &AtomicBool, push: PushInfo) {
     match push.kind {
-        PushKind::Message => {
+        // Messages of plain and of shard channels (on a cluster).
+        PushKind::Message | PushKind::SMessage => {
             let [channel, payload] = push.data.as_slice() else {
                 return;
             };
@@ -109,9 +113,10 @@ fn route(table: &Table, queue_channel: &str, disconnected: &AtomicBool, push: Pu
 }
 
 impl Fanout {
+    /// `sharded`: task and owner channels are shard channels (a Redis Cluster).
     pub fn connect(
-        client: Client,
-        config: ConnectionManagerConfig,
+        connector: &Connector,
+        sharded: bool,
         queue_channel: String,
         background: &Background,
     ) -> StoreResult<Arc<Fanout>> {
@@ -120,16 +125,12 @@ impl Fanout {
         let queue = queue_channel.clone();
         let disconnected = Arc::new(AtomicBool::new(false));
         let lost = Arc::clone(&disconnected);
-        let config = config
-            .set_push_sender(move |push: PushInfo| {
-                route(&router, &queue, &lost, push);
-                Ok::<(), std::convert::Infallible>(())
-            })
-            .set_automatic_resubscription();
-        let connection =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
+        let connection = connector
+            .subscriber(move |push: PushInfo| route(&router, &queue, &lost, push))
+            .map_err(unavailable)?;
         let fanout = Arc::new(Fanout {
             connection,
+            sharded,
             channels,
             changes: tokio::sync::Mutex::new(()),
             queue_channel,
@@ -138,6 +139,11 @@ impl Fanout {
         });
         background.spawn(watchdog(Arc::downgrade(&fanout)));
         Ok(fanout)
+    }
+
+    /// Whether `channel` is a shard channel: every channel but the queue's, on a cluster.
+    fn is_sharded(&self, channel: &str) -> bool {
+        self.sharded && channel != self.queue_channel
     }
 
     /// Tells every local subscriber that changes may have been missed.
@@ -157,7 +163,8 @@ impl Fanout {
             None => {
                 let (sender, receiver) = broadcast::channel(BUFFER);
                 lock(&self.channels).insert(channel.to_owned(), sender);
-                if let Err(err) = self.connection.clone().subscribe(channel).await {
+                let sharded = self.is_sharded(channel);
+                if let Err(err) = self.connection.clone().subscribe(channel, sharded).await {
                     lock(&self.channels).remove(channel);
                     return Err(unavailable(err));
                 }
@@ -187,31 +194,42 @@ impl Fanout {
                 unused
             };
             if unused {
-                let _ = fanout.connection.clone().unsubscribe(&channel).await;
+                let sharded = fanout.is_sharded(&channel);
+                let _ = fanout
+                    .connection
+                    .clone()
+                    .unsubscribe(&channel, sharded)
+                    .await;
             }
         });
     }
 
     pub async fn updates(self: &Arc<Self>, channel: Channel) -> StoreResult<Updates> {
-        let (name, ends_at_terminal) = match channel {
-            Channel::Task(name) => (name, true),
-            Channel::Owner(name) => (name, false),
-        };
-        let subscription = self.subscribe(&name).await?;
-        let updates = subscription.filter_map(|message| {
+        match channel {
+            Channel::Task(name) => Ok(Box::pin(UntilTerminal {
+                updates: self.changes_of(&name).await?,
+                ended: false,
+            })),
+            Channel::Owner(names) => {
+                let mut merged = Vec::with_capacity(names.len());
+                for name in &names {
+                    merged.push(self.changes_of(name).await?);
+                }
+                Ok(Box::pin(futures_util::stream::select_all(merged)))
+            }
+        }
+    }
+
+    /// The changes published on one channel.
+    async fn changes_of(self: &Arc<Self>, channel: &str) -> StoreResult<Updates> {
+        let subscription = self.subscribe(channel).await?;
+        Ok(Box::pin(subscription.filter_map(|message| {
             std::future::ready(match message {
                 Message::Changed(task) => Some(Update::Changed(task)),
                 Message::Missed => Some(Update::Lagged),
                 Message::Queued => None,
             })
-        });
-        if ends_at_terminal {
-            return Ok(Box::pin(UntilTerminal {
-                updates: Box::pin(updates),
-                ended: false,
-            }));
-        }
-        Ok(Box::pin(updates))
+        })))
     }
 
     pub async fn wakeups(self: &Arc<Self>) -> StoreResult<Wakeups> {

@@ -6,6 +6,9 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use redis::AsyncCommands;
 
+use futures_util::future::try_join_all;
+
+use super::keys::Shard;
 use super::{RedisStore, unavailable};
 use crate::store::{Membership, StoreResult, WorkerKinds};
 
@@ -33,33 +36,53 @@ impl Membership for RedisStore {
         Ok(())
     }
 
+    /// The owners of started tasks whose lease lapsed, from every shard's `owners`; an
+    /// owner gone and owning nothing in a shard is forgotten there.
     async fn lost_owners(&self) -> StoreResult<Vec<String>> {
+        let per_shard =
+            try_join_all(self.keys.shards().map(|shard| self.lost_owners_in(shard))).await?;
+        let mut lost: Vec<String> = per_shard.into_iter().flatten().collect();
+        lost.sort();
+        lost.dedup();
+        Ok(lost)
+    }
+}
+
+impl RedisStore {
+    async fn lost_owners_in(&self, shard: Shard) -> StoreResult<Vec<String>> {
         let owners: Vec<String> = self
             .connection()
-            .smembers(self.keys.owners())
+            .smembers(self.keys.owners(shard))
             .await
             .map_err(unavailable)?;
         if owners.is_empty() {
             return Ok(owners);
         }
-        let mut pipe = redis::pipe();
+        // The leases are global keys (elsewhere on a cluster), sent at once on the
+        // multiplexed connection; the owned sets are in the shard, one pipeline.
+        let leased: Vec<bool> = try_join_all(owners.iter().map(|owner| async move {
+            self.connection()
+                .exists::<_, bool>(self.keys.lease(owner))
+                .await
+                .map_err(unavailable)
+        }))
+        .await?;
+        let mut owned = redis::pipe();
         for owner in &owners {
-            pipe.exists(self.keys.lease(owner))
-                .scard(self.keys.owned(owner));
+            owned.scard(self.keys.owned(shard, owner));
         }
-        let answers: Vec<u64> = pipe
+        let owned: Vec<u64> = owned
             .query_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
         let mut lost = Vec::new();
-        for (owner, answer) in owners.iter().zip(answers.chunks(2)) {
-            let (leased, owned) = (answer[0] == 1, answer[1]);
+        for ((owner, leased), owned) in owners.iter().zip(leased).zip(owned) {
             match (leased, owned) {
                 (false, 0) => {
                     // Gone and owning nothing: forget it.
                     let _: () = self
                         .connection()
-                        .srem(self.keys.owners(), owner)
+                        .srem(self.keys.owners(shard), owner)
                         .await
                         .map_err(unavailable)?;
                 }

@@ -13,8 +13,9 @@
 --       14 the whole task JSON (published), 15 checkpoints kept so far (position past the
 --       newest), 16 list entries to keep, 17 the newest checkpoint's JSON ('' if none),
 --       18 has session ('1'/'0'), 19 owner-channel key prefix, 20 worker, 21 tenant,
---       22 number n of usage dimensions spent (optional, 0), 23 .. 22 + 2n: dimension,
---       increment pairs
+--       22 the publish command ('PUBLISH', or 'SPUBLISH' on a cluster: the channels are in
+--       the task's slot), 23 number n of usage dimensions spent (0 for none),
+--       24 .. 23 + 2n: dimension, increment pairs
 -- KEYS 15..: the task hashes of the task's ancestors, nearest first (usage roll-up)
 -- Returns 'ok' | 'ok-childless' (a terminal write, no children set) | 'conflict' | 'missing';
 -- with usage spent, {'ok', spending...} where each
@@ -71,7 +72,7 @@ end
 if moved then
   redis.call('SREM', ARGV[13] .. current[3], ARGV[7])
   -- The former owner lets go of the task at once.
-  redis.call('PUBLISH', ARGV[19] .. current[3], ARGV[14])
+  redis.call(ARGV[22], ARGV[19] .. current[3], ARGV[14])
 end
 redis.call('RPUSH', KEYS[4], ARGV[1])
 redis.call('LTRIM', KEYS[4], -tonumber(ARGV[9]), -1)
@@ -96,13 +97,13 @@ if ARGV[6] == '1' then
     redis.call('PEXPIRE', KEYS[7], retention)
   end
 end
-redis.call('PUBLISH', ARGV[10], ARGV[14])
+redis.call(ARGV[22], ARGV[10], ARGV[14])
 if ARGV[4] ~= '' then
-  redis.call('PUBLISH', ARGV[11], ARGV[14])
+  redis.call(ARGV[22], ARGV[11], ARGV[14])
 end
 -- Usage roll-up: the increments go to the subtree usage ('s:<dimension>' fields) of the
 -- task and of every ancestor still stored, in this same transaction.
-local n = tonumber(ARGV[22] or '0')
+local n = tonumber(ARGV[23] or '0')
 if n == 0 then
   if childless then
     return 'ok-childless'
@@ -129,13 +130,13 @@ for index, key in ipairs(chain) do
     -- At most 16 dimensions per task (budget::MAX_DIMENSIONS; a budget's are there from
     -- the start): further ones are not counted, so a record stays bounded.
     for d = 0, n - 1 do
-      local field = 's:' .. ARGV[23 + 2 * d]
+      local field = 's:' .. ARGV[24 + 2 * d]
       local known = redis.call('HEXISTS', key, field) == 1
       if known or tonumber(redis.call('HGET', key, 'dimensions') or '0') < 16 then
         if not known then
           redis.call('HINCRBY', key, 'dimensions', 1)
         end
-        redis.call('HINCRBYFLOAT', key, field, ARGV[24 + 2 * d])
+        redis.call('HINCRBYFLOAT', key, field, ARGV[25 + 2 * d])
       end
     end
     local entry = {tostring(index - 1)}

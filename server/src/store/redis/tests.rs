@@ -9,7 +9,8 @@ use futures_util::StreamExt;
 use reins_e2e::RedisServer;
 
 use super::*;
-use crate::store::{TaskStore, Update, conformance};
+use crate::store::history::HISTORY_LEN;
+use crate::store::{ActiveFilter, TaskRecords, TaskStore, Update, conformance};
 use crate::task::NewTask;
 
 const RETENTION: Duration = Duration::from_secs(3600);
@@ -334,4 +335,64 @@ fn passwords_are_redacted_from_urls() {
     assert_eq!(redact("redis://user@host"), "redis://user:***@host");
     assert_eq!(redact("redis://host:6379"), "redis://host:6379");
     assert_eq!(redact("not a url"), "not a url");
+}
+
+/// The conformance suite again on a real Redis Cluster of three masters (one for the test
+/// process, a key prefix per test), with [`DEFAULT_TEST_SHARDS`] shards: every script must
+/// touch one slot, and what spans tasks must read every shard.
+mod on_a_cluster {
+    use super::*;
+    use reins_e2e::RedisCluster;
+
+    struct ClusterFixture {
+        store: Arc<RedisStore>,
+        _background: Background,
+    }
+
+    impl Deref for ClusterFixture {
+        type Target = dyn TaskStore;
+
+        fn deref(&self) -> &(dyn TaskStore + 'static) {
+            self.store.as_ref()
+        }
+    }
+
+    fn fixture() -> ClusterFixture {
+        let background = Background::new();
+        let prefix = format!("t{}:", uuid::Uuid::now_v7().simple());
+        let store = RedisStore::connect(
+            &RedisCluster::shared().url(),
+            &prefix,
+            RETENTION,
+            &background,
+        )
+        .expect("connect");
+        ClusterFixture {
+            store: Arc::new(store),
+            _background: background,
+        }
+    }
+
+    conformance::suite!(fixture());
+
+    #[tokio::test]
+    async fn a_tree_lives_in_its_roots_shard_and_roots_spread_over_shards() {
+        let fixture = fixture();
+        let mut shards = std::collections::HashSet::new();
+        for _ in 0..64 {
+            let root = conformance::insert_new(&*fixture, NewTask::default()).await;
+            let child = conformance::insert_new(
+                &*fixture,
+                NewTask {
+                    parent_id: Some(root.id),
+                    ..NewTask::default()
+                },
+            )
+            .await;
+            let keys = &fixture.store.keys;
+            assert_eq!(keys.shard_of(child.id), keys.shard_of(root.id));
+            shards.insert(keys.shard_of(root.id));
+        }
+        assert!(shards.len() > DEFAULT_TEST_SHARDS / 2, "{shards:?}");
+    }
 }

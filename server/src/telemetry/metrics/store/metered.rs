@@ -165,6 +165,11 @@ impl TaskQueue for MeteredStore {
         .await
     }
 
+    async fn first_of_its_tenant(&self, task: &Task) -> StoreResult<bool> {
+        self.measure(Op::OldestPending, self.inner.first_of_its_tenant(task))
+            .await
+    }
+
     async fn subscribe_queue(&self) -> StoreResult<Wakeups> {
         self.measure_as(Op::SubscribeQueue, false, self.inner.subscribe_queue())
             .await
