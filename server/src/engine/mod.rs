@@ -20,6 +20,7 @@ mod dispatch;
 mod drain;
 mod held;
 pub(crate) mod kinds;
+mod lost_reply;
 mod start;
 mod transitions;
 mod watch;

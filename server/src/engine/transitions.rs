@@ -59,7 +59,7 @@ impl Applied {
 pub(crate) struct Transitions {
     /// This replica: recorded as who asked for the cancels the server makes itself.
     pub(super) replica_id: String,
-    records: Arc<dyn TaskRecords>,
+    pub(super) records: Arc<dyn TaskRecords>,
     queue: Arc<dyn TaskQueue>,
     /// Grace period of the soft cancels the server itself makes (parent finished, timeout).
     default_grace: Duration,
@@ -109,7 +109,14 @@ impl Transitions {
     /// releases the task's attached children.
     pub async fn apply(&self, id: TaskId, event: Event) -> Result<Applied> {
         Ok(self
-            .apply_spending(id, None, event, &CancelOrigin::default(), &self.replica_id)
+            .apply_spending(
+                id,
+                None,
+                event,
+                &CancelOrigin::default(),
+                &self.replica_id,
+                &mut None,
+            )
             .await?
             .0)
     }
@@ -126,6 +133,7 @@ impl Transitions {
                 event,
                 &CancelOrigin::default(),
                 &self.replica_id,
+                &mut None,
             )
             .await?
             .0)
@@ -136,6 +144,11 @@ impl Transitions {
     /// starts; a report that spent something is stored with its usage rolled up to every
     /// ancestor in the same transaction, and the spending of the chain's budgets is
     /// returned with the change.
+    ///
+    /// `unsettled` is the version and time of a write whose reply was lost (the store
+    /// became unreachable while it ran): kept by a caller that retries, so that if the
+    /// write landed, the retry finds its own write in the record and does not apply the
+    /// event a second time (a checkpoint kept twice, usage counted twice).
     async fn apply_spending(
         &self,
         id: TaskId,
@@ -143,6 +156,7 @@ impl Transitions {
         event: Event,
         origin: &CancelOrigin,
         by: &str,
+        unsettled: &mut Option<(u64, SystemTime)>,
     ) -> Result<(Applied, Vec<Spending>)> {
         let increment = match &event {
             Event::Report {
@@ -158,6 +172,19 @@ impl Transitions {
                 Some(known) => (known, true),
                 None => (self.check(id).await?, false),
             };
+            if let Some(tried) = unsettled.take()
+                && self.landed(&before, tried).await?
+            {
+                tracing::info!(task = %id, version = before.version, "a write whose reply was lost had landed");
+                let spent = self.spending_of_landed(&before, &increment).await?;
+                return Ok((
+                    Applied::Changed {
+                        before: before.clone(),
+                        after: before,
+                    },
+                    spent,
+                ));
+            }
             let after = match state_machine::apply_within(
                 &before,
                 &event,
@@ -179,11 +206,13 @@ impl Transitions {
                 Ok(None) => return Ok((Applied::Unchanged(before), Vec::new())),
                 Err(rejection) => return Ok((Applied::Rejected(before, rejection), Vec::new())),
             };
+            *unsettled = Some((after.version, after.updated_at));
             let (swap, spent) = if increment.is_empty() {
                 (self.records.compare_and_swap(&after).await?, Vec::new())
             } else {
                 self.records.swap_spending(&after, &increment).await?
             };
+            *unsettled = None;
             match swap {
                 Swap::Swapped | Swap::SwappedChildless => {
                     metrics().task_changed(&before, &after);
@@ -225,7 +254,7 @@ impl Transitions {
         by: &str,
     ) -> Result<Applied> {
         Ok(self
-            .apply_spending(id, None, request.event(reason), origin, by)
+            .apply_spending(id, None, request.event(reason), origin, by, &mut None)
             .await?
             .0)
     }
@@ -262,7 +291,9 @@ impl Transitions {
                 tracing::warn!(task = %descendant.id, ancestor = %root, %err, "cancelling a descendant failed");
             }
         }
-        let (applied, _) = self.apply_spending(root, None, event, origin, by).await?;
+        let (applied, _) = self
+            .apply_spending(root, None, event, origin, by, &mut None)
+            .await?;
         Ok((descendants, applied))
     }
 
@@ -321,13 +352,21 @@ impl Transitions {
         known: Option<Task>,
         fence: &Fence,
         report: Report,
+        unsettled: &mut Option<(u64, SystemTime)>,
     ) -> Result<(Task, Vec<Spending>), ReportError> {
         let event = Event::Report {
             fence: fence.clone(),
             report,
         };
         match self
-            .apply_spending(id, known, event, &CancelOrigin::default(), &self.replica_id)
+            .apply_spending(
+                id,
+                known,
+                event,
+                &CancelOrigin::default(),
+                &self.replica_id,
+                unsettled,
+            )
             .await
         {
             Ok((Applied::Changed { after: task, .. } | Applied::Unchanged(task), spent)) => {
@@ -435,9 +474,11 @@ impl Transitions {
             None => report,
         };
         let mut backoff = store_backoff();
+        // A retried report must not be applied on top of itself.
+        let mut unsettled = None;
         loop {
             match self
-                .report_once(id, known.take(), fence, report.clone())
+                .report_once(id, known.take(), fence, report.clone(), &mut unsettled)
                 .await
             {
                 Ok((task, _)) if over_limit.is_some() => {
