@@ -7,7 +7,8 @@
    after a terminal one.
 3. **Acknowledged cancels took effect.** A task a client saw a cancel answered for ended
    CANCELLED; or it had finished before the cancel was recorded (ALREADY_FINISHED, or a
-   bulk cancel that listed it and found it finished: its record holds no cancel); or its
+   bulk cancel that listed it and then found it finished: its cancel is not in the
+   record); or its
    code finished without having seen a soft cancel (the documented race: a completion
    wins over a soft cancel the code never saw). An acknowledged cancel missing from the
    final record, or a hard cancel's task not CANCELLED, is a violation.
@@ -170,12 +171,17 @@ def _cancels(
         verdict.stats[f"cancels acknowledged ({ack.call.value})"] += 1
         if final.state == CANCELLED or ack.outcome == "CANCEL_OUTCOME_ALREADY_FINISHED":
             continue
-        bulk = ack.call in (CancelCall.BULK_SOFT, CancelCall.BULK_HARD)
         said = f"{ack.call.value} cancel {ack.reason!r} answered {ack.outcome or 'listed'}"
+        # A bulk cancel lists the tasks active when it starts and then cancels each: one
+        # that had finished by then records nothing (a hard one would have ended the task;
+        # a soft one after another soft cancel is that cancel again).
+        unrecorded = final.cancel_reason != ack.reason
+        if (ack.call == CancelCall.BULK_HARD and unrecorded) or (
+            ack.call == CancelCall.BULK_SOFT and final.cancel_mode == 0
+        ):
+            verdict.stats["bulk-listed tasks that had finished"] += 1
+            continue
         if final.cancel_mode == 0:
-            if bulk:
-                verdict.stats["bulk-listed tasks that had finished"] += 1
-                continue
             verdict.violation(
                 history, f"{said}, but it ended {state_name(final.state)} with no cancel"
             )

@@ -146,6 +146,17 @@ def test_an_acknowledged_cancel_missing_from_the_end() -> None:
     assert judged(task, [run(1.0, 4.0)]).violations == []
 
 
+def test_a_bulk_hard_cancel_that_found_the_task_finished() -> None:
+    # A soft cancel was recorded, the completion won it, then the bulk cancel that had
+    # listed the task found it finished: nothing of the bulk cancel is in the record.
+    result = {"by": W0, "attempt": 1}
+    end = done(result, cancel_mode=SOFT, cancel_reason="chaos 0")
+    task = acknowledged(history(version(1), report(2, 1), end), CancelCall.BULK_HARD, "")
+    assert judged(task, [run(1.0, 4.0)]).violations == []
+    task.final = {name: dataclasses.replace(end, cancel_reason="chaos 1") for name in REPLICAS}
+    assert "bulk-hard cancel 'chaos 1' answered listed" in judged(task).violations[0]
+
+
 def test_a_soft_cancel_may_lose_only_to_code_that_never_saw_it() -> None:
     result = {"by": W0, "attempt": 1}
     task = history(version(1), report(2, 1), done(result, cancel_mode=SOFT))
