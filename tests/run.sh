@@ -2,17 +2,18 @@
 # The whole test suite, on a fresh machine: formatting, lints, unit tests, the store
 # conformance suite (on the memory store, a Redis and a Redis Cluster), the end-to-end
 # tests against real reinsd processes (embedded store, then Redis, then a Redis Cluster),
-# the Python and Node SDKs against real replicas, and the deploy checks.
+# the Python and Node SDKs against real replicas, a short chaos run, and the deploy checks.
 #
 #   tests/run.sh
 #
 # Installs what it needs when it is missing: redis-server (tests start their own on free
 # loopback ports, never the shared 6379), prometheus (with promtool; the metrics tests
 # start their own), nginx and haproxy (the proxy tests start their own, likewise), the
-# rustfmt/clippy components; the SDK and deploy
-# scripts install their own: Python packages into virtualenvs (client/python/.venv,
-# target/deploy-venv), Node packages with `npm ci`, podman/buildah from Debian packages for
-# the image test. A Rust toolchain, python3 with pip, and Node 20 with npm are assumed.
+# rustfmt/clippy components; the SDK, chaos and deploy scripts install their own: Python
+# packages into virtualenvs (client/python/.venv, target/deploy-venv), Node packages with
+# `npm ci`, iproute2 and nftables for the chaos run (which needs root: network namespaces
+# of its own), podman/buildah from Debian packages for the image test. A Rust toolchain,
+# python3 with pip, and Node 20 with npm are assumed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -86,6 +87,9 @@ cargo test --locked -p reins-e2e --test e2e cluster:: -- --ignored
 # (opentelemetry-api/-sdk/-proto) come with the package's [test] extra into the venv.
 echo "== Python worker library, examples, grpcurl and traces (an OTLP receiver) against real replicas on Redis"
 client/python/run_tests.sh
+
+echo "== chaos, short: 3 replicas on Redis, Python workers, 300 tasks under 8 faults (tests/chaos/run.sh --short)"
+tests/chaos/run.sh --short
 
 echo "== behind nginx and HAProxy: two replicas on Redis (grpcurl from the Python venv)"
 GRPCURL_BIN="${REINS_PYTHON_VENV:-$PWD/client/python/.venv}/bin/grpcurl" \

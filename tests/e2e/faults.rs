@@ -16,8 +16,9 @@ use reins_client::proto::{
 };
 use reins_client::{Client, StartTask};
 use reins_e2e::{
-    Cluster, Heartbeat, PATIENCE, RedisServer, eventually, json_of, long_sleep, process_alive,
-    reason, resume_after, sleep_params, started, stuck_sleep, system_time, wait_finished,
+    Cluster, FakeWorker, Heartbeat, PATIENCE, RedisServer, eventually, json_of, long_sleep,
+    process_alive, reason, resume_after, sleep_params, started, stuck_sleep, system_time,
+    wait_finished,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Status};
@@ -227,6 +228,40 @@ async fn a_partitioned_owner_comes_back_fenced_and_stops_its_program() {
         settled,
         "A's late writes were refused"
     );
+}
+
+#[tokio::test]
+async fn a_frozen_owner_aborts_its_workers_run_once_the_task_went_back_to_the_queue() {
+    let mut cluster = Cluster::start(1, &["--lease-ttl", &flag(LEASE_TTL)]);
+    let a = cluster.client(A).await;
+    let mut worker =
+        FakeWorker::connect(&cluster.replica(A).url(), "thawed", &["research"], 1).await;
+    let task = a
+        .start(StartTask::new("research").max_attempts(2))
+        .await
+        .expect("start");
+    let first = worker.expect_assign().await;
+    cluster.add_replica();
+    let b = cluster.client(B).await;
+
+    // A freezes past its lease: B hands the task back to the queue for its next attempt
+    // (no worker is connected to B, so it stays there). A's worker still runs attempt 1.
+    cluster.replica(A).signal(Signal::SIGSTOP);
+    let requeued = eventually("the task handed back to the queue", || async {
+        let now = b.check(&task.id).await.ok()?;
+        (now.state() == TaskState::Pending).then_some(now)
+    })
+    .await;
+    assert_eq!(
+        (requeued.attempt, requeued.owner.as_str()),
+        (first.attempt, "")
+    );
+
+    // A thaws, finds the task no longer its own, and stops the worker's code: the task has
+    // not moved with its worker (that would be the same attempt, owned elsewhere).
+    cluster.replica(A).signal(Signal::SIGCONT);
+    let abort = worker.expect_abort().await;
+    assert_eq!(abort.task_id, task.id);
 }
 
 /// Awaits a call that must not hang; returns it with how long it took.

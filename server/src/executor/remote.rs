@@ -7,7 +7,9 @@
 //! context's signals into commands (a soft cancel becomes `cancel`, an answer `answer`).
 //! Dropping the job (hard cancel, escalation, lost lease) sends `abort`, stops routing the
 //! worker's messages about the task — they are ignored from then on — and frees the slot;
-//! no `abort` is sent for a task that moved to another replica with its worker.
+//! no `abort` is sent for a task that moved to another replica with its worker (the same
+//! attempt, owned elsewhere), but one is for a task that was handed back to the queue or
+//! started again while this replica could not see it.
 //!
 //! A draining replica asks its workers to reconnect elsewhere ([`WorkerPool::ask_to_reconnect`]);
 //! the replica a worker reaches adopts the tasks its `hello` lists: a job made by
@@ -272,6 +274,7 @@ impl WorkerSlot {
             record: None,
             adopted: self.adopted,
             owner: String::new(),
+            attempt: 0,
         });
         let place = WorkerPlace {
             _worker: self.worker,
@@ -298,9 +301,10 @@ pub struct RemoteJob {
     record: Option<watch::Receiver<Task>>,
     /// The worker brought the task along: it needs no assignment.
     adopted: bool,
-    /// This replica, the task's owner when the job began: a task owned by another
-    /// replica since moved there with its worker, and owes no abort.
+    /// This replica and the attempt it runs, as the job began: the same attempt owned by
+    /// another replica since moved there with its worker, and owes no abort.
     owner: String,
+    attempt: u32,
 }
 
 impl Job for RemoteJob {
@@ -315,6 +319,7 @@ impl RemoteJob {
         let mut record = ctx.record();
         self.record = Some(ctx.record());
         self.owner.clone_from(&task.owner);
+        self.attempt = task.attempt;
         if !self.adopted {
             let budget_remaining = convert::usage(&ctx.budget_remaining().await);
             self.worker.send(Command::Assign(pb::TaskAssignment {
@@ -415,10 +420,14 @@ impl Drop for RemoteJob {
         // elsewhere). Stop routing its messages and tell the worker to stop now — unless
         // the task moved to another replica with the worker, which runs it on.
         self.worker.detach(self.id);
-        let moved = self
-            .record
-            .as_ref()
-            .is_some_and(|record| record.borrow().owner != self.owner);
+        // Moved: another replica owns this very attempt (an adoption). A task handed back
+        // to the queue (no owner) or started again (a later attempt) while this replica
+        // could not see it — frozen, cut off from the store — has not moved: its worker
+        // still runs the old attempt and must stop.
+        let moved = self.record.as_ref().is_some_and(|record| {
+            let task = record.borrow();
+            !task.owner.is_empty() && task.owner != self.owner && task.attempt == self.attempt
+        });
         if moved {
             return;
         }
