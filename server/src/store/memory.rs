@@ -24,8 +24,8 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use super::bucket::Bucket;
 use super::history::{self, HISTORY_LEN};
 use super::{
-    ActiveFilter, Created, Membership, StartRates, StoreResult, Swap, TaskFeeds, TaskQueue,
-    TaskRecords, TenantPlaces, Update, Updates, Wakeups, WorkerKinds,
+    ActiveFilter, Created, Membership, Published, StartRates, StoreResult, Swap, TaskFeeds,
+    TaskQueue, TaskRecords, TenantPlaces, Update, Updates, Wakeups, WorkerKinds,
 };
 use crate::background::Background;
 use crate::task::budget::{self, Spending};
@@ -62,7 +62,7 @@ struct Inner {
     /// Finished tasks in the order they finished, for the retention sweep.
     finished: VecDeque<(SystemTime, TaskId)>,
     /// Control channels, by owner.
-    owner_channels: HashMap<String, broadcast::Sender<Arc<Task>>>,
+    owner_channels: HashMap<String, broadcast::Sender<Arc<Published>>>,
     /// Learned kinds and when a worker last served each.
     worker_kinds: HashMap<String, SystemTime>,
     /// Sessions (by tenant) marked cancelled, until when.
@@ -72,11 +72,11 @@ struct Inner {
 
 struct Entry {
     task: Task,
-    /// The last [`HISTORY_LEN`] versions, oldest first.
-    history: VecDeque<Arc<Task>>,
+    /// The last [`HISTORY_LEN`] versions, oldest first (the latest is the one published).
+    history: VecDeque<Arc<Published>>,
     /// Created on first subscription, dropped when the last subscriber leaves or the task
     /// finishes (which ends every subscriber's stream).
-    updates: Option<broadcast::Sender<Arc<Task>>>,
+    updates: Option<broadcast::Sender<Arc<Published>>>,
 }
 
 impl MemoryStore {
@@ -311,11 +311,11 @@ impl Entry {
             task: task.clone(),
             updates: None,
         };
-        entry.remember(Arc::new(task));
+        entry.remember(Published::new(task));
         entry
     }
 
-    fn remember(&mut self, version: Arc<Task>) {
+    fn remember(&mut self, version: Arc<Published>) {
         if self.history.len() == HISTORY_LEN {
             self.history.pop_front();
         }
@@ -323,9 +323,9 @@ impl Entry {
     }
 
     /// Stores a new version and publishes it to the task's subscribers.
-    fn replace(&mut self, next: &Task) -> Arc<Task> {
+    fn replace(&mut self, next: &Task) -> Arc<Published> {
         self.task = next.clone();
-        let version = Arc::new(next.clone());
+        let version = Published::new(next.clone());
         self.remember(Arc::clone(&version));
         if let Some(sender) = &self.updates {
             let delivered = sender.send(Arc::clone(&version)).is_ok();
@@ -340,7 +340,7 @@ impl Entry {
 }
 
 /// Receivers of a broadcast as an update stream.
-fn updates_of(receiver: broadcast::Receiver<Arc<Task>>) -> Updates {
+fn updates_of(receiver: broadcast::Receiver<Arc<Published>>) -> Updates {
     Box::pin(BroadcastStream::new(receiver).map(|item| match item {
         Ok(task) => Update::Changed(task),
         Err(BroadcastStreamRecvError::Lagged(_)) => Update::Lagged,
@@ -504,7 +504,10 @@ impl TaskRecords for MemoryStore {
     async fn history(&self, id: TaskId, after_version: u64) -> StoreResult<Option<Vec<Task>>> {
         let inner = self.lock();
         Ok(inner.tasks.get(&id).and_then(|entry| {
-            history::versions_after(entry.history.iter().map(Arc::as_ref), after_version)
+            history::versions_after(
+                entry.history.iter().map(|version| version.task()),
+                after_version,
+            )
         }))
     }
 }

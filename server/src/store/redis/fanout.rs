@@ -1,7 +1,7 @@
 //! Pub/sub fan-out: one RESP3 connection per replica carries every subscription of the
 //! process, and each channel has one in-process broadcast that any number of local
-//! subscribers share (10,000 watchers of a task cost one Redis subscription and one JSON
-//! decode per change).
+//! subscribers share (10,000 watchers of a task cost one Redis subscription, one JSON
+//! decode per change and one encoding per view, see [`Published`]).
 //!
 //! The connection resubscribes by itself after a reconnect. A watchdog pings it every
 //! [`WATCHDOG_EVERY`]: a ping on a broken connection makes it reconnect (a subscriber-only
@@ -25,8 +25,7 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use super::unavailable;
 use crate::background::Background;
-use crate::store::{StoreResult, Update, Updates, Wakeups};
-use crate::task::Task;
+use crate::store::{Published, StoreResult, Update, Updates, Wakeups};
 
 /// Messages a local subscriber may fall behind by before it is told to re-read.
 const BUFFER: usize = 1024;
@@ -43,7 +42,7 @@ pub enum Channel {
 
 #[derive(Clone, Debug)]
 enum Message {
-    Changed(Arc<Task>),
+    Changed(Arc<Published>),
     /// A task was queued.
     Queued,
     /// The connection broke: messages may have been lost.
@@ -94,7 +93,7 @@ fn route(table: &Table, queue_channel: &str, disconnected: &AtomicBool, push: Pu
                 Message::Queued
             } else {
                 match super::decode_published(&payload) {
-                    Ok(task) => Message::Changed(Arc::new(task)),
+                    Ok(task) => Message::Changed(Published::new(task)),
                     Err(err) => {
                         tracing::warn!(%channel, %err, "undecodable task change");
                         Message::Missed
