@@ -6,7 +6,8 @@
 //! second makes only the servers, over the first pass's types (`extern_path`), except that
 //! a server's stream of `TaskEvent` (WatchTask, RunTask) is one of
 //! [`encoded::EncodedTaskEvent`](src/encoded.rs): the same bytes on the wire, with the task
-//! encoded once and shared by all its watchers.
+//! encoded once and shared by all its watchers. The servers use
+//! [`codec::ServerCodec`](src/codec.rs) (smaller send buffers).
 
 use std::{env, fs, path::PathBuf};
 
@@ -32,6 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(false)
         .out_dir(servers)
+        .codec_path("crate::codec::ServerCodec")
         .extern_path(".reins.v1.TaskEvent", "crate::encoded::EncodedTaskEvent")
         .extern_path(".reins.v1", "crate::v1")
         .compile_fds(descriptors)?;

@@ -28,6 +28,7 @@ pub mod v1 {
 /// `google.protobuf.FileDescriptorSet`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("reins_descriptor");
 
+pub mod codec;
 pub mod encoded;
 pub mod json;
 
