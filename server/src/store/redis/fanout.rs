@@ -166,7 +166,7 @@ impl Fanout {
         Ok(Subscription {
             fanout: Arc::clone(self),
             channel: channel.to_owned(),
-            messages: BroadcastStream::new(receiver),
+            messages: Some(BroadcastStream::new(receiver)),
         })
     }
 
@@ -241,26 +241,39 @@ async fn watchdog(fanout: std::sync::Weak<Fanout>) {
     }
 }
 
-/// One local subscriber of a channel; dropping it may unsubscribe the channel.
+/// One local subscriber of a channel; dropping the last one unsubscribes the channel.
 struct Subscription {
     fanout: Arc<Fanout>,
     channel: String,
-    messages: BroadcastStream<Message>,
+    /// `None` only while it is dropped.
+    messages: Option<BroadcastStream<Message>>,
 }
 
 impl Stream for Subscription {
     type Item = Message;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.messages
+        let Some(messages) = &mut self.messages else {
+            return Poll::Ready(None);
+        };
+        messages
             .poll_next_unpin(cx)
             .map(|item| item.map(|message| message.unwrap_or(Message::Missed)))
     }
 }
 
 impl Drop for Subscription {
+    /// Leaves the channel first, then looks whether anyone is left: when the 10,000 watchers
+    /// of a task end together, only the last ones (any that find no receiver left) spawn
+    /// the unsubscription, which looks again before it unsubscribes.
     fn drop(&mut self) {
-        self.fanout.release(std::mem::take(&mut self.channel));
+        drop(self.messages.take());
+        let unused = lock(&self.fanout.channels)
+            .get(&self.channel)
+            .is_some_and(|sender| sender.receiver_count() == 0);
+        if unused {
+            self.fanout.release(std::mem::take(&mut self.channel));
+        }
     }
 }
 
