@@ -163,13 +163,20 @@ mod tests {
         decoded.task.unwrap().version
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_quiet_stream_gets_heartbeats_repeating_the_last_event() {
+    type Sender = tokio::sync::mpsc::UnboundedSender<Result<EncodedTaskEvent, Status>>;
+
+    /// A paced stream of the events sent on the sender, with a heartbeat period of 15 s.
+    fn with_heartbeats_every_15s() -> (Sender, Events) {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
         let events: Events = Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(
             receiver,
         ));
-        let mut paced = paced(events, Some(Duration::from_secs(15)), None);
+        (sender, paced(events, Some(Duration::from_secs(15)), None))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_stream_gets_heartbeats_repeating_the_last_event() {
+        let (sender, mut paced) = with_heartbeats_every_15s();
         sender.send(Ok(event(3))).unwrap();
         assert_eq!(paced.next().await.unwrap().unwrap(), event(3));
         let beat = paced.next().await.unwrap().unwrap();
@@ -183,11 +190,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn each_event_starts_a_new_quiet_spell() {
-        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-        let events: Events = Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(
-            receiver,
-        ));
-        let mut paced = paced(events, Some(Duration::from_secs(15)), None);
+        let (sender, mut paced) = with_heartbeats_every_15s();
         sender.send(Ok(event(1))).unwrap();
         assert_eq!(paced.next().await.unwrap().unwrap(), event(1));
         tokio::time::advance(Duration::from_secs(10)).await;
