@@ -8,6 +8,8 @@
 #[allow(clippy::large_enum_variant)]
 pub mod v1 {
     tonic::include_proto!("reins.v1");
+    // The servers (`*_server`), whose TaskEvent streams are `encoded::EncodedTaskEvent`.
+    include!(concat!(env!("OUT_DIR"), "/servers/reins.v1.rs"));
 
     impl TaskState {
         /// COMPLETED, FAILED and CANCELLED: states a task never leaves (the first terminal
@@ -26,6 +28,8 @@ pub mod v1 {
 /// `google.protobuf.FileDescriptorSet`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("reins_descriptor");
 
+pub mod codec;
+pub mod encoded;
 pub mod json;
 
 #[cfg(test)]

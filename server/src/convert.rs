@@ -10,7 +10,7 @@ use reins_proto::v1 as pb;
 use crate::task::cancel::CancelOutcome;
 use crate::task::{CancelInfo, CancelMode, Task, TaskState, Usage};
 
-fn timestamp(time: SystemTime) -> prost_types::Timestamp {
+pub fn timestamp(time: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(time)
 }
 
@@ -118,13 +118,5 @@ pub fn cancel_outcome(outcome: CancelOutcome) -> pb::CancelOutcome {
         CancelOutcome::Requested => pb::CancelOutcome::Requested,
         CancelOutcome::AlreadyCancelled => pb::CancelOutcome::AlreadyCancelled,
         CancelOutcome::AlreadyFinished => pb::CancelOutcome::AlreadyFinished,
-    }
-}
-
-pub fn event(task: &Task, view: View) -> pb::TaskEvent {
-    pb::TaskEvent {
-        task: Some(task_view(task, view)),
-        time: Some(timestamp(task.updated_at)),
-        heartbeat: false,
     }
 }

@@ -2,7 +2,7 @@
 //! terminal state; `cancel_on_disconnect`; resuming with `after_version`.
 
 use reins_client::WatchOptions;
-use reins_client::proto::{CancelMode, Task, TaskEvent, TaskState};
+use reins_client::proto::{CancelMode, Task, TaskEvent, TaskState, TaskView};
 use reins_e2e::{
     PATIENCE, Reinsd, asking, long_sleep, reason, resume_after, start_sleep, wait_finished,
     wait_for, wait_state,
@@ -258,6 +258,58 @@ async fn resuming_from_before_the_kept_history_is_out_of_range() {
         .expect("an error");
     assert_eq!(status.code(), Code::OutOfRange);
     assert_eq!(reason(&status), "HISTORY_UNAVAILABLE");
+}
+
+/// A replica encodes each version once per view and shares it among the task's watchers:
+/// FULL and BASIC watchers of one task, watching at once, each get every version in their
+/// own view, the FULL ones exactly the task as CheckTask returns it.
+#[tokio::test]
+async fn watchers_in_both_views_get_every_version_each_in_their_own_view() {
+    let server = Reinsd::start();
+    let client = server.client().await;
+    let task = start_sleep(&client, 3, 100).await;
+    let basic = WatchOptions {
+        view: TaskView::Basic,
+        ..WatchOptions::default()
+    };
+    let full_view = WatchOptions::default();
+    let (full, basic, full_again, basic_again) = tokio::join!(
+        to_the_end(client.watch(&task.id, full_view).await.unwrap()),
+        to_the_end(client.watch(&task.id, basic).await.unwrap()),
+        to_the_end(client.watch(&task.id, full_view).await.unwrap()),
+        to_the_end(client.watch(&task.id, basic).await.unwrap()),
+    );
+    let done = client.check(&task.id).await.unwrap();
+    for versions in [&full, &full_again] {
+        assert_eq!(
+            versions.last(),
+            Some(&done),
+            "FULL: the task as CheckTask has it"
+        );
+        assert!(versions.iter().all(|task| task.params.is_some()));
+    }
+    for versions in [&basic, &basic_again] {
+        let last = versions.last().expect("events");
+        assert_eq!(last.state(), TaskState::Completed);
+        assert!(
+            versions
+                .iter()
+                .all(|task| task.params.is_none() && task.result.is_none())
+        );
+    }
+    let in_basic = |task: &Task| Task {
+        params: None,
+        partial_results: Vec::new(),
+        result: None,
+        ..task.clone()
+    };
+    for (full, basic) in [(&full, &basic), (&full_again, &basic_again)] {
+        for seen in basic {
+            if let Some(same) = full.iter().find(|task| task.version == seen.version) {
+                assert_eq!(&in_basic(same), seen, "version {}", seen.version);
+            }
+        }
+    }
 }
 
 /// A raw WatchTask call (no client-side filtering of heartbeats), with `grpc-timeout` set

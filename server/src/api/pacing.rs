@@ -3,24 +3,31 @@
 //! `stream_idle_timeout`) do not cut a quiet watch — HTTP/2 PINGs are not forwarded by
 //! proxies, so they cannot do it — and an end with DEADLINE_EXCEEDED at the client's
 //! deadline (`grpc-timeout`), which tonic enforces only until the response starts.
+//!
+//! Each stream keeps one quiet timer for its life and pushes it back after every event:
+//! pushing a timer later is a store to an atomic in tokio, where a new timer per event
+//! would be an insertion and a removal in the runtime's timer wheel for every delivery.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use reins_proto::v1 as pb;
-use tokio::time::Instant;
+use reins_proto::encoded::EncodedTaskEvent;
+use tokio::time::{Instant, Sleep};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
-pub(crate) type Events = Pin<Box<dyn Stream<Item = Result<pb::TaskEvent, Status>> + Send>>;
+pub(crate) type Events = Pin<Box<dyn Stream<Item = Result<EncodedTaskEvent, Status>> + Send>>;
 
 struct Paced {
     events: Events,
-    heartbeat: Option<Duration>,
-    deadline: Option<Instant>,
+    /// The heartbeat period and the timer of the current quiet spell.
+    heartbeat: Option<(Duration, Pin<Box<Sleep>>)>,
+    deadline: Option<Pin<Box<Sleep>>>,
     /// The last event sent, repeated as a heartbeat.
-    last: Option<pb::TaskEvent>,
+    last: Option<EncodedTaskEvent>,
     ended: bool,
 }
 
@@ -32,58 +39,65 @@ pub(crate) fn paced(
     heartbeat: Option<Duration>,
     deadline: Option<Duration>,
 ) -> Events {
-    let state = Paced {
+    Box::pin(Paced {
         events,
-        heartbeat,
-        deadline: deadline.map(|within| Instant::now() + within),
+        heartbeat: heartbeat.map(|every| (every, Box::pin(tokio::time::sleep(every)))),
+        deadline: deadline.map(|within| Box::pin(tokio::time::sleep(within))),
         last: None,
         ended: false,
-    };
-    Box::pin(futures_util::stream::unfold(state, Paced::next))
+    })
 }
 
 impl Paced {
-    async fn next(mut self) -> Option<(Result<pb::TaskEvent, Status>, Paced)> {
-        if self.ended {
-            return None;
+    /// Starts a new quiet spell: the next heartbeat is one period from now.
+    fn quiet_from_now(&mut self) {
+        if let Some((every, quiet)) = &mut self.heartbeat {
+            quiet.as_mut().reset(Instant::now() + *every);
         }
-        let quiet = async {
-            match self.heartbeat {
-                Some(every) => tokio::time::sleep(every).await,
-                None => std::future::pending().await,
-            }
-        };
-        let deadline = async {
-            match self.deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            // The client's deadline first: a stream past it gets nothing more.
-            biased;
-            () = deadline => {
-                self.ended = true;
-                // Drop the watch now: a tied watcher's task is soft-cancelled at its deadline.
-                self.events = Box::pin(futures_util::stream::empty());
-                Some((Err(Status::deadline_exceeded("the call's deadline passed")), self))
-            }
-            event = self.events.next() => {
-                let event = event?;
+    }
+}
+
+impl Stream for Paced {
+    type Item = Result<EncodedTaskEvent, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        // The client's deadline first: a stream past it gets nothing more.
+        if let Some(deadline) = &mut this.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            this.ended = true;
+            // Drop the watch now: a tied watcher's task is soft-cancelled at its deadline.
+            this.events = Box::pin(futures_util::stream::empty());
+            return Poll::Ready(Some(Err(Status::deadline_exceeded(
+                "the call's deadline passed",
+            ))));
+        }
+        match this.events.poll_next_unpin(cx) {
+            Poll::Ready(Some(event)) => {
                 if let Ok(sent) = &event {
-                    self.last = Some(sent.clone());
+                    this.last = Some(sent.clone());
+                    this.quiet_from_now();
                 }
-                Some((event, self))
+                return Poll::Ready(Some(event));
             }
-            () = quiet, if self.last.is_some() => {
-                let beat = pb::TaskEvent {
-                    heartbeat: true,
-                    time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
-                    ..self.last.clone().expect("a heartbeat follows an event")
-                };
-                Some((Ok(beat), self))
+            Poll::Ready(None) => {
+                this.ended = true;
+                return Poll::Ready(None);
             }
+            Poll::Pending => {}
         }
+        if let (Some(last), Some((_, quiet))) = (&this.last, &mut this.heartbeat)
+            && quiet.as_mut().poll(cx).is_ready()
+        {
+            let beat = last.heartbeat(prost_types::Timestamp::from(std::time::SystemTime::now()));
+            this.quiet_from_now();
+            return Poll::Ready(Some(Ok(beat)));
+        }
+        Poll::Pending
     }
 }
 
@@ -109,6 +123,9 @@ pub(crate) fn client_deadline(metadata: &MetadataMap) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    use reins_proto::encoded::EncodedTask;
+    use reins_proto::v1 as pb;
+
     use super::*;
 
     fn with_timeout(value: &str) -> MetadataMap {
@@ -132,33 +149,64 @@ mod tests {
         assert_eq!(client_deadline(&MetadataMap::new()), None);
     }
 
-    fn event(version: u64) -> pb::TaskEvent {
-        pb::TaskEvent {
-            task: Some(pb::Task {
-                version,
-                ..Default::default()
-            }),
-            time: None,
-            heartbeat: false,
-        }
+    fn event(version: u64) -> EncodedTaskEvent {
+        let task = pb::Task {
+            version,
+            ..Default::default()
+        };
+        EncodedTaskEvent::new(EncodedTask::new(&task), prost_types::Timestamp::default())
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_quiet_stream_gets_heartbeats_repeating_the_last_event() {
+    fn version_of(event: EncodedTaskEvent) -> u64 {
+        let bytes = prost::Message::encode_to_vec(&event);
+        let decoded: pb::TaskEvent = prost::Message::decode(bytes.as_slice()).unwrap();
+        decoded.task.unwrap().version
+    }
+
+    type Sender = tokio::sync::mpsc::UnboundedSender<Result<EncodedTaskEvent, Status>>;
+
+    /// A paced stream of the events sent on the sender, with a heartbeat period of 15 s.
+    fn with_heartbeats_every_15s() -> (Sender, Events) {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
         let events: Events = Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(
             receiver,
         ));
-        let mut paced = paced(events, Some(Duration::from_secs(15)), None);
+        (sender, paced(events, Some(Duration::from_secs(15)), None))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_stream_gets_heartbeats_repeating_the_last_event() {
+        let (sender, mut paced) = with_heartbeats_every_15s();
         sender.send(Ok(event(3))).unwrap();
         assert_eq!(paced.next().await.unwrap().unwrap(), event(3));
         let beat = paced.next().await.unwrap().unwrap();
         assert!(beat.heartbeat);
-        assert_eq!(beat.task.unwrap().version, 3);
+        assert_eq!(version_of(beat), 3);
         sender.send(Ok(event(4))).unwrap();
         assert_eq!(paced.next().await.unwrap().unwrap(), event(4));
         drop(sender);
         assert!(paced.next().await.is_none(), "ends when the watch ends");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_event_starts_a_new_quiet_spell() {
+        let (sender, mut paced) = with_heartbeats_every_15s();
+        sender.send(Ok(event(1))).unwrap();
+        assert_eq!(paced.next().await.unwrap().unwrap(), event(1));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        sender.send(Ok(event(2))).unwrap();
+        assert_eq!(paced.next().await.unwrap().unwrap(), event(2));
+        let second = Instant::now();
+        let beat = paced.next().await.unwrap().unwrap();
+        assert!(beat.heartbeat);
+        assert_eq!(second.elapsed(), Duration::from_secs(15));
+        let beat = paced.next().await.unwrap().unwrap();
+        assert_eq!(
+            second.elapsed(),
+            Duration::from_secs(30),
+            "a heartbeat starts one too"
+        );
+        assert_eq!(version_of(beat), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,6 +1,7 @@
 //! The WatchTask (and RunTask) stream: versions as events until the terminal one, a clean
 //! end on shutdown, and the call's tie to the task (`cancel_on_disconnect`, see
-//! [`super::ties`]).
+//! [`super::ties`]). An event's task is the version's shared encoding in the watch's view
+//! ([`Published::event`]): nothing is converted or encoded per watcher.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -9,13 +10,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::{FutureExt, Stream, StreamExt};
-use reins_proto::v1 as pb;
+use reins_proto::encoded::EncodedTaskEvent;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
 use super::ties::Tie;
-use crate::convert::{self, View};
+use crate::convert::View;
 use crate::engine::{Engine, Held};
+use crate::store::Published;
 use crate::task::{Task, TaskId};
 use crate::telemetry::metrics::{Tracked, metrics};
 
@@ -25,7 +27,7 @@ use crate::telemetry::metrics::{Tracked, metrics};
 /// version, UNAVAILABLE otherwise (watch again elsewhere). If the client hangs up first
 /// and the call is tied to the task, dropping the tie may cancel it ([`super::ties`]).
 pub(crate) struct WatchStream {
-    events: Pin<Box<dyn Stream<Item = Task> + Send>>,
+    events: Pin<Box<dyn Stream<Item = Arc<Published>> + Send>>,
     /// The watch's place among its tenant's `max_watchers`, given back with the stream.
     _held: Option<Held>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -51,7 +53,7 @@ enum Phase {
 
 impl WatchStream {
     pub fn new(
-        events: Pin<Box<dyn Stream<Item = Task> + Send>>,
+        events: Pin<Box<dyn Stream<Item = Arc<Published>> + Send>>,
         shutdown: CancellationToken,
         engine: Arc<Engine>,
         id: TaskId,
@@ -79,13 +81,13 @@ impl WatchStream {
     }
 
     /// The event for a version, noting that it was sent.
-    fn send(&mut self, task: Task) -> Option<Result<pb::TaskEvent, Status>> {
-        self.last_version = task.version;
-        if task.state.is_terminal() {
+    fn send(&mut self, version: &Published) -> Option<Result<EncodedTaskEvent, Status>> {
+        self.last_version = version.version;
+        if version.state.is_terminal() {
             self.release();
             self.phase = Phase::Ended;
         }
-        Some(Ok(convert::event(&task, self.view)))
+        Some(Ok(version.event(self.view)))
     }
 
     /// The stream leaves the task alone from now on.
@@ -97,13 +99,13 @@ impl WatchStream {
 }
 
 impl Stream for WatchStream {
-    type Item = Result<pb::TaskEvent, Status>;
+    type Item = Result<EncodedTaskEvent, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
             match &mut self.phase {
                 Phase::Live => match self.events.poll_next_unpin(cx) {
-                    Poll::Ready(Some(task)) => return Poll::Ready(self.send(task)),
+                    Poll::Ready(Some(version)) => return Poll::Ready(self.send(&version)),
                     Poll::Ready(None) => {
                         self.phase = Phase::Ended;
                         return Poll::Ready(None);
@@ -132,7 +134,7 @@ impl Stream for WatchStream {
                 },
                 Phase::Draining(unsent) => match unsent.pop_front() {
                     Some(task) if task.version > self.last_version => {
-                        return Poll::Ready(self.send(task));
+                        return Poll::Ready(self.send(&Published::new(task)));
                     }
                     Some(_) => {}
                     None => {

@@ -1,6 +1,7 @@
 //! WatchTask: a task's versions in order, from a resume point or from now, to the end;
 //! versions missed on the way (a reconnect, a slow watcher) are filled in from the
-//! task's history.
+//! task's history. A live version comes as the feed published it, shared with the task's
+//! other watchers on this replica (with its encoding, see [`Published`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use futures_util::{Stream, StreamExt};
 use super::Engine;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
-use crate::store::{TaskRecords, Update, Updates};
+use crate::store::{Published, TaskRecords, Update, Updates};
 use crate::task::{Task, TaskId};
 
 impl Engine {
@@ -21,7 +22,7 @@ impl Engine {
         caller: &Caller,
         id: TaskId,
         after_version: Option<u64>,
-    ) -> Result<impl Stream<Item = Task> + Send + 'static> {
+    ) -> Result<impl Stream<Item = Arc<Published>> + Send + 'static> {
         let updates = self.feeds.subscribe(id).await?;
         let current = self.check_as(caller, id).await?;
         if let Some(after) = after_version.filter(|after| *after > current.version) {
@@ -38,8 +39,8 @@ impl Engine {
         } else {
             updates
         };
-        let backlog: VecDeque<Task> = match after_version {
-            None => VecDeque::from([current]),
+        let backlog: VecDeque<Arc<Published>> = match after_version {
+            None => VecDeque::from([Published::new(current)]),
             Some(after) => self
                 .versions_after(id, after)
                 .await?
@@ -47,7 +48,9 @@ impl Engine {
                     id,
                     after_version: after,
                 })?
-                .into(),
+                .into_iter()
+                .map(Published::new)
+                .collect(),
         };
         let state = WatchState {
             id,
@@ -80,13 +83,13 @@ struct WatchState {
     records: Arc<dyn TaskRecords>,
     updates: Updates,
     /// Versions to yield before reading more updates.
-    backlog: VecDeque<Task>,
+    backlog: VecDeque<Arc<Published>>,
     last_version: u64,
     finished: bool,
 }
 
 impl WatchState {
-    async fn step(mut self) -> Option<(Task, WatchState)> {
+    async fn step(mut self) -> Option<(Arc<Published>, WatchState)> {
         while !self.finished {
             if let Some(task) = self.backlog.pop_front() {
                 if task.version > self.last_version {
@@ -99,7 +102,7 @@ impl WatchState {
             }
             match self.updates.next().await {
                 Some(Update::Changed(task)) if task.version <= self.last_version + 1 => {
-                    self.backlog.push_back(Task::clone(&task));
+                    self.backlog.push_back(task);
                 }
                 // A gap, a lag or a reconnect: catch up from the history.
                 Some(Update::Changed(_) | Update::Lagged) => self.catch_up().await,
@@ -119,11 +122,13 @@ impl WatchState {
     /// latest record if the history no longer reaches back that far.
     async fn catch_up(&mut self) {
         match self.records.history(self.id, self.last_version).await {
-            Ok(Some(versions)) => self.backlog.extend(versions),
+            Ok(Some(versions)) => self
+                .backlog
+                .extend(versions.into_iter().map(Published::new)),
             _ => {
                 if let Ok(Some(latest)) = self.records.get(self.id).await {
                     tracing::warn!(task = %self.id, from = self.last_version, to = latest.version, "a watcher skipped versions its history no longer holds");
-                    self.backlog.push_back(latest);
+                    self.backlog.push_back(Published::new(latest));
                 }
             }
         }

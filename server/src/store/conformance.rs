@@ -558,7 +558,7 @@ pub async fn a_worker_task_moves_to_another_owner_in_the_same_attempt(store: &dy
     ));
     // The former owner hears of the move at once, so its driver lets go.
     match tokio::time::timeout(Duration::from_secs(5), old_owner.next()).await {
-        Ok(Some(Update::Changed(seen))) => assert_eq!(*seen, moved),
+        Ok(Some(Update::Changed(seen))) => assert_eq!(seen.task(), &moved),
         other => panic!("the former owner was not told of the move: {other:?}"),
     }
 }
@@ -726,7 +726,7 @@ pub async fn the_owner_channel_carries_every_change_of_its_tasks_only(store: &dy
             .await
             .unwrap()
         {
-            Some(Update::Changed(task)) => assert_eq!(*task, expected),
+            Some(Update::Changed(task)) => assert_eq!(task.task(), &expected),
             other => panic!(
                 "expected version {} of {}, got {other:?}",
                 expected.version, expected.id

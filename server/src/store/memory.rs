@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
 
+use super::Published;
 use super::bucket::Bucket;
 use crate::task::{Task, TaskId};
 
@@ -58,7 +59,7 @@ struct Inner {
     /// Finished tasks in the order they finished, for the retention sweep.
     finished: VecDeque<(SystemTime, TaskId)>,
     /// Control channels, by owner.
-    owner_channels: HashMap<String, broadcast::Sender<Arc<Task>>>,
+    owner_channels: HashMap<String, broadcast::Sender<Arc<Published>>>,
     /// Learned kinds and when a worker last served each.
     worker_kinds: HashMap<String, SystemTime>,
     /// Sessions (by tenant) marked cancelled, until when.
@@ -69,10 +70,10 @@ struct Inner {
 struct Entry {
     task: Task,
     /// The last [`HISTORY_LEN`] versions, oldest first.
-    history: VecDeque<Arc<Task>>,
+    history: VecDeque<Arc<Published>>,
     /// Created on first subscription, dropped when the last subscriber leaves or the task
     /// finishes (which ends every subscriber's stream).
-    updates: Option<broadcast::Sender<Arc<Task>>>,
+    updates: Option<broadcast::Sender<Arc<Published>>>,
 }
 
 impl MemoryStore {

@@ -17,6 +17,7 @@
 pub(crate) mod bucket;
 pub(crate) mod history;
 pub(crate) mod memory;
+mod published;
 pub(crate) mod redis;
 
 #[cfg(test)]
@@ -30,6 +31,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use futures_util::Stream;
 
+pub use self::published::Published;
 use crate::task::budget::Spending;
 use crate::task::{Task, TaskId, Usage};
 
@@ -117,7 +119,8 @@ pub type Wakeups = Pin<Box<dyn Stream<Item = ()> + Send>>;
 
 #[derive(Clone, Debug)]
 pub enum Update {
-    Changed(Arc<Task>),
+    /// A new version, shared by every local subscriber of the task.
+    Changed(Arc<Published>),
     /// Changes may have been missed (a slow subscriber, a reconnect): re-read the record.
     Lagged,
 }

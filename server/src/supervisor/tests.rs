@@ -13,7 +13,7 @@ use super::*;
 use crate::config::Config;
 use crate::executor::Kinds;
 use crate::port::TaskPort;
-use crate::store::StoreError;
+use crate::store::{Published, StoreError};
 use crate::task::state_machine::{self, Event, Fence, Rejection, Report};
 use crate::task::{NewTask, TaskState};
 
@@ -120,7 +120,7 @@ async fn a_record_turned_terminal_stops_the_code_at_once() {
             reason: "stop".into(),
         })
         .unwrap();
-    supervisor.route(Update::Changed(Arc::new(cancelled.clone())));
+    supervisor.route(Update::Changed(Published::new(cancelled.clone())));
     tokio::time::timeout(PATIENCE, freed.notified())
         .await
         .expect("the code stopped and its place is free");
@@ -142,7 +142,7 @@ async fn a_soft_cancel_reaches_the_code_which_stops_at_its_checkpoint() {
             grace: Duration::from_secs(60),
         })
         .unwrap();
-    supervisor.route(Update::Changed(Arc::new(asked)));
+    supervisor.route(Update::Changed(Published::new(asked)));
     tokio::time::timeout(PATIENCE, freed.notified())
         .await
         .expect("the code stopped");
@@ -212,7 +212,7 @@ async fn a_change_routed_between_the_registration_and_the_launch_reaches_the_dri
             reason: "test".into(),
         })
         .unwrap();
-    supervisor.route(Update::Changed(Arc::new(cancelled)));
+    supervisor.route(Update::Changed(Published::new(cancelled)));
     let kinds = Kinds::builtin(Config::parse_from(["reinsd"]).exec_policy());
     let job = kinds
         .get("sleep")

@@ -9,11 +9,11 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use super::{MemoryStore, SUBSCRIBER_BUFFER};
-use crate::store::{StoreResult, TaskFeeds, Update, Updates};
-use crate::task::{Task, TaskId};
+use crate::store::{Published, StoreResult, TaskFeeds, Update, Updates};
+use crate::task::TaskId;
 
 /// Receivers of a broadcast as an update stream.
-fn updates_of(receiver: broadcast::Receiver<Arc<Task>>) -> Updates {
+fn updates_of(receiver: broadcast::Receiver<Arc<Published>>) -> Updates {
     Box::pin(BroadcastStream::new(receiver).map(|item| match item {
         Ok(task) => Update::Changed(task),
         Err(BroadcastStreamRecvError::Lagged(_)) => Update::Lagged,

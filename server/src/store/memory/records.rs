@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::{Entry, Inner, MemoryStore};
 use crate::store::history::{self, HISTORY_LEN};
-use crate::store::{ActiveFilter, Created, StoreResult, Swap, TaskRecords};
+use crate::store::{ActiveFilter, Created, Published, StoreResult, Swap, TaskRecords};
 use crate::task::budget::{self, Spending};
 use crate::task::{Task, TaskId, TaskState, Usage};
 
@@ -65,11 +65,11 @@ impl Entry {
             task: task.clone(),
             updates: None,
         };
-        entry.remember(Arc::new(task));
+        entry.remember(Published::new(task));
         entry
     }
 
-    fn remember(&mut self, version: Arc<Task>) {
+    fn remember(&mut self, version: Arc<Published>) {
         if self.history.len() == HISTORY_LEN {
             self.history.pop_front();
         }
@@ -77,9 +77,9 @@ impl Entry {
     }
 
     /// Stores a new version and publishes it to the task's subscribers.
-    fn replace(&mut self, next: &Task) -> Arc<Task> {
+    fn replace(&mut self, next: &Task) -> Arc<Published> {
         self.task = next.clone();
-        let version = Arc::new(next.clone());
+        let version = Published::new(next.clone());
         self.remember(Arc::clone(&version));
         if let Some(sender) = &self.updates {
             let delivered = sender.send(Arc::clone(&version)).is_ok();
@@ -250,7 +250,10 @@ impl TaskRecords for MemoryStore {
     async fn history(&self, id: TaskId, after_version: u64) -> StoreResult<Option<Vec<Task>>> {
         let inner = self.lock();
         Ok(inner.tasks.get(&id).and_then(|entry| {
-            history::versions_after(entry.history.iter().map(Arc::as_ref), after_version)
+            history::versions_after(
+                entry.history.iter().map(|version| version.task()),
+                after_version,
+            )
         }))
     }
 }

@@ -1,7 +1,7 @@
 //! Pub/sub fan-out: one RESP3 connection per replica carries every subscription of the
 //! process, and each channel has one in-process broadcast that any number of local
-//! subscribers share (10,000 watchers of a task cost one Redis subscription and one JSON
-//! decode per change).
+//! subscribers share (10,000 watchers of a task cost one Redis subscription, one JSON
+//! decode per change and one encoding per view, see [`Published`]).
 //!
 //! The connection resubscribes by itself after a reconnect. A watchdog pings it every
 //! [`WATCHDOG_EVERY`]: a ping on a broken connection makes it reconnect (a subscriber-only
@@ -25,8 +25,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use super::connection::{Commands, Connector};
 use super::unavailable;
 use crate::background::Background;
-use crate::store::{StoreResult, Update, Updates, Wakeups};
-use crate::task::Task;
+use crate::store::{Published, StoreResult, Update, Updates, Wakeups};
 
 /// Messages a local subscriber may fall behind by before it is told to re-read.
 const BUFFER: usize = 1024;
@@ -44,7 +43,7 @@ pub enum Channel {
 
 #[derive(Clone, Debug)]
 enum Message {
-    Changed(Arc<Task>),
+    Changed(Arc<Published>),
     /// A task was queued.
     Queued,
     /// The connection broke: messages may have been lost.
@@ -98,7 +97,7 @@ fn route(table: &Table, queue_channel: &str, disconnected: &AtomicBool, push: Pu
                 Message::Queued
             } else {
                 match super::decode_published(&payload) {
-                    Ok(task) => Message::Changed(Arc::new(task)),
+                    Ok(task) => Message::Changed(Published::new(task)),
                     Err(err) => {
                         tracing::warn!(%channel, %err, "undecodable task change");
                         Message::Missed
@@ -174,7 +173,7 @@ impl Fanout {
         Ok(Subscription {
             fanout: Arc::clone(self),
             channel: channel.to_owned(),
-            messages: BroadcastStream::new(receiver),
+            messages: Some(BroadcastStream::new(receiver)),
         })
     }
 
@@ -260,26 +259,39 @@ async fn watchdog(fanout: std::sync::Weak<Fanout>) {
     }
 }
 
-/// One local subscriber of a channel; dropping it may unsubscribe the channel.
+/// One local subscriber of a channel; dropping the last one unsubscribes the channel.
 struct Subscription {
     fanout: Arc<Fanout>,
     channel: String,
-    messages: BroadcastStream<Message>,
+    /// `None` only while it is dropped.
+    messages: Option<BroadcastStream<Message>>,
 }
 
 impl Stream for Subscription {
     type Item = Message;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.messages
+        let Some(messages) = &mut self.messages else {
+            return Poll::Ready(None);
+        };
+        messages
             .poll_next_unpin(cx)
             .map(|item| item.map(|message| message.unwrap_or(Message::Missed)))
     }
 }
 
 impl Drop for Subscription {
+    /// Leaves the channel first, then looks whether anyone is left: when the 10,000 watchers
+    /// of a task end together, only the last ones (any that find no receiver left) spawn
+    /// the unsubscription, which looks again before it unsubscribes.
     fn drop(&mut self) {
-        self.fanout.release(std::mem::take(&mut self.channel));
+        drop(self.messages.take());
+        let unused = lock(&self.fanout.channels)
+            .get(&self.channel)
+            .is_some_and(|sender| sender.receiver_count() == 0);
+        if unused {
+            self.fanout.release(std::mem::take(&mut self.channel));
+        }
     }
 }
 

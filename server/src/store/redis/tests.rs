@@ -264,6 +264,49 @@ async fn an_outage_fails_calls_fast_and_the_store_recovers_by_itself() {
     assert_eq!(seen.version, next.version);
 }
 
+/// How many connections are subscribed to `channel`.
+async fn subscribers_of(server: &RedisServer, channel: &str) -> u64 {
+    let (_, count): (String, u64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(&mut raw_connection(server).await)
+        .await
+        .unwrap();
+    count
+}
+
+/// The local subscribers of a task share one Redis subscription: it stays, live, while any
+/// of them is left, and goes when the last one leaves.
+#[tokio::test]
+async fn the_last_local_subscriber_of_a_task_to_leave_unsubscribes_it() {
+    let fixture = fixture();
+    let id = crate::task::TaskId::now_v7();
+    let channel = format!("reins:events:task:{id}");
+    let mut subscribers = Vec::new();
+    for _ in 0..100 {
+        subscribers.push(fixture.subscribe(id).await.unwrap());
+    }
+    assert_eq!(subscribers_of(&fixture.server, &channel).await, 1);
+    let mut last = subscribers.pop().unwrap();
+    drop(subscribers);
+    // Still subscribed: a message the store cannot decode reaches the one left as a lag.
+    let _: u64 = redis::cmd("PUBLISH")
+        .arg(&channel)
+        .arg("not a task")
+        .query_async(&mut raw_connection(&fixture.server).await)
+        .await
+        .unwrap();
+    let told = tokio::time::timeout(Duration::from_secs(10), last.next()).await;
+    assert!(matches!(told, Ok(Some(Update::Lagged))), "{told:?}");
+    assert_eq!(subscribers_of(&fixture.server, &channel).await, 1);
+    drop(last);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while subscribers_of(&fixture.server, &channel).await != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "still subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// How many times Redis has run `command` since the last `CONFIG RESETSTAT`.
 async fn calls_of(server: &RedisServer, command: &str) -> u64 {
     let info: String = redis::cmd("INFO")
