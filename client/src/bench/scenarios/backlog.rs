@@ -2,8 +2,8 @@
 //! `--redis`; only when named. How the tasks come to wait is `--backlog-wait`:
 //!
 //! - `room` (the usual way a queue builds up): the replicas are filled first with idle
-//!   `sleep` tasks (one step of an hour), [`FILL_BATCH`] at a time until a start stays
-//!   PENDING, and the backlog is more of them waiting for room. The dispatch of the
+//!   `sleep` tasks (one step of an hour), [`FILL_BATCH`] at a time until no start of a
+//!   batch runs, and the backlog is more of them waiting for room. The dispatch of the
 //!   next task: one running task is hard-cancelled through replica A and the oldest
 //!   PENDING task is followed until it starts (call → its `started_at`), [`PROBES`] times.
 //! - `worker`: tasks of a kind that no connected worker serves (learned from a worker that
@@ -61,11 +61,16 @@ pub async fn run(bench: &Bench) -> BenchResult<Report> {
     let mut redis = counters::redis(bench, "backlog").await?;
     let mut report = Report::default();
     let wait = bench.args.backlog_wait;
-    let (fillers, queued): (Vec<String>, fn() -> StartTask) = match wait {
-        Wait::Room => (fill(bench, &mut report).await?, idle),
+    // The running fillers, and the fill's starts that stayed PENDING (first in the queue).
+    let (fillers, mut backlog, queued): (Vec<String>, Vec<String>, fn() -> StartTask) = match wait {
+        Wait::Room => {
+            let (running, pending) = fill(bench, &mut report).await?;
+            (running, pending, idle)
+        }
         Wait::Worker => {
             learn_queued_kind(bench).await?;
-            (Vec::new(), || tasks::bench_task(QUEUED_KIND, json!({})))
+            let queued = || tasks::bench_task(QUEUED_KIND, json!({}));
+            (Vec::new(), Vec::new(), queued)
         }
     };
     let count = Sizes::of(bench).sample.min(bench.args.backlog.max(1));
@@ -73,7 +78,7 @@ pub async fn run(bench: &Bench) -> BenchResult<Report> {
     report.note(format!(
         "backlog: Redis bytes per PENDING task: {keys:.0} in its keys (MEMORY USAGE), {used:.0} of used_memory growth ({count} tasks)"
     ));
-    let mut backlog: Vec<String> = sample.into_iter().map(|task| task.id).collect();
+    backlog.extend(sample.into_iter().map(|task| task.id));
     queue(bench, &mut redis, &mut report, queued, &mut backlog).await?;
     // Queue order: ids are UUIDv7, and the queue is sorted by id.
     backlog.sort_unstable();
@@ -123,10 +128,13 @@ fn idle() -> StartTask {
     tasks::sleep(1, 3_600_000).description("reins-bench: keeps a place taken")
 }
 
-/// Fills every replica with idle tasks, until a start stays PENDING; their ids.
-async fn fill(bench: &Bench, report: &mut Report) -> BenchResult<Vec<String>> {
+/// Fills every replica with idle tasks, until no start of a batch runs: the ids of those
+/// that ran when started, and of those that did not (most still PENDING, first in the
+/// queue; a few taken a moment later by a replica that still had room).
+async fn fill(bench: &Bench, report: &mut Report) -> BenchResult<(Vec<String>, Vec<String>)> {
     let began = Instant::now();
     let mut fillers = Vec::new();
+    let mut waiting = Vec::new();
     while fillers.len() < MOST_FILLERS {
         let (batch, failed) = start_many(bench, FILL_BATCH as u64, FILL_BATCH, idle, None).await;
         if failed > 0 {
@@ -134,21 +142,21 @@ async fn fill(bench: &Bench, report: &mut Report) -> BenchResult<Vec<String>> {
                 "{failed} idle tasks did not start"
             )));
         }
-        let full = batch.iter().any(|task| task.state() == TaskState::Pending);
-        fillers.extend(
-            batch
-                .into_iter()
-                .filter(|task| task.state() == TaskState::Running)
-                .map(|task| task.id),
-        );
-        if full {
+        // Through a full replica a start stays PENDING even if another one has room (it
+        // takes the task a moment later): full is when no start of a batch ran.
+        let (pending, running): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|task| task.state() == TaskState::Pending);
+        waiting.extend(pending.into_iter().map(|task| task.id));
+        if running.is_empty() {
             report.note(format!(
-                "backlog: the replicas were full with {} idle tasks running (filled in {:.1} s)",
+                "backlog: the replicas were full with about {} idle tasks running (filled in {:.1} s)",
                 fillers.len(),
                 began.elapsed().as_secs_f64()
             ));
-            return Ok(fillers);
+            return Ok((fillers, waiting));
         }
+        fillers.extend(running.into_iter().map(|task| task.id));
     }
     Err(BenchError::Unexpected(format!(
         "the replicas still had room after {MOST_FILLERS} idle tasks"

@@ -4,10 +4,10 @@
 //! 1. **Replica memory**: replica A's RSS before and after [`Sizes::workers`] workers connect to
 //!    it, then before and after [`Sizes::running`] idle `sleep` tasks (one step of an hour)
 //!    started through it.
-//! 2. **Redis memory per finished task**: [`Sizes::sample`] `sleep` tasks of 10 steps (10
-//!    checkpoints) run to COMPLETED, counted as `MEMORY USAGE` summed over each task's own
-//!    keys (`{p}task:`, `{p}history:`, `{p}checkpoints:`), and as the growth of
-//!    `used_memory` per task, which adds its entries in the indexes.
+//! 2. **Redis memory per finished task**: [`Sizes::sample`] `sleep` tasks of 0 steps, then
+//!    as many of 10 steps (10 checkpoints), run to COMPLETED, counted as `MEMORY USAGE`
+//!    summed over each task's own keys (`{p}task:`, `{p}history:`, `{p}checkpoints:`), and
+//!    as the growth of `used_memory` per task, which adds its entries in the indexes.
 //! 3. **CPU per short task**: [`Sizes::short`] short tasks, `--in-flight` at once over the
 //!    replicas: the CPU time of Redis (`INFO cpu`) and of the replicas (`/proc`) per task,
 //!    less their idle use, hence tasks/s per core of each.
@@ -181,22 +181,25 @@ async fn finished_memory(
     redis: &mut MultiplexedConnection,
     report: &mut Report,
 ) -> BenchResult<()> {
-    let finished = || tasks::sleep(10, 0);
-    let (keys, used, done) =
-        memory_of(bench, sizes.sample, redis, finished, Some(is_terminal)).await?;
-    let checkpoints = bench
-        .cluster
-        .first()
-        .client()
-        .check(done[0].id.clone())
-        .await?
-        .partial_results
-        .len();
-    report.note(format!(
-        "capacity: Redis bytes per finished task ({} versions, {checkpoints} checkpoints): {keys:.0} in its keys, {used:.0} of used_memory growth ({} tasks; kept for --retention)",
-        done[0].version,
-        sizes.sample
-    ));
+    // A short task (no checkpoint), then one that checkpointed at each of 10 steps.
+    for steps in [0, 10] {
+        let finished = || tasks::sleep(steps, 0);
+        let (keys, used, done) =
+            memory_of(bench, sizes.sample, redis, finished, Some(is_terminal)).await?;
+        let checkpoints = bench
+            .cluster
+            .first()
+            .client()
+            .check(done[0].id.clone())
+            .await?
+            .partial_results
+            .len();
+        report.note(format!(
+            "capacity: Redis bytes per finished task ({} versions, {checkpoints} checkpoints): {keys:.0} in its keys, {used:.0} of used_memory growth ({} tasks; kept for --retention)",
+            done[0].version,
+            sizes.sample
+        ));
+    }
     Ok(())
 }
 
