@@ -1,6 +1,7 @@
 //! `reins-bench` internals: the command line ([`cli`]), the connections to the replicas
-//! ([`cluster`]), the closed-loop load driver ([`load`]), the scenarios
-//! ([`scenarios`]) and the results table ([`report`]).
+//! ([`cluster`]), the closed-loop load driver ([`load`]) and the open-loop churn
+//! ([`churn`]), the bench's own worker ([`worker`]), the scenarios ([`scenarios`]) and
+//! the results table ([`report`]).
 
 mod churn;
 mod cli;
