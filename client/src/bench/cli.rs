@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use super::cluster::ServerSpec;
+use super::scenarios::backlog::Wait;
 
 const AFTER_HELP: &str = "\
 Replicas are given as URL or REPLICA_ID=URL. With the ids, the cancel scenarios always \
@@ -39,7 +40,8 @@ pub struct Args {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
 
-    /// Measure this many operations in each timed scenario instead of a duration.
+    /// Measure this many operations in each timed scenario instead of a duration (and, in
+    /// `cost`, `capacity` and `backlog`, this many tasks per sample: a quick run).
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
 
@@ -55,9 +57,25 @@ pub struct Args {
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..))]
     pub in_flight: u16,
 
-    /// Cancels measured by each of `hard-cancel` and `soft-cancel`, one after the other.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Cancels measured by each of `hard-cancel` and `soft-cancel`, one after the other, and
+    /// by each of the four kinds of `cancel-under-load`.
+    #[arg(long, default_value_t = 150, value_parser = clap::value_parser!(u16).range(1..))]
     pub rounds: u16,
+
+    /// Tasks kept running during `cancel-under-load`: half of them tasks of a worker the
+    /// bench connects to each replica, half `exec` tasks running `sleep` (the replicas need
+    /// `--allow-exec sleep`).
+    #[arg(long, default_value_t = 1_000)]
+    pub running: u32,
+
+    /// How often each running worker task of `cancel-under-load` reports progress.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub worker_progress: Duration,
+
+    /// Short tasks started per second through the replicas in turn during
+    /// `cancel-under-load` (0: none).
+    #[arg(long, default_value_t = 2_000.0)]
+    pub churn: f64,
 
     /// Concurrent WatchTask streams in `watch-fanout`, all on replica A.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -90,6 +108,20 @@ pub struct Args {
     /// `cost` scenario reads.
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
+
+    /// The `--redis-prefix` of the replicas, for the keys `capacity` measures.
+    #[arg(long, default_value = "reins:", value_name = "PREFIX")]
+    pub redis_prefix: String,
+
+    /// PENDING tasks `backlog` queues before it measures calls against them (they are left
+    /// in Redis).
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub backlog: u64,
+
+    /// Why the tasks of `backlog` wait: `room` (every replica is full of idle tasks) or
+    /// `worker` (their kind is served by no connected worker).
+    #[arg(long, value_enum, default_value = "room", value_name = "WHY")]
+    pub backlog_wait: Wait,
 
     /// A replica's metrics endpoint (`http://host:port`, its `--metrics-listen`), whose
     /// `reins_store_requests_total` the `cost` scenario counts. Repeat for every replica.
@@ -124,9 +156,27 @@ pub enum Scenario {
     /// Redis commands and round trips per short task, no watcher (needs `--redis`, and
     /// `--metrics` for the round trips); skipped in a full run without `--redis`.
     Cost,
+    /// Cross-replica hard and soft cancels of exec and worker tasks while `--running`
+    /// tasks run and `--churn` short tasks a second come and go; only when named.
+    CancelUnderLoad,
+    /// Memory per task in Redis and in a replica, and CPU per task (needs `--redis`); only
+    /// when named.
+    Capacity,
+    /// Calls against a `--backlog` of PENDING tasks, which it leaves in Redis (needs
+    /// `--redis`); only when named, and last.
+    Backlog,
 }
 
 impl Scenario {
+    /// Whether a full run (no `--scenario`) includes it: not the long ones, which load
+    /// the machine for minutes.
+    pub fn in_full_run(self) -> bool {
+        !matches!(
+            self,
+            Scenario::CancelUnderLoad | Scenario::Capacity | Scenario::Backlog
+        )
+    }
+
     /// The name given on the command line.
     pub fn name(self) -> String {
         self.to_possible_value()

@@ -1,7 +1,9 @@
 //! `reins-bench` internals: the command line ([`cli`]), the connections to the replicas
-//! ([`cluster`]), the closed-loop load driver ([`load`]), the scenarios
-//! ([`scenarios`]) and the results table ([`report`]).
+//! ([`cluster`]), the closed-loop load driver ([`load`]) and the open-loop churn
+//! ([`churn`]), the bench's own worker ([`worker`]), the scenarios ([`scenarios`]) and
+//! the results table ([`report`]).
 
+mod churn;
 mod cli;
 mod cluster;
 mod counters;
@@ -11,6 +13,7 @@ mod process;
 mod report;
 mod scenarios;
 mod tasks;
+mod worker;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,7 +24,7 @@ use tonic::Status;
 
 pub use self::cli::Args;
 use self::cli::Scenario;
-use self::cluster::Cluster;
+use self::cluster::{Cluster, Server};
 use self::load::Load;
 use self::report::Report;
 
@@ -51,11 +54,16 @@ pub struct Bench {
 impl Bench {
     /// The process of replica A (`--server-pid`, or whatever listens on its port here).
     pub fn replica_a_pid(&self) -> Option<u32> {
-        let url = &self.cluster.first().spec.url;
-        let port = || url.trim_end_matches('/').rsplit_once(':')?.1.parse().ok();
         self.args
             .server_pid
-            .or_else(|| port().and_then(process::listening_on))
+            .or_else(|| Bench::pid_of(self.cluster.first()))
+    }
+
+    /// The process listening on `server`'s port on this machine, if it is here.
+    pub fn pid_of(server: &Server) -> Option<u32> {
+        let url = &server.spec.url;
+        let port = url.trim_end_matches('/').rsplit_once(':')?.1.parse().ok()?;
+        process::listening_on(port)
     }
 
     /// How long (or how many operations) the timed scenarios measure.
@@ -105,6 +113,7 @@ pub async fn run(args: Args) -> BenchResult<Outcome> {
         Scenario::value_variants()
             .iter()
             .copied()
+            .filter(|scenario| scenario.in_full_run())
             .filter(|scenario| *scenario != Scenario::Cost || args.redis.is_some())
             .collect()
     } else {

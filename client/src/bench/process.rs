@@ -1,5 +1,5 @@
-//! What `/proc` tells about local processes (Linux): a process's resident memory, whether
-//! it has exited, and which process listens on a TCP port.
+//! What `/proc` tells about local processes (Linux): a process's resident memory and CPU
+//! time, whether it has exited, and which process listens on a TCP port.
 
 use std::fs;
 use std::io;
@@ -14,6 +14,30 @@ pub fn rss_bytes(pid: u32) -> io::Result<u64> {
         .and_then(|kib| kib.trim().parse::<u64>().ok())
         .map(|kib| kib * 1024)
         .ok_or_else(|| io::Error::other(format!("no VmRSS in /proc/{pid}/status")))
+}
+
+/// Clock ticks per second of `/proc/{pid}/stat` (`USER_HZ`): 100 on every Linux ABI.
+const USER_HZ: f64 = 100.0;
+
+/// CPU time process `pid` has used so far, user and system, all its threads, in seconds.
+pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // After the `)` of the name: state is field 3, utime 14 and stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |n: usize| {
+        fields
+            .get(n - 3)
+            .and_then(|field| field.parse::<f64>().ok())
+    };
+    match (ticks(14), ticks(15)) {
+        (Some(user), Some(system)) => Ok((user + system) / USER_HZ),
+        _ => Err(io::Error::other(format!(
+            "no CPU times in /proc/{pid}/stat"
+        ))),
+    }
 }
 
 /// True once process `pid` has exited: gone, or a zombie not yet reaped by its parent.
@@ -78,6 +102,12 @@ mod tests {
         let me = std::process::id();
         assert!(!has_exited(me));
         assert!(rss_bytes(me).unwrap() > 0);
+        // Spinning shows as CPU time within a few ticks, however busy the machine.
+        let spent = cpu_seconds(me).unwrap();
+        let busy = std::time::Instant::now();
+        while cpu_seconds(me).unwrap() <= spent {
+            assert!(busy.elapsed() < std::time::Duration::from_secs(10));
+        }
     }
 
     #[test]

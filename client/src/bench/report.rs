@@ -159,7 +159,7 @@ impl fmt::Display for Report {
         if !self.rows.is_empty() {
             writeln!(
                 f,
-                "{:<13} {:<34} {:>7} {:>4} {:>9} {:>9} {:>9} {:>9} {:>9}  target",
+                "{:<16} {:<34} {:>7} {:>4} {:>9} {:>9} {:>9} {:>9} {:>9}  target",
                 "scenario",
                 "metric",
                 "count",
@@ -174,7 +174,7 @@ impl fmt::Display for Report {
         for row in &self.rows {
             write!(
                 f,
-                "{:<13} {:<34} {:>7} {:>4}",
+                "{:<16} {:<34} {:>7} {:>4}",
                 row.scenario,
                 row.metric,
                 row.latencies.len(),

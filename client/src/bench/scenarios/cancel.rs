@@ -7,20 +7,23 @@
 //! The beat period (about 1 ms) bounds the resolution: the code stopped between its last
 //! beat and the next one due, so the table also gives that upper bound (last beat plus the
 //! last interval − cancel call). The cancel RPC's own latency is reported too.
+//! `cancel-under-load` measures the same rounds with the cluster busy ([`measure`] with
+//! its tasks started in batches).
 //!
 //! [`heartbeat`]: crate::bench::heartbeat
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use reins_client::Client;
 use reins_client::proto::{Task, TaskState};
 
 use crate::bench::cluster::Placement;
-use crate::bench::heartbeat::Heartbeat;
+use crate::bench::heartbeat::{Beat, Heartbeat};
 use crate::bench::report::{Latencies, Report, Row, Target};
 use crate::bench::{Bench, BenchError, BenchResult, tasks};
 
-const TARGET_P99: Duration = Duration::from_millis(2);
+pub const TARGET_P99: Duration = Duration::from_millis(2);
 /// A soft cancel's grace period: long enough that escalation is never what stops the code.
 const SOFT_GRACE: Duration = Duration::from_secs(10);
 const REASON: &str = "reins-bench";
@@ -41,14 +44,14 @@ impl Mode {
         }
     }
 
-    fn rpc(self) -> &'static str {
+    pub fn rpc(self) -> &'static str {
         match self {
             Mode::Hard => "HardCancel RPC",
             Mode::Soft => "SoftCancel RPC",
         }
     }
 
-    async fn call(self, client: &Client, id: String) -> BenchResult<Option<Task>> {
+    pub async fn call(self, client: &Client, id: String) -> BenchResult<Option<Task>> {
         let response = match self {
             Mode::Hard => client.hard_cancel(id, REASON).await?,
             Mode::Soft => client.soft_cancel(id, REASON, Some(SOFT_GRACE)).await?,
@@ -67,26 +70,52 @@ struct Round {
 }
 
 pub async fn run(bench: &Bench, mode: Mode) -> BenchResult<Report> {
-    let scenario = mode.scenario();
+    measure(bench, mode, mode.scenario(), bench.args.rounds, 1).await
+}
+
+/// `rounds` cancels in `mode`, reported as `scenario`. The heartbeat tasks are started
+/// `batch` at a time (their programs start in parallel, which is most of a round's time
+/// on a busy machine) and then cancelled one after the other, each measured alone.
+pub async fn measure(
+    bench: &Bench,
+    mode: Mode,
+    scenario: &str,
+    rounds: u16,
+    batch: u16,
+) -> BenchResult<Report> {
     let mut stop = Latencies::default();
     let mut stop_bound = Latencies::default();
     let mut rpc = Latencies::default();
     let mut errors = 0;
     let mut across = 0;
     let mut unknown = 0;
-    for n in 0..bench.args.rounds {
-        match round(bench, mode, n).await {
-            Ok(round) => {
-                stop.record(round.stop);
-                stop_bound.record(round.stop_bound);
-                rpc.record(round.rpc);
-                across += u32::from(round.placement == Placement::OtherReplica);
-                unknown += u32::from(round.placement == Placement::Unknown);
-            }
-            Err(err) => {
-                errors += 1;
-                if errors <= ERRORS_SHOWN {
-                    eprintln!("  error: {err}");
+    let mut n = 0;
+    while n < rounds {
+        let size = batch.max(1).min(rounds - n);
+        let beating: Vec<_> = futures_util::stream::iter(n..n + size)
+            .map(|n| prepare(bench, scenario, n))
+            .buffer_unordered(usize::from(size))
+            .collect()
+            .await;
+        n += size;
+        for beating in beating {
+            let measured = match beating {
+                Ok(beating) => cancel(bench, mode, beating).await,
+                Err(err) => Err(err),
+            };
+            match measured {
+                Ok(round) => {
+                    stop.record(round.stop);
+                    stop_bound.record(round.stop_bound);
+                    rpc.record(round.rpc);
+                    across += u32::from(round.placement == Placement::OtherReplica);
+                    unknown += u32::from(round.placement == Placement::Unknown);
+                }
+                Err(err) => {
+                    errors += 1;
+                    if errors <= ERRORS_SHOWN {
+                        eprintln!("  error: {err}");
+                    }
                 }
             }
         }
@@ -112,31 +141,62 @@ pub async fn run(bench: &Bench, mode: Mode) -> BenchResult<Report> {
     Ok(report)
 }
 
-/// One heartbeat task, cancelled and seen stopped. Whatever goes wrong, the task does not
-/// outlive the round.
-async fn round(bench: &Bench, mode: Mode, n: u16) -> BenchResult<Round> {
-    let heartbeat = Heartbeat::new(bench.scratch.file(&format!("{}-{n}", mode.scenario())));
-    let origin = bench.cluster.first().client();
+/// A heartbeat task that is running and beating, about to be cancelled.
+struct Beating {
+    heartbeat: Heartbeat,
+    origin: Client,
+    task: Task,
+    beat: Beat,
+}
+
+/// Starts heartbeat task `n` through replica A and waits until it beats. Whatever goes
+/// wrong, the task does not outlive the call.
+async fn prepare(bench: &Bench, scenario: &str, n: u16) -> BenchResult<Beating> {
+    let heartbeat = Heartbeat::new(bench.scratch.file(&format!("{scenario}-{n}")));
+    let origin = bench.cluster.first().client().clone();
     let task = origin
         .start(tasks::bench_task("exec", heartbeat.exec_params()))
         .await?;
     let id = task.id.clone();
-    let measured = cancel_running(bench, mode, &heartbeat, origin, task).await;
+    let started = async {
+        let task = tasks::wait_for(&origin, task, tasks::has_started).await?;
+        let beat = heartbeat.wait_beating().await?;
+        Ok::<_, BenchError>((task, beat))
+    };
+    match started.await {
+        Ok((task, beat)) => Ok(Beating {
+            heartbeat,
+            origin,
+            task,
+            beat,
+        }),
+        Err(err) => {
+            let _ = origin.hard_cancel(id, "reins-bench: round failed").await;
+            Err(err)
+        }
+    }
+}
+
+/// Cancels a beating task and sees it stopped; if that fails, hard-cancels it.
+async fn cancel(bench: &Bench, mode: Mode, beating: Beating) -> BenchResult<Round> {
+    let id = beating.task.id.clone();
+    let measured = cancel_running(bench, mode, &beating).await;
     if measured.is_err() {
-        let _ = origin.hard_cancel(id, "reins-bench: round failed").await;
+        let _ = beating
+            .origin
+            .hard_cancel(id, "reins-bench: round failed")
+            .await;
     }
     measured
 }
 
-async fn cancel_running(
-    bench: &Bench,
-    mode: Mode,
-    heartbeat: &Heartbeat,
-    origin: &Client,
-    task: Task,
-) -> BenchResult<Round> {
-    let task = tasks::wait_for(origin, task, tasks::has_started).await?;
-    let beat = heartbeat.wait_beating().await?;
+async fn cancel_running(bench: &Bench, mode: Mode, beating: &Beating) -> BenchResult<Round> {
+    let Beating {
+        heartbeat,
+        task,
+        beat,
+        ..
+    } = beating;
     let (canceller, placement) = bench.cluster.other_than(&task.owner);
     let client = canceller.client();
     let called_at = tasks::now_unix_nanos();

@@ -37,14 +37,10 @@ impl Snapshot {
         bench: &Bench,
         redis: &mut redis::aio::MultiplexedConnection,
     ) -> BenchResult<Snapshot> {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(redis)
-            .await
-            .map_err(|err| BenchError::Unexpected(format!("INFO commandstats: {err}")))?;
+        let info = counters::info(redis, "commandstats").await?;
         let mut round_trips = 0.0;
         for url in &bench.args.metrics {
-            round_trips += counters::sum(url, "reins_store_requests_total").await?;
+            round_trips += counters::sum(url, "reins_store_requests_total", &[]).await?;
         }
         Ok(Snapshot {
             at: Instant::now(),
@@ -64,15 +60,7 @@ fn growth(from: f64, to: f64, idle: f64, over: Duration) -> f64 {
 }
 
 pub async fn run(bench: &Bench) -> BenchResult<Report> {
-    let url = bench.args.redis.as_deref().ok_or_else(|| {
-        BenchError::Unexpected("cost needs --redis URL (and --metrics URL of each replica)".into())
-    })?;
-    let client = redis::Client::open(url)
-        .map_err(|err| BenchError::Unexpected(format!("--redis {url}: {err}")))?;
-    let mut redis = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|err| BenchError::Unexpected(format!("cannot reach Redis at {url}: {err}")))?;
+    let mut redis = counters::redis(bench, "cost").await?;
 
     let idle_from = Snapshot::take(bench, &mut redis).await?;
     tokio::time::sleep(IDLE).await;

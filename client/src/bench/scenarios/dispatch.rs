@@ -20,15 +20,16 @@ use crate::bench::{Bench, BenchError, BenchResult, tasks};
 
 const TARGET_P50: Duration = Duration::from_millis(1);
 
-struct Dispatched {
+pub struct Dispatched {
     /// Call → started, seen by the client.
-    seen: Duration,
+    pub seen: Duration,
     /// `started_at − created_at`.
-    recorded: Duration,
+    pub recorded: Duration,
     owner: String,
 }
 
-async fn dispatch_once(client: Client) -> BenchResult<Dispatched> {
+/// One short task started through `client` and seen started.
+pub async fn dispatch_once(client: Client) -> BenchResult<Dispatched> {
     let began = Instant::now();
     let task = client.start(tasks::instant()).await?;
     let task = tasks::wait_for(&client, task, tasks::has_started).await?;

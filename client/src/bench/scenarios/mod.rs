@@ -1,7 +1,10 @@
 //! The scenarios, one module each; [`run`] runs the one asked for and returns its rows.
 
+pub mod backlog;
 mod bulk_cancel;
 mod cancel;
+mod cancel_under_load;
+mod capacity;
 mod cost;
 mod dispatch;
 mod fanout;
@@ -22,5 +25,8 @@ pub async fn run(scenario: Scenario, bench: &Bench) -> BenchResult<Report> {
         Scenario::WatchFanout => fanout::run(bench).await,
         Scenario::BulkCancel => bulk_cancel::run(bench).await,
         Scenario::Cost => cost::run(bench).await,
+        Scenario::CancelUnderLoad => cancel_under_load::run(bench).await,
+        Scenario::Capacity => capacity::run(bench).await,
+        Scenario::Backlog => backlog::run(bench).await,
     }
 }
