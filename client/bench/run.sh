@@ -4,6 +4,8 @@
 #
 #   client/bench/run.sh                       # Redis store: replicas a, b (and c, see below)
 #   client/bench/run.sh --memory              # embedded store: one replica, no Redis
+#   client/bench/run.sh --cluster             # a Redis Cluster of 3 masters (redis+cluster://);
+#                                             # the `cost` scenario needs one Redis and is not run
 #   client/bench/run.sh -- --scenario lifecycle --duration 10s   # more reins-bench flags
 #   client/bench/run.sh -- --help             # reins-bench's own flags
 #   client/bench/run.sh --bin-dir DIR         # binaries already built in DIR (no cargo build),
@@ -54,6 +56,7 @@ bench_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --memory) store=memory; shift ;;
+    --cluster) store=cluster; shift ;;
     --traces) traces=$2; shift 2 ;;
     --blackbox) blackbox=1; shift ;;
     --keep-logs) keep_logs=$2; shift 2 ;;
@@ -64,7 +67,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-for tool in python3 $([ "$store" = redis ] && echo redis-server redis-cli); do
+for tool in python3 $([ "$store" != memory ] && echo redis-server redis-cli); do
   command -v "$tool" >/dev/null || { echo "run.sh: $tool is needed" >&2; exit 1; }
 done
 
@@ -131,6 +134,35 @@ start_redis() {
   fail "redis-server did not start"
 }
 
+# Three cluster-enabled redis-servers joined by `redis-cli --cluster create` (no replicas).
+start_redis_cluster() {
+  local nodes=() i port bus
+  for i in 1 2 3; do
+    port=$(free_port)
+    bus=$(free_port)
+    mkdir -p "$work/redis-$i"
+    redis-server --bind 127.0.0.1 --port "$port" --cluster-enabled yes --cluster-port "$bus" \
+      --cluster-config-file nodes.conf --save "" --appendonly no --dir "$work/redis-$i" \
+      --daemonize no --loglevel warning >"$work/redis-$i.log" 2>&1 &
+    children+=("$!")
+    for _ in $(seq 100); do
+      [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ] && break
+      sleep 0.05
+    done
+    nodes+=("127.0.0.1:$port")
+  done
+  redis-cli --cluster create "${nodes[@]}" --cluster-yes >"$work/cluster-create.log" 2>&1 ||
+    fail "redis-cli --cluster create failed"
+  for _ in $(seq 200); do
+    if redis-cli -p "${nodes[0]#*:}" cluster info | grep -q 'cluster_state:ok'; then
+      redis_url="redis+cluster://$(IFS=,; echo "${nodes[*]}")"
+      return
+    fi
+    sleep 0.05
+  done
+  fail "the Redis Cluster did not settle"
+}
+
 case "$traces" in
   off) ;;
   0) export OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0 ;;
@@ -195,8 +227,8 @@ start_reinsd() {
 }
 
 servers=()
-if [ "$store" = redis ]; then
-  start_redis
+if [ "$store" != memory ]; then
+  if [ "$store" = cluster ]; then start_redis_cluster; else start_redis; fi
   start_reinsd a --redis-url "$redis_url" --max-concurrency 4096
   start_reinsd b --redis-url "$redis_url" --max-concurrency 4096
   if [ "$blackbox" = 1 ]; then
@@ -205,7 +237,8 @@ if [ "$store" = redis ]; then
   else
     start_reinsd c --redis-url "$redis_url" --max-concurrency 1
     servers=(--server "a=${url[a]}" --server "b=${url[b]}" --full-server "c=${url[c]}"
-      --redis "$redis_url" --metrics "${metrics[a]}" --metrics "${metrics[b]}" --metrics "${metrics[c]}")
+      --metrics "${metrics[a]}" --metrics "${metrics[b]}" --metrics "${metrics[c]}")
+    if [ "$store" = redis ]; then servers+=(--redis "$redis_url"); fi
     echo "== store: Redis $redis_url; replicas a ${url[a]}, b ${url[b]}, c ${url[c]} (full)" >&2
   fi
 else
