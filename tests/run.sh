@@ -90,6 +90,8 @@ client/python/run_tests.sh
 
 echo "== chaos, short: 3 replicas on Redis, Python workers, 300 tasks under 8 faults (tests/chaos/run.sh --short)"
 tests/chaos/run.sh --short
+echo "== chaos, short, on a Redis Cluster of three masters (the redis fault kills one master)"
+tests/chaos/run.sh --short --store cluster
 
 echo "== behind nginx and HAProxy: two replicas on Redis (grpcurl from the Python venv)"
 GRPCURL_BIN="${REINS_PYTHON_VENV:-$PWD/client/python/.venv}/bin/grpcurl" \

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import netns
 from checker import Verdict, check, read_finals
-from cluster import Redis, Replica, WorkerProcess
+from cluster import Redis, RedisCluster, Replica, WorkerProcess
 from faults import KINDS, Faults
 from history import Fault, Run, read_runs
 from load import Clients, Load
@@ -91,7 +91,8 @@ def parse_args() -> argparse.Namespace:
         "--store",
         choices=["redis", "cluster"],
         default="redis",
-        help="one redis-server; `cluster` (Redis Cluster) is not wired yet",
+        help="one redis-server, or `cluster`: a Redis Cluster of three masters (the `redis` "
+        "fault kills one master and starts it again)",
     )
     parser.add_argument("--seed", type=int, default=None, help="default: a random one")
     parser.add_argument("--report", type=Path, help="write the summary as JSON here")
@@ -106,11 +107,6 @@ def parse_args() -> argparse.Namespace:
         parser.error(f"unknown fault kinds: {', '.join(sorted(unknown))}")
     if args.replicas < 2:
         parser.error("--replicas: at least 2 (faults take one away)")
-    if args.store == "cluster":
-        # Hook for Redis Cluster (issue 14): start the nodes (cluster-enabled, announced on
-        # netns.REDIS_HOST), give the replicas the redis+cluster:// URL, and let the
-        # `redis` fault kill one node. Waits for reinsd's cluster support.
-        parser.error("--store cluster: Redis Cluster is not wired into the chaos run yet")
     args.fault_kinds = kinds
     return args
 
@@ -119,7 +115,7 @@ async def chaos(
     args: argparse.Namespace, seed: int, work: Path
 ) -> tuple[Verdict, dict[str, object]]:
     rng = random.Random(seed)
-    redis = Redis(work)
+    redis: Redis | RedisCluster = RedisCluster(work) if args.store == "cluster" else Redis(work)
     redis.start()
     reinsd = args.bin_dir / "reinsd"
     replicas = [Replica(i, reinsd, redis.url, args.lease, work) for i in range(args.replicas)]
@@ -190,7 +186,10 @@ async def chaos(
         await clients.close()
         for replica in replicas:
             replica.kill()
-        redis.kill()
+        if isinstance(redis, RedisCluster):
+            redis.kill_all()
+        else:
+            redis.kill()
 
 
 def record(work: Path, verdict: Verdict, runs: list[Run], timeline: list[Fault]) -> None:

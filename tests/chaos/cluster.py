@@ -116,6 +116,97 @@ class Redis(Process):
         )
 
 
+class RedisCluster:
+    """A Redis Cluster of three masters, each a redis-server with AOF (``appendfsync
+    always``) on ``REDIS_HOST`` (ports 6379-6381, cluster bus 16379-16381), joined by
+    ``redis-cli --cluster create``. The ``redis`` fault kills one master (``kill``) and
+    starts it again (``start``): its slots are unavailable meanwhile, and it comes back
+    with everything it acknowledged (no replicas, so no failover loses a write)."""
+
+    PORTS = (REDIS_PORT, REDIS_PORT + 1, REDIS_PORT + 2)
+
+    def __init__(self, work: Path) -> None:
+        self.nodes: list[Process] = []
+        for port in self.PORTS:
+            directory = work / f"redis-{port}"
+            directory.mkdir(parents=True, exist_ok=True)
+            argv = [
+                "redis-server",
+                "--bind",
+                f"{REDIS_HOST} 127.0.0.1",
+                "--port",
+                str(port),
+                "--protected-mode",
+                "no",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-announce-ip",
+                REDIS_HOST,
+                "--cluster-node-timeout",
+                "2000",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                str(directory),
+                "--loglevel",
+                "warning",
+            ]
+            self.nodes.append(Process(f"redis-{port}", argv, work / f"redis-{port}.log"))
+        self.created = False
+        self.url = "redis+cluster://" + ",".join(f"{REDIS_HOST}:{port}" for port in self.PORTS)
+        self.next_victim = 0
+
+    @property
+    def killed_at(self) -> list[float]:
+        return sorted(at for node in self.nodes for at in node.killed_at)
+
+    @staticmethod
+    def _pong(port: int) -> Callable[[], bool]:
+        return lambda: answers(REDIS_HOST, port, b"PING\r\n", b"+PONG")
+
+    def _cluster_ok(self) -> bool:
+        info = subprocess.run(
+            ["redis-cli", "-h", REDIS_HOST, "-p", str(self.PORTS[0]), "cluster", "info"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        return "cluster_state:ok" in info
+
+    def start(self) -> None:
+        """Starts every node that is not running; the first time, creates the cluster."""
+        for node, port in zip(self.nodes, self.PORTS, strict=True):
+            if not node.alive:
+                node.spawn()
+                wait_until(f"redis-server {port} answering PING", self._pong(port))
+        if not self.created:
+            subprocess.run(
+                ["redis-cli", "--cluster", "create"]
+                + [f"{REDIS_HOST}:{port}" for port in self.PORTS]
+                + ["--cluster-yes"],
+                capture_output=True,
+                check=True,
+            )
+            self.created = True
+        wait_until("the Redis Cluster ok", self._cluster_ok)
+
+    def kill(self) -> None:
+        """Kills one master (in turn), or every node at the end of the run."""
+        victim = self.nodes[self.next_victim % len(self.nodes)]
+        self.next_victim += 1
+        victim.kill()
+
+    def kill_all(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+
 class Replica(Process):
     """``reinsd`` in its own network namespace, on Redis, serving kind ``chaos``."""
 

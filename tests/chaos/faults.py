@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
-from cluster import Redis, Replica, WorkerProcess
+from cluster import Redis, RedisCluster, Replica, WorkerProcess
 from history import Fault
 from relay import Relay
 
@@ -31,7 +31,7 @@ class Faults:
         self,
         rng: random.Random,
         lease: float,
-        redis: Redis,
+        redis: Redis | RedisCluster,
         replicas: Sequence[Replica],
         workers: Sequence[WorkerProcess],
         relays: Sequence[Relay],
