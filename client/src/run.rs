@@ -33,6 +33,8 @@ pub enum CliError {
     Json(#[from] serde_json::Error),
     #[error("cannot write the output: {0}")]
     Output(#[from] io::Error),
+    #[error("cannot listen for Ctrl-C: {0}")]
+    Signal(io::Error),
     #[error("the watch of task {0} ended before the task finished")]
     WatchEndedEarly(String),
     #[error("the run ended before the task finished")]

@@ -123,21 +123,23 @@ async fn follow(
     stopper: Option<&Client>,
 ) -> Result<Followed, CliError> {
     let output = WatchOutput::new(json);
-    // Created before the loop, so a Ctrl-C between two events is not lost.
-    let mut interrupted = Box::pin(tokio::signal::ctrl_c());
+    // Registered now and kept for the whole follow, so a Ctrl-C between two events, or
+    // while a cancel is being sent, is not lost (a `ctrl_c()` future registers only when
+    // first polled).
+    let mut interrupted = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(CliError::Signal)?;
     let mut interrupts = 0;
     let mut last_task: Option<Task> = None;
     loop {
         let next = tokio::select! {
             next = events.next() => next,
-            _ = &mut interrupted => {
+            _ = interrupted.recv() => {
                 interrupts += 1;
                 let (Some(client), Some(task)) = (stopper, &last_task) else {
                     output.abandon();
                     eprintln!("interrupted");
                     return Ok(Followed::Interrupted);
                 };
-                interrupted = Box::pin(tokio::signal::ctrl_c());
                 if let Err(err) = stop(client, &task.id, interrupts, &output).await {
                     output.abandon();
                     return Err(err);
