@@ -13,6 +13,8 @@ use crate::redis_server::{RedisServer, free_port};
 /// How long the cluster may take to agree on its slots after `--cluster create`, and a
 /// failover to complete.
 const SETTLE: Duration = Duration::from_secs(30);
+/// Redis gives up a manual failover after `cluster-mf-timeout` (5 s by default).
+const MANUAL_FAILOVER_TIMEOUT: Duration = Duration::from_secs(6);
 
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
@@ -135,19 +137,40 @@ impl RedisCluster {
                     == Some(&master_port.to_string())
             })
             .unwrap_or_else(|| panic!("no replica of the master on port {master_port}"));
-        let answer = redis_cli(replica.port(), &["CLUSTER", "FAILOVER"]);
-        assert_eq!(answer.trim(), "OK", "CLUSTER FAILOVER: {answer}");
+        // A manual failover needs the replica in sync, and gives up silently after
+        // `cluster-mf-timeout` (5 s) if the master does not hand over in time (a loaded
+        // machine): wait for the link, and ask again until the replica is master.
+        self.wait_until("the replica is in sync with its master", |_| {
+            info_field(
+                &redis_cli(replica.port(), &["INFO", "replication"]),
+                "master_link_status",
+            )
+            .as_deref()
+                == Some("up")
+        });
+        let deadline = Instant::now() + SETTLE;
+        while self.role(replica) != "master" {
+            assert!(
+                Instant::now() < deadline,
+                "Redis Cluster: the replica never took over"
+            );
+            let answer = redis_cli(replica.port(), &["CLUSTER", "FAILOVER"]);
+            assert_eq!(answer.trim(), "OK", "CLUSTER FAILOVER: {answer}");
+            let asked = Instant::now();
+            while self.role(replica) != "master" && asked.elapsed() < MANUAL_FAILOVER_TIMEOUT {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let promoted = replica.port();
-        self.wait_until("the replica took over", |cluster| {
-            cluster.role(replica) == "master"
-                && cluster.nodes.iter().all(|node| {
-                    info_field(
-                        &redis_cli(node.port(), &["CLUSTER", "INFO"]),
-                        "cluster_state",
-                    )
-                    .as_deref()
-                        == Some("ok")
-                })
+        self.wait_until("every node sees the cluster ok again", |cluster| {
+            cluster.nodes.iter().all(|node| {
+                info_field(
+                    &redis_cli(node.port(), &["CLUSTER", "INFO"]),
+                    "cluster_state",
+                )
+                .as_deref()
+                    == Some("ok")
+            })
         });
         promoted
     }

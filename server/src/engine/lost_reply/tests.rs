@@ -126,8 +126,9 @@ fn progress(tokens: f64) -> Report {
     }
 }
 
-#[tokio::test]
-async fn a_report_whose_reply_was_lost_is_stored_once() {
+/// A progress report spending `tokens` on a running task whose write's reply is lost:
+/// the transitions, the task before it and what the report answered.
+async fn report_losing_its_reply(tokens: f64) -> (Transitions, Task, Task) {
     let (lossy, transitions, task) = running_task().await;
     let fence = Fence {
         owner: "r1".to_owned(),
@@ -135,13 +136,19 @@ async fn a_report_whose_reply_was_lost_is_stored_once() {
     };
     lossy.armed.store(true, Ordering::SeqCst);
     let reported = transitions
-        .report(task.id, &fence, progress(4.0))
+        .report(task.id, &fence, progress(tokens))
         .await
         .unwrap();
     assert!(
         !lossy.armed.load(Ordering::SeqCst),
         "the reply was lost once"
     );
+    (transitions, task, reported)
+}
+
+#[tokio::test]
+async fn a_report_whose_reply_was_lost_is_stored_once() {
+    let (transitions, task, reported) = report_losing_its_reply(4.0).await;
     assert_eq!(
         reported.version,
         task.version + 1,
@@ -159,16 +166,7 @@ async fn a_report_whose_reply_was_lost_is_stored_once() {
 
 #[tokio::test]
 async fn a_lost_reply_of_a_report_that_crossed_its_budget_still_stops_the_task() {
-    let (lossy, transitions, task) = running_task().await;
-    let fence = Fence {
-        owner: "r1".to_owned(),
-        attempt: task.attempt,
-    };
-    lossy.armed.store(true, Ordering::SeqCst);
-    let reported = transitions
-        .report(task.id, &fence, progress(12.0))
-        .await
-        .unwrap();
+    let (transitions, task, reported) = report_losing_its_reply(12.0).await;
     assert_eq!(reported.usage.get("tokens"), Some(&12.0), "counted once");
     let stored = transitions.check(task.id).await.unwrap();
     assert!(

@@ -185,6 +185,24 @@ impl RedisStore {
             .map_err(unavailable)
     }
 
+    /// `command(shard)` sent to every shard at once, one command each; the answers in shard
+    /// order. (On one Redis: the one command.)
+    async fn in_every_shard<T: redis::FromRedisValue>(
+        &self,
+        command: impl Fn(Shard) -> redis::Cmd,
+    ) -> StoreResult<Vec<T>> {
+        try_join_all(self.keys.shards().map(|shard| {
+            let command = command(shard);
+            async move {
+                command
+                    .query_async(&mut self.connection())
+                    .await
+                    .map_err(unavailable)
+            }
+        }))
+        .await
+    }
+
     /// Up to `limit` ids after `after` in the index `key_of` names in each shard, merged in
     /// id (creation) order: one round trip per shard, all at once.
     async fn ids_after_in_every_shard(

@@ -1,7 +1,6 @@
 //! The queue of PENDING tasks and the change feeds, read shard by shard on a cluster.
 
 use async_trait::async_trait;
-use futures_util::future::try_join_all;
 use redis::AsyncCommands;
 
 use super::fanout::Channel;
@@ -51,13 +50,9 @@ impl TaskQueue for RedisStore {
     }
 
     async fn pending_tenants(&self) -> StoreResult<Vec<String>> {
-        let per_shard = try_join_all(self.keys.shards().map(|shard| async move {
-            self.connection()
-                .smembers::<_, Vec<String>>(self.keys.pending_tenants(shard))
-                .await
-                .map_err(unavailable)
-        }))
-        .await?;
+        let per_shard: Vec<Vec<String>> = self
+            .in_every_shard(|shard| redis::Cmd::smembers(self.keys.pending_tenants(shard)))
+            .await?;
         let mut tenants: Vec<String> = per_shard.into_iter().flatten().collect();
         tenants.sort();
         tenants.dedup();
@@ -108,13 +103,9 @@ impl TaskQueue for RedisStore {
     }
 
     async fn queue_depth(&self) -> StoreResult<u64> {
-        let per_shard = try_join_all(self.keys.shards().map(|shard| async move {
-            self.connection()
-                .zcard::<_, u64>(self.keys.pending(shard))
-                .await
-                .map_err(unavailable)
-        }))
-        .await?;
+        let per_shard: Vec<u64> = self
+            .in_every_shard(|shard| redis::Cmd::zcard(self.keys.pending(shard)))
+            .await?;
         Ok(per_shard.into_iter().sum())
     }
 }

@@ -217,18 +217,16 @@ impl TaskRecords for RedisStore {
 
     /// One mark per shard: a create reads the mark of the shard it writes to.
     async fn cancel_session(&self, tenant: &str, session: &str, ttl: Duration) -> StoreResult<()> {
-        try_join_all(self.keys.shards().map(|shard| async move {
-            let _: () = redis::cmd("SET")
-                .arg(self.keys.cancelled_session(shard, tenant, session))
-                .arg("1")
-                .arg("PX")
-                .arg(ttl.as_millis().max(1) as u64)
-                .query_async(&mut self.connection())
-                .await
-                .map_err(unavailable)?;
-            Ok::<(), StoreError>(())
-        }))
-        .await?;
+        let _: Vec<()> = self
+            .in_every_shard(|shard| {
+                let mut set = redis::cmd("SET");
+                set.arg(self.keys.cancelled_session(shard, tenant, session))
+                    .arg("1")
+                    .arg("PX")
+                    .arg(ttl.as_millis().max(1) as u64);
+                set
+            })
+            .await?;
         Ok(())
     }
 
@@ -362,13 +360,9 @@ impl TaskRecords for RedisStore {
     }
 
     async fn owned_by(&self, owner: &str) -> StoreResult<Vec<Task>> {
-        let per_shard = try_join_all(self.keys.shards().map(|shard| async move {
-            self.connection()
-                .smembers::<_, Vec<String>>(self.keys.owned(shard, owner))
-                .await
-                .map_err(unavailable)
-        }))
-        .await?;
+        let per_shard: Vec<Vec<String>> = self
+            .in_every_shard(|shard| redis::Cmd::smembers(self.keys.owned(shard, owner)))
+            .await?;
         let mut ids: Vec<String> = per_shard.into_iter().flatten().collect();
         ids.sort();
         let tasks = self.load(&ids).await?;
